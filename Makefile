@@ -1,0 +1,58 @@
+# The user's commands (see README.md). Every target installs what it needs first.
+SHELL := /bin/bash
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+MODEL ?= tiny
+DTYPE ?=
+ENGINE ?=
+HOST ?= 0.0.0.0
+PORT ?= 8000
+BACKEND ?=
+SERVED_MODEL_NAME ?=
+API_KEY ?=
+TINY_ENGINE := engines/gemma-4-tiny-it-float32
+
+.PHONY: install test serve engine triton bench clean
+
+install: $(STAMP)
+
+# torch is pinned to the CPU wheel that lies on this machine's disk when no torch is importable yet;
+# an unpinned torch would pull a multi-GB CUDA build. On a GPU image the existing torch is kept.
+$(STAMP): pyproject.toml
+	@test -x $(PY) || python3 -m venv $(VENV)
+	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
+	$(PY) -m pip install -q -e ".[test,triton]"
+	@touch $(STAMP)
+
+test: install
+	$(PY) -m pytest -q -ra tests
+
+engine: install
+	$(PY) -m engine_builder --model $(MODEL) $(if $(DTYPE),--dtype $(DTYPE)) --out-dir engines
+
+serve: install
+	@if [ -n "$(BACKEND)" ]; then \
+	  exec $(PY) -m server --backend "$(BACKEND)" --host $(HOST) --port $(PORT) \
+	    $(if $(SERVED_MODEL_NAME),--served-model-name $(SERVED_MODEL_NAME)) $(if $(API_KEY),--api-key $(API_KEY)); fi; \
+	engine="$(ENGINE)"; \
+	if [ -z "$$engine" ]; then \
+	  engine=$$(ls -d engines/*/ 2>/dev/null | grep -v tiny | head -n1); \
+	  if [ -z "$$engine" ]; then engine=$(TINY_ENGINE); fi; \
+	  if [ ! -f "$$engine/engine.json" ]; then \
+	    echo ">> No engine built yet: building the tiny demo engine. For a real model: make engine MODEL=26b (or 31b), then make serve ENGINE=engines/<name>"; \
+	    $(PY) -m engine_builder --model tiny --out-dir engines || exit 1; fi; \
+	fi; \
+	exec $(PY) -m server --engine "$$engine" --host $(HOST) --port $(PORT) \
+	  $(if $(SERVED_MODEL_NAME),--served-model-name $(SERVED_MODEL_NAME)) $(if $(API_KEY),--api-key $(API_KEY))
+
+triton: install
+	@test -n "$(ENGINE)" || { echo "usage: make triton ENGINE=engines/<name>"; exit 2; }
+	$(PY) -m server.triton_launcher --engine "$(ENGINE)"
+
+bench: install
+	$(PY) bench/run.py
+
+clean:
+	rm -rf $(VENV) .pytest_cache

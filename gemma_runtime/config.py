@@ -1,0 +1,23 @@
+"""Runtime settings: one frozen dataclass, built by whoever starts the engine (never read at import)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class RuntimeConfig:
+    device: str = "cpu"
+    dtype: str | None = None  # None: the engine's dtype
+    block_size: int = 16  # tokens per KV page, both geometries
+    num_full_blocks: int | None = None  # pages for full-attention layers; None: sized from max_num_seqs * max_model_len
+    num_sliding_blocks: int | None = None  # pages for sliding layers; None: enough for every sequence's window
+    max_num_seqs: int = 64  # sequences decoded together
+    max_num_batched_tokens: int = 2048  # token budget of one step (decode tokens + prefill chunks)
+    max_model_len: int | None = None  # None: the engine's max_model_len
+    default_image_soft_tokens: int = 280
+    seed: int = 0  # seeds the sampler of requests that bring no seed of their own
+
+    def __post_init__(self) -> None:
+        if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
+            raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be positive")

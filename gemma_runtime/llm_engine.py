@@ -1,0 +1,160 @@
+"""The synchronous engine: add requests, step, collect outputs. One thread drives it (AsyncEngine's loop)."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from transformers import PreTrainedTokenizerFast
+
+from gemma_runtime.api import EngineStats, GenerateRequest, RequestOutput, Usage
+from gemma_runtime.block_manager import BlockManager
+from gemma_runtime.config import RuntimeConfig
+from gemma_runtime.detokenizer import IncrementalDetokenizer, TextStream
+from gemma_runtime.engine_config import EngineSpec
+from gemma_runtime.inputs import InputProcessor, PreparedInput
+from gemma_runtime.model_runner import ModelRunner, SampledToken
+from gemma_runtime.scheduler import Scheduler
+from gemma_runtime.sequence import Sequence, SequenceStatus
+from gemma_runtime.weights import DTYPES, load_weights
+
+
+@dataclass
+class _RequestState:
+    seq: Sequence
+    detokenizer: IncrementalDetokenizer
+    text: TextStream
+
+
+class LLMEngine:
+    def __init__(self, engine_dir: str | Path, config: RuntimeConfig | None = None):
+        self.engine_dir = Path(engine_dir)
+        self.config = config or RuntimeConfig()
+        self.spec = EngineSpec.load(self.engine_dir)
+        self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(self.engine_dir))
+        self.generation_defaults = self._generation_defaults()
+        self.device = torch.device(self.config.device)
+        self.dtype = DTYPES[self.config.dtype or self.spec.dtype]
+        self.max_model_len = min(self.config.max_model_len or self.spec.max_model_len, self.spec.max_model_len)
+        self.stop_token_ids = frozenset(self.spec.stop_token_ids)
+
+        layer_types = {layer.type for layer in self.spec.text.layers}
+        block_manager = BlockManager(self.config.block_size, 0, 0, self.spec.text.sliding_window,
+                                     has_full="full" in layer_types, has_sliding="sliding" in layer_types)
+        num_full, num_sliding = self._pool_sizes(block_manager)
+        self.blocks = BlockManager(self.config.block_size, num_full, num_sliding, self.spec.text.sliding_window,
+                                   has_full="full" in layer_types, has_sliding="sliding" in layer_types)
+        self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        weights = load_weights(self.engine_dir, self.device, self.dtype)
+        self.runner = ModelRunner(self.spec, weights, self.device, self.dtype, self.config.block_size,
+                                  self.blocks.full.num_blocks, self.blocks.sliding.num_blocks, self.config.seed)
+        self.inputs = InputProcessor(self.spec, self.tokenizer, self.max_model_len, self.config.default_image_soft_tokens)
+        self.requests: dict[str, _RequestState] = {}
+
+    def _generation_defaults(self) -> dict:
+        path = self.engine_dir / "generation_config.json"
+        cfg = json.loads(path.read_text()) if path.is_file() else {}
+        return {k: cfg[k] for k in ("temperature", "top_p", "top_k") if k in cfg}
+
+    def _pool_sizes(self, sizing: BlockManager) -> tuple[int, int]:
+        """Full pages for max_num_seqs sequences at the full context unless configured; sliding pages for
+        every sequence's window plus one step's chunk. Never fewer than one longest sequence needs."""
+        c = self.config
+        full_one, _ = sizing.max_pages_per_sequence(self.max_model_len)
+        sliding_one = -(-(self.spec.text.sliding_window + c.max_num_batched_tokens + 1120) // c.block_size) + 2
+        num_full = max(c.num_full_blocks or full_one * c.max_num_seqs, full_one)
+        num_sliding = max(c.num_sliding_blocks or sliding_one * c.max_num_seqs, sliding_one)
+        return num_full, num_sliding
+
+    # --- requests ----------------------------------------------------------------------------------
+
+    def prepare(self, request: GenerateRequest) -> PreparedInput:
+        """Tokenization and image preprocessing; safe to call from any thread."""
+        return self.inputs.process(request)
+
+    def add_request(self, request: GenerateRequest, prepared: PreparedInput | None = None) -> None:
+        if request.request_id in self.requests:
+            raise ValueError(f"request id {request.request_id!r} is already running")
+        prepared = prepared or self.prepare(request)
+        p = request.sampling
+        generator = torch.Generator(device=self.device).manual_seed(p.seed) if p.seed is not None else None
+        seq = Sequence(request.request_id, prepared.token_ids, p,
+                       stop_token_ids=frozenset() if p.ignore_eos else self.stop_token_ids | set(p.stop_token_ids),
+                       images=prepared.images, image_spans=prepared.image_spans, generator=generator)
+        detok = IncrementalDetokenizer(self.tokenizer, prepared.token_ids, p.skip_special_tokens)
+        self.requests[request.request_id] = _RequestState(seq, detok, TextStream(p.stop, p.include_stop_str_in_output))
+        self.scheduler.add(seq)
+
+    def abort(self, request_id: str) -> RequestOutput | None:
+        state = self.requests.pop(request_id, None)
+        if state is None:
+            return None
+        self.scheduler.remove(state.seq)
+        state.seq.status = SequenceStatus.FINISHED
+        return RequestOutput(request_id, (), "", finished=True, finish_reason="abort", usage=self._usage(state.seq))
+
+    def has_unfinished(self) -> bool:
+        return self.scheduler.has_work()
+
+    def stats(self) -> EngineStats:
+        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
+                           self.blocks.num_total, self.blocks.num_free)
+
+    # --- the step ----------------------------------------------------------------------------------
+
+    def step(self) -> list[RequestOutput]:
+        plan = self.scheduler.schedule()
+        if plan.is_empty:
+            return []
+        sampled = self.runner.run(plan.scheduled)
+        for item in plan.scheduled:
+            item.seq.num_computed += item.num_new
+        return [self._process(s) for s in sampled]
+
+    def _process(self, sampled: SampledToken) -> RequestOutput:
+        seq, token = sampled.seq, sampled.token_id
+        state = self.requests[seq.request_id]
+        seq.output_token_ids.append(token)
+        p = seq.sampling
+        finish_reason, stop_reason = None, None
+        n_out = len(seq.output_token_ids)
+        if token in seq.stop_token_ids and n_out > p.min_tokens:
+            finish_reason, stop_reason = "stop", token
+        else:
+            hit = state.text.append(state.detokenizer.add(token))
+            if hit is not None and n_out > p.min_tokens:
+                finish_reason, stop_reason = "stop", hit
+            elif n_out >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+                finish_reason = "length"
+        if finish_reason is not None:
+            if stop_reason is None or isinstance(stop_reason, int):
+                state.text.append(state.detokenizer.flush())
+            del self.requests[seq.request_id]
+            self.scheduler.remove(seq)
+            seq.status = SequenceStatus.FINISHED
+        return RequestOutput(
+            request_id=seq.request_id,
+            token_ids=(token,),
+            text=state.text.take_delta(final=finish_reason is not None),
+            logprobs=(sampled.logprob,) if sampled.logprob is not None else None,
+            finished=finish_reason is not None,
+            finish_reason=finish_reason,
+            stop_reason=stop_reason,
+            usage=self._usage(seq) if finish_reason is not None else None,
+        )
+
+    @staticmethod
+    def _usage(seq: Sequence) -> Usage:
+        return Usage(seq.num_prompt_tokens, len(seq.output_token_ids))
+
+    def generate(self, requests: list[GenerateRequest]) -> dict[str, list[int]]:
+        """Offline helper: runs the requests to completion, returns each one's output token ids."""
+        for r in requests:
+            self.add_request(r)
+        out: dict[str, list[int]] = {r.request_id: [] for r in requests}
+        while self.has_unfinished():
+            for o in self.step():
+                out[o.request_id].extend(o.token_ids)
+        return out

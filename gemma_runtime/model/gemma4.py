@@ -1,0 +1,95 @@
+"""The Gemma 4 text decoder over a flattened batch (ForwardBatch), in the engine's weight layout.
+
+Weights are plain tensors in a dict named as engines/README.md says; attention and MoE come from the
+backend registry, so this file is the same on every device.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from gemma_runtime.engine_config import LayerSpec, TextSpec
+from gemma_runtime.forward_batch import ForwardBatch
+from gemma_runtime.model import attention as _attention  # noqa: F401  (registers the reference backends)
+from gemma_runtime.model import moe as _moe  # noqa: F401
+from gemma_runtime.model.layers import apply_rope, geglu, rms_norm, rope_cos_sin, rope_inv_freq
+from gemma_runtime.model.moe import route
+from gemma_runtime.model.registry import create
+
+
+class Gemma4TextModel:
+    def __init__(self, spec: TextSpec, weights: dict[str, torch.Tensor], device: torch.device):
+        self.spec = spec
+        self.w = weights
+        self.device = device
+        self.attention = create("attention", device)
+        self.experts = create("moe", device) if spec.moe else None
+        self.inv_freq = [rope_inv_freq(l.head_dim, l.rope_theta, l.rope_angles).to(device) for l in spec.layers]
+        self.embed_scale = torch.tensor(spec.embed_scale, dtype=weights["embed_tokens.weight"].dtype)
+
+    def embed(self, batch: ForwardBatch) -> torch.Tensor:
+        """Token embeddings * sqrt(H) (rounded to the weight dtype), then image soft tokens scattered in unscaled."""
+        table = self.w["embed_tokens.weight"]
+        h = F.embedding(batch.input_ids, table) * self.embed_scale.to(table.device)  # [T, H]
+        if batch.mm_embeds is not None:
+            h[batch.mm_mask] = batch.mm_embeds.to(h.dtype)
+        return h
+
+    def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
+        """Returns the final-normed hidden states of the rows in batch.logits_indices: [S, H]."""
+        h = self.embed(batch)
+        rope = {}
+        for i, layer in enumerate(self.spec.layers):
+            key = (layer.head_dim, layer.rope_theta, layer.rope_angles)
+            if key not in rope:
+                rope[key] = rope_cos_sin(batch.positions, self.inv_freq[i])
+            h = self._layer(i, layer, h, rope[key], batch, kv_caches[i])
+        h = h[batch.logits_indices]
+        return rms_norm(h, self.w["norm.weight"], self.spec.rms_norm_eps)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[S, H] -> [S, V] float32 through the tied embedding, with the final soft cap."""
+        logits = F.linear(hidden, self.w["embed_tokens.weight"]).float()
+        cap = self.spec.final_logit_softcapping
+        if cap:
+            logits = torch.tanh(logits / cap) * cap
+        return logits
+
+    # --- one decoder layer -------------------------------------------------------------------------
+
+    def _layer(self, i, layer: LayerSpec, x, cos_sin, batch, kv_cache) -> torch.Tensor:
+        p = f"layers.{i}."
+        eps = self.spec.rms_norm_eps
+        residual = x
+        h = rms_norm(x, self.w[p + "input_norm.weight"], eps)
+        h = self._attention(p, layer, h, cos_sin, batch, kv_cache)
+        x = residual + rms_norm(h, self.w[p + "post_attn_norm.weight"], eps)
+
+        residual = x
+        m = F.linear(geglu(F.linear(rms_norm(x, self.w[p + "pre_ffn_norm.weight"], eps), self.w[p + "mlp.gate_up_proj.weight"])),
+                     self.w[p + "mlp.down_proj.weight"])
+        if self.spec.moe is not None:
+            # The dense MLP and the experts run side by side from the same residual, each post-normed.
+            weights, ids = route(residual, self.w[p + "moe.router_proj.weight"], self.w[p + "moe.router_scale"],
+                                 self.spec.moe.top_k, eps)
+            expert_in = rms_norm(residual, self.w[p + "moe.pre_norm.weight"], eps)
+            e = self.experts(expert_in, weights, ids, self.w[p + "moe.gate_up_proj"], self.w[p + "moe.down_proj"])
+            m = rms_norm(m, self.w[p + "moe.post_norm_dense.weight"], eps) + rms_norm(e, self.w[p + "moe.post_norm_experts.weight"], eps)
+        x = residual + rms_norm(m, self.w[p + "post_ffn_norm.weight"], eps)
+        return x * self.w[p + "layer_scalar"]
+
+    def _attention(self, p, layer: LayerSpec, h, cos_sin, batch, kv_cache) -> torch.Tensor:
+        nq, nkv, d = self.spec.num_attention_heads, layer.num_kv_heads, layer.head_dim
+        qkv = F.linear(h, self.w[p + "attn.qkv_proj.weight"])  # [T, (nq + 2nkv) d] or [T, (nq + nkv) d] on K=V layers
+        q = qkv[:, : nq * d].view(-1, nq, d)  # [T, nq, d]
+        k = qkv[:, nq * d : (nq + nkv) * d].view(-1, nkv, d)  # [T, nkv, d]
+        # On K=V layers V is the raw (pre-norm, un-rotated) K projection.
+        v = k if layer.k_eq_v else qkv[:, (nq + nkv) * d :].view(-1, nkv, d)  # [T, nkv, d]
+        eps = self.spec.rms_norm_eps
+        cos, sin = cos_sin
+        q = apply_rope(rms_norm(q, self.w[p + "attn.q_norm.weight"], eps), cos, sin)
+        k = apply_rope(rms_norm(k, self.w[p + "attn.k_norm.weight"], eps), cos, sin)
+        v = rms_norm(v, None, eps)
+        o = self.attention(q, k, v, kv_cache, batch, layer, self.spec.sliding_window)  # [T, nq, d]
+        return F.linear(o.reshape(o.shape[0], nq * d), self.w[p + "attn.o_proj.weight"])  # [T, H]

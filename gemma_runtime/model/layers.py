@@ -1,0 +1,51 @@
+"""Small math pieces shared by the text decoder and the vision tower."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
+    """Gemma 4 RMSNorm: computed in float32, the weight multiplies directly (x_hat * w, not 1 + w)."""
+    xf = x.float()
+    out = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
+    if weight is not None:
+        out = out * weight.float()
+    return out.type_as(x)
+
+
+def gelu_tanh(x: torch.Tensor) -> torch.Tensor:
+    return F.gelu(x, approximate="tanh")
+
+
+def geglu(gate_up: torch.Tensor) -> torch.Tensor:
+    """gate_up: [..., 2I] with the gate half first -> [..., I]."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return gelu_tanh(gate) * up
+
+
+def rope_inv_freq(head_dim: int, theta: float, rope_angles: int) -> torch.Tensor:
+    """[head_dim/2] frequencies: theta^(-2i/head_dim) for i < rope_angles, then zeros.
+
+    The exponent's denominator is the whole head_dim even when only `rope_angles` frequencies rotate
+    (Gemma 4's proportional RoPE on full-attention layers); zero frequencies leave those dims unrotated.
+    """
+    exponents = torch.arange(0, 2 * rope_angles, 2, dtype=torch.int64).float() / head_dim
+    rotated = 1.0 / (theta**exponents)
+    return torch.cat([rotated, torch.zeros(head_dim // 2 - rope_angles)])
+
+
+def rope_cos_sin(positions: torch.Tensor, inv_freq: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions [T] -> cos, sin [T, head_dim] (NeoX layout: the half-angles repeated)."""
+    freqs = positions.float()[:, None] * inv_freq.to(positions.device)[None, :]  # [T, head_dim/2]
+    emb = torch.cat([freqs, freqs], dim=-1)  # [T, head_dim]
+    return emb.cos(), emb.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x [T, heads, head_dim]; cos/sin [T, head_dim]. NeoX-style: dim d pairs with d + head_dim/2."""
+    half = x.shape[-1] // 2
+    rotated = torch.cat([-x[..., half:], x[..., :half]], dim=-1)
+    cos, sin = cos.to(x.dtype)[:, None, :], sin.to(x.dtype)[:, None, :]  # [T, 1, head_dim]
+    return x * cos + rotated * sin

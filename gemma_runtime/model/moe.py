@@ -1,0 +1,53 @@
+"""Mixture-of-experts: routing and the expert GEMMs, reference implementation in plain torch."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from gemma_runtime.model.layers import geglu, rms_norm
+from gemma_runtime.model.registry import register
+
+
+def route(
+    residual: torch.Tensor, router_proj: torch.Tensor, router_scale: torch.Tensor, top_k: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma 4 router: softmax over ALL experts, top-k, renormalise. Returns weights [T, k], ids [T, k].
+
+    The per-expert scale is already folded into each expert's down projection by the builder.
+    """
+    hidden = rms_norm(residual, None, eps) * router_scale * residual.shape[-1] ** -0.5
+    probs = F.softmax(F.linear(hidden, router_proj), dim=-1, dtype=torch.float32)  # [T, E]
+    weights, ids = torch.topk(probs, k=top_k, dim=-1)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
+
+
+@register("moe", "cpu")
+class TorchGroupedExperts:
+    """Loops over the experts that received tokens; each runs GEGLU(gate_up) then down."""
+
+    def __call__(
+        self,
+        x: torch.Tensor,  # [T, H] expert input (pre_feedforward_layernorm_2 of the residual)
+        weights: torch.Tensor,  # [T, k]
+        ids: torch.Tensor,  # [T, k]
+        gate_up: torch.Tensor,  # [E, 2Ie, H]
+        down: torch.Tensor,  # [E, H, Ie]
+    ) -> torch.Tensor:
+        out = torch.zeros_like(x)
+        flat_ids = ids.flatten()  # [T*k]
+        order = torch.argsort(flat_ids, stable=True)
+        counts = torch.bincount(flat_ids, minlength=gate_up.shape[0]).tolist()
+        token_of = order // ids.shape[1]
+        weight_of = weights.flatten()[order]
+        start = 0
+        for expert, count in enumerate(counts):
+            if count == 0:
+                continue
+            tokens = token_of[start : start + count]
+            h = geglu(F.linear(x[tokens], gate_up[expert]))  # [count, Ie]
+            y = F.linear(h, down[expert]) * weight_of[start : start + count, None].to(x.dtype)  # [count, H]
+            out.index_add_(0, tokens, y)
+            start += count
+        return out

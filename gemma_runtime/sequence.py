@@ -1,0 +1,60 @@
+"""Per-request state inside the engine."""
+
+from __future__ import annotations
+
+import enum
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from gemma_runtime.api import SamplingParams
+from gemma_runtime.block_manager import BlockTables
+
+
+class SequenceStatus(enum.Enum):
+    WAITING = "waiting"
+    RUNNING = "running"
+    FINISHED = "finished"
+
+
+@dataclass
+class ImageSpan:
+    """One image's run of placeholder tokens in the prompt: [start, end) token indices."""
+
+    start: int
+    end: int
+
+
+@dataclass
+class Sequence:
+    request_id: str
+    prompt_token_ids: list[int]
+    sampling: SamplingParams
+    stop_token_ids: frozenset[int]
+    images: list = field(default_factory=list)  # PreprocessedImage, encoded on first prefill
+    image_spans: list[ImageSpan] = field(default_factory=list)
+    output_token_ids: list[int] = field(default_factory=list)
+    status: SequenceStatus = SequenceStatus.WAITING
+    num_computed: int = 0  # tokens whose K/V are in the cache
+    block_tables: BlockTables = field(default_factory=BlockTables)
+    image_embeds: torch.Tensor | None = None  # [num image tokens, H], kept across preemption
+    generator: torch.Generator | None = None
+    arrival_time: float = field(default_factory=time.monotonic)
+    num_preemptions: int = 0
+
+    @property
+    def token_ids(self) -> list[int]:
+        return self.prompt_token_ids + self.output_token_ids
+
+    @property
+    def num_tokens(self) -> int:
+        return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def num_prompt_tokens(self) -> int:
+        return len(self.prompt_token_ids)
+
+    @property
+    def is_finished(self) -> bool:
+        return self.status == SequenceStatus.FINISHED

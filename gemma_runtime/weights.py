@@ -1,0 +1,36 @@
+"""Reads an engine's safetensors (one file or an index of shards) into a flat dict of device tensors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def weight_files(engine_dir: Path) -> list[Path]:
+    index = engine_dir / "model.safetensors.index.json"
+    if index.is_file():
+        names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
+        return [engine_dir / n for n in names]
+    single = engine_dir / "model.safetensors"
+    if single.is_file():
+        return [single]
+    raise FileNotFoundError(f"{engine_dir} has no model.safetensors nor model.safetensors.index.json")
+
+
+def load_weights(engine_dir: str | Path, device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+    """Every tensor of the engine; floating tensors are cast to `dtype` when given (FP8 ones are kept)."""
+    engine_dir = Path(engine_dir)
+    weights: dict[str, torch.Tensor] = {}
+    for path in weight_files(engine_dir):
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            for name in f.keys():
+                t = f.get_tensor(name)
+                if dtype is not None and t.is_floating_point() and t.element_size() > 1:
+                    t = t.to(dtype)
+                weights[name] = t.to(device)
+    return weights
