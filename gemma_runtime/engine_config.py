@@ -74,6 +74,12 @@ class MultimodalSpec:
     boi_token_id: int
     eoi_token_id: int
     video_token_id: int | None = None
+    audio_token_id: int | None = None
+
+    @property
+    def placeholder_ids(self) -> tuple[int, ...]:
+        """Soft-token placeholders: embedded as <pad> unless multimodal embeddings replace them."""
+        return tuple(t for t in (self.image_token_id, self.video_token_id, self.audio_token_id) if t is not None)
 
 
 @dataclass(frozen=True)

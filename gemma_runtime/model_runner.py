@@ -31,7 +31,8 @@ class ModelRunner:
         self.device = device
         self.block_size = block_size
         text_weights = {k: v for k, v in weights.items() if not k.startswith("vision.")}
-        self.text = Gemma4TextModel(spec.text, text_weights, device)
+        placeholders = spec.multimodal.placeholder_ids if spec.multimodal else ()
+        self.text = Gemma4TextModel(spec.text, text_weights, device, placeholders, spec.tokens.pad_token_id)
         self.vision = None
         if spec.vision is not None:
             from gemma_runtime.vision.encoder import VisionEncoder

@@ -19,8 +19,11 @@ from gemma_runtime.model.registry import create
 
 
 class Gemma4TextModel:
-    def __init__(self, spec: TextSpec, weights: dict[str, torch.Tensor], device: torch.device):
+    def __init__(self, spec: TextSpec, weights: dict[str, torch.Tensor], device: torch.device,
+                 placeholder_ids: tuple[int, ...] = (), pad_token_id: int = 0):
         self.spec = spec
+        self.placeholder_ids = torch.tensor(placeholder_ids, dtype=torch.int64, device=device)
+        self.pad_token_id = pad_token_id
         self.w = weights
         self.device = device
         self.attention = create("attention", device)
@@ -31,7 +34,12 @@ class Gemma4TextModel:
     def embed(self, batch: ForwardBatch) -> torch.Tensor:
         """Token embeddings * sqrt(H) (rounded to the weight dtype), then image soft tokens scattered in unscaled."""
         table = self.w["embed_tokens.weight"]
-        h = F.embedding(batch.input_ids, table) * self.embed_scale.to(table.device)  # [T, H]
+        # Placeholder ids (image/video/audio soft tokens) embed as <pad>, as transformers does, so a stray
+        # placeholder without its image still gets a well-defined embedding.
+        ids = batch.input_ids
+        if self.placeholder_ids.numel():
+            ids = torch.where(torch.isin(ids, self.placeholder_ids), self.pad_token_id, ids)
+        h = F.embedding(ids, table) * self.embed_scale.to(table.device)  # [T, H]
         if batch.mm_embeds is not None:
             h[batch.mm_mask] = batch.mm_embeds.to(h.dtype)
         return h
