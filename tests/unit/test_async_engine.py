@@ -1,0 +1,91 @@
+"""AsyncEngine: the engine loop on its own thread, concurrent streams, abort on consumer exit."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from gemma_runtime.api import GenerateRequest, RequestError, SamplingParams
+from gemma_runtime.async_engine import AsyncEngine
+from gemma_runtime.config import RuntimeConfig
+
+PROMPT = "<bos><|turn>user\nHi there<turn|>\n<|turn>model\n"
+
+
+@pytest.fixture(scope="module")
+def engine(random_tiny_engine_dir):
+    eng = AsyncEngine.from_engine_dir(random_tiny_engine_dir, RuntimeConfig(block_size=4, max_model_len=256))
+    eng.start()
+    yield eng
+    eng.shutdown()
+
+
+async def collect(engine, request):
+    return [o async for o in engine.generate(request)]
+
+
+async def wait_for_idle(engine, free_blocks: int) -> None:
+    for _ in range(200):
+        s = engine.stats()
+        if s.num_running == 0 and s.num_waiting == 0 and s.kv_blocks_free == free_blocks:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError(f"engine did not go idle: {engine.stats()}")
+
+
+async def test_concurrent_streams_match_sequential_greedy(engine):
+    free = engine.stats().kv_blocks_free
+    requests = [GenerateRequest(f"c{i}", PROMPT + "x" * i, SamplingParams(max_tokens=16, ignore_eos=True)) for i in range(8)]
+    together = await asyncio.gather(*(collect(engine, r) for r in requests))
+    for r, outs in zip(requests, together):
+        alone = await collect(engine, GenerateRequest(r.request_id + "-alone", r.prompt, r.sampling))
+        assert [t for o in outs for t in o.token_ids] == [t for o in alone for t in o.token_ids]
+        assert outs[-1].finished and outs[-1].usage.completion_tokens == 16
+    await wait_for_idle(engine, free)
+
+
+async def test_consumer_that_stops_reading_aborts_the_request(engine):
+    free = engine.stats().kv_blocks_free
+    stream = engine.generate(GenerateRequest("gone", PROMPT, SamplingParams(max_tokens=200, ignore_eos=True)))
+    got = 0
+    async for _ in stream:
+        got += 1
+        if got == 3:
+            break
+    await stream.aclose()
+    await wait_for_idle(engine, free)
+
+
+async def test_cancelled_task_aborts_the_request(engine):
+    free = engine.stats().kv_blocks_free
+    started = asyncio.Event()
+
+    async def consume():
+        async for _ in engine.generate(GenerateRequest("cancel-me", PROMPT, SamplingParams(max_tokens=200, ignore_eos=True))):
+            started.set()
+
+    task = asyncio.create_task(consume())
+    await started.wait()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    await wait_for_idle(engine, free)
+
+
+async def test_explicit_abort_finishes_the_stream(engine):
+    outs = []
+
+    async def consume():
+        async for o in engine.generate(GenerateRequest("abort-me", PROMPT, SamplingParams(max_tokens=200, ignore_eos=True))):
+            outs.append(o)
+            if len(outs) == 2:
+                await engine.abort("abort-me")
+
+    await asyncio.wait_for(consume(), timeout=60)
+    assert outs[-1].finished and outs[-1].finish_reason == "abort"
+
+
+async def test_bad_request_raises_before_streaming(engine):
+    with pytest.raises(RequestError):
+        await collect(engine, GenerateRequest("bad", [5] * 1000, SamplingParams(max_tokens=1)))
