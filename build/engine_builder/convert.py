@@ -1,0 +1,134 @@
+"""build_engine: a Hugging Face Gemma 4 checkpoint -> one engine folder (engines/README.md).
+
+Everything that can be wrong with the input is checked before the first byte is written; the engine is
+assembled in a hidden temporary folder inside out_dir and renamed into place only when complete.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from tqdm import tqdm
+
+from gemma_runtime.engine_config import EngineSpec
+
+from .checkpoint import ARCHITECTURE, Checkpoint
+from .dtypes import DTYPES, canonical_dtype
+from .engine_files import read_tokenizer, write_engine_files
+from .errors import BuildError
+from .sources import Source, resolve
+from .spec import default_max_model_len, multimodal_spec, text_config, text_spec, vision_spec
+from .weights import OutTensor, materialize, plan_weights
+from .writer import DEFAULT_MAX_SHARD_BYTES, Entry, total_bytes, write_sharded
+
+
+def _entries(ckpt: Checkpoint, plan: list[OutTensor], dtype: str) -> list[Entry]:
+    target = DTYPES[dtype]
+    return [Entry(t.name, t.shape, target if ckpt.tensors[t.sources[0]].dtype.is_floating_point else ckpt.tensors[t.sources[0]].dtype)
+            for t in plan]  # fmt: skip
+
+
+def _max_model_len(config: dict, requested: int | None) -> int:
+    limit = int(text_config(config).get("max_position_embeddings") or 0)
+    if requested is None:
+        return default_max_model_len(config)
+    if requested <= 0 or (limit and requested > limit):
+        raise BuildError(f"--max-model-len {requested} must be between 1 and max_position_embeddings ({limit})")
+    return requested
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _replace_dir(tmp: Path, final: Path) -> None:
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{tmp.name.rsplit('-', 1)[-1]}")
+        final.rename(old)
+    tmp.rename(final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def convert_folder(
+    folder: Path,
+    out_dir: Path,
+    *,
+    engine_name: str,
+    dtype: str,
+    model_name: str,
+    checkpoint_id: str,
+    max_model_len: int | None = None,
+    progress: bool = True,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """Convert one local checkpoint folder into out_dir/engine_name."""
+    ckpt = Checkpoint(folder)
+    config = ckpt.config
+    text = text_spec(config, dtype)
+    vision = vision_spec(config)
+    info = read_tokenizer(folder)
+    plan = plan_weights(ckpt, text, with_vision=vision is not None)
+    entries = _entries(ckpt, plan, dtype)
+    spec = EngineSpec(
+        model_name=model_name,
+        architecture=ARCHITECTURE,
+        dtype=dtype,
+        max_model_len=_max_model_len(config, max_model_len),
+        text=text,
+        tokens=info.tokens,
+        stop_token_ids=info.stop_token_ids,
+        vision=vision,
+        multimodal=multimodal_spec(config),
+        quantization=None,
+        source={"checkpoint": checkpoint_id, "sha256": ckpt.sha256()},
+    )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{engine_name}.tmp-", dir=out_dir))
+    try:
+        os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the engine is an ordinary folder
+        by_name = {t.name: t for t in plan}
+        with tqdm(total=total_bytes(entries), unit="B", unit_scale=True, desc=engine_name, disable=not progress) as bar:
+            write_sharded(
+                tmp, entries, lambda e: materialize(ckpt, by_name[e.name], e.dtype), max_shard_bytes,
+                on_written=lambda e: bar.update(e.nbytes),
+            )  # fmt: skip
+        write_engine_files(folder, tmp, info)
+        spec.save(tmp)
+        final = out_dir / engine_name
+        _replace_dir(tmp, final)
+    except BaseException:  # Ctrl-C included: a half-written engine must never look like an engine
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return final
+
+
+def build_engine(
+    source: str | Path,
+    out_dir: str | Path = "engines",
+    *,
+    dtype: str | None = None,
+    name: str | None = None,
+    max_model_len: int | None = None,
+    progress: bool = True,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+) -> Path:
+    """Build an engine from `source` (tiny, 26b, 31b, a folder or a hub id); returns the engine folder.
+
+    dtype defaults to float32 for tiny and bfloat16 otherwise; the folder is `<name or base>-<dtype>`.
+    Bad input raises BuildError (a SystemExit carrying one line).
+    """
+    src: Source = resolve(str(source))
+    dtype = canonical_dtype(dtype or src.default_dtype)
+    engine_name = name or f"{src.base_name}-{dtype}"
+    with src.open() as folder:
+        return convert_folder(
+            Path(folder), Path(out_dir), engine_name=engine_name, dtype=dtype, model_name=src.model_name,
+            checkpoint_id=src.checkpoint, max_model_len=max_model_len, progress=progress, max_shard_bytes=max_shard_bytes,
+        )  # fmt: skip
