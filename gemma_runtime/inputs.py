@@ -15,6 +15,7 @@ from gemma_runtime.engine_config import EngineSpec
 from gemma_runtime.sequence import ImageSpan
 
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
+MAX_IMAGE_TOKENS = max(SOFT_TOKEN_BUDGETS) + 2  # one image's span with <|image> and <image|>
 
 
 @dataclass(frozen=True)

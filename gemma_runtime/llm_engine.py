@@ -14,7 +14,7 @@ from gemma_runtime.block_manager import BlockManager
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.detokenizer import IncrementalDetokenizer, TextStream
 from gemma_runtime.engine_config import EngineSpec
-from gemma_runtime.inputs import InputProcessor, PreparedInput
+from gemma_runtime.inputs import MAX_IMAGE_TOKENS, InputProcessor, PreparedInput
 from gemma_runtime.model_runner import ModelRunner, SampledToken
 from gemma_runtime.scheduler import Scheduler
 from gemma_runtime.sequence import Sequence, SequenceStatus
@@ -41,9 +41,7 @@ class LLMEngine:
         self.stop_token_ids = frozenset(self.spec.stop_token_ids)
 
         layer_types = {layer.type for layer in self.spec.text.layers}
-        block_manager = BlockManager(self.config.block_size, 0, 0, self.spec.text.sliding_window,
-                                     has_full="full" in layer_types, has_sliding="sliding" in layer_types)
-        num_full, num_sliding = self._pool_sizes(block_manager)
+        num_full, num_sliding = self._pool_sizes()
         self.blocks = BlockManager(self.config.block_size, num_full, num_sliding, self.spec.text.sliding_window,
                                    has_full="full" in layer_types, has_sliding="sliding" in layer_types)
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
@@ -58,14 +56,18 @@ class LLMEngine:
         cfg = json.loads(path.read_text()) if path.is_file() else {}
         return {k: cfg[k] for k in ("temperature", "top_p", "top_k") if k in cfg}
 
-    def _pool_sizes(self, sizing: BlockManager) -> tuple[int, int]:
-        """Full pages for max_num_seqs sequences at the full context unless configured; sliding pages for
-        every sequence's window plus one step's chunk. Never fewer than one longest sequence needs."""
+    def _pool_sizes(self) -> tuple[int, int]:
+        """Pages per pool unless configured. Full layers: every sequence at the full context. Sliding
+        layers: every sequence's window (plus the page being filled), plus one step's worth of new tokens
+        (the token budget, or one whole image, which is never split). Never fewer than one sequence needs."""
         c = self.config
-        full_one, _ = sizing.max_pages_per_sequence(self.max_model_len)
-        sliding_one = -(-(self.spec.text.sliding_window + c.max_num_batched_tokens + 1120) // c.block_size) + 2
+        pages = lambda n: -(-n // c.block_size)  # noqa: E731
+        full_one = pages(self.max_model_len)
+        step_tokens = max(c.max_num_batched_tokens, MAX_IMAGE_TOKENS)
+        sliding_one = pages(self.spec.text.sliding_window) + 2 + pages(step_tokens)
         num_full = max(c.num_full_blocks or full_one * c.max_num_seqs, full_one)
-        num_sliding = max(c.num_sliding_blocks or sliding_one * c.max_num_seqs, sliding_one)
+        num_sliding = max(c.num_sliding_blocks or c.max_num_seqs * (pages(self.spec.text.sliding_window) + 2) + pages(step_tokens),
+                          sliding_one)
         return num_full, num_sliding
 
     # --- requests ----------------------------------------------------------------------------------
