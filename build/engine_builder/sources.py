@@ -36,12 +36,19 @@ def _tiny() -> AbstractContextManager[Path]:
     import tempfile
     from contextlib import contextmanager
 
-    from .tiny_checkpoint import make_tiny_checkpoint
+    from .errors import BuildError
+    from .taught_tiny import make_taught_tiny_checkpoint
 
     @contextmanager
     def ctx():
+        # The demo model is the tiny MoE taught a handful of Gemma 4 replies (answers, thinking, tool
+        # calls, an image), so that `make serve` and the end-to-end tests see every output structure.
         with tempfile.TemporaryDirectory(prefix="gemma4-tiny-") as tmp:
-            yield make_tiny_checkpoint(Path(tmp) / "gemma-4-tiny-it", kind="moe")
+            try:
+                checkpoint = make_taught_tiny_checkpoint(Path(tmp) / "gemma-4-tiny-it")
+            except RuntimeError as exc:
+                raise BuildError(f"teaching the tiny model failed: {exc}") from exc
+            yield checkpoint
 
     return ctx()
 
