@@ -13,16 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gemma_runtime.engine_config import VisionSpec
+from gemma_runtime.model.layers import rms_norm
 from gemma_runtime.vision.preprocess import PreprocessedImage
-
-
-def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
-    """Gemma 4 RMSNorm: float32 math, weight multiplies directly (no 1 + w), result in x's dtype."""
-    xf = x.float()
-    out = xf * torch.pow(xf.pow(2).mean(-1, keepdim=True) + eps, -0.5)
-    if weight is not None:
-        out = out * weight.float()
-    return out.type_as(x)
 
 
 class RMSNorm(nn.Module):
