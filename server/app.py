@@ -1,0 +1,70 @@
+"""The FastAPI app factory: wires settings, a Backend, metrics, middleware and routes."""
+
+from __future__ import annotations
+
+import time
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from server.chat import ServerContext
+from server.errors import install_error_handlers
+from server.generation import Limits
+from server.images import ImageFetchPolicy
+from server.logprobs import TokenText
+from server.metrics import ServerMetrics
+from server.middleware import GatewayMiddleware
+from server.routes import openai as openai_routes
+from server.routes import ops as ops_routes
+from server.settings import ServerSettings
+
+
+def image_policy(settings: ServerSettings) -> ImageFetchPolicy:
+    return ImageFetchPolicy(
+        timeout_s=settings.image_fetch_timeout_s,
+        max_bytes=settings.image_max_bytes,
+        max_pixels=settings.image_max_pixels,
+        allow_private_addresses=settings.allow_local_image_urls,
+    )
+
+
+def build_context(settings: ServerSettings, backend) -> ServerContext:
+    spec = backend.spec
+    model_name = settings.served_model_name or spec.model_name
+    # An image becomes at most the runtime's soft-token budget plus its <|image> / <image|> markers.
+    soft_tokens = getattr(backend, "image_soft_tokens", None) or (spec.vision.default_output_length if spec.vision else 0)
+    image_tokens = soft_tokens + 2 if spec.vision is not None else 0
+    max_model_len = getattr(backend, "max_model_len", None) or spec.max_model_len
+    return ServerContext(
+        backend=backend,
+        settings=settings,
+        model_name=model_name,
+        limits=Limits(max_model_len=max_model_len, image_tokens=image_tokens),
+        token_text=TokenText(backend.tokenizer),
+        image_policy=image_policy(settings),
+        metrics=ServerMetrics(backend, model_name),
+    )
+
+
+def create_app(settings: ServerSettings, backend, *, manage_backend: bool = True) -> FastAPI:
+    """`manage_backend`: start the backend with the app and shut it down after (the embedded default)."""
+    ctx = build_context(settings, backend)
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI):
+        if manage_backend:
+            backend.start()
+        try:
+            yield
+        finally:
+            if manage_backend:
+                backend.shutdown()
+
+    app = FastAPI(title="Gemma 4 OpenAI-compatible server", lifespan=lifespan)
+    app.state.ctx = ctx
+    app.state.started_at = int(time.time())
+    install_error_handlers(app)
+    app.include_router(openai_routes.router)
+    app.include_router(ops_routes.router)
+    app.add_middleware(GatewayMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_request_bytes, metrics=ctx.metrics)
+    return app

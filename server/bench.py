@@ -1,0 +1,85 @@
+"""HTTP streaming overhead: tokens per second through the OpenAI server against the runtime alone.
+
+    python -m server.bench --engine DIR [--streams 32] [--tokens 128]
+
+Both runs use the same engine object, the same prompt and `ignore_eos` so every stream produces
+exactly --tokens tokens; the server runs in this process (uvicorn thread) like `make serve`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import time
+
+import httpx
+
+from gemma_runtime.api import GenerateRequest, SamplingParams
+from gemma_runtime.config import RuntimeConfig
+
+PROMPT = [{"role": "user", "content": "Hello!"}]
+
+
+async def runtime_alone(backend, prompt_ids: list[int], streams: int, tokens: int) -> tuple[int, float]:
+    async def one(i: int) -> int:
+        sampling = SamplingParams(max_tokens=tokens, ignore_eos=True)
+        n = 0
+        async for out in backend.generate(GenerateRequest(f"bench-{i}-{time.monotonic_ns()}", prompt_ids, sampling)):
+            n += len(out.token_ids)
+        return n
+
+    start = time.perf_counter()
+    counts = await asyncio.gather(*(one(i) for i in range(streams)))
+    return sum(counts), time.perf_counter() - start
+
+
+async def over_http(base_url: str, streams: int, tokens: int) -> tuple[int, float]:
+    body = {"messages": PROMPT, "max_tokens": tokens, "ignore_eos": True, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+
+    async def one(client: httpx.AsyncClient) -> int:
+        n = 0
+        async with client.stream("POST", base_url + "/v1/chat/completions", json=body) as r:
+            async for line in r.aiter_lines():
+                if line.startswith("data: {"):
+                    chunk = json.loads(line[6:])
+                    if chunk.get("usage"):
+                        n = chunk["usage"]["completion_tokens"]
+        return n
+
+    limits = httpx.Limits(max_connections=streams)
+    async with httpx.AsyncClient(timeout=600, limits=limits) as client:
+        start = time.perf_counter()
+        counts = await asyncio.gather(*(one(client) for _ in range(streams)))
+    return sum(counts), time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(prog="python -m server.bench")
+    p.add_argument("--engine", required=True)
+    p.add_argument("--streams", type=int, default=32)
+    p.add_argument("--tokens", type=int, default=128)
+    p.add_argument("--device", default="cpu")
+    args = p.parse_args()
+
+    from server.app import create_app
+    from server.backend import EmbeddedBackend
+    from server.settings import ServerSettings
+    from server.uvicorn_thread import UvicornThread
+
+    backend = EmbeddedBackend.from_engine_dir(args.engine, RuntimeConfig(device=args.device, max_num_seqs=max(args.streams, 1)))
+    prompt = backend.tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
+    prompt_ids = backend.tokenizer.encode(prompt, add_special_tokens=False)
+    with UvicornThread(create_app(ServerSettings(), backend)) as server:
+        asyncio.run(runtime_alone(backend, prompt_ids, args.streams, 8))  # warm-up
+        n_rt, t_rt = asyncio.run(runtime_alone(backend, prompt_ids, args.streams, args.tokens))
+        n_http, t_http = asyncio.run(over_http(server.base_url, args.streams, args.tokens))
+    rt, http = n_rt / t_rt, n_http / t_http
+    print(f"{args.streams} streams x {args.tokens} tokens, engine {args.engine}")
+    print(f"runtime alone : {n_rt} tokens in {t_rt:.2f} s = {rt:.0f} tok/s")
+    print(f"HTTP streaming: {n_http} tokens in {t_http:.2f} s = {http:.0f} tok/s")
+    print(f"overhead      : {100 * (1 - http / rt):.1f}% fewer tokens per second over HTTP")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,43 @@
+"""Health (NIM paths and /health) and Prometheus metrics. These stay open when an API key is set."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse, Response
+
+from server.errors import APIError, error_response
+from server.metrics import CONTENT_TYPE
+
+router = APIRouter()
+
+
+def _ready(request: Request) -> JSONResponse:
+    backend = request.app.state.ctx.backend
+    try:
+        ok = backend.health()
+    except Exception:
+        ok = False
+    if not ok:
+        return error_response(APIError("The engine is not ready", 503, code="not_ready"))
+    return JSONResponse({"object": "health.response", "message": "Service is ready.", "status": "ready"})
+
+
+@router.get("/v1/health/ready")
+async def health_ready(request: Request):
+    return _ready(request)
+
+
+@router.get("/health")
+async def health(request: Request):
+    return _ready(request)
+
+
+@router.get("/v1/health/live")
+async def health_live():
+    return {"object": "health.response", "message": "Service is live.", "status": "live"}
+
+
+@router.get("/metrics")
+@router.get("/v1/metrics")
+async def metrics(request: Request):
+    return Response(request.app.state.ctx.metrics.render(), media_type=CONTENT_TYPE)

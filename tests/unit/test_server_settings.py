@@ -1,0 +1,42 @@
+"""ServerSettings: defaults, then environment, then CLI flags; read at startup, never at import."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from server.__main__ import parse_args, settings_from_args
+from server.settings import ServerSettings
+
+
+def test_env_then_flags_override_defaults(monkeypatch):
+    env = {"NIM_MAX_IMAGES_PER_PROMPT": "3", "GEMMA_SERVER_API_KEY": "from-env", "GEMMA_ALLOW_LOCAL_IMAGE_URLS": "true"}
+    s = ServerSettings.from_env(env)
+    assert (s.max_images_per_prompt, s.api_key, s.allow_local_image_urls) == (3, "from-env", True)
+    s = ServerSettings.from_env(env, api_key="from-flag", max_images_per_prompt=None)
+    assert (s.api_key, s.max_images_per_prompt) == ("from-flag", 3)
+    assert ServerSettings.from_env({}) == ServerSettings()
+    with pytest.raises(AttributeError):
+        s.api_key = "x"  # frozen
+
+
+def test_cli_flags(monkeypatch):
+    monkeypatch.setenv("NIM_MAX_IMAGES_PER_PROMPT", "7")
+    args = parse_args(["--engine", "e", "--port", "9000", "--served-model-name", "m", "--api-key", "k", "--allow-local-image-urls"])
+    s = settings_from_args(args)
+    assert (s.engine_dir, s.port, s.host, s.served_model_name, s.api_key, s.allow_local_image_urls, s.max_images_per_prompt) == (
+        "e", 9000, "0.0.0.0", "m", "k", True, 7
+    )
+    assert settings_from_args(parse_args(["--backend", "triton://h:8001"])).backend == "triton://h:8001"
+
+
+def test_importing_reads_no_environment():
+    # a fresh interpreter with an unparsable value: importing must not touch it, building settings must
+    env = {**os.environ, "NIM_MAX_IMAGES_PER_PROMPT": "not a number"}
+    code = "import server.app, server.__main__, server.chat; print('ok')"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "ok"
+    code = "from server.settings import ServerSettings; ServerSettings.from_env()"
+    assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode != 0
