@@ -12,6 +12,7 @@ class RuntimeConfig:
     block_size: int = 16  # tokens per KV page, both geometries
     num_full_blocks: int | None = None  # pages for full-attention layers; None: sized from max_num_seqs * max_model_len
     num_sliding_blocks: int | None = None  # pages for sliding layers; None: enough for every sequence's window
+    kv_cache_bytes: int = 1 << 30  # caps the full-layer pool when num_full_blocks is not given
     max_num_seqs: int = 64  # sequences decoded together
     max_num_batched_tokens: int = 2048  # token budget of one step (decode tokens + prefill chunks)
     max_model_len: int | None = None  # None: the engine's max_model_len

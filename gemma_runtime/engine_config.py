@@ -138,3 +138,16 @@ class EngineSpec:
 
     def save(self, engine_dir: str | Path) -> None:
         (Path(engine_dir) / ENGINE_JSON).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
+
+
+GENERATION_CONFIG = "generation_config.json"
+
+
+def read_generation_defaults(engine_dir: str | Path) -> dict:
+    """Default sampling from the engine's generation_config.json (temperature, top_p, top_k): what a
+    request that names none of them gets. `do_sample: false` means greedy."""
+    path = Path(engine_dir) / GENERATION_CONFIG
+    cfg = json.loads(path.read_text()) if path.is_file() else {}
+    if cfg.get("do_sample") is False:
+        return {"temperature": 0.0}
+    return {k: cfg[k] for k in ("temperature", "top_p", "top_k") if k in cfg}

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -13,7 +12,7 @@ from gemma_runtime.api import EngineStats, GenerateRequest, RequestOutput, Usage
 from gemma_runtime.block_manager import BlockManager
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.detokenizer import IncrementalDetokenizer, TextStream
-from gemma_runtime.engine_config import EngineSpec
+from gemma_runtime.engine_config import EngineSpec, read_generation_defaults
 from gemma_runtime.inputs import MAX_IMAGE_TOKENS, InputProcessor, PreparedInput
 from gemma_runtime.model_runner import ModelRunner, SampledToken
 from gemma_runtime.scheduler import Scheduler
@@ -34,7 +33,7 @@ class LLMEngine:
         self.config = config or RuntimeConfig()
         self.spec = EngineSpec.load(self.engine_dir)
         self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(self.engine_dir))
-        self.generation_defaults = self._generation_defaults()
+        self.generation_defaults = read_generation_defaults(self.engine_dir)
         self.device = torch.device(self.config.device)
         self.dtype = DTYPES[self.config.dtype or self.spec.dtype]
         self.max_model_len = min(self.config.max_model_len or self.spec.max_model_len, self.spec.max_model_len)
@@ -51,24 +50,29 @@ class LLMEngine:
         self.inputs = InputProcessor(self.spec, self.tokenizer, self.max_model_len, self.config.default_image_soft_tokens)
         self.requests: dict[str, _RequestState] = {}
 
-    def _generation_defaults(self) -> dict:
-        path = self.engine_dir / "generation_config.json"
-        cfg = json.loads(path.read_text()) if path.is_file() else {}
-        return {k: cfg[k] for k in ("temperature", "top_p", "top_k") if k in cfg}
-
     def _pool_sizes(self) -> tuple[int, int]:
-        """Pages per pool unless configured. Full layers: every sequence at the full context. Sliding
-        layers: every sequence's window (plus the page being filled), plus one step's worth of new tokens
-        (the token budget, or one whole image, which is never split). Never fewer than one sequence needs."""
+        """Pages per pool unless configured. Sliding layers: every sequence's window (plus the page being
+        filled), plus one step's worth of new tokens (the token budget, or one whole image, which is never
+        split). Full layers: every sequence at the full context, capped by kv_cache_bytes (preemption
+        covers the rest). Never fewer than one longest sequence needs."""
         c = self.config
         pages = lambda n: -(-n // c.block_size)  # noqa: E731
+        window_pages = pages(self.spec.text.sliding_window) + 2
+        step_pages = pages(max(c.max_num_batched_tokens, MAX_IMAGE_TOKENS))
+        num_sliding = c.num_sliding_blocks or c.max_num_seqs * window_pages + step_pages
+        num_sliding = max(num_sliding, window_pages + step_pages)
         full_one = pages(self.max_model_len)
-        step_tokens = max(c.max_num_batched_tokens, MAX_IMAGE_TOKENS)
-        sliding_one = pages(self.spec.text.sliding_window) + 2 + pages(step_tokens)
-        num_full = max(c.num_full_blocks or full_one * c.max_num_seqs, full_one)
-        num_sliding = max(c.num_sliding_blocks or c.max_num_seqs * (pages(self.spec.text.sliding_window) + 2) + pages(step_tokens),
-                          sliding_one)
-        return num_full, num_sliding
+        if c.num_full_blocks:
+            return max(c.num_full_blocks, full_one), num_sliding
+        sliding_bytes = num_sliding * self._block_bytes("sliding")
+        affordable = (c.kv_cache_bytes - sliding_bytes) // max(self._block_bytes("full"), 1)
+        return max(min(full_one * c.max_num_seqs, affordable), full_one), num_sliding
+
+    def _block_bytes(self, kind: str) -> int:
+        """Bytes one page takes across all layers of one geometry (K and V)."""
+        element = torch.tensor([], dtype=self.dtype).element_size()
+        return sum(2 * self.config.block_size * l.num_kv_heads * l.head_dim * element
+                   for l in self.spec.text.layers if l.type == kind)
 
     # --- requests ----------------------------------------------------------------------------------
 

@@ -105,6 +105,11 @@ def install_error_handlers(app: FastAPI) -> None:
     async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         return error_response(APIError(str(exc.detail), exc.status_code))
 
+    @app.exception_handler(ConnectionError)
+    async def _unavailable(_: Request, exc: ConnectionError) -> JSONResponse:
+        # The backend (a Triton server) is unreachable: a retryable 503, not a server bug.
+        return error_response(APIError(f"the model backend is unavailable: {exc}", 503, code="backend_unavailable"))
+
     @app.exception_handler(Exception)
     async def _internal(_: Request, exc: Exception) -> JSONResponse:
         return error_response(APIError(f"Internal server error: {type(exc).__name__}", 500))

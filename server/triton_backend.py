@@ -14,7 +14,6 @@ AsyncEngine, served by the gemma4 model of a running tritonserver over gRPC stre
 from __future__ import annotations
 
 import asyncio
-import json
 import threading
 import time
 import urllib.request
@@ -29,7 +28,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestError, RequestOutput
-from gemma_runtime.engine_config import EngineSpec
+from gemma_runtime.engine_config import EngineSpec, read_generation_defaults
 from server import triton_protocol as protocol
 
 # Reconnect quickly after Triton restarts (gRPC's default backoff grows to two minutes), and keep the
@@ -54,9 +53,7 @@ def load_engine_files(engine_dir: str | Path) -> tuple[EngineSpec, object, dict]
     engine_dir = Path(engine_dir)
     spec = EngineSpec.load(engine_dir)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(engine_dir))
-    path = engine_dir / "generation_config.json"
-    cfg = json.loads(path.read_text()) if path.is_file() else {}
-    return spec, tokenizer, {k: cfg[k] for k in ("temperature", "top_p", "top_k") if k in cfg}
+    return spec, tokenizer, read_generation_defaults(engine_dir)
 
 
 def parse_uri(uri: str) -> tuple[str, str, str]:

@@ -1,16 +1,60 @@
-"""Fixtures shared by every tier: a tiny random MoE engine built once per test session."""
+"""Fixtures shared by every tier: tiny engines built once per test session.
+
+The taught tiny checkpoint takes a minute or two of CPU training, so it is cached under .cache/ keyed by
+a hash of everything it depends on (the builder's and the runtime's sources): a fresh clone builds it
+once, a rerun with unchanged sources reuses it.
+"""
 
 from __future__ import annotations
 
+import hashlib
+import shutil
 from pathlib import Path
 
 import pytest
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+CACHE = REPO_ROOT / ".cache" / "taught-tiny"
+
+
+def _taught_fingerprint() -> str:
+    h = hashlib.sha256()
+    roots = [REPO_ROOT / "build" / "engine_builder", REPO_ROOT / "gemma_runtime"]
+    files = sorted(p for r in roots for p in r.rglob("*.py*") if p.is_file() and "__pycache__" not in p.parts)
+    for p in files + sorted((REPO_ROOT / "build" / "engine_builder" / "assets").glob("*")):
+        h.update(str(p.relative_to(REPO_ROOT)).encode())
+        h.update(p.read_bytes())
+    return h.hexdigest()[:16]
+
+
+@pytest.fixture(scope="session")
+def taught_checkpoint_dir() -> Path:
+    """The Hugging Face checkpoint of the taught tiny model (what `make engine MODEL=tiny` trains)."""
+    from engine_builder.taught_tiny import make_taught_tiny_checkpoint
+
+    folder = CACHE / _taught_fingerprint() / "gemma-4-tiny-it"
+    if not (folder / "config.json").is_file():
+        shutil.rmtree(CACHE, ignore_errors=True)  # checkpoints of older sources
+        tmp = folder.with_name(folder.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        make_taught_tiny_checkpoint(tmp, seed=0)
+        tmp.rename(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def taught_engine_dir(taught_checkpoint_dir, tmp_path_factory) -> Path:
+    """The taught tiny engine, converted by the builder exactly as `make engine MODEL=tiny` does."""
+    from engine_builder.convert import convert_folder
+    from engine_builder.sources import TINY_MODEL_NAME
+
+    return convert_folder(taught_checkpoint_dir, tmp_path_factory.mktemp("taught-engine"), engine_name="gemma-4-tiny-it-float32",
+                          dtype="float32", model_name=TINY_MODEL_NAME, checkpoint_id="tiny", progress=False)
 
 
 @pytest.fixture(scope="session")
 def random_tiny_engine_dir(tmp_path_factory) -> Path:
+    """A tiny random MoE engine with a vision tower: seconds to build, for tests that need no sense."""
     from engine_builder.convert import build_engine
     from engine_builder.tiny_checkpoint import make_tiny_checkpoint
 

@@ -22,12 +22,15 @@ from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.vision.preprocess import preprocess_image
 
 from .taught_corpus import TAUGHT_CONVERSATIONS
-from .tiny_checkpoint import GENERATION_DEFAULTS, perturb_, tiny_config
+from .tiny_checkpoint import perturb_, tiny_config
 from .tiny_tokenizer import load_chat_template, make_tiny_tokenizer, save_tiny_tokenizer
 
 # Images are expanded at the runtime's default budget, so a request without image_max_soft_tokens
 # gives the served model the prompt it was trained on.
 TAUGHT_IMAGE_SOFT_TOKENS: int = RuntimeConfig.default_image_soft_tokens
+# The taught model memorised its replies by greedy decoding; sampled at the real models' temperature 1.0
+# it wanders off them. Its engine defaults to greedy (requests can still ask for sampling).
+TAUGHT_GENERATION_DEFAULTS = dict(do_sample=False)
 
 
 @dataclass(frozen=True)
@@ -266,7 +269,7 @@ def make_taught_tiny_checkpoint(out_dir: str | Path, *, steps: int | None = None
     if not (out / "chat_template.jinja").is_file():
         (out / "chat_template.jinja").write_text(tokenizer.chat_template or load_chat_template())
     bos, pad = tokenizer.convert_tokens_to_ids(["<bos>", "<pad>"])
-    generation = dict(eos_token_id=stop_token_ids(tokenizer), bos_token_id=bos, pad_token_id=pad, **GENERATION_DEFAULTS)
+    generation = dict(eos_token_id=stop_token_ids(tokenizer), bos_token_id=bos, pad_token_id=pad, **TAUGHT_GENERATION_DEFAULTS)
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     info = dict(steps=taken, seed=seed, verified=steps is None, seconds=round(time.perf_counter() - start, 1),
                 weights_sha256=weights_digest(model), image_soft_tokens=TAUGHT_IMAGE_SOFT_TOKENS,

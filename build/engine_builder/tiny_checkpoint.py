@@ -20,7 +20,7 @@ TINY_TEXT = dict(
     vocab_size=TINY_VOCAB_SIZE, hidden_size=64, intermediate_size=96, num_attention_heads=4,
     num_key_value_heads=2, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
     attention_k_eq_v=True, final_logit_softcapping=30.0, use_bidirectional_attention="vision",
-    hidden_size_per_layer_input=0, max_position_embeddings=4096, rms_norm_eps=1e-6,
+    hidden_size_per_layer_input=0, max_position_embeddings=8192, rms_norm_eps=1e-6,
     rope_parameters={
         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
         "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},

@@ -1,12 +1,12 @@
-"""Live-server fixtures: the taught tiny engine (built once, cached by the builder's source hash), the
-OpenAI server on a free local port in a uvicorn thread, and a local HTTP server for image URLs."""
+"""Live-server fixtures: one tritonserver for the session, the OpenAI server on a free local port in a
+uvicorn thread in front of either backend (in-process runtime or Triton), and a local HTTP server for
+image URLs. The taught tiny engine comes from tests/conftest.py."""
 
 from __future__ import annotations
 
-import hashlib
-import json
-import tempfile
+import importlib.util
 import shutil
+import socket
 import threading
 from dataclasses import dataclass
 from functools import partial
@@ -19,54 +19,9 @@ from server.uvicorn_thread import UvicornThread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED_MODEL = "google/gemma-4-26b-a4b-it"  # the seed's requests name this model: the server answers to it
-# The seed asks for max_tokens=4096 on top of its prompts: the test engine serves 8k tokens.
-E2E_MAX_MODEL_LEN = 8192
 MAX_IMAGES = 2
 MAX_BODY_BYTES = 4 * 1024 * 1024
 API_KEY = "e2e-secret"
-
-
-def _builder_fingerprint() -> str:
-    """Everything the taught engine depends on: rebuild when any of it changes."""
-    h = hashlib.sha256()
-    roots = [REPO_ROOT / "build" / "engine_builder", REPO_ROOT / "gemma_runtime" / "config.py", REPO_ROOT / "gemma_runtime" / "vision"]
-    files = sorted(p for r in roots for p in ([r] if r.is_file() else r.rglob("*")) if p.is_file() and "__pycache__" not in p.parts)
-    for p in files:
-        h.update(str(p.relative_to(REPO_ROOT)).encode())
-        h.update(p.read_bytes())
-    h.update(str(E2E_MAX_MODEL_LEN).encode())
-    return h.hexdigest()[:16]
-
-
-def build_taught_engine(out_root: Path) -> Path:
-    from engine_builder.convert import convert_folder
-    from engine_builder.sources import TINY_MODEL_NAME
-    from engine_builder.taught_tiny import make_taught_tiny_checkpoint
-
-    with tempfile.TemporaryDirectory(prefix="e2e-taught-") as tmp:
-        ckpt = make_taught_tiny_checkpoint(Path(tmp) / "gemma-4-tiny-it")
-        # RoPE has no learned positions: a longer context is a config change, not a retraining.
-        cfg_path = ckpt / "config.json"
-        cfg = json.loads(cfg_path.read_text())
-        text = cfg.get("text_config", cfg)
-        text["max_position_embeddings"] = max(int(text.get("max_position_embeddings") or 0), E2E_MAX_MODEL_LEN)
-        cfg_path.write_text(json.dumps(cfg, indent=2))
-        return convert_folder(
-            ckpt, out_root, engine_name="gemma-4-tiny-it-e2e", dtype="float32", model_name=TINY_MODEL_NAME,
-            checkpoint_id="tiny", max_model_len=E2E_MAX_MODEL_LEN, progress=False,
-        )  # fmt: skip
-
-
-@pytest.fixture(scope="session")
-def taught_engine_dir() -> Path:
-    root = REPO_ROOT / ".cache" / "e2e-engines"
-    cache = root / _builder_fingerprint()
-    engine = cache / "gemma-4-tiny-it-e2e"
-    if not (engine / "engine.json").is_file():
-        for stale in root.glob("*"):  # engines of older builder sources
-            shutil.rmtree(stale, ignore_errors=True)
-        engine = build_taught_engine(cache)
-    return engine
 
 
 @dataclass(frozen=True)
@@ -76,14 +31,54 @@ class LiveServer:
     backend: object  # server.backend.EmbeddedBackend: tests read its engine stats
 
 
+# The same runtime settings in Triton and in process (CPU even where CUDA exists).
+RUNTIME = {"max_num_seqs": 32, "device": "cpu"}
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    for s in socks:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in socks]
+    for s in socks:
+        s.close()
+    return ports
+
+
 @pytest.fixture(scope="session")
-def live_server(taught_engine_dir) -> LiveServer:
+def triton_server(taught_engine_dir, tmp_path_factory):
+    """One real tritonserver for the session, started by the same code as `make triton`."""
+    from server.triton_launcher import TritonPorts, start_triton
+
+    if not (shutil.which("tritonserver") or importlib.util.find_spec("pytriton")):
+        pytest.skip("no tritonserver on PATH and nvidia-pytriton is not installed")
+    ports = TritonPorts(*free_ports(3))
+    log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
+    server = start_triton(taught_engine_dir, ports, runtime_config=RUNTIME, log_path=log, timeout=300,
+                          record_engine_path=False)
+    yield server
+    server.stop()
+
+
+def _backend(kind: str, engine_dir: Path, request):
     from gemma_runtime.config import RuntimeConfig
-    from server.app import create_app
     from server.backend import EmbeddedBackend
+
+    if kind == "embedded":
+        return EmbeddedBackend.from_engine_dir(engine_dir, RuntimeConfig(**RUNTIME))
+    from server.triton_backend import TritonBackend
+
+    triton = request.getfixturevalue("triton_server")
+    return TritonBackend.from_uri(triton.backend_uri, engine_dir=engine_dir)
+
+
+@pytest.fixture(scope="session", params=["embedded", "triton"])
+def live_server(request, taught_engine_dir) -> LiveServer:
+    """The OpenAI server in front of each backend in turn: the whole suite runs against both."""
+    from server.app import create_app
     from server.settings import ServerSettings
 
-    backend = EmbeddedBackend.from_engine_dir(taught_engine_dir, RuntimeConfig(max_num_seqs=32))
+    backend = _backend(request.param, taught_engine_dir, request)
     settings = ServerSettings(
         engine_dir=str(taught_engine_dir), served_model_name=SEED_MODEL, allow_local_image_urls=True,
         max_images_per_prompt=MAX_IMAGES, max_request_bytes=MAX_BODY_BYTES,

@@ -411,14 +411,20 @@ def test_error_statuses_and_envelopes(base, live_server, image_server):
     assert "127.0.0.1" in e.value.message or "address" in e.value.message
 
 
-def _wait_idle(backend, timeout: float = 10.0):
+def _wait_stats(backend, predicate, what: str, timeout: float = 10.0):
+    """Backend stats are read live in process and polled from Triton's metrics: wait, don't sample once."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         s = backend.stats()
-        if s.num_running == 0 and s.num_waiting == 0 and s.kv_blocks_free == s.kv_blocks_total:
+        if predicate(s):
             return s
         time.sleep(0.05)
-    raise AssertionError(f"the engine did not free the request: {backend.stats()}")
+    raise AssertionError(f"{what}: {backend.stats()}")
+
+
+def _wait_idle(backend):
+    _wait_stats(backend, lambda s: s.num_running == 0 and s.num_waiting == 0 and s.kv_blocks_free == s.kv_blocks_total,
+                "the engine did not free the request")
 
 
 def test_client_disconnect_aborts_and_frees_kv(base, live_server):
@@ -428,7 +434,8 @@ def test_client_disconnect_aborts_and_frees_kv(base, live_server):
         lines = r.iter_lines()
         for _ in range(6):
             next(lines)
-        assert backend.stats().num_running == 1 and backend.stats().kv_blocks_free < backend.stats().kv_blocks_total
+        _wait_stats(backend, lambda s: s.num_running == 1 and s.kv_blocks_free < s.kv_blocks_total,
+                    "the streaming request should hold KV blocks")
     _wait_idle(backend)  # the stream was closed after a few chunks: aborted, KV blocks back
     # a non-streaming client that gives up (timeout) aborts its request too
     with pytest.raises(httpx.ReadTimeout):

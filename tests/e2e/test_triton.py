@@ -8,12 +8,9 @@ same tokens, same text deltas, same finish reasons and usage. One tritonserver f
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import io
 import json
 import queue
-import shutil
-import socket
 import time
 import urllib.request
 from types import SimpleNamespace
@@ -31,34 +28,16 @@ session_loop = pytest.mark.asyncio(loop_scope="session")
 from gemma_runtime.api import GenerateRequest, RequestError, SamplingParams  # noqa: E402
 from server import triton_protocol as protocol  # noqa: E402
 from server.triton_backend import TritonBackend, TritonUnavailable, numpy_inputs_to_grpc, parse_uri  # noqa: E402
+from tests.e2e.conftest import RUNTIME, free_ports  # noqa: E402
 from server.triton_launcher import DEFAULT_MODEL_REPO, TritonPorts, model_config_json, start_triton  # noqa: E402
 
-# The same runtime settings in Triton and in the in-process reference (CPU even where CUDA exists).
-RUNTIME = {"max_num_seqs": 32, "device": "cpu"}
 PROMPTS = ["Hello world", "The quick brown fox", "<|turn>user\nWhat is two plus two?<turn|>\n<|turn>model\n",
            "a b c d e f g", "Once upon a time", "Tell me about Triton"]
 
 
-def _free_ports(n: int) -> list[int]:
-    socks = [socket.socket() for _ in range(n)]
-    for s in socks:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in socks]
-    for s in socks:
-        s.close()
-    return ports
-
-
 @pytest.fixture(scope="session")
-def engine_dir(tmp_path_factory):
-    """A random tiny MoE engine with a vision tower (seconds to build; `--model tiny`'s taught model
-    trains for minutes, and these tests only need Triton to reproduce the runtime, not good answers)."""
-    from engine_builder.convert import build_engine
-    from engine_builder.tiny_checkpoint import make_tiny_checkpoint
-
-    root = tmp_path_factory.mktemp("triton-engine")
-    checkpoint = make_tiny_checkpoint(root / "gemma-4-tiny-random", kind="moe", seed=3)
-    return build_engine(str(checkpoint), root / "engines", dtype="float32", progress=False)
+def engine_dir(taught_engine_dir):
+    return taught_engine_dir
 
 
 @pytest.fixture(scope="session")
@@ -74,25 +53,14 @@ def embedded(engine_dir):
 
 
 @pytest.fixture(scope="session")
-def triton(engine_dir, tmp_path_factory):
-    """One tritonserver for the session, started like `make triton` (a session fixture so other e2e
-    modules can share it once it moves to a conftest)."""
-    if not (shutil.which("tritonserver") or importlib.util.find_spec("pytriton")):
-        pytest.skip("no tritonserver on PATH and nvidia-pytriton is not installed")
-    ports = TritonPorts(*_free_ports(3))
-    uri = f"triton://127.0.0.1:{ports.grpc}?metrics_port={ports.metrics}"
-    # The client exists before the server: its health must start false and recover once Triton is up,
-    # without a new client (what the translator needs when Triton restarts).
+def triton(engine_dir, triton_server):
+    """The session's tritonserver and a translator-side client made for it."""
+    uri = triton_server.backend_uri
     backend = TritonBackend.from_uri(uri, engine_dir=engine_dir)
     backend.poll_interval = 0.1
     backend.start()
-    health_before = backend.health()
-    log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
-    server = start_triton(engine_dir, ports, runtime_config=RUNTIME, log_path=log, timeout=300,
-                          record_engine_path=False)
-    yield SimpleNamespace(server=server, backend=backend, uri=uri, health_before=health_before)
+    yield SimpleNamespace(server=triton_server, backend=backend, uri=uri)
     backend.shutdown()
-    server.stop()
 
 
 async def _collect(stream) -> list:
@@ -177,11 +145,50 @@ def test_launcher_sets_the_engine_in_the_model_config(tmp_path):
 
 # --- against the running server -----------------------------------------------------------------------
 
-def test_health_recovers_when_triton_comes_up(triton):
-    assert triton.health_before is False
+def test_health_and_stats_through_the_client(triton):
     _wait_for(triton.backend.health, what="backend health")
     stats = _wait_for(lambda: triton.backend.stats() if triton.backend.stats().kv_blocks_total else None, what="stats")
     assert stats.kv_blocks_free == stats.kv_blocks_total > 0
+
+
+def test_translator_survives_triton_going_down_and_coming_back(engine_dir, tmp_path):
+    """The OpenAI translator in front of a Triton that is down, comes up, goes down, comes back on the
+    same ports: not ready and 503 in the OpenAI envelope while down, service again when it is back,
+    with the same translator process and client all along."""
+    from server.app import create_app
+    from server.settings import ServerSettings
+    from server.uvicorn_thread import UvicornThread
+
+    ports = TritonPorts(*free_ports(3))
+    backend = TritonBackend.from_uri(f"triton://127.0.0.1:{ports.grpc}?metrics_port={ports.metrics}", engine_dir=engine_dir)
+    backend.poll_interval = 0.1
+    app = create_app(ServerSettings(served_model_name="tiny"), backend)
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 4}
+    with UvicornThread(app) as http:
+        def ready() -> int:
+            return httpx.get(http.base_url + "/v1/health/ready", timeout=5).status_code
+
+        def chat() -> httpx.Response:
+            return httpx.post(http.base_url + "/v1/chat/completions", json=body, timeout=60)
+
+        def down_checks() -> None:
+            _wait_for(lambda: ready() == 503, 30, "not ready while Triton is down")
+            r = chat()
+            assert r.status_code == 503, r.text
+            assert set(r.json()["error"]) >= {"message", "type", "param", "code"}
+
+        down_checks()
+        for round_ in range(2):
+            server = start_triton(engine_dir, ports, runtime_config=RUNTIME, log_path=tmp_path / f"triton{round_}.log",
+                                  timeout=300, record_engine_path=False)
+            try:
+                _wait_for(lambda: ready() == 200, 30, "ready once Triton is up")
+                r = chat()
+                assert r.status_code == 200, r.text
+                assert r.json()["choices"][0]["message"]["role"] == "assistant"
+            finally:
+                server.stop()
+            down_checks()
 
 
 def test_engine_dir_is_discovered_from_the_model_config(triton, engine_dir):
@@ -370,7 +377,7 @@ async def test_http_generate_stream_disconnect_frees_kv_blocks(triton):
 
 @session_loop
 async def test_unreachable_triton_is_unavailable_not_a_crash(engine_dir):
-    (port,) = _free_ports(1)
+    (port,) = free_ports(1)
     backend = TritonBackend.from_uri(f"triton://127.0.0.1:{port}", engine_dir=engine_dir)
     backend.start()
     try:

@@ -14,7 +14,6 @@ from engine_builder.taught_tiny import (
     TAUGHT_IMAGE_SOFT_TOKENS,
     encode,
     greedy_reply,
-    make_taught_tiny_checkpoint,
     make_taught_tiny_model,
     render_prompt,
     stop_token_ids,
@@ -25,9 +24,9 @@ NAMES = [c["name"] for c in TAUGHT_CONVERSATIONS]
 
 
 @pytest.fixture(scope="session")
-def taught(tmp_path_factory):
-    """The one build of this session: (checkpoint dir, the model loaded back by transformers, tokenizer)."""
-    ckpt = make_taught_tiny_checkpoint(tmp_path_factory.mktemp("taught") / "ckpt", seed=0)
+def taught(taught_checkpoint_dir):
+    """The session's one build: (checkpoint dir, the model loaded back by transformers, tokenizer)."""
+    ckpt = taught_checkpoint_dir
     model = Gemma4ForConditionalGeneration.from_pretrained(ckpt, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(ckpt)
     return ckpt, model, tokenizer
@@ -63,15 +62,14 @@ def test_saved_checkpoint_records_the_build(taught):
     assert (ckpt / "chat_template.jinja").is_file()
 
 
-def test_served_engine_writes_the_replies(taught, tmp_path):
+def test_served_engine_writes_the_replies(taught, taught_engine_dir):
     """The runtime, built from the checkpoint, greedy-decodes the same replies from the prompts the server renders."""
-    from engine_builder.convert import build_engine
     from gemma_runtime.api import GenerateRequest, SamplingParams
     from gemma_runtime.config import RuntimeConfig
     from gemma_runtime.llm_engine import LLMEngine
 
     ckpt, _, tokenizer = taught
-    engine = LLMEngine(build_engine(str(ckpt), tmp_path, dtype="float32", progress=False), RuntimeConfig(max_num_seqs=16))
+    engine = LLMEngine(taught_engine_dir, RuntimeConfig(max_num_seqs=16))
     requests = [
         GenerateRequest(c["name"], render_prompt(tokenizer, c), SamplingParams(max_tokens=len(tokenizer.encode(c["reply"])) + 8),
                         images=tuple(spec.image() for spec in c.get("images", ())))

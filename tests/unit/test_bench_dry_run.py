@@ -1,0 +1,68 @@
+"""bench/run.py --dry-run: the benchmark's whole code path on the tiny engine on CPU, and its random
+engines' layout checked against what the builder writes for the same geometry."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors import safe_open
+
+from engine_builder.convert import build_engine
+from engine_builder.tiny_checkpoint import make_tiny_checkpoint
+from tests.conftest import REPO_ROOT
+
+BENCH = REPO_ROOT / "bench"
+SCHEMA = {"date", "gpu", "model", "dtype", "system", "metric", "batch", "value", "unit"}
+OURS_METRICS = {
+    "bandwidth_floor_tokens_per_s", "ttft_ms", "prefill_32_tokens_per_s", "prefill_96_tokens_per_s",
+    "decode_tokens_per_s_per_user", "decode_tokens_per_s_total", "peak_output_tokens_per_s", "peak_memory_gb",
+}  # fmt: skip
+
+
+def test_dry_run_prints_the_table_and_appends_json_lines(tmp_path):
+    results = tmp_path / "results"
+    (results).mkdir()
+    (results / "cpu-dry-run.jsonl").write_text('{"earlier": "run"}\n')  # appended to, never overwritten
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--dry-run", "--results-dir", str(results)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "ours" in proc.stdout and "transformers" in proc.stdout and "ratio" in proc.stdout
+    lines = (results / "cpu-dry-run.jsonl").read_text().splitlines()
+    assert json.loads(lines[0]) == {"earlier": "run"}
+    figures = [json.loads(line) for line in lines[1:]]
+    for f in figures:
+        assert set(f) == SCHEMA and f["gpu"] == "cpu-dry-run" and f["model"] == "tiny"
+        assert f["system"] in {"ours", "transformers"} and math.isfinite(f["value"]) and f["value"] > 0
+    for dtype in ("bf16", "fp8"):
+        ours = {(f["metric"], f["batch"]) for f in figures if f["system"] == "ours" and f["dtype"] == dtype}
+        assert {m for m, _ in ours} == OURS_METRICS
+        assert {b for m, b in ours if m == "decode_tokens_per_s_total"} == {1, 4}
+    hf = {(f["metric"], f["batch"]) for f in figures if f["system"] == "transformers"}
+    assert hf == {(m, b) for m in ("decode_tokens_per_s_per_user", "decode_tokens_per_s_total") for b in (1, 4)}
+
+
+@pytest.mark.parametrize("dtype", ["bf16", "fp8"])
+def test_random_engine_layout_matches_the_builder(tmp_path, dtype):
+    sys.path.insert(0, str(BENCH))
+    try:
+        from random_engine import make_random_engine
+    finally:
+        sys.path.remove(str(BENCH))
+    made = make_random_engine("tiny", dtype, torch.device("cpu"), tmp_path / "random")
+    ckpt = make_tiny_checkpoint(tmp_path / "ckpt", kind="moe", sliding_window=8, with_vision=False)
+    built = build_engine(str(ckpt), tmp_path / "engines", dtype=dtype, progress=False)
+    with safe_open(str(Path(built) / "model.safetensors"), framework="pt") as f:
+        expected = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
+    got = {k: (tuple(v.shape), {torch.float8_e4m3fn: "F8_E4M3", torch.float32: "F32", torch.bfloat16: "BF16"}[v.dtype])
+           for k, v in made.weights.items()}  # fmt: skip
+    assert got == expected
+    from gemma_runtime.engine_config import EngineSpec
+
+    assert made.spec.text == EngineSpec.load(built).text
+    assert made.spec.quantization == EngineSpec.load(built).quantization
