@@ -30,7 +30,8 @@ def load_weights(engine_dir: str | Path, device: torch.device, dtype: torch.dtyp
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():
                 t = f.get_tensor(name)
-                if dtype is not None and t.is_floating_point() and t.element_size() > 1:
+                # FP8 weights stay FP8 and their scales stay float32.
+                if dtype is not None and t.is_floating_point() and t.element_size() > 1 and not name.endswith("_scale"):
                     t = t.to(dtype)
                 weights[name] = t.to(device)
     return weights

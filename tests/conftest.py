@@ -8,10 +8,17 @@ once, a rerun with unchanged sources reuses it.
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 from pathlib import Path
 
 import pytest
+import torch
+
+if not torch.cuda.is_available():
+    # Triton kernels run under Triton's CPU interpreter here. Triton reads this when it is first
+    # imported, which another test's imports (transformers, torch) may do before the kernel tests.
+    os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = REPO_ROOT / ".cache" / "taught-tiny"

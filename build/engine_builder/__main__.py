@@ -1,4 +1,4 @@
-"""python -m engine_builder --model tiny|26b|31b|<folder>|<hub id> [--dtype bf16|fp32] [--out-dir engines]"""
+"""python -m engine_builder --model tiny|26b|31b|<folder>|<hub id> [--dtype bf16|fp32|fp8] [--out-dir engines]"""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from .writer import DEFAULT_MAX_SHARD_BYTES
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m engine_builder", description="Build a Gemma 4 engine folder from a Hugging Face checkpoint.")
     p.add_argument("--model", required=True, help="tiny, 26b, 31b, a local checkpoint folder, or a hub id (owner/name)")
-    p.add_argument("--dtype", default=None, help="bf16|bfloat16|fp32|float32 (default: float32 for tiny, bfloat16 otherwise); fp8 is not built yet")
+    p.add_argument("--dtype", default=None, help="bf16|bfloat16|fp32|float32|fp8 (default: float32 for tiny, bfloat16 otherwise; fp8: e4m3 linear layers with per-channel scales)")
     p.add_argument("--out-dir", default="engines", help="where the engine folder goes (default: engines)")
     p.add_argument("--name", default=None, help="engine folder name (default: <model>-<dtype>)")
     p.add_argument("--max-model-len", type=int, default=None, help="longest sequence the engine serves (default: min(max_position_embeddings, 32768))")

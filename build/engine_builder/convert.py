@@ -13,22 +13,53 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from gemma_runtime.engine_config import EngineSpec
+import torch
+
+from gemma_runtime.engine_config import EngineSpec, QuantizationSpec
 
 from .checkpoint import ARCHITECTURE, Checkpoint
-from .dtypes import DTYPES, canonical_dtype
+from .dtypes import base_dtype, canonical_dtype, quantization_method, torch_dtype
 from .engine_files import read_tokenizer, write_engine_files
 from .errors import BuildError
 from .sources import Source, resolve
 from .spec import default_max_model_len, multimodal_spec, text_config, text_spec, vision_spec
-from .weights import OutTensor, materialize, plan_weights
+from .weights import FP8, OutTensor, is_fp8_linear, materialize, plan_weights, quantize_fp8, scale_name
 from .writer import DEFAULT_MAX_SHARD_BYTES, Entry, total_bytes, write_sharded
 
 
 def _entries(ckpt: Checkpoint, plan: list[OutTensor], dtype: str) -> list[Entry]:
-    target = DTYPES[dtype]
-    return [Entry(t.name, t.shape, target if ckpt.tensors[t.sources[0]].dtype.is_floating_point else ckpt.tensors[t.sources[0]].dtype)
-            for t in plan]  # fmt: skip
+    target, quantized = torch_dtype(dtype), quantization_method(dtype) is not None
+    entries = []
+    for t in plan:
+        if quantized and is_fp8_linear(t.name):  # the scale follows its weight: both come from one read
+            entries += [Entry(t.name, t.shape, FP8), Entry(scale_name(t.name), t.shape[:-1], torch.float32)]
+        else:
+            source = ckpt.tensors[t.sources[0]].dtype
+            entries.append(Entry(t.name, t.shape, target if source.is_floating_point else source))
+    return entries
+
+
+def _producer(ckpt: Checkpoint, plan: list[OutTensor]):
+    """Entry -> tensor, in the writer's order; an FP8 weight leaves its scale for the next entry."""
+    by_name = {t.name: t for t in plan}
+    scales: dict[str, torch.Tensor] = {}
+
+    def produce(e: Entry) -> torch.Tensor:
+        if e.name in scales:
+            return scales.pop(e.name)
+        if e.dtype == FP8:
+            q, scales[scale_name(e.name)] = quantize_fp8(materialize(ckpt, by_name[e.name], torch.float32))
+            return q
+        return materialize(ckpt, by_name[e.name], e.dtype)
+
+    return produce
+
+
+def _quantization(dtype: str, entries: list[Entry]) -> QuantizationSpec | None:
+    method = quantization_method(dtype)
+    if method is None:
+        return None
+    return QuantizationSpec(method, "per_channel", tuple(e.name for e in entries if e.dtype == FP8))
 
 
 def _max_model_len(config: dict, requested: int | None) -> int:
@@ -71,7 +102,7 @@ def convert_folder(
     """Convert one local checkpoint folder into out_dir/engine_name."""
     ckpt = Checkpoint(folder)
     config = ckpt.config
-    text = text_spec(config, dtype)
+    text = text_spec(config, base_dtype(dtype))
     vision = vision_spec(config)
     info = read_tokenizer(folder)
     plan = plan_weights(ckpt, text, with_vision=vision is not None)
@@ -79,24 +110,23 @@ def convert_folder(
     spec = EngineSpec(
         model_name=model_name,
         architecture=ARCHITECTURE,
-        dtype=dtype,
+        dtype=base_dtype(dtype),
         max_model_len=_max_model_len(config, max_model_len),
         text=text,
         tokens=info.tokens,
         stop_token_ids=info.stop_token_ids,
         vision=vision,
         multimodal=multimodal_spec(config),
-        quantization=None,
+        quantization=_quantization(dtype, entries),
         source={"checkpoint": checkpoint_id, "sha256": ckpt.sha256()},
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{engine_name}.tmp-", dir=out_dir))
     try:
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the engine is an ordinary folder
-        by_name = {t.name: t for t in plan}
         with tqdm(total=total_bytes(entries), unit="B", unit_scale=True, desc=engine_name, disable=not progress) as bar:
             write_sharded(
-                tmp, entries, lambda e: materialize(ckpt, by_name[e.name], e.dtype), max_shard_bytes,
+                tmp, entries, _producer(ckpt, plan), max_shard_bytes,
                 on_written=lambda e: bar.update(e.nbytes),
             )  # fmt: skip
         write_engine_files(folder, tmp, info)
@@ -121,7 +151,8 @@ def build_engine(
 ) -> Path:
     """Build an engine from `source` (tiny, 26b, 31b, a folder or a hub id); returns the engine folder.
 
-    dtype defaults to float32 for tiny and bfloat16 otherwise; the folder is `<name or base>-<dtype>`.
+    dtype defaults to float32 for tiny and bfloat16 otherwise (fp8: e4m3 linear layers, the rest bfloat16);
+    the folder is `<name or base>-<dtype>`.
     Bad input raises BuildError (a SystemExit carrying one line).
     """
     src: Source = resolve(str(source))

@@ -13,6 +13,7 @@ from typing import Callable
 import torch
 
 from gemma_runtime.engine_config import TextSpec
+from gemma_runtime.model.linear import FP8, quantize_per_row, scale_name
 
 from .checkpoint import Checkpoint
 from .errors import BuildError
@@ -138,6 +139,30 @@ def plan_weights(ckpt: Checkpoint, spec: TextSpec, with_vision: bool) -> list[Ou
         more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
         raise BuildError(f"checkpoint tensor {left[0]}{more} has no place in the engine layout: config.json and weights disagree")
     return p.out
+
+
+# The linear layers an FP8 engine stores in e4m3 (names after `layers.{i}.`): the weights every decode
+# step streams. Embeddings (also the tied LM head, whose logits feed sampling directly), norms, layer
+# scalars, the router (its top-k choice flips on small errors) and the vision tower keep the engine dtype.
+FP8_LINEAR_SUFFIXES = (
+    "attn.qkv_proj.weight", "attn.o_proj.weight", "mlp.gate_up_proj.weight", "mlp.down_proj.weight",
+    "moe.gate_up_proj", "moe.down_proj",
+)  # fmt: skip
+
+
+def is_fp8_linear(name: str) -> bool:
+    return name.startswith("layers.") and name.split(".", 2)[2] in FP8_LINEAR_SUFFIXES
+
+
+def quantize_fp8(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """w [..., N, K] -> (e4m3 [..., N, K], float32 scale [..., N]): one scale per output channel (row).
+
+    Per channel rather than per tensor: rows of a trained weight differ in magnitude by orders, and one
+    tensor-wide scale would leave the small rows a few of e4m3's 3 mantissa bits' worth of levels; a row
+    scale costs 4 bytes per row and applies as a free epilogue of torch._scaled_mm's rowwise scaling (and
+    of the fused-MoE kernel), unlike 128x128 block scales, which need their own GEMM kernel.
+    """
+    return quantize_per_row(w)
 
 
 def materialize(ckpt: Checkpoint, t: OutTensor, dtype: torch.dtype) -> torch.Tensor:

@@ -11,9 +11,10 @@ import torch.nn.functional as F
 
 from gemma_runtime.engine_config import LayerSpec, TextSpec
 from gemma_runtime.forward_batch import ForwardBatch
-from gemma_runtime.model import attention as _attention  # noqa: F401  (registers the reference backends)
-from gemma_runtime.model import moe as _moe  # noqa: F401
+import gemma_runtime.model.attention  # noqa: F401  (registers the reference backends)
+import gemma_runtime.model.moe  # noqa: F401
 from gemma_runtime.model.layers import apply_rope, geglu, rms_norm, rope_cos_sin, rope_inv_freq
+from gemma_runtime.model.linear import expert_weights, linear
 from gemma_runtime.model.moe import route
 from gemma_runtime.model.registry import create
 
@@ -75,21 +76,21 @@ class Gemma4TextModel:
         x = residual + rms_norm(h, self.w[p + "post_attn_norm.weight"], eps)
 
         residual = x
-        m = F.linear(geglu(F.linear(rms_norm(x, self.w[p + "pre_ffn_norm.weight"], eps), self.w[p + "mlp.gate_up_proj.weight"])),
-                     self.w[p + "mlp.down_proj.weight"])
+        m = linear(geglu(linear(rms_norm(x, self.w[p + "pre_ffn_norm.weight"], eps), self.w, p + "mlp.gate_up_proj.weight")),
+                   self.w, p + "mlp.down_proj.weight")
         if self.spec.moe is not None:
             # The dense MLP and the experts run side by side from the same residual, each post-normed.
             weights, ids = route(residual, self.w[p + "moe.router_proj.weight"], self.w[p + "moe.router_scale"],
                                  self.spec.moe.top_k, eps)
             expert_in = rms_norm(residual, self.w[p + "moe.pre_norm.weight"], eps)
-            e = self.experts(expert_in, weights, ids, self.w[p + "moe.gate_up_proj"], self.w[p + "moe.down_proj"])
+            e = self.experts(expert_in, weights, ids, **expert_weights(self.experts, self.w, p))
             m = rms_norm(m, self.w[p + "moe.post_norm_dense.weight"], eps) + rms_norm(e, self.w[p + "moe.post_norm_experts.weight"], eps)
         x = residual + rms_norm(m, self.w[p + "post_ffn_norm.weight"], eps)
         return x * self.w[p + "layer_scalar"]
 
     def _attention(self, p, layer: LayerSpec, h, cos_sin, batch, kv_cache) -> torch.Tensor:
         nq, nkv, d = self.spec.num_attention_heads, layer.num_kv_heads, layer.head_dim
-        qkv = F.linear(h, self.w[p + "attn.qkv_proj.weight"])  # [T, (nq + 2nkv) d] or [T, (nq + nkv) d] on K=V layers
+        qkv = linear(h, self.w, p + "attn.qkv_proj.weight")  # [T, (nq + 2nkv) d] or [T, (nq + nkv) d] on K=V layers
         q = qkv[:, : nq * d].view(-1, nq, d)  # [T, nq, d]
         k = qkv[:, nq * d : (nq + nkv) * d].view(-1, nkv, d)  # [T, nkv, d]
         # On K=V layers V is the raw (pre-norm, un-rotated) K projection.
@@ -100,4 +101,4 @@ class Gemma4TextModel:
         k = apply_rope(rms_norm(k, self.w[p + "attn.k_norm.weight"], eps), cos, sin)
         v = rms_norm(v, None, eps)
         o = self.attention(q, k, v, kv_cache, batch, layer, self.spec.sliding_window)  # [T, nq, d]
-        return F.linear(o.reshape(o.shape[0], nq * d), self.w[p + "attn.o_proj.weight"])  # [T, H]
+        return linear(o.reshape(o.shape[0], nq * d), self.w, p + "attn.o_proj.weight")  # [T, H]

@@ -3,6 +3,7 @@ for the device, so the model file never branches on the device."""
 
 from __future__ import annotations
 
+import importlib
 from typing import Callable
 
 import torch
@@ -20,7 +21,13 @@ def register(kind: str, device_type: str):
     return wrap
 
 
+# Backends that need more than torch (Triton kernels) register themselves when first asked for.
+_LAZY_MODULES = {"cuda": "gemma_runtime.model.cuda_backends"}
+
+
 def create(kind: str, device: torch.device, **kwargs):
+    if device.type in _LAZY_MODULES:
+        importlib.import_module(_LAZY_MODULES[device.type])
     table = _REGISTRIES[kind]
     factory = table.get(device.type) or table.get("cpu")  # the reference path runs anywhere torch runs
     if factory is None:

@@ -357,7 +357,7 @@ def test_bad_checkpoint_gets_one_clear_line(ckpts, tmp_path, case):
     assert_nothing_left(tmp_path / "out")
 
 
-@pytest.mark.parametrize(("dtype", "message"), [("int4", r"unknown dtype 'int4'"), ("fp8", r"^fp8 engines are not built yet$")])
+@pytest.mark.parametrize(("dtype", "message"), [("int4", r"unknown dtype 'int4'")])
 def test_bad_dtype(ckpts, tmp_path, dtype, message):
     with pytest.raises(BuildError, match=message):
         build_engine(ckpts["dense"], tmp_path / "out", dtype=dtype, progress=False)
@@ -422,7 +422,6 @@ def test_cli_builds_tiny(tmp_path):
 
 
 @pytest.mark.parametrize(("args", "message"), [
-    (("--model", "tiny", "--dtype", "fp8"), "fp8 engines are not built yet"),
     (("--model", "tiny", "--dtype", "int3"), "unknown dtype 'int3'"),
     (("--model", "missing-folder"), "is neither tiny"),
 ])  # fmt: skip

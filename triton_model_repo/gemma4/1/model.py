@@ -13,6 +13,7 @@ Threads (the stub's own thread calls `execute` and must never wait on generation
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import itertools
 import json
 import queue
@@ -39,6 +40,11 @@ class _Live:
     task: asyncio.Task | None = None  # set by _serve once it runs on the asyncio loop
     cancelled: bool = False
     done: threading.Event = field(default_factory=threading.Event)
+    # Triton frees a request's response factory once the final response is sent; asking
+    # is_cancelled() after that crashes tritonserver (SIGSEGV in ResponseFactoryIsCancelled). The
+    # sender thread sets `closed` under this lock as it sends the final; the watcher asks only before.
+    lock: threading.Lock = field(default_factory=threading.Lock)
+    closed: bool = False
 
 
 class TritonPythonModel:
@@ -147,7 +153,7 @@ class TritonPythonModel:
             try:
                 greq = self.protocol.decode_request(runtime_id, lambda n, r=request: _input(r, n))
             except (ValueError, TypeError) as e:
-                self._outbox.put((sender, _error(self.protocol.INVALID_REQUEST_PREFIX + str(e), invalid=True), True))
+                self._outbox.put((None, sender, _error(self.protocol.INVALID_REQUEST_PREFIX + str(e), invalid=True), True))
                 continue
             item = _Live(request, sender, runtime_id)
             with self._live_lock:
@@ -166,27 +172,27 @@ class TritonPythonModel:
             async for out in self.engine.generate(greq):
                 final_sent = out.finished
                 if out.finish_reason == "error":  # a runtime failure ends the stream as a Triton error
-                    self._outbox.put((item.sender, _error(self.protocol.ENGINE_ERROR_PREFIX + (out.error or "failed")), True))
+                    self._outbox.put((item, item.sender, _error(self.protocol.ENGINE_ERROR_PREFIX + (out.error or "failed")), True))
                     break
-                self._outbox.put((item.sender, self._response(out), out.finished))
+                self._outbox.put((item, item.sender, self._response(out), out.finished))
                 if out.finished:
                     break
         except asyncio.CancelledError:
             # Triton cancelled the request: leaving generate() aborted it in the runtime (its blocks are
             # free); tell whoever still listens how it ended.
             abort = RequestOutput(greq.request_id, (), "", finished=True, finish_reason="abort")
-            self._outbox.put((item.sender, self._response(abort), True))
+            self._outbox.put((item, item.sender, self._response(abort), True))
             final_sent = True
         except RequestError as e:
-            self._outbox.put((item.sender, _error(self.protocol.INVALID_REQUEST_PREFIX + str(e), invalid=True), True))
+            self._outbox.put((item, item.sender, _error(self.protocol.INVALID_REQUEST_PREFIX + str(e), invalid=True), True))
             final_sent = True
         except Exception as e:  # noqa: BLE001  any failure must end the stream with a readable error
             pb_utils.Logger.log_error(f"gemma4: request {greq.request_id} failed: {traceback.format_exc()}")
-            self._outbox.put((item.sender, _error(f"{self.protocol.ENGINE_ERROR_PREFIX}{type(e).__name__}: {e}"), True))
+            self._outbox.put((item, item.sender, _error(f"{self.protocol.ENGINE_ERROR_PREFIX}{type(e).__name__}: {e}"), True))
             final_sent = True
         finally:
             if not final_sent:
-                self._outbox.put((item.sender, _error(self.protocol.ENGINE_ERROR_PREFIX + "stream ended without a final output"), True))
+                self._outbox.put((item, item.sender, _error(self.protocol.ENGINE_ERROR_PREFIX + "stream ended without a final output"), True))
             with self._live_lock:
                 self._live.pop(item.runtime_id, None)
             item.done.set()
@@ -214,12 +220,16 @@ class TritonPythonModel:
             msg = self._outbox.get()
             if msg is None:
                 return
-            sender, response, final = msg
+            item, sender, response, final = msg
             flags = pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL if final else 0
-            try:
-                sender.send(response, flags=flags)
-            except Exception as e:  # noqa: BLE001  the client may be gone; the request still gets aborted
-                pb_utils.Logger.log_warn(f"gemma4: sending a response failed: {e}")
+            guard = item.lock if item is not None and final else contextlib.nullcontext()
+            with guard:
+                try:
+                    sender.send(response, flags=flags)
+                except Exception as e:  # noqa: BLE001  the client may be gone; the request still gets aborted
+                    pb_utils.Logger.log_warn(f"gemma4: sending a response failed: {e}")
+                if item is not None and final:
+                    item.closed = True
 
     def _watch_loop(self) -> None:
         last_stats = None
@@ -227,11 +237,13 @@ class TritonPythonModel:
             with self._live_lock:
                 live = list(self._live.values())
             for item in live:
-                try:
-                    if not item.cancelled and item.request.is_cancelled():
-                        self._cancel(item)
-                except Exception:  # noqa: BLE001  a request that just finished can no longer be asked
-                    pass
+                with item.lock:
+                    try:
+                        cancelled = not item.closed and not item.cancelled and item.request.is_cancelled()
+                    except Exception:  # noqa: BLE001  a request that just finished can no longer be asked
+                        cancelled = False
+                if cancelled:
+                    self._cancel(item)
             stats = self.engine.stats()
             if stats != last_stats:
                 for name, gauge in self._gauges.items():

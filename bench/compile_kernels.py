@@ -1,0 +1,91 @@
+"""Compile every Triton kernel configuration the runtime launches for the H100 (sm_90), without a GPU.
+
+Prints per kernel: shared memory, registers and local-memory bytes (spills) from the cubin, and which
+matrix instructions the SASS uses (HGMMA is Hopper's warpgroup MMA, HMMA the older per-warp one;
+STL/LDL are spills). Catches compile errors the CPU interpreter cannot see (type mismatches between
+branches, shared-memory overruns) and answers the first performance questions at no device time.
+
+    .venv/bin/python bench/compile_kernels.py
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+
+import triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+
+from gemma_runtime.kernels import moe_gemm, moe_routing, paged_decode, paged_prefill
+
+TARGET = GPUTarget("cuda", 90, 32)
+SMEM_LIMIT = 227 * 1024
+CUOBJDUMP = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "cuobjdump")
+BF16, I64, F32, FP8 = "*bf16", "*i64", "*fp32", "*fp8e4nv"
+
+
+def compile_one(fn, pointer_types: dict[str, str], constexprs: dict, num_warps: int, num_stages: int) -> dict:
+    sig = {n: "constexpr" if n in constexprs else pointer_types.get(n, "i32") for n in fn.arg_names}
+    k = triton.compile(ASTSource(fn, sig, constexprs=constexprs), target=TARGET,
+                       options={"num_warps": num_warps, "num_stages": num_stages})  # fmt: skip
+    with tempfile.NamedTemporaryFile(suffix=".cubin") as f:
+        f.write(k.asm["cubin"])
+        f.flush()
+        sass = subprocess.run([CUOBJDUMP, "-sass", f.name], capture_output=True, text=True).stdout
+        res = subprocess.run([CUOBJDUMP, "-res-usage", f.name], capture_output=True, text=True).stdout
+    usage = dict(re.findall(r"(REG|LOCAL):(\d+)", res))
+    return {"shared": k.metadata.shared, "regs": int(usage.get("REG", -1)), "local": int(usage.get("LOCAL", -1)),
+            **{op: len(re.findall(rf"\b{op}\b", sass)) for op in ("HGMMA", "HMMA", "STL", "LDL")}}  # fmt: skip
+
+
+def configs():
+    for d in (256, 512):
+        block_n, warps = paged_decode.decode_tiles(d)
+        group = 2 if d == 256 else 8  # the 26B-A4B's GQA groups (sliding 16/8, full 16/2)
+        for sliding in (True, False):
+            yield (f"decode d={d} sliding={sliding}", paged_decode._decode_split_kernel,
+                   {"q_ptr": BF16, "k_cache_ptr": BF16, "v_cache_ptr": BF16, "block_tables_ptr": I64,
+                    "context_lens_ptr": I64, "part_out_ptr": F32, "part_lse_ptr": F32},
+                   dict(SLIDING=sliding, GROUP=group, GROUP_PAD=16, HEAD_DIM=d, BLOCK_N=block_n, NUM_SPLITS=16, F32_DOT=False),
+                   warps, 2)  # fmt: skip
+        yield (f"decode merge d={d}", paged_decode._decode_merge_kernel,
+               {"part_out_ptr": F32, "part_lse_ptr": F32, "out_ptr": BF16}, dict(HEAD_DIM=d, NUM_SPLITS=16), 4, 2)
+        block_m, block_n, warps, stages = paged_prefill.prefill_tiles(d)
+        for sliding in (True, False):
+            yield (f"prefill d={d} sliding={sliding}", paged_prefill._prefill_kernel,
+                   {"q_ptr": BF16, "k_cache_ptr": BF16, "v_cache_ptr": BF16, "out_ptr": BF16, "block_tables_ptr": I64,
+                    "query_start_ptr": I64, "positions_ptr": I64},
+                   dict(SLIDING=sliding, GROUP=group, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, F32_DOT=False),
+                   warps, stages)  # fmt: skip
+    yield ("moe route E=128 k=8", moe_routing._route_kernel, {"logits_ptr": F32, "weights_ptr": F32, "ids_ptr": I64},
+           dict(E=128, E_PAD=128, TOP_K=8), 1, 2)
+    for tokens in (1, 512):
+        bm, bn, bk = moe_gemm.expert_tiles(tokens)
+        for wname, wtype in (("bf16", BF16), ("fp8", FP8)):
+            scaled = wname == "fp8"
+            yield (f"moe gate_up {wname} M={bm}", moe_gemm._gate_up_kernel,
+                   {"x_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "h_ptr": BF16, "rows_ptr": I64, "tile_expert_ptr": I64},
+                   dict(TOP_K=8, HAS_SCALE=scaled, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, F32_DOT=False), 4, 2)  # fmt: skip
+            yield (f"moe down {wname} M={bm}", moe_gemm._down_kernel,
+                   {"h_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "out_ptr": F32, "rows_ptr": I64,
+                    "tile_expert_ptr": I64, "routing_ptr": F32},
+                   dict(HAS_SCALE=scaled, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, F32_DOT=False), 4, 2)  # fmt: skip
+
+
+def main() -> int:
+    print(f"{'kernel':34} {'shared KB':>9} {'regs':>5} {'local':>6} {'HGMMA':>6} {'HMMA':>5} {'STL':>4} {'LDL':>4}")
+    failed = 0
+    for name, fn, types, constexprs, warps, stages in configs():
+        r = compile_one(fn, types, constexprs, warps, stages)
+        over = r["shared"] > SMEM_LIMIT
+        failed += over
+        print(f"{name:34} {r['shared'] / 1024:9.1f} {r['regs']:5} {r['local']:6} {r['HGMMA']:6} {r['HMMA']:5} "
+              f"{r['STL']:4} {r['LDL']:4}{'  OVER THE SHARED-MEMORY LIMIT' if over else ''}")  # fmt: skip
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,21 @@
+"""Pieces shared by the kernels."""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+
+def interpreted(kernel) -> bool:
+    """True when triton runs `kernel` in its CPU interpreter (TRITON_INTERPRET=1 when it was decorated)."""
+    return not isinstance(kernel, triton.runtime.JITFunction)
+
+
+@triton.jit
+def dot(a, b, F32_DOT: tl.constexpr):
+    """tl.dot with a float32 accumulator. Triton 3.9's interpreter computes bf16 dots wrongly (numpy has
+    no bf16), so under the interpreter only the operands are widened to float32 first; compiled kernels
+    keep bf16 operands on the tensor cores."""
+    if F32_DOT:
+        return tl.dot(a.to(tl.float32), b.to(tl.float32))
+    return tl.dot(a, b)

@@ -1,0 +1,169 @@
+"""Fused MoE experts: a grouped GEMM over the routed (token, expert) pairs sorted by expert.
+
+Layout. The T*k routed rows are sorted by expert and each expert's run is padded to a multiple of
+BLOCK_M, so every BLOCK_M-row tile belongs to one expert (the host-side `align_by_expert`, torch ops
+on the GPU with no host synchronisation: the tile count is an upper bound that depends only on T).
+
+Two kernels:
+  1. gate_up: h = gelu_tanh(x W_gate^T) * (x W_up^T). One program computes the gate tile and the matching
+     up tile, so the GEGLU happens in registers and the [rows, 2Ie] intermediate never reaches memory.
+  2. down: y = (h W_down^T) * routing weight, written to the row's own (token, slot) place; the k slots
+     of a token are then summed by torch (deterministic, no atomics).
+
+FP8 weights (W8A16): e4m3 weight tiles are widened to the activation dtype after the load and the
+per-output-row scale is applied to the accumulator. Decode is bound by reading expert weights, so
+half the bytes is what matters; the fp8 x fp8 tensor-core path is a further step.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from gemma_runtime.kernels.common import dot, interpreted
+
+
+def align_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """ids [T, k] -> (rows [P] int64: flat routed row t*k+j in expert order, T*k where padding;
+    tile_expert [P / block_m] int64: each tile's expert, -1 for tiles past the end)."""
+    flat = ids.flatten()  # [N = T*k]
+    n = flat.numel()
+    # every expert's run rounds up to whole tiles: at most n / block_m full tiles plus one partial per expert hit
+    num_tiles = triton.cdiv(n, block_m) + min(num_experts, n)
+    counts = torch.bincount(flat, minlength=num_experts)  # [E]
+    padded = (counts + block_m - 1) // block_m * block_m
+    pad_end = padded.cumsum(0)  # [E]
+    order = torch.argsort(flat, stable=True)  # [N] routed rows grouped by expert
+    expert_sorted = flat[order]
+    rank = torch.arange(n, device=flat.device) - (counts.cumsum(0) - counts)[expert_sorted]  # place in its run
+    rows = torch.full((num_tiles * block_m,), n, dtype=torch.int64, device=flat.device)
+    rows[(pad_end - padded)[expert_sorted] + rank] = order
+    tile_start = torch.arange(num_tiles, device=flat.device) * block_m
+    tile_expert = torch.searchsorted(pad_end, tile_start, right=True)
+    tile_expert = torch.where(tile_start < pad_end[-1], tile_expert, -1)
+    return rows, tile_expert
+
+
+@triton.jit
+def _gelu_tanh(g):
+    # 0.5 g (1 + tanh(u)) == g * sigmoid(2u), u = sqrt(2/pi) (g + 0.044715 g^3)
+    return g * tl.sigmoid(2.0 * 0.7978845608028654 * (g + 0.044715 * g * g * g))
+
+
+@triton.jit
+def _gate_up_kernel(
+    x_ptr, w_ptr, scale_ptr, h_ptr, rows_ptr, tile_expert_ptr,
+    num_rows, K, I,  # num_rows = T*k; K = hidden; I = expert intermediate
+    stride_x,  # x [T, K]
+    stride_we, stride_wn,  # w [E, 2I, K], K contiguous
+    stride_se,  # scale [E, 2I]
+    stride_h,  # h [P, I]
+    TOP_K: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    F32_DOT: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    expert = tl.load(tile_expert_ptr + tile)
+    if expert >= 0:
+        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row = tl.load(rows_ptr + offs_m)
+        m_mask = row < num_rows
+        token = row // TOP_K  # routed row t*k+j reads token t's activations
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < I
+        w_base = w_ptr + expert * stride_we
+        acc_g = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        acc_u = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = offs_k < K
+            a = tl.load(x_ptr + token[:, None] * stride_x + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            w_mask = k_mask[:, None] & n_mask[None, :]
+            # [BLOCK_K, BLOCK_N] tiles of the gate rows and of the matching up rows (I rows further)
+            wg = tl.load(w_base + offs_n[None, :] * stride_wn + offs_k[:, None], mask=w_mask, other=0.0)
+            wu = tl.load(w_base + (offs_n + I)[None, :] * stride_wn + offs_k[:, None], mask=w_mask, other=0.0)
+            acc_g += dot(a, wg.to(a.dtype), F32_DOT)
+            acc_u += dot(a, wu.to(a.dtype), F32_DOT)
+        if HAS_SCALE:
+            acc_g *= tl.load(scale_ptr + expert * stride_se + offs_n, mask=n_mask, other=0.0)[None, :]
+            acc_u *= tl.load(scale_ptr + expert * stride_se + I + offs_n, mask=n_mask, other=0.0)[None, :]
+        h = _gelu_tanh(acc_g) * acc_u
+        tl.store(h_ptr + offs_m[:, None] * stride_h + offs_n[None, :], h.to(h_ptr.dtype.element_ty),
+                 mask=m_mask[:, None] & n_mask[None, :])
+
+
+@triton.jit
+def _down_kernel(
+    h_ptr, w_ptr, scale_ptr, out_ptr, rows_ptr, tile_expert_ptr, routing_ptr,
+    num_rows, K, N,  # K = expert intermediate, N = hidden
+    stride_h,  # h [P, K]
+    stride_we, stride_wn,  # w [E, N, K], K contiguous
+    stride_se,  # scale [E, N]
+    stride_o,  # out [T*k, N]
+    HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    F32_DOT: tl.constexpr,
+):
+    tile = tl.program_id(0)
+    expert = tl.load(tile_expert_ptr + tile)
+    if expert >= 0:
+        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+        row = tl.load(rows_ptr + offs_m)
+        m_mask = row < num_rows
+        offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n_mask = offs_n < N
+        w_base = w_ptr + expert * stride_we
+        acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            offs_k = k0 + tl.arange(0, BLOCK_K)
+            k_mask = offs_k < K
+            a = tl.load(h_ptr + offs_m[:, None] * stride_h + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            w = tl.load(w_base + offs_n[None, :] * stride_wn + offs_k[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+            acc += dot(a, w.to(a.dtype), F32_DOT)
+        if HAS_SCALE:
+            acc *= tl.load(scale_ptr + expert * stride_se + offs_n, mask=n_mask, other=0.0)[None, :]
+        acc *= tl.load(routing_ptr + row, mask=m_mask, other=0.0)[:, None]
+        tl.store(out_ptr + row[:, None] * stride_o + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
+                 mask=m_mask[:, None] & n_mask[None, :])
+
+
+def expert_tiles(num_tokens: int) -> tuple[int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K). Decode routes ~k rows per expert hit, so a 16-row tile wastes the
+    least padding (tl.dot's minimum); prefill has hundreds of rows per expert and wants 64-row tiles for
+    operand reuse. 64-wide N and K divide the 26B-A4B's 2816 and 704."""
+    return (16, 64, 64) if num_tokens <= 64 else (64, 64, 64)
+
+
+def fused_experts(
+    x: torch.Tensor,  # [T, H]
+    weights: torch.Tensor,  # [T, k] routing weights
+    ids: torch.Tensor,  # [T, k] expert ids
+    gate_up: torch.Tensor,  # [E, 2Ie, H] (bf16/fp32, or float8_e4m3fn with gate_up_scale)
+    down: torch.Tensor,  # [E, H, Ie]
+    gate_up_scale: torch.Tensor | None = None,  # [E, 2Ie] float32 per output row
+    down_scale: torch.Tensor | None = None,  # [E, H] float32 per output row
+) -> torch.Tensor:
+    T, H = x.shape
+    E, two_i, _ = gate_up.shape
+    Ie = two_i // 2
+    top_k = ids.shape[1]
+    block_m, block_n, block_k = expert_tiles(T)
+    rows, tile_expert = align_by_expert(ids, E, block_m)
+    x = x.contiguous()
+    h = torch.empty((rows.numel(), Ie), dtype=x.dtype, device=x.device)  # [P, Ie] in expert-sorted order
+    _gate_up_kernel[(tile_expert.numel(), triton.cdiv(Ie, block_n))](
+        x, gate_up, gate_up_scale if gate_up_scale is not None else gate_up, h, rows, tile_expert,
+        T * top_k, H, Ie, x.stride(0), gate_up.stride(0), gate_up.stride(1),
+        gate_up_scale.stride(0) if gate_up_scale is not None else 0, h.stride(0),
+        TOP_K=top_k, HAS_SCALE=gate_up_scale is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        F32_DOT=interpreted(_gate_up_kernel),
+    )  # fmt: skip
+    routed = torch.empty((T * top_k, H), dtype=torch.float32, device=x.device)  # [T*k, H] one row per (token, slot)
+    _down_kernel[(tile_expert.numel(), triton.cdiv(H, block_n))](
+        h, down, down_scale if down_scale is not None else down, routed, rows, tile_expert,
+        weights.reshape(-1).float().contiguous(),
+        T * top_k, Ie, H, h.stride(0), down.stride(0), down.stride(1),
+        down_scale.stride(0) if down_scale is not None else 0, routed.stride(0),
+        HAS_SCALE=down_scale is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        F32_DOT=interpreted(_down_kernel),
+    )  # fmt: skip
+    return routed.view(T, top_k, H).sum(1).to(x.dtype)  # [T, k, H] -> [T, H]

@@ -1,0 +1,58 @@
+"""Gemma 4 router tail fused in one kernel: softmax over ALL experts, top-k, renormalise.
+
+One program per token: a row of 128 logits fits in registers, and doing the three steps in one pass
+replaces the four launches (softmax, topk, sum, divide) the reference path makes per layer.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from gemma_runtime.model.layers import rms_norm
+
+
+@triton.jit
+def _route_kernel(
+    logits_ptr, weights_ptr, ids_ptr, stride_l,  # logits [T, E]; weights, ids [T, TOP_K] contiguous
+    E: tl.constexpr, E_PAD: tl.constexpr, TOP_K: tl.constexpr,
+):
+    t = tl.program_id(0)
+    e = tl.arange(0, E_PAD)
+    x = tl.load(logits_ptr + t * stride_l + e, mask=e < E, other=float("-inf")).to(tl.float32)
+    p = tl.exp(x - tl.max(x, 0))
+    p = p / tl.sum(p, 0)  # probabilities over every expert, before the top-k cut
+    # top-k by k rounds of argmax: k is 8 and E 128, cheaper than a sort; pass 1 finds the kept mass
+    left = p
+    kept = tl.sum(p, 0) * 0.0  # a float32 scalar tensor from the start: its type never changes
+    for _ in tl.static_range(TOP_K):
+        best = tl.argmax(left, 0)
+        kept += tl.max(left, 0)
+        left = tl.where(e == best, -1.0, left)
+    left = p
+    for i in tl.static_range(TOP_K):
+        best = tl.argmax(left, 0)
+        tl.store(weights_ptr + t * TOP_K + i, tl.max(left, 0) / kept)
+        tl.store(ids_ptr + t * TOP_K + i, best.to(tl.int64))
+        left = tl.where(e == best, -1.0, left)
+
+
+def topk_softmax(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [T, E] -> (weights [T, k] float32 renormalised, ids [T, k] int64), largest first."""
+    T, E = logits.shape
+    weights = torch.empty((T, top_k), dtype=torch.float32, device=logits.device)
+    ids = torch.empty((T, top_k), dtype=torch.int64, device=logits.device)
+    if T:
+        _route_kernel[(T,)](logits, weights, ids, logits.stride(0), E=E, E_PAD=triton.next_power_of_2(E), TOP_K=top_k,
+                            num_warps=1)
+    return weights, ids
+
+
+def route(
+    residual: torch.Tensor, router_proj: torch.Tensor, router_scale: torch.Tensor, top_k: int, eps: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Same contract as gemma_runtime.model.moe.route: the norm and the [T,H]x[H,E] GEMM stay in torch
+    (cuBLAS does them well); the softmax/top-k/renormalise tail is the fused kernel."""
+    hidden = rms_norm(residual, None, eps) * router_scale * residual.shape[-1] ** -0.5
+    return topk_softmax(torch.nn.functional.linear(hidden, router_proj), top_k)

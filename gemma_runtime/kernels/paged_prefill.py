@@ -1,0 +1,110 @@
+"""Paged attention for prefill and chunked-prefill "extend" steps: variable-length queries per sequence,
+keys read through the block table (the chunk's own K/V already written), causal + sliding window.
+
+Image spans (bidirectional attention among one image's tokens on sliding layers) are not in this kernel:
+the CUDA backend sends sliding layers of a step that carries spans to the reference implementation.
+
+One program computes a BLOCK_M-row tile of one sequence's queries for one query head, streaming key
+tiles with an online softmax (FlashAttention-2 order). The query tiles of a sequence are consecutive
+positions, so each tile's key range is known from its first and last position: [first - window + 1, last].
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from gemma_runtime.kernels.common import dot, interpreted
+
+
+@triton.jit
+def _prefill_kernel(
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, query_start_ptr, positions_ptr,
+    stride_qt, stride_qh,  # q and out [T, Hq, D], D contiguous
+    stride_cs, stride_ch,  # caches [slots, Hkv, D], D contiguous
+    stride_bt,  # block tables [B, max_pages]
+    window, block_size,  # window: used only when SLIDING
+    SLIDING: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+    F32_DOT: tl.constexpr,
+):
+    b = tl.program_id(0)
+    h = tl.program_id(1)
+    tile = tl.program_id(2)
+    kvh = h // GROUP
+    q_lo = tl.load(query_start_ptr + b)
+    q_hi = tl.load(query_start_ptr + b + 1)
+    row0 = q_lo + tile * BLOCK_M
+    if row0 < q_hi:  # the grid is sized for the longest query run; shorter sequences skip tiles
+        rows = row0 + tl.arange(0, BLOCK_M)
+        r_mask = rows < q_hi
+        d = tl.arange(0, HEAD_DIM)
+        q_pos = tl.load(positions_ptr + rows, mask=r_mask, other=0)
+        last = tl.max(tl.where(r_mask, q_pos, 0), 0)
+        first = tl.load(positions_ptr + row0)
+        lo = tl.maximum(first - window + 1, 0) if SLIDING else first * 0  # compile-time branch
+        q = tl.load(q_ptr + rows[:, None] * stride_qt + h * stride_qh + d[None, :], mask=r_mask[:, None], other=0.0)
+
+        m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: padding rows see no key, no NaN
+        l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        for n0 in range(lo, last + 1, BLOCK_N):
+            k_pos = n0 + tl.arange(0, BLOCK_N)
+            k_in = k_pos <= last
+            page = tl.load(block_tables_ptr + b * stride_bt + k_pos // block_size, mask=k_in, other=-1)
+            k_in = k_in & (page >= 0)
+            slot = page.to(tl.int64) * block_size + k_pos % block_size
+            kv_off = slot[:, None] * stride_cs + kvh * stride_ch + d[None, :]  # [BLOCK_N, D] gathered rows
+            k = tl.load(k_cache_ptr + kv_off, mask=k_in[:, None], other=0.0)
+            s = dot(q, tl.trans(k), F32_DOT)  # [BLOCK_M, BLOCK_N] float32, scale 1.0
+            allowed = k_in[None, :] & (k_pos[None, :] <= q_pos[:, None]) & r_mask[:, None]
+            if SLIDING:
+                allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
+            s = tl.where(allowed, s, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            p = tl.exp(s - m_new[:, None])
+            alpha = tl.exp(m_i - m_new)
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(v_cache_ptr + kv_off, mask=k_in[:, None], other=0.0)
+            acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, F32_DOT)
+            m_i = m_new
+        out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
+        tl.store(out_ptr + rows[:, None] * stride_qt + h * stride_qh + d[None, :], out.to(out_ptr.dtype.element_ty),
+                 mask=r_mask[:, None])
+
+
+def prefill_tiles(head_dim: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, num_warps, num_stages). Shared memory is not the limit here (66 KB at most, far
+    under the 227 KB that stopped FlexAttention's default tiles at D=512, design.md): registers are,
+    because the gathered K/V tiles carry one 64-bit address per element and the accumulator is
+    BLOCK_M x D float32. Compiled for sm_90 (bench/compile_kernels.py): D=256 with 64x32 tiles and 8
+    warps uses Hopper's warpgroup MMA (HGMMA) with ~190 spills, the fewest of the 64-row tiles tried;
+    D=512 with 32x16 tiles spills none (HMMA). Starting points for tuning on the GPU."""
+    return (64, 32, 8, 2) if head_dim <= 256 else (32, 16, 8, 2)
+
+
+def paged_prefill_attention(
+    q: torch.Tensor,  # [T, Hq, D]
+    k_cache: torch.Tensor,  # [slots, Hkv, D]
+    v_cache: torch.Tensor,  # [slots, Hkv, D]
+    block_tables: torch.Tensor,  # [B, max_pages] int, -1 where no page
+    query_start: torch.Tensor,  # [B + 1]
+    positions: torch.Tensor,  # [T] absolute positions; each sequence's run is consecutive
+    max_query_len: int,
+    block_size: int,
+    window: int | None,
+) -> torch.Tensor:
+    T, Hq, D = q.shape
+    Hkv = k_cache.shape[1]
+    block_m, block_n, warps, stages = prefill_tiles(D)
+    q = q.contiguous()
+    out = torch.empty_like(q)
+    grid = (query_start.shape[0] - 1, Hq, triton.cdiv(max_query_len, block_m))
+    _prefill_kernel[grid](
+        q, k_cache, v_cache, out, block_tables, query_start, positions,
+        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
+        window or 0, block_size,
+        SLIDING=window is not None, GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n,
+        F32_DOT=interpreted(_prefill_kernel), num_warps=warps, num_stages=stages,
+    )  # fmt: skip
+    return out

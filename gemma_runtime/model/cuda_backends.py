@@ -1,0 +1,80 @@
+"""The CUDA attention and MoE backends: the Triton kernels behind the same call signatures as the
+reference backends (model/attention.py, model/moe.py). gemma4.py imports this module only when CUDA is
+available, so importing triton never happens on a CPU-only install.
+
+The classes themselves are device-agnostic: tests run them on CPU tensors under TRITON_INTERPRET=1.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gemma_runtime.engine_config import LayerSpec
+from gemma_runtime.forward_batch import ForwardBatch
+from gemma_runtime.kernels.moe_gemm import fused_experts
+from gemma_runtime.kernels.moe_routing import route as fused_route
+from gemma_runtime.kernels.paged_decode import paged_decode_attention
+from gemma_runtime.kernels.paged_prefill import paged_prefill_attention
+from gemma_runtime.model.attention import TorchPagedAttention, write_kv
+from gemma_runtime.model.registry import register
+
+
+@register("attention", "cuda")
+class TritonPagedAttention:
+    """Decode steps take the split-K decode kernel; prefill/extend steps the varlen kernel. A step whose
+    sequences carry image spans sends its sliding layers (where spans are bidirectional) to the reference."""
+
+    def __init__(self) -> None:
+        self.reference = TorchPagedAttention()
+        self._step: tuple[ForwardBatch, int] | None = None  # (batch, its longest query run), once per step
+
+    def _max_query_len(self, batch: ForwardBatch) -> int:
+        # one host read per step (not per layer): prefill grids are sized by the longest query run
+        if self._step is None or self._step[0] is not batch:
+            self._step = (batch, int((batch.query_start[1:] - batch.query_start[:-1]).max()))
+        return self._step[1]
+
+    def __call__(
+        self,
+        q: torch.Tensor,  # [T, Hq, d]
+        k: torch.Tensor,  # [T, Hkv, d]
+        v: torch.Tensor,  # [T, Hkv, d]
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        batch: ForwardBatch,
+        layer: LayerSpec,
+        sliding_window: int,
+    ) -> torch.Tensor:
+        is_sliding = layer.type == "sliding"
+        if is_sliding and any(batch.bidirectional_spans):
+            return self.reference(q, k, v, kv_cache, batch, layer, sliding_window)
+        k_cache, v_cache = kv_cache
+        write_kv(k_cache, v_cache, k, v, batch.slot_mapping[layer.type])
+        window = sliding_window if is_sliding else None
+        tables = batch.block_tables[layer.type]
+        if q.shape[0] == batch.num_seqs:  # every sequence brings exactly one query: a decode step
+            return paged_decode_attention(q, k_cache, v_cache, tables, batch.context_lens, batch.block_size, window)
+        return paged_prefill_attention(q, k_cache, v_cache, tables, batch.query_start, batch.positions,
+                                       self._max_query_len(batch), batch.block_size, window)  # fmt: skip
+
+
+@register("moe", "cuda")
+class TritonFusedExperts:
+    """Grouped expert GEMMs with the GELU-tanh gate fused; accepts FP8 expert weights with row scales."""
+
+    accepts_fp8 = True  # model/linear.py's expert_weights passes e4m3 weights and scales through untouched
+
+    route = staticmethod(fused_route)  # same contract as model.moe.route, the softmax/top-k tail fused
+
+    def __call__(
+        self,
+        x: torch.Tensor,  # [T, H]
+        weights: torch.Tensor,  # [T, k]
+        ids: torch.Tensor,  # [T, k]
+        gate_up: torch.Tensor,  # [E, 2Ie, H]
+        down: torch.Tensor,  # [E, H, Ie]
+        gate_up_scale: torch.Tensor | None = None,  # [E, 2Ie] with e4m3 gate_up
+        down_scale: torch.Tensor | None = None,  # [E, H] with e4m3 down
+    ) -> torch.Tensor:
+        if x.shape[0] == 0:
+            return torch.zeros_like(x)
+        return fused_experts(x, weights, ids, gate_up, down, gate_up_scale, down_scale)

@@ -1,0 +1,72 @@
+"""Linear layers over plain or FP8 engine weights (engines/README.md, "quantization").
+
+An FP8 engine stores `X.weight` as float8_e4m3fn [N, K] beside a float32 `X.weight_scale` [N] (one
+scale per output row). On CUDA the product runs on the FP8 tensor cores through torch._scaled_mm with
+the activations quantized per token on the fly; elsewhere the same arithmetic is emulated in floating
+point (activations rounded to e4m3 per token, weights dequantized), so the CPU path shows the quality
+the GPU path will have.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+FP8 = torch.float8_e4m3fn
+FP8_MAX = torch.finfo(FP8).max  # 448
+
+
+def scale_name(name: str) -> str:
+    """`X.weight` -> `X.weight_scale`; expert stacks `layers.i.moe.gate_up_proj` -> `..._scale`."""
+    return name + "_scale"
+
+
+def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x [..., K] -> (e4m3 [..., K], float32 scale [...]) with each row's max magnitude mapped to 448."""
+    xf = x.float()
+    scale = xf.abs().amax(dim=-1).clamp(min=1e-12) / FP8_MAX  # [...]
+    q = (xf / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8)
+    return q, scale
+
+
+def dequantize(w: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    return (w.float() * scale.float().unsqueeze(-1)).to(dtype)
+
+
+def _scaled_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
+    # rowwise-scaled FP8 GEMMs need a CUDA device, a bf16 output and K, N multiples of 16
+    return x.is_cuda and x.dtype == torch.bfloat16 and w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0
+
+
+def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ w[N, K]^T with w e4m3 and per-row w_scale [N]; dynamic per-token activation scales."""
+    x2 = x.reshape(-1, x.shape[-1])  # [M, K]
+    xq, x_scale = quantize_per_row(x2)  # [M, K] e4m3, [M]
+    if _scaled_mm_ok(x, w):
+        out = torch._scaled_mm(xq, w.t(), scale_a=x_scale[:, None], scale_b=w_scale.float()[None, :], out_dtype=x.dtype)
+    else:
+        out = F.linear(dequantize(xq, x_scale, torch.float32), dequantize(w, w_scale, torch.float32)).to(x.dtype)
+    return out.view(*x.shape[:-1], w.shape[0])  # [..., N]
+
+
+def linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+    """x @ weights[name]^T, whether the engine stored that weight plainly or in FP8 with row scales."""
+    w = weights[name]
+    if w.dtype == FP8:
+        return fp8_linear(x, w, weights[scale_name(name)])
+    return F.linear(x, w)
+
+
+def expert_weights(backend, weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    """The expert stacks of layer `prefix` as keyword arguments for a MoE backend: FP8 stacks go with
+    their scales to a backend that takes them (`accepts_fp8`), and are dequantized for one that does not."""
+    args = {}
+    for arg, name in (("gate_up", prefix + "moe.gate_up_proj"), ("down", prefix + "moe.down_proj")):
+        w = weights[name]
+        if w.dtype != FP8:
+            args[arg] = w
+        elif getattr(backend, "accepts_fp8", False):
+            args[arg], args[arg + "_scale"] = w, weights[scale_name(name)].float()
+        else:
+            args[arg] = dequantize(w, weights[scale_name(name)], weights[prefix + "moe.pre_norm.weight"].dtype)
+    return args

@@ -1,0 +1,251 @@
+"""The Triton kernels against the reference implementations (model/attention.py, model/moe.py, the
+dequantizing linear). On CUDA they run compiled; without CUDA the same kernels run on CPU under Triton's
+interpreter (TRITON_INTERPRET=1) with small shapes. Skipped only when triton is not importable.
+
+Every check draws fresh random inputs, fills unused cache slots with NaN (a kernel that reads a slot
+outside its sequence's pages or window poisons its output) and compares by relative norm error.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    # must be set before the kernels are decorated (at their import): triton picks the interpreter then
+    os.environ["TRITON_INTERPRET"] = "1"
+triton = pytest.importorskip("triton")
+
+from gemma_runtime.engine_config import LayerSpec  # noqa: E402
+from gemma_runtime.forward_batch import ForwardBatch  # noqa: E402
+from gemma_runtime.kernels.moe_gemm import align_by_expert, fused_experts  # noqa: E402
+from gemma_runtime.kernels.moe_routing import route as fused_route  # noqa: E402
+from gemma_runtime.kernels.paged_decode import paged_decode_attention  # noqa: E402
+from gemma_runtime.model.attention import TorchPagedAttention  # noqa: E402
+from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonPagedAttention  # noqa: E402
+from gemma_runtime.model.linear import dequantize, fp8_linear, linear, quantize_per_row  # noqa: E402
+from gemma_runtime.model.moe import TorchGroupedExperts, route  # noqa: E402
+
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+# bf16 operands land between 1e-3 and 1e-2; float32 through tl.dot is tf32 on the GPU (~3e-4), exact-ish on CPU
+TOL = {torch.float32: 2e-3, torch.bfloat16: 2e-2}
+DTYPES = [torch.bfloat16] if CUDA else [torch.float32, torch.bfloat16]
+# the model's head dims (256 sliding, 512 full) plus a tiny one; the interpreter runs these on small batches
+HEAD_DIMS = [32, 256, 512]
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    assert not out.isnan().any(), "output has NaN: a kernel read an unused slot or left rows unwritten"
+    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
+
+
+# ------------------------------------------------------------------ paged attention
+
+
+def make_step(new_tokens: list[int], past: list[int], hq: int, hkv: int, d: int, window: int | None,
+              block_size: int, dtype: torch.dtype, seed: int):
+    """One step of a batch: sequence b has past[b] tokens cached and brings new_tokens[b] queries.
+
+    Pages are handed out shuffled (no sequence owns consecutive pages); on sliding layers the pages wholly
+    before every query's window are reclaimed (-1), as the block manager does. Unused slots hold NaN."""
+    g = torch.Generator().manual_seed(seed)
+    ctx = [p + n for p, n in zip(past, new_tokens)]
+    pages_per_seq = [-(-c // block_size) for c in ctx]
+    perm = torch.randperm(sum(pages_per_seq) + 3, generator=g).tolist()  # +3 pages nobody owns
+    tables, slots, positions, query_start = [], [], [], [0]
+    for b, (p, n) in enumerate(zip(past, new_tokens)):
+        own = perm[sum(pages_per_seq[:b]) : sum(pages_per_seq[: b + 1])]
+        if window is not None:
+            first_needed = max(0, p - window + 1)  # the first query (position p) looks back window - 1 keys
+            own = [page if (i + 1) * block_size > first_needed else -1 for i, page in enumerate(own)]
+        tables.append(own)
+        positions += list(range(p, p + n))
+        query_start.append(query_start[-1] + n)
+    width = max(len(t) for t in tables)
+    table = torch.tensor([t + [-1] * (width - len(t)) for t in tables])  # [B, width]
+    for b, (p, n) in enumerate(zip(past, new_tokens)):
+        slots += [tables[b][q // block_size] * block_size + q % block_size for q in range(p, p + n)]
+    num_slots = (len(perm)) * block_size
+    k_cache = torch.full((num_slots, hkv, d), float("nan"), dtype=dtype)
+    v_cache = torch.full((num_slots, hkv, d), float("nan"), dtype=dtype)
+    for b, c in enumerate(ctx):  # the past tokens' K/V that are still in the cache
+        for pos in range(past[b]):
+            page = tables[b][pos // block_size]
+            if page >= 0:
+                k_cache[page * block_size + pos % block_size] = torch.randn(hkv, d, generator=g).to(dtype)
+                v_cache[page * block_size + pos % block_size] = torch.randn(hkv, d, generator=g).to(dtype)
+    t = sum(new_tokens)
+    # queries scaled so the softmax is neither flat nor one-hot (the model's scale is 1.0 after q/k norms)
+    q = (torch.randn(t, hq, d, generator=g) * d**-0.25).to(dtype)
+    k = (torch.randn(t, hkv, d, generator=g) * d**-0.25).to(dtype)
+    v = torch.randn(t, hkv, d, generator=g).to(dtype)
+    as_dev = lambda x: torch.tensor(x, dtype=torch.int64, device=DEVICE)  # noqa: E731
+    batch = ForwardBatch(
+        input_ids=torch.zeros(t, dtype=torch.int64, device=DEVICE), positions=as_dev(positions),
+        query_start=as_dev(query_start), context_lens=as_dev(ctx),
+        slot_mapping={"sliding": as_dev(slots), "full": as_dev(slots)},
+        block_tables={"sliding": table.to(DEVICE), "full": table.to(DEVICE)}, block_size=block_size,
+        logits_indices=as_dev([s - 1 for s in query_start[1:]]),
+    )  # fmt: skip
+    dev = lambda x: x.to(DEVICE)  # noqa: E731
+    return dev(q), dev(k), dev(v), (dev(k_cache), dev(v_cache)), batch
+
+
+def layer(kind: str, d: int, hkv: int) -> LayerSpec:
+    return LayerSpec(type=kind, head_dim=d, num_kv_heads=hkv, k_eq_v=False, rope_theta=1e4, rope_angles=d // 2)
+
+
+def compare_backends(step, kind: str, window: int) -> float:
+    q, k, v, (kc, vc), batch = step
+    spec = layer(kind, q.shape[-1], k.shape[1])
+    ref = TorchPagedAttention()(q, k, v, (kc.clone(), vc.clone()), batch, spec, window)
+    out = TritonPagedAttention()(q, k, v, (kc.clone(), vc.clone()), batch, spec, window)
+    return rel_err(out, ref)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("kind", ["sliding", "full"])
+def test_decode_attention(dtype, d, kind):
+    # 3 sequences, one query each; GQA group 4; lengths straddle pages and the window (window 24, page 8)
+    hq, hkv, window = 8, 2, 24
+    step = make_step([1, 1, 1], past=[0, 30, 57], hq=hq, hkv=hkv, d=d, window=window if kind == "sliding" else None,
+                     block_size=8, dtype=dtype, seed=d)
+    assert step[4].is_decode_only
+    assert compare_backends(step, kind, window) < TOL[dtype]
+
+
+@pytest.mark.parametrize("splits", [1, 2, 8])
+def test_decode_split_count_does_not_change_the_result(splits):
+    q, k, v, (kc, vc), batch = make_step([1, 1], past=[5, 70], hq=4, hkv=1, d=64, window=None, block_size=16,
+                                         dtype=torch.float32, seed=splits)  # fmt: skip
+    kc.index_copy_(0, batch.slot_mapping["full"], k)
+    vc.index_copy_(0, batch.slot_mapping["full"], v)
+    one = paged_decode_attention(q, kc, vc, batch.block_tables["full"], batch.context_lens, 16, None, num_splits=1)
+    many = paged_decode_attention(q, kc, vc, batch.block_tables["full"], batch.context_lens, 16, None, num_splits=splits)
+    assert rel_err(many, one) < 1e-3
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", HEAD_DIMS)
+@pytest.mark.parametrize("kind", ["sliding", "full"])
+def test_prefill_and_extend_attention(dtype, d, kind):
+    # a fresh prompt, a chunk extending a cached prefix past the window, and a decode row mixed in
+    window = 16
+    step = make_step([37, 20, 1], past=[0, 45, 9], hq=4, hkv=2, d=d, window=window if kind == "sliding" else None,
+                     block_size=8, dtype=dtype, seed=d + 1)
+    assert not step[4].is_decode_only
+    assert compare_backends(step, kind, window) < TOL[dtype]
+
+
+def test_image_spans_fall_back_on_sliding_layers_only():
+    window = 16
+    q, k, v, cache, batch = make_step([20, 6], past=[0, 3], hq=4, hkv=2, d=32, window=window, block_size=8,
+                                      dtype=torch.float32, seed=7)  # fmt: skip
+    batch.bidirectional_spans = [[(4, 12)], []]  # one image's soft tokens at positions 4..11 of sequence 0
+    for kind in ("sliding", "full"):  # sliding: the reference's bidirectional mask; full: the kernel, causal
+        assert compare_backends((q, k, v, cache, batch), kind, window) < TOL[torch.float32]
+
+
+# ------------------------------------------------------------------ MoE
+
+
+@pytest.mark.parametrize("tokens", [1, 7, 80])  # decode tiles (16 rows) and prefill tiles (64 rows)
+def test_routing_kernel_matches_reference(tokens):
+    g = torch.Generator().manual_seed(tokens)
+    H, E, k = 64, 128, 8
+    residual = torch.randn(tokens, H, generator=g).to(DEVICE)
+    proj = (torch.randn(E, H, generator=g) / 4).to(DEVICE)
+    scale = (1 + 0.3 * torch.randn(H, generator=g)).to(DEVICE)
+    w_ref, ids_ref = route(residual, proj, scale, k, 1e-6)
+    w, ids = fused_route(residual, proj, scale, k, 1e-6)
+    assert torch.equal(ids, ids_ref)
+    assert torch.allclose(w, w_ref, atol=1e-5) and torch.allclose(w.sum(-1), torch.ones(tokens, device=DEVICE), atol=1e-5)
+
+
+def test_align_by_expert_groups_rows_into_single_expert_tiles():
+    ids = torch.tensor([[3, 0], [3, 1], [0, 3], [2, 3]], device=DEVICE)
+    rows, tile_expert = align_by_expert(ids, num_experts=5, block_m=2)
+    n = ids.numel()
+    tiles = rows.view(-1, 2)  # [tiles, block_m]
+    seen = []
+    for tile, expert in zip(tiles.tolist(), tile_expert.tolist()):
+        real = [r for r in tile if r < n]
+        if expert < 0:
+            assert not real
+        assert all(ids.flatten()[r].item() == expert for r in real)
+        seen += real
+    assert sorted(seen) == list(range(n))  # every routed row exactly once
+
+
+def expert_case(tokens: int, dtype: torch.dtype, seed: int, E: int = 8, H: int = 64, Ie: int = 48, k: int = 2):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(tokens, H, generator=g).to(dtype)
+    gate_up = (torch.randn(E, 2 * Ie, H, generator=g) / H**0.5).to(dtype)
+    down = (torch.randn(E, H, Ie, generator=g) / Ie**0.5).to(dtype)
+    logits = torch.randn(tokens, E, generator=g)
+    weights, ids = torch.topk(logits.softmax(-1), k)
+    weights = weights / weights.sum(-1, keepdim=True)
+    return [t.to(DEVICE) for t in (x, weights, ids, gate_up, down)]
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("tokens", [1, 5, 70])
+def test_fused_experts_match_reference(dtype, tokens):
+    # Ie = 48 is not a multiple of the 64-wide tiles, so the masked edges are exercised
+    x, weights, ids, gate_up, down = expert_case(tokens, dtype, seed=tokens)
+    ref = TorchGroupedExperts()(x, weights, ids, gate_up, down)
+    out = TritonFusedExperts()(x, weights, ids, gate_up, down)
+    assert out.dtype == x.dtype and rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("tokens", [3, 70])
+def test_fused_experts_with_fp8_weights(tokens):
+    dtype = torch.bfloat16
+    x, weights, ids, gate_up, down = expert_case(tokens, dtype, seed=100 + tokens)
+    gu_q, gu_s = quantize_per_row(gate_up)  # [E, 2Ie, H] e4m3, [E, 2Ie]
+    dn_q, dn_s = quantize_per_row(down)
+    ref = TorchGroupedExperts()(x, weights, ids, dequantize(gu_q, gu_s, dtype), dequantize(dn_q, dn_s, dtype))
+    out = TritonFusedExperts()(x, weights, ids, gu_q, dn_q, gate_up_scale=gu_s, down_scale=dn_s)
+    assert rel_err(out, ref) < TOL[dtype]
+
+
+# ------------------------------------------------------------------ FP8 linear
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not CUDA, reason="torch._scaled_mm needs CUDA")
+def test_scaled_mm_matches_the_emulated_fp8_linear():
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(37, 2816, generator=g).to(DEVICE, torch.bfloat16)
+    w_q, w_s = quantize_per_row(torch.randn(4096, 2816, generator=g) / 50)
+    w_q, w_s = w_q.to(DEVICE), w_s.to(DEVICE)
+    out = linear(x, {"w": w_q, "w_scale": w_s}, "w")  # the torch._scaled_mm path
+    emulated = fp8_linear(x.cpu(), w_q.cpu(), w_s.cpu())  # the CPU emulation of the same arithmetic
+    assert rel_err(out.cpu(), emulated) < TOL[torch.bfloat16]
+    exact = x.float() @ dequantize(w_q, w_s, torch.float32).t()
+    assert rel_err(out, exact) < 0.05  # per-token e4m3 activations: a few percent, never more
+
+
+# ------------------------------------------------------------------ the whole model
+
+
+def test_engine_greedy_with_triton_backends_matches_reference(random_tiny_engine_dir):
+    """The tiny engine decodes the same greedy tokens with the Triton backends as with the reference
+    (float32 on the CPU interpreter; on CUDA in float32 too, where tf32 dots leave the argmax alone)."""
+    from gemma_runtime.api import GenerateRequest, SamplingParams
+    from gemma_runtime.config import RuntimeConfig
+    from gemma_runtime.llm_engine import LLMEngine
+
+    # prompts longer and shorter than the window (8), decoded past it
+    prompts = ["The quick brown fox jumps over the lazy dog near the river bank.", "Hi there"]
+    requests = lambda: [GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=12, ignore_eos=True))  # noqa: E731
+                        for i, p in enumerate(prompts)]
+    ref = LLMEngine(random_tiny_engine_dir, RuntimeConfig(block_size=4, max_model_len=128)).generate(requests())
+    engine = LLMEngine(random_tiny_engine_dir, RuntimeConfig(device=DEVICE.type, dtype="float32", block_size=4, max_model_len=128))
+    engine.runner.text.attention = TritonPagedAttention()  # on CUDA the registry already chose these
+    engine.runner.text.experts = TritonFusedExperts()
+    assert engine.generate(requests()) == ref
