@@ -1,6 +1,7 @@
-"""HTTP streaming overhead: tokens per second through the OpenAI server against the runtime alone.
+"""HTTP streaming overhead: tokens per second through the OpenAI server against the runtime alone,
+and (--triton) through the translator in front of a real tritonserver.
 
-    python -m server.bench --engine DIR [--streams 32] [--tokens 128]
+    python -m server.bench --engine DIR [--streams 32] [--tokens 128] [--triton]
 
 Both runs use the same engine object, the same prompt and `ignore_eos` so every stream produces
 exactly --tokens tokens; the server runs in this process (uvicorn thread) like `make serve`.
@@ -60,6 +61,7 @@ def main() -> None:
     p.add_argument("--streams", type=int, default=32)
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--device", default="cpu")
+    p.add_argument("--triton", action="store_true", help="also measure the translator in front of tritonserver")
     args = p.parse_args()
 
     from server.app import create_app
@@ -76,9 +78,42 @@ def main() -> None:
         n_http, t_http = asyncio.run(over_http(server.base_url, args.streams, args.tokens))
     rt, http = n_rt / t_rt, n_http / t_http
     print(f"{args.streams} streams x {args.tokens} tokens, engine {args.engine}")
-    print(f"runtime alone : {n_rt} tokens in {t_rt:.2f} s = {rt:.0f} tok/s")
-    print(f"HTTP streaming: {n_http} tokens in {t_http:.2f} s = {http:.0f} tok/s")
-    print(f"overhead      : {100 * (1 - http / rt):.1f}% fewer tokens per second over HTTP")
+    print(f"runtime alone          : {n_rt} tokens in {t_rt:.2f} s = {rt:.0f} tok/s")
+    print(f"HTTP, embedded         : {n_http} tokens in {t_http:.2f} s = {http:.0f} tok/s "
+          f"({100 * (1 - http / rt):.1f}% fewer than the runtime alone)")
+    if args.triton:
+        n_tr, t_tr = through_triton(args)
+        tr = n_tr / t_tr
+        print(f"HTTP, translator+Triton: {n_tr} tokens in {t_tr:.2f} s = {tr:.0f} tok/s "
+              f"({100 * (1 - tr / http):.1f}% fewer than embedded)")
+
+
+def through_triton(args) -> tuple[int, float]:
+    """The same HTTP load on `make serve BACKEND=triton://...` in front of `make triton` (same process
+    tree as in production: tritonserver with the Python backend, the translator over gRPC streaming)."""
+    import socket
+
+    from server.app import create_app
+    from server.settings import ServerSettings
+    from server.triton_backend import TritonBackend
+    from server.triton_launcher import TritonPorts, start_triton
+    from server.uvicorn_thread import UvicornThread
+
+    socks = [socket.socket() for _ in range(3)]
+    for sock in socks:
+        sock.bind(("127.0.0.1", 0))
+    ports = TritonPorts(*(sock.getsockname()[1] for sock in socks))
+    for sock in socks:
+        sock.close()
+    triton = start_triton(args.engine, ports, runtime_config={"device": args.device, "max_num_seqs": max(args.streams, 1)},
+                          record_engine_path=False)
+    try:
+        backend = TritonBackend.from_uri(triton.backend_uri, engine_dir=args.engine)
+        with UvicornThread(create_app(ServerSettings(), backend)) as server:
+            asyncio.run(over_http(server.base_url, args.streams, 8))  # warm-up
+            return asyncio.run(over_http(server.base_url, args.streams, args.tokens))
+    finally:
+        triton.stop()
 
 
 if __name__ == "__main__":

@@ -17,10 +17,10 @@ import uuid
 from dataclasses import dataclass
 from typing import AsyncIterator
 
-from gemma_runtime.api import GenerateRequest, RequestOutput, SamplingParams
+from gemma_runtime.api import GenerateRequest, SamplingParams
 from server.chat_template import render_prompt
 from server.errors import APIError, bad_request, sse_error_event
-from server.generation import Limits, close_all, merge, resolve_max_tokens, sampling_params, start_all
+from server.generation import Limits, check_error, close_all, collect_choices, merge, resolve_max_tokens, sampling_params
 from server.images import ImageError, ImageFetchPolicy, load_image
 from server.logprobs import TokenText, chat_logprobs
 from server.metrics import RequestTimer, ServerMetrics
@@ -177,36 +177,16 @@ def usage_json(prompt_tokens: int, completion_tokens: int) -> dict:
     return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
 
 
-def _check_error(out: RequestOutput) -> None:
-    if out.finish_reason == "error":
-        raise APIError(f"The engine failed on this request: {out.error or 'unknown error'}", 500)
-
-
 # -- non-streaming ---------------------------------------------------------------------------------
 
 
 async def chat_completion(ctx: ServerContext, req: ChatCompletionRequest, plan: ChatPlan) -> dict:
-    streams = await start_all(ctx.backend, plan.runtime_requests())
-    texts = [[] for _ in streams]
-    lps = [[] for _ in streams]
-    finals: list[RequestOutput | None] = [None] * len(streams)
-    timers = [RequestTimer(ctx.metrics) for _ in streams]
-    merged = merge(streams)
-    try:
-        async for i, out in merged:
-            _check_error(out)
-            timers[i].output(len(out.token_ids))
-            texts[i].append(out.text)
-            if out.logprobs:
-                lps[i].extend(out.logprobs)
-            if out.finished:
-                finals[i] = out
-    finally:
-        await close_all(merged, streams)
+    collected = await collect_choices(ctx.backend, ctx.metrics, plan.runtime_requests())
     choices, prompt_tokens, completion_tokens = [], len(plan.prompt_ids), 0
-    for i, final in enumerate(finals):
+    for i, got in enumerate(collected):
+        final = got.final
         parser = ChoiceParser(plan, req)
-        parsed = [parser.prefill_delta, parser.feed("".join(texts[i])), parser.finish()]
+        parsed = [parser.prefill_delta, parser.feed(got.text), parser.finish()]
         reasoning = "".join(d.reasoning for d in parsed) or None
         content = "".join(d.content for d in parsed) or None
         calls = [c for d in parsed for c in d.tool_calls]
@@ -217,14 +197,13 @@ async def chat_completion(ctx: ServerContext, req: ChatCompletionRequest, plan: 
         choice = {
             "index": i,
             "message": message,
-            "logprobs": chat_logprobs(ctx.token_text, lps[i], req.top_logprobs or 0) if req.logprobs else None,
+            "logprobs": chat_logprobs(ctx.token_text, got.logprobs, req.top_logprobs or 0) if req.logprobs else None,
             "finish_reason": finish_reason(final.finish_reason if final else "stop", parser.has_calls, plan.tool_mode),
         }
         choices.append(choice)
         if final is not None and final.usage is not None:
             prompt_tokens = final.usage.prompt_tokens
             completion_tokens += final.usage.completion_tokens
-        timers[i].done(prompt_tokens)
     return {
         "id": plan.request_id,
         "object": "chat.completion",
@@ -288,7 +267,7 @@ async def chat_stream(ctx: ServerContext, req: ChatCompletionRequest, plan: Chat
             if first:
                 yield writer.choice(i, first)
         async for i, out in merged:
-            _check_error(out)
+            check_error(out)
             timers[i].output(len(out.token_ids))
             p = parsers[i]
             delta = delta_json(p.feed(out.text), req, alias)

@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from gemma_runtime.api import GenerateRequest, RequestOutput
-from server.chat import DONE, ServerContext, _check_error, usage_json
+from server.chat import DONE, ServerContext, usage_json
 from server.errors import APIError, bad_request, sse_error_event
-from server.generation import close_all, merge, resolve_max_tokens, sampling_params, start_all
+from server.generation import check_error, close_all, collect_choices, merge, resolve_max_tokens, sampling_params
 from server.logprobs import completion_logprobs
 from server.metrics import RequestTimer
 from server.protocol import CompletionRequest
@@ -63,32 +63,17 @@ def _prompt_tokens(plan: CompletionPlan) -> int:
 
 
 async def completion(ctx: ServerContext, req: CompletionRequest, plan: CompletionPlan) -> dict:
-    streams = await start_all(ctx.backend, list(plan.requests))
-    texts = [[] for _ in streams]
-    lps = [[] for _ in streams]
-    finals: list[RequestOutput | None] = [None] * len(streams)
-    timers = [RequestTimer(ctx.metrics) for _ in streams]
-    merged = merge(streams)
-    try:
-        async for i, out in merged:
-            _check_error(out)
-            timers[i].output(len(out.token_ids))
-            texts[i].append(out.text)
-            lps[i].extend(out.logprobs or ())
-            if out.finished:
-                finals[i] = out
-                timers[i].done(out.usage.prompt_tokens if out.usage else 0)
-    finally:
-        await close_all(merged, streams)
+    collected = await collect_choices(ctx.backend, ctx.metrics, list(plan.requests))
     choices, completion_tokens = [], 0
-    for i, final in enumerate(finals):
+    for i, got in enumerate(collected):
+        final = got.final
         echo = plan.prompt_texts[i // req.n] if req.echo else ""
-        text = echo + "".join(texts[i])
+        text = echo + got.text
         choices.append(
             {
                 "index": i,
                 "text": text,
-                "logprobs": completion_logprobs(ctx.token_text, lps[i], req.logprobs, offset=len(echo)) if req.logprobs is not None else None,
+                "logprobs": completion_logprobs(ctx.token_text, got.logprobs, req.logprobs, offset=len(echo)) if req.logprobs is not None else None,
                 "finish_reason": _finish(final) if final else "stop",
             }
         )
@@ -121,7 +106,7 @@ async def completion_stream(ctx: ServerContext, req: CompletionRequest, plan: Co
                 offsets[i] = len(plan.prompt_texts[i // req.n])
                 yield event(i, plan.prompt_texts[i // req.n], None)
         async for i, out in merged:
-            _check_error(out)
+            check_error(out)
             timers[i].output(len(out.token_ids))
             logprobs = None
             if req.logprobs is not None and out.logprobs:

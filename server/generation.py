@@ -216,3 +216,43 @@ async def until_disconnect(http_request, coro):
         return await work
     finally:
         watcher.cancel()
+
+
+def check_error(out: RequestOutput) -> None:
+    if out.finish_reason == "error":
+        raise APIError(f"The engine failed on this request: {out.error or 'unknown error'}", 500)
+
+
+@dataclass
+class CollectedChoice:
+    """One choice of a non-streaming request, run to its end."""
+
+    text: str
+    logprobs: list
+    final: RequestOutput | None
+
+
+async def collect_choices(backend, metrics, requests: list[GenerateRequest]) -> list[CollectedChoice]:
+    """Runs a non-streaming request's choices together (the engine batches them) and gathers each one's
+    text, logprobs and final output, timing each for the metrics."""
+    from server.metrics import RequestTimer
+
+    streams = await start_all(backend, requests)
+    choices = [CollectedChoice("", [], None) for _ in streams]
+    texts: list[list[str]] = [[] for _ in streams]
+    timers = [RequestTimer(metrics) for _ in streams]
+    merged = merge(streams)
+    try:
+        async for i, out in merged:
+            check_error(out)
+            timers[i].output(len(out.token_ids))
+            texts[i].append(out.text)
+            choices[i].logprobs.extend(out.logprobs or ())
+            if out.finished:
+                choices[i].final = out
+                timers[i].done(out.usage.prompt_tokens if out.usage else 0)
+    finally:
+        await close_all(merged, streams)
+    for choice, parts in zip(choices, texts):
+        choice.text = "".join(parts)
+    return choices
