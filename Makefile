@@ -13,6 +13,8 @@ BACKEND ?=
 SERVED_MODEL_NAME ?=
 API_KEY ?=
 TINY_ENGINE := engines/gemma-4-tiny-it-float32
+# The tiny demo also answers to the NIM's model names, so the NIM's examples run against it as written.
+DEMO_ALIASES := --model-alias google/gemma-4-26b-a4b-it --model-alias google/gemma-4-31b-it
 
 .PHONY: install test serve engine triton bench clean
 
@@ -36,15 +38,15 @@ serve: install
 	@if [ -n "$(BACKEND)" ]; then \
 	  exec $(PY) -m server --backend "$(BACKEND)" --host $(HOST) --port $(PORT) \
 	    $(if $(SERVED_MODEL_NAME),--served-model-name $(SERVED_MODEL_NAME)) $(if $(API_KEY),--api-key $(API_KEY)); fi; \
-	engine="$(ENGINE)"; \
+	engine="$(ENGINE)"; demo=""; \
 	if [ -z "$$engine" ]; then \
 	  engine=$$(ls -d engines/*/ 2>/dev/null | grep -v tiny | head -n1); \
-	  if [ -z "$$engine" ]; then engine=$(TINY_ENGINE); fi; \
+	  if [ -z "$$engine" ]; then engine=$(TINY_ENGINE); demo="$(DEMO_ALIASES)"; fi; \
 	  if [ ! -f "$$engine/engine.json" ]; then \
 	    echo ">> No engine built yet: building the tiny demo engine. For a real model: make engine MODEL=26b (or 31b), then make serve ENGINE=engines/<name>"; \
 	    $(PY) -m engine_builder --model tiny --out-dir engines || exit 1; fi; \
 	fi; \
-	exec $(PY) -m server --engine "$$engine" --host $(HOST) --port $(PORT) \
+	exec $(PY) -m server --engine "$$engine" --host $(HOST) --port $(PORT) $$demo \
 	  $(if $(SERVED_MODEL_NAME),--served-model-name $(SERVED_MODEL_NAME)) $(if $(API_KEY),--api-key $(API_KEY))
 
 triton: install

@@ -14,6 +14,7 @@ class ServerSettings:
     host: str = "0.0.0.0"
     port: int = 8000
     served_model_name: str | None = None  # None: the engine's model_name
+    model_aliases: tuple[str, ...] = ()  # more model ids the server answers to (listed in /v1/models too)
     api_key: str | None = None
     max_images_per_prompt: int = 5
     image_fetch_timeout_s: float = 5.0

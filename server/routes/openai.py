@@ -20,7 +20,7 @@ def _ctx(request: Request) -> ServerContext:
 
 
 def check_model(ctx: ServerContext, model: str | None) -> None:
-    if model is not None and model not in (ctx.model_name, ctx.backend.spec.model_name):
+    if model is not None and model not in (ctx.model_name, ctx.backend.spec.model_name, *ctx.settings.model_aliases):
         raise APIError(f"The model `{model}` does not exist.", 404, param="model", code="model_not_found")
 
 
@@ -49,8 +49,19 @@ async def create_completion(body: CompletionRequest, request: Request):
 @router.get("/v1/models")
 async def list_models(request: Request):
     ctx = _ctx(request)
-    card = {
-        "id": ctx.model_name,
+    return {"object": "list", "data": [_model_card(ctx, request, name) for name in (ctx.model_name, *ctx.settings.model_aliases)]}
+
+
+@router.get("/v1/models/{model_id:path}")
+async def get_model(model_id: str, request: Request):
+    ctx = _ctx(request)
+    check_model(ctx, model_id)
+    return _model_card(ctx, request, model_id)
+
+
+def _model_card(ctx: ServerContext, request: Request, name: str) -> dict:
+    return {
+        "id": name,
         "object": "model",
         "created": request.app.state.started_at,
         "owned_by": "google",
@@ -58,11 +69,3 @@ async def list_models(request: Request):
         "parent": None,
         "max_model_len": ctx.limits.max_model_len,
     }
-    return {"object": "list", "data": [card]}
-
-
-@router.get("/v1/models/{model_id:path}")
-async def get_model(model_id: str, request: Request):
-    ctx = _ctx(request)
-    check_model(ctx, model_id)
-    return (await list_models(request))["data"][0]

@@ -282,6 +282,18 @@ def test_unknown_model_404(server):
     assert_envelope(client.post("/v1/completions", json={"model": "nope", "prompt": "hi"}), 404)
 
 
+@pytest.mark.parametrize("server", [(Script(["hello"]), {"model_aliases": ("google/gemma-4-26b-a4b-it",)})], indirect=True)
+def test_model_aliases_are_listed_and_answered(server):
+    _, client, sdk = server
+    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
+    assert ids[1:] == ["google/gemma-4-26b-a4b-it"] and ids[0] != ids[1]
+    assert client.get("/v1/models/google/gemma-4-26b-a4b-it").json()["id"] == "google/gemma-4-26b-a4b-it"
+    r = sdk.chat.completions.create(model="google/gemma-4-26b-a4b-it", messages=USER)
+    assert r.choices[0].message.content == "hello"
+    with pytest.raises(openai.NotFoundError):
+        sdk.chat.completions.create(model="google/gemma-4-31b-it", messages=USER)
+
+
 @pytest.mark.parametrize("server", [(Script(["x"]), {"api_key": "sekret"})], indirect=True)
 def test_api_key(server):
     _, client, _ = server
