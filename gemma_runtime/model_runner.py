@@ -59,9 +59,8 @@ class ModelRunner:
         if not sampling_seqs:
             return []
         logits = self.text.logits(hidden)  # [S, V]
-        rows = [SamplingInput(seq.sampling, seq.output_token_ids, seq.generator or self.default_generator)
-                for seq in sampling_seqs]
-        tokens, logprobs = sample(logits, rows)
+        rows = [SamplingInput(seq.sampling, seq.output_token_ids, seq.generator) for seq in sampling_seqs]
+        tokens, logprobs = sample(logits, rows, self.default_generator)
         return [SampledToken(seq, t, lp) for seq, t, lp in zip(sampling_seqs, tokens, logprobs)]
 
     # --- batch construction ------------------------------------------------------------------------

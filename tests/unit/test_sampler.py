@@ -77,3 +77,33 @@ def test_logprobs_are_the_model_distribution():
 def test_bad_params_are_refused(kwargs):
     with pytest.raises(ValueError):
         SamplingParams(**kwargs)
+
+
+def test_draws_follow_the_distribution():
+    probs = torch.tensor([0.5, 0.3, 0.2])
+    got = draw(torch.log(probs), SamplingParams(temperature=1.0), n=3000, seed=3)
+    freq = torch.bincount(torch.tensor(got), minlength=3).float() / len(got)
+    assert torch.allclose(freq, probs, atol=0.03)
+
+
+def test_temperature_sharpens_and_flattens():
+    logits = torch.log(torch.tensor([0.6, 0.4]))
+    cold = draw(logits, SamplingParams(temperature=0.25), n=2000, seed=4)
+    hot = draw(logits, SamplingParams(temperature=4.0), n=2000, seed=4)
+    assert cold.count(0) / 2000 > 0.75 and abs(hot.count(0) / 2000 - 0.525) < 0.05
+
+
+def test_mixed_batch_and_seeded_rows_do_not_depend_on_their_neighbours():
+    torch.manual_seed(0)
+    logits = torch.randn(3, 50)
+    seeded = SamplingParams(temperature=1.0, seed=5)
+    alone, _ = sample(logits[1:2].clone(), [SamplingInput(seeded, [], torch.Generator().manual_seed(5))])
+    batch = [
+        SamplingInput(SamplingParams(), [], None),  # greedy
+        SamplingInput(seeded, [], torch.Generator().manual_seed(5)),
+        SamplingInput(SamplingParams(temperature=1.0, top_k=3), [], None),
+    ]
+    tokens, _ = sample(logits.clone(), batch, torch.Generator().manual_seed(123))
+    assert tokens[0] == int(torch.argmax(logits[0]))
+    assert tokens[1] == alone[0]
+    assert tokens[2] in torch.topk(logits[2], 3).indices.tolist()
