@@ -1,118 +1,22 @@
-"""Engine builder: tiny HF checkpoints -> engine folders, checked against engines/README.md and the HF tensors."""
+"""Engine builder: tiny HF checkpoints -> engine folders, checked against engines/README.md (engine.json,
+every weight's name, shape, dtype and value against the HF sources), sharding, config variants."""
 
 from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file
 
 from engine_builder.convert import build_engine
 from engine_builder.errors import BuildError
 from engine_builder.tiny_checkpoint import make_tiny_checkpoint
 from engine_builder.tiny_tokenizer import TINY_VOCAB_SIZE
 from gemma_runtime.engine_config import EngineSpec
-
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
-LM = "model.language_model."
-
-
-# ---------------------------------------------------------------- helpers
-
-
-def hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
-    files = sorted(folder.glob("*.safetensors"))
-    out: dict[str, torch.Tensor] = {}
-    for f in files:
-        out.update(load_file(str(f)))
-    return out
-
-
-def engine_tensors(engine: Path) -> dict[str, torch.Tensor]:
-    index = engine / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
-    out: dict[str, torch.Tensor] = {}
-    for f in files:
-        with safe_open(str(engine / f), framework="pt") as h:  # the real safetensors reader accepts our files
-            out.update({k: h.get_tensor(k) for k in h.keys()})
-    return out
-
-
-def expected_engine_tensors(hf: dict[str, torch.Tensor], config: dict) -> dict[str, torch.Tensor]:
-    """The README's weight table, written out independently of engine_builder.weights."""
-    tc = config["text_config"]
-    k_eq_v = tc["attention_k_eq_v"]
-    out = {"embed_tokens.weight": hf[LM + "embed_tokens.weight"], "norm.weight": hf[LM + "norm.weight"]}
-    for i, kind in enumerate(tc["layer_types"]):
-        p, o = f"{LM}layers.{i}.", f"layers.{i}."
-        qkv = [hf[p + "self_attn.q_proj.weight"], hf[p + "self_attn.k_proj.weight"]]
-        if not (k_eq_v and kind == "full_attention"):
-            qkv.append(hf[p + "self_attn.v_proj.weight"])
-        else:
-            assert p + "self_attn.v_proj.weight" not in hf
-        out[o + "attn.qkv_proj.weight"] = torch.cat(qkv)
-        out[o + "attn.q_norm.weight"] = hf[p + "self_attn.q_norm.weight"]
-        out[o + "attn.k_norm.weight"] = hf[p + "self_attn.k_norm.weight"]
-        out[o + "attn.o_proj.weight"] = hf[p + "self_attn.o_proj.weight"]
-        out[o + "input_norm.weight"] = hf[p + "input_layernorm.weight"]
-        out[o + "post_attn_norm.weight"] = hf[p + "post_attention_layernorm.weight"]
-        out[o + "pre_ffn_norm.weight"] = hf[p + "pre_feedforward_layernorm.weight"]
-        out[o + "post_ffn_norm.weight"] = hf[p + "post_feedforward_layernorm.weight"]
-        out[o + "layer_scalar"] = hf[p + "layer_scalar"]
-        out[o + "mlp.gate_up_proj.weight"] = torch.cat([hf[p + "mlp.gate_proj.weight"], hf[p + "mlp.up_proj.weight"]])
-        out[o + "mlp.down_proj.weight"] = hf[p + "mlp.down_proj.weight"]
-        if tc.get("enable_moe_block"):
-            out[o + "moe.router_proj.weight"] = hf[p + "router.proj.weight"]
-            out[o + "moe.router_scale"] = hf[p + "router.scale"]
-            out[o + "moe.gate_up_proj"] = hf[p + "experts.gate_up_proj"]
-            scale = hf[p + "router.per_expert_scale"]
-            out[o + "moe.down_proj"] = torch.stack([hf[p + "experts.down_proj"][e] * scale[e] for e in range(scale.numel())])
-            out[o + "moe.pre_norm.weight"] = hf[p + "pre_feedforward_layernorm_2.weight"]
-            out[o + "moe.post_norm_dense.weight"] = hf[p + "post_feedforward_layernorm_1.weight"]
-            out[o + "moe.post_norm_experts.weight"] = hf[p + "post_feedforward_layernorm_2.weight"]
-    for name, t in hf.items():
-        if name.startswith("model.vision_tower."):
-            out["vision." + name[len("model.vision_tower.") :].replace(".linear.weight", ".weight")] = t
-    if "model.embed_vision.embedding_projection.weight" in hf:
-        out["vision.embedding_projection.weight"] = hf["model.embed_vision.embedding_projection.weight"]
-    return out
-
-
-def tokenizer_id(folder: Path, token: str) -> int:
-    from transformers import AutoTokenizer
-
-    return AutoTokenizer.from_pretrained(str(folder)).convert_tokens_to_ids(token)
-
-
-def assert_nothing_left(out_dir: Path) -> None:
-    assert not out_dir.exists() or list(out_dir.iterdir()) == []
-
-
-# ---------------------------------------------------------------- fixtures
-
-
-@pytest.fixture(scope="module")
-def ckpts(tmp_path_factory) -> dict[str, Path]:
-    root = tmp_path_factory.mktemp("ckpt")
-    return {
-        "moe": make_tiny_checkpoint(root / "tiny-moe", kind="moe", seed=1),
-        "dense": make_tiny_checkpoint(root / "tiny-dense", kind="dense", seed=2),
-        "moe_sharded": make_tiny_checkpoint(root / "tiny-moe-sharded", kind="moe", seed=1, max_shard_size="300KB"),
-    }
-
-
-@pytest.fixture(scope="module")
-def engines(ckpts, tmp_path_factory) -> dict[tuple[str, str], Path]:
-    out = tmp_path_factory.mktemp("engines")
-    return {(k, d): build_engine(ckpts[k], out, dtype=d, progress=False) for k in ("moe", "dense") for d in DTYPES}
+from tests.unit.builder.conftest import DTYPES, LM, assert_nothing_left, copy_checkpoint, edit_config, engine_tensors, expected_engine_tensors, hf_tensors, tokenizer_id
 
 
 # ---------------------------------------------------------------- tiny checkpoints
@@ -288,10 +192,10 @@ def test_many_layers_per_layer_config_keys(tmp_path):
 
 def test_released_config_format(ckpts, engines, tmp_path):
     # the released config.json names global_head_dim / num_global_key_value_heads instead of per_layer_config
-    folder = _copy(ckpts["moe"], tmp_path / "ckpt")
+    folder = copy_checkpoint(ckpts["moe"], tmp_path / "ckpt")
     tc = json.loads((folder / "config.json").read_text())["text_config"]
     released = {k: v for k, v in tc.items() if k != "per_layer_config"} | {"global_head_dim": 32, "num_global_key_value_heads": 1}
-    _edit_config(folder, text_config=released)
+    edit_config(folder, text_config=released)
     spec = EngineSpec.load(build_engine(folder, tmp_path / "out", dtype="float32", progress=False))
     assert spec.text == EngineSpec.load(engines[("moe", "float32")]).text
 
@@ -317,132 +221,3 @@ def test_chat_template_from_tokenizer_config_when_no_jinja(ckpts, tmp_path):
     with pytest.raises(BuildError, match="has no chat template"):
         build_engine(folder, tmp_path / "out2", dtype="float32", progress=False)
     assert_nothing_left(tmp_path / "out2")
-
-
-# ---------------------------------------------------------------- bad input
-
-
-def _copy(src: Path, dst: Path) -> Path:
-    shutil.copytree(src, dst)
-    return dst
-
-
-def _edit_config(folder: Path, **changes) -> None:
-    cfg = json.loads((folder / "config.json").read_text())
-    (folder / "config.json").write_text(json.dumps({**cfg, **changes}))
-
-
-BAD_INPUTS = {
-    "missing shard": (lambda f: next(f.glob("model-00002-*.safetensors")).unlink(),
-                      r"shard model-00002-of-\d+\.safetensors named in model\.safetensors\.index\.json is missing"),
-    "wrong architecture": (lambda f: _edit_config(f, architectures=["LlamaForCausalLM"]),
-                           r"architectures \['LlamaForCausalLM'\] do not include Gemma4ForConditionalGeneration"),
-    "wrong model_type": (lambda f: _edit_config(f, model_type="gemma3"), r"model_type is 'gemma3', expected 'gemma4'"),
-    "missing tokenizer": (lambda f: (f / "tokenizer.json").unlink(), r"has no tokenizer\.json: the tokenizer is missing"),
-    "missing config": (lambda f: (f / "config.json").unlink(), r"has no config\.json: not a Hugging Face checkpoint folder"),
-    "missing weights": (lambda f: [p.unlink() for p in f.glob("model*")], r"has no model\.safetensors nor model\.safetensors\.index\.json"),
-    "config disagrees": (lambda f: _edit_config(f, text_config={**json.loads((f / "config.json").read_text())["text_config"], "hidden_size": 32}),
-                         r"embed_tokens\.weight: shape \[512, 64\] does not match config\.json \(expected \[512, 32\]\)"),
-}  # fmt: skip
-
-
-@pytest.mark.parametrize("case", list(BAD_INPUTS))
-def test_bad_checkpoint_gets_one_clear_line(ckpts, tmp_path, case):
-    folder = _copy(ckpts["moe_sharded"], tmp_path / "ckpt")
-    damage, message = BAD_INPUTS[case]
-    damage(folder)
-    with pytest.raises(BuildError, match=message) as err:
-        build_engine(folder, tmp_path / "out", dtype="float32", progress=False)
-    assert isinstance(err.value, SystemExit) and "\n" not in str(err.value)
-    assert_nothing_left(tmp_path / "out")
-
-
-@pytest.mark.parametrize(("dtype", "message"), [("int4", r"unknown dtype 'int4'")])
-def test_bad_dtype(ckpts, tmp_path, dtype, message):
-    with pytest.raises(BuildError, match=message):
-        build_engine(ckpts["dense"], tmp_path / "out", dtype=dtype, progress=False)
-    assert_nothing_left(tmp_path / "out")
-
-
-def test_unknown_model_and_offline_hub(tmp_path, monkeypatch):
-    with pytest.raises(BuildError, match="neither tiny, 26b, 31b, an existing folder, nor a hub id"):
-        build_engine("./no/such/folder/here", tmp_path, progress=False)
-    import huggingface_hub
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    calls = []
-
-    def offline(repo_id, **kw):  # what snapshot_download raises with no network and no cache
-        calls.append(repo_id)
-        raise LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known")
-
-    monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(BuildError, match=r"^cannot download google/gemma-4-26b-a4b-it: the Hugging Face Hub is unreachable"):
-        build_engine("26b", tmp_path, progress=False)
-    with pytest.raises(BuildError, match="cannot download someone/some-model"):
-        build_engine("someone/some-model", tmp_path, dtype="bf16", progress=False)
-    assert calls == ["google/gemma-4-26b-a4b-it", "someone/some-model"]
-    assert_nothing_left(tmp_path)
-
-
-@pytest.mark.parametrize("exc", [RuntimeError("disk on fire"), KeyboardInterrupt()])
-def test_failure_mid_write_leaves_nothing(ckpts, tmp_path, monkeypatch, exc):
-    import engine_builder.convert as convert
-
-    real, seen = convert.materialize, []
-
-    def failing(ckpt, t, dtype):
-        seen.append(t.name)
-        if len(seen) == 20:
-            raise exc
-        return real(ckpt, t, dtype)
-
-    monkeypatch.setattr(convert, "materialize", failing)
-    with pytest.raises(type(exc)):
-        build_engine(ckpts["moe"], tmp_path / "out", dtype="float32", progress=False)
-    assert len(seen) == 20
-    assert_nothing_left(tmp_path / "out")
-
-
-# ---------------------------------------------------------------- CLI
-
-
-def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine_builder", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
-def test_cli_builds_tiny(tmp_path):
-    proc = _cli("--model", "tiny", "--out-dir", "engines", "--no-progress", cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    engine = tmp_path / "engines" / "gemma-4-tiny-it-float32"
-    spec = EngineSpec.load(engine)
-    assert spec.model_name == "google/gemma-4-tiny-it" and spec.dtype == "float32" and spec.text.moe is not None
-    assert spec.source["checkpoint"] == "tiny"
-    assert sorted(p.name for p in (tmp_path / "engines").iterdir()) == ["gemma-4-tiny-it-float32"]
-
-
-@pytest.mark.parametrize(("args", "message"), [
-    (("--model", "tiny", "--dtype", "int3"), "unknown dtype 'int3'"),
-    (("--model", "missing-folder"), "is neither tiny"),
-])  # fmt: skip
-def test_cli_bad_input_is_one_line(tmp_path, args, message):
-    proc = _cli(*args, "--out-dir", "engines", cwd=tmp_path)
-    assert proc.returncode == 1
-    assert proc.stderr.strip().count("\n") == 0 and message in proc.stderr and "Traceback" not in proc.stderr
-    assert_nothing_left(tmp_path / "engines")
-
-
-# ---------------------------------------------------------------- memory
-
-
-@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs to reset peak RSS")
-def test_conversion_peak_memory_is_bounded(tmp_path):
-    from engine_builder.memcheck import measure_conversion, write_random_checkpoint
-
-    # ~46 MB float32 checkpoint, largest tensor 2 MB: holding the checkpoint (or a shard of it) would show
-    folder, size = write_random_checkpoint(tmp_path / "ckpt", num_layers=8, dtype=torch.float32, shard_bytes=16 * 1024**2)
-    assert size > 40 * 1024**2
-    result = measure_conversion(folder, tmp_path / "out", dtype="bfloat16", shard_bytes=16 * 1024**2)
-    engine = Path(result["engine"])
-    assert EngineSpec.load(engine).dtype == "bfloat16"
-    assert result["peak_growth"] < size / 2, result
