@@ -247,7 +247,26 @@ def delta_json(delta: ParsedDelta, req: ChatCompletionRequest, alias: bool) -> d
     return out
 
 
+def split_call_headers(delta: dict) -> list[dict]:
+    """A call's first appearance becomes two chunks, as OpenAI streams them: the header (index, id, type,
+    name, empty arguments), then the arguments as a fragment. The parser commits a call only once it is
+    complete (a call that turns out malformed stays text), so its arguments arrive as one fragment."""
+    calls = delta.get("tool_calls")
+    if not calls or not any("id" in c and c["function"]["arguments"] for c in calls):
+        return [delta] if delta else []
+    headers = [{**c, "function": {**c["function"], "arguments": ""}} if "id" in c else c for c in calls]
+    fragments = [{"index": c["index"], "function": {"arguments": c["function"]["arguments"]}}
+                 for c in calls if "id" in c and c["function"]["arguments"]]
+    return [{**delta, "tool_calls": headers}, {"tool_calls": fragments}]
+
+
 DONE = "data: [DONE]\n\n"
+
+
+def from_deltas(writer: ChunkWriter, index: int, delta: dict, logprobs: dict | None) -> str:
+    """The SSE events for one parsed delta (two when it opens a tool call); logprobs ride on the first."""
+    parts = split_call_headers(delta) or [{}]
+    return "".join(writer.choice(index, part, logprobs=logprobs if k == 0 else None) for k, part in enumerate(parts))
 
 
 async def chat_stream(ctx: ServerContext, req: ChatCompletionRequest, plan: ChatPlan, streams) -> AsyncIterator[str]:
@@ -265,7 +284,7 @@ async def chat_stream(ctx: ServerContext, req: ChatCompletionRequest, plan: Chat
             yield writer.choice(i, {"role": "assistant", "content": ""})
             first = delta_json(p.prefill_delta, req, alias)
             if first:
-                yield writer.choice(i, first)
+                yield from_deltas(writer, i, first, None)
         async for i, out in merged:
             check_error(out)
             timers[i].output(len(out.token_ids))
@@ -273,16 +292,18 @@ async def chat_stream(ctx: ServerContext, req: ChatCompletionRequest, plan: Chat
             delta = delta_json(p.feed(out.text), req, alias)
             logprobs = chat_logprobs(ctx.token_text, out.logprobs, req.top_logprobs or 0) if req.logprobs and out.logprobs else None
             if out.finished:
-                tail = delta_json(p.finish(), req, alias)
+                tail = split_call_headers(delta_json(p.finish(), req, alias)) or [{}]
                 if delta or logprobs:
-                    yield writer.choice(i, delta, logprobs=logprobs)
-                yield writer.choice(i, tail, finish_reason=finish_reason(out.finish_reason, p.has_calls, plan.tool_mode))
+                    yield from_deltas(writer, i, delta, logprobs)
+                for part in tail[:-1]:
+                    yield writer.choice(i, part)
+                yield writer.choice(i, tail[-1], finish_reason=finish_reason(out.finish_reason, p.has_calls, plan.tool_mode))
                 if out.usage is not None:
                     prompt_tokens = out.usage.prompt_tokens
                     completion_tokens += out.usage.completion_tokens
                 timers[i].done(prompt_tokens)
             elif delta or logprobs:
-                yield writer.choice(i, delta, logprobs=logprobs)
+                yield from_deltas(writer, i, delta, logprobs)
         if req.include_usage:
             yield writer.usage(usage_json(prompt_tokens, completion_tokens))
     except APIError as e:

@@ -109,6 +109,9 @@ def test_streamed_tool_call_shape_and_sdk_accumulation(server):
     assert call_deltas[0]["index"] == 0 and call_deltas[0]["type"] == "function"
     assert call_deltas[0]["id"].startswith("call_") and call_deltas[0]["function"]["name"] == "get_weather"
     assert sum("id" in d for d in call_deltas) == 1  # id/name once, never repeated
+    # the header chunk first (empty arguments, as OpenAI streams it), then argument fragments only
+    assert call_deltas[0]["function"]["arguments"] == "" and all(set(d) == {"index", "function"} for d in call_deltas[1:])
+    assert all(set(d["function"]) == {"arguments"} for d in call_deltas[1:]) and len(call_deltas) >= 2
     assert json.loads("".join(d["function"]["arguments"] for d in call_deltas)) == {"city": "Paris"}
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
     # the SDK's own stream accumulator (it concatenates repeated id/name/role fields)
@@ -133,7 +136,9 @@ def test_parallel_tool_calls(server):
     assert [(c.function.name, c.function.arguments) for c in calls] == [("get_weather", '{"city": "Paris"}'), ("get_time", "{}")]
     assert len({c.id for c in calls}) == 2
     events = sse_events(client, {**body, "stream": True})[:-1]
-    assert [d["index"] for c in events for d in c["choices"][0]["delta"].get("tool_calls", [])] == [0, 1]
+    deltas = [d for c in events for d in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert [d["index"] for d in deltas if "id" in d] == [0, 1]  # each call's header once, in order
+    assert [d["index"] for d in deltas] == [0, 0, 1, 1]  # header, then that call's arguments
     only = sdk.chat.completions.create(**body, parallel_tool_calls=False).choices[0]
     assert [c.function.name for c in only.message.tool_calls] == ["get_weather"] and only.finish_reason == "tool_calls"
 
@@ -157,7 +162,9 @@ def test_required_tool_choice_prefills_call_start(server):
     assert backend.tokenizer.decode(backend.requests[-1].prompt).endswith("<|tool_call>call:")
     assert out.finish_reason == "tool_calls" and out.message.tool_calls[0].function.name == "get_weather"
     events = sse_events(client, {"model": MODEL, "messages": USER, "tools": TOOLS, "tool_choice": "required", "stream": True})[:-1]
-    assert [d["function"]["name"] for c in events for d in c["choices"][0]["delta"].get("tool_calls", [])] == ["get_weather"]
+    deltas = [d for c in events for d in c["choices"][0]["delta"].get("tool_calls", [])]
+    assert [d["function"]["name"] for d in deltas if "name" in d["function"]] == ["get_weather"]
+    assert json.loads("".join(d["function"]["arguments"] for d in deltas)) == {"city": "Paris"}
 
 
 @pytest.mark.parametrize("server", [Script(pieces(CALL_TEXT, 4))], indirect=True)
