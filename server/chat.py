@@ -96,9 +96,13 @@ async def load_images(ctx: ServerContext, urls: tuple[str, ...]) -> tuple[bytes,
     if ctx.backend.spec.vision is None:
         raise bad_request("This model does not accept images (its engine has no vision encoder).", param="messages")
     try:
-        return tuple(await asyncio.gather(*(load_image(u, ctx.image_policy) for u in urls)))
-    except ImageError as e:
-        raise APIError(e.message, e.status_code, param="messages", code=e.code)
+        # A TaskGroup: the first image that fails cancels the other fetches instead of letting them run on.
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(load_image(u, ctx.image_policy)) for u in urls]
+    except* ImageError as errors:
+        e = errors.exceptions[0]
+        raise APIError(e.message, e.status_code, param="messages", code=e.code) from None
+    return tuple(t.result() for t in tasks)
 
 
 async def prepare_chat(ctx: ServerContext, req: ChatCompletionRequest) -> ChatPlan:
