@@ -12,7 +12,10 @@ class RuntimeConfig:
     block_size: int = 16  # tokens per KV page, both geometries
     num_full_blocks: int | None = None  # pages for full-attention layers; None: sized from max_num_seqs * max_model_len
     num_sliding_blocks: int | None = None  # pages for sliding layers; None: enough for every sequence's window
-    kv_cache_bytes: int = 1 << 30  # caps the full-layer pool when num_full_blocks is not given
+    # Caps the full-layer pool when num_full_blocks is not given. None: 1 GiB on CPU; on CUDA whatever is
+    # free once the weights are loaded, keeping (1 - gpu_memory_utilization) of the card for activations.
+    kv_cache_bytes: int | None = None
+    gpu_memory_utilization: float = 0.9
     max_num_seqs: int = 64  # sequences decoded together
     max_num_batched_tokens: int = 2048  # token budget of one step (decode tokens + prefill chunks)
     max_model_len: int | None = None  # None: the engine's max_model_len
@@ -22,3 +25,5 @@ class RuntimeConfig:
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be positive")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")

@@ -20,6 +20,9 @@ from gemma_runtime.sequence import Sequence, SequenceStatus
 from gemma_runtime.weights import DTYPES, load_weights
 
 
+DEFAULT_CPU_KV_BYTES = 1 << 30
+
+
 @dataclass
 class _RequestState:
     seq: Sequence
@@ -39,12 +42,13 @@ class LLMEngine:
         self.max_model_len = min(self.config.max_model_len or self.spec.max_model_len, self.spec.max_model_len)
         self.stop_token_ids = frozenset(self.spec.stop_token_ids)
 
+        # Weights first: on a GPU the KV pages get what memory the weights leave.
+        weights = load_weights(self.engine_dir, self.device, self.dtype)
         layer_types = {layer.type for layer in self.spec.text.layers}
         num_full, num_sliding = self._pool_sizes()
         self.blocks = BlockManager(self.config.block_size, num_full, num_sliding, self.spec.text.sliding_window,
                                    has_full="full" in layer_types, has_sliding="sliding" in layer_types)
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
-        weights = load_weights(self.engine_dir, self.device, self.dtype)
         self.runner = ModelRunner(self.spec, weights, self.device, self.dtype, self.config.block_size,
                                   self.blocks.full.num_blocks, self.blocks.sliding.num_blocks, self.config.seed)
         self.inputs = InputProcessor(self.spec, self.tokenizer, self.max_model_len, self.config.default_image_soft_tokens)
@@ -65,8 +69,17 @@ class LLMEngine:
         if c.num_full_blocks:
             return max(c.num_full_blocks, full_one), num_sliding
         sliding_bytes = num_sliding * self._block_bytes("sliding")
-        affordable = (c.kv_cache_bytes - sliding_bytes) // max(self._block_bytes("full"), 1)
+        affordable = (self._kv_budget() - sliding_bytes) // max(self._block_bytes("full"), 1)
         return max(min(full_one * c.max_num_seqs, affordable), full_one), num_sliding
+
+    def _kv_budget(self) -> int:
+        c = self.config
+        if c.kv_cache_bytes is not None:
+            return c.kv_cache_bytes
+        if self.device.type == "cuda":
+            free, total = torch.cuda.mem_get_info(self.device)
+            return max(0, int(free - (1 - c.gpu_memory_utilization) * total))
+        return DEFAULT_CPU_KV_BYTES
 
     def _block_bytes(self, kind: str) -> int:
         """Bytes one page takes across all layers of one geometry (K and V)."""

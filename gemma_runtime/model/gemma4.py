@@ -12,7 +12,6 @@ import torch.nn.functional as F
 from gemma_runtime.engine_config import LayerSpec, TextSpec
 from gemma_runtime.forward_batch import ForwardBatch
 import gemma_runtime.model.attention  # noqa: F401  (registers the reference backends)
-import gemma_runtime.model.moe  # noqa: F401
 from gemma_runtime.model.layers import apply_rope, geglu, rms_norm, rope_cos_sin, rope_inv_freq
 from gemma_runtime.model.linear import expert_weights, linear
 from gemma_runtime.model.moe import route

@@ -84,3 +84,16 @@ def test_too_long_prompts_are_refused(engine):
         engine.prepare(GenerateRequest("x", [5] * 100, SamplingParams(max_tokens=200)))
     with pytest.raises(RequestError, match="image placeholders"):
         engine.prepare(GenerateRequest("x", "<|image|> hi", SamplingParams(max_tokens=1)))
+
+
+def test_full_layer_pages_are_capped_by_the_kv_budget(random_tiny_engine_dir):
+    """Every sequence at the full context when the budget allows; never fewer pages than one sequence needs."""
+    def pages(kv_bytes):
+        engine = LLMEngine(random_tiny_engine_dir, RuntimeConfig(block_size=4, max_model_len=256, max_num_seqs=8,
+                                                                 kv_cache_bytes=kv_bytes))
+        return engine.blocks.full.num_blocks
+
+    one_sequence = 256 // 4
+    assert pages(1 << 30) == 8 * one_sequence
+    assert one_sequence < pages(2_000_000) < 8 * one_sequence  # ~1.1 MB of it goes to the sliding pool
+    assert pages(1) == one_sequence
