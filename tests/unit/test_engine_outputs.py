@@ -88,12 +88,14 @@ def test_too_long_prompts_are_refused(engine):
 
 def test_full_layer_pages_are_capped_by_the_kv_budget(random_tiny_engine_dir):
     """Every sequence at the full context when the budget allows; never fewer pages than one sequence needs."""
-    def pages(kv_bytes):
-        engine = LLMEngine(random_tiny_engine_dir, RuntimeConfig(block_size=4, max_model_len=256, max_num_seqs=8,
-                                                                 kv_cache_bytes=kv_bytes))
-        return engine.blocks.full.num_blocks
+    def engine(kv_bytes):
+        return LLMEngine(random_tiny_engine_dir, RuntimeConfig(block_size=4, max_model_len=256, max_num_seqs=8,
+                                                               kv_cache_bytes=kv_bytes))
 
     one_sequence = 256 // 4
-    assert pages(1 << 30) == 8 * one_sequence
-    assert one_sequence < pages(2_000_000) < 8 * one_sequence  # ~1.1 MB of it goes to the sliding pool
-    assert pages(1) == one_sequence
+    assert engine(1 << 30).blocks.full.num_blocks == 8 * one_sequence
+    e = engine(1)
+    assert e.blocks.full.num_blocks == one_sequence
+    # What the sliding pool leaves of the budget goes to full-layer pages.
+    sliding_bytes = e.blocks.sliding.num_blocks * e._block_bytes("sliding")
+    assert engine(sliding_bytes + 100 * e._block_bytes("full")).blocks.full.num_blocks == 100
