@@ -89,3 +89,25 @@ async def test_explicit_abort_finishes_the_stream(engine):
 async def test_bad_request_raises_before_streaming(engine):
     with pytest.raises(RequestError):
         await collect(engine, GenerateRequest("bad", [5] * 1000, SamplingParams(max_tokens=1)))
+
+
+async def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(engine, monkeypatch):
+    """Fault injection: one model step raises. Its requests end with the error, their pages come back,
+    and the engine serves the next request."""
+    free = engine.stats().kv_blocks_free
+    runner = engine.engine.runner
+    real_run = runner.run
+    calls = {"n": 0}
+
+    def failing_once(scheduled):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("injected fault")
+        return real_run(scheduled)
+
+    monkeypatch.setattr(runner, "run", failing_once)
+    with pytest.raises(RuntimeError, match="injected fault"):
+        await collect(engine, GenerateRequest("doomed", PROMPT, SamplingParams(max_tokens=20, ignore_eos=True)))
+    await wait_for_idle(engine, free)
+    outs = await collect(engine, GenerateRequest("after", PROMPT, SamplingParams(max_tokens=5, ignore_eos=True)))
+    assert outs[-1].finished and outs[-1].usage.completion_tokens == 5
