@@ -240,3 +240,34 @@ def test_client_disconnect_aborts_and_frees_kv(base, live_server):
 def client_still_works(base: str) -> bool:
     r = post(base, {"model": MODEL, "messages": HELLO, **GREEDY})
     return r.status_code == 200 and r.json()["choices"][0]["message"]["content"] == HELLO_REPLY
+
+
+def test_engine_failure_after_streaming_began_is_an_error_event_then_done(base, live_server, monkeypatch):
+    """Fault injection into the real engine: a step fails after the 200 and some chunks went out."""
+    from server.backend import EmbeddedBackend
+
+    if not isinstance(live_server.backend, EmbeddedBackend):
+        pytest.skip("the engine runs inside tritonserver: no fault to inject from this process")
+    runner = live_server.backend.engine.engine.runner
+    real_run, calls = runner.run, {"n": 0}
+
+    def failing_on_the_fourth_step(scheduled):
+        calls["n"] += 1
+        if calls["n"] == 4:
+            raise RuntimeError("injected fault")
+        return real_run(scheduled)
+
+    monkeypatch.setattr(runner, "run", failing_on_the_fourth_step)
+    body = {"model": MODEL, "messages": HELLO, "max_tokens": 50, "ignore_eos": True, "stream": True}
+    with httpx.stream("POST", base + "/chat/completions", json=body, timeout=60) as r:
+        assert r.status_code == 200
+        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+    assert events[-1] == "[DONE]"
+    error = json.loads(events[-2])["error"]
+    assert "injected fault" in error["message"] and set(error) == {"message", "type", "param", "code"}
+    chunks = [json.loads(e) for e in events[:-2]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert any(c["choices"][0]["delta"].get("content") for c in chunks)  # text went out before the failure
+    monkeypatch.undo()
+    _wait_idle(live_server.backend)
+    assert client_still_works(base)
