@@ -74,7 +74,7 @@ class ModelRunner:
         for item in scheduled:
             seq, lo = item.seq, item.seq.num_computed
             hi = lo + item.num_new
-            input_ids.extend(seq.token_ids[lo:hi])
+            input_ids.extend(seq.tokens(lo, hi))
             positions.extend(range(lo, hi))
             for kind in ("full", "sliding"):
                 table = getattr(seq.block_tables, kind)

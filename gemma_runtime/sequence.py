@@ -47,6 +47,15 @@ class Sequence:
     def token_ids(self) -> list[int]:
         return self.prompt_token_ids + self.output_token_ids
 
+    def tokens(self, lo: int, hi: int) -> list[int]:
+        """token_ids[lo:hi] without copying the whole sequence (a decode step reads one token of it)."""
+        n = len(self.prompt_token_ids)
+        if hi <= n:
+            return self.prompt_token_ids[lo:hi]
+        if lo >= n:
+            return self.output_token_ids[lo - n : hi - n]
+        return self.prompt_token_ids[lo:] + self.output_token_ids[: hi - n]
+
     @property
     def num_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
