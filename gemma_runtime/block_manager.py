@@ -17,6 +17,7 @@ NO_BLOCK = -1
 class BlockTables:
     full: list[int] = field(default_factory=list)
     sliding: list[int] = field(default_factory=list)  # NO_BLOCK where a page was reclaimed
+    sliding_reclaimed: int = 0  # pages before this index are all reclaimed: scans start here, not at 0
 
 
 class BlockPool:
@@ -76,17 +77,18 @@ class BlockManager:
 
     def reclaimable_sliding(self, tables: BlockTables, num_computed: int) -> int:
         first = self._first_live_page(num_computed)
-        return sum(1 for b in tables.sliding[:first] if b != NO_BLOCK)
+        return sum(1 for b in tables.sliding[tables.sliding_reclaimed : first] if b != NO_BLOCK)
 
     def allocate(self, tables: BlockTables, num_computed: int, num_new: int) -> None:
         """Reclaims sliding pages behind the window, then maps every page the new tokens touch."""
         end = self._pages(num_computed + num_new)
         if self.has_sliding:
             first = self._first_live_page(num_computed)
-            for page in range(min(first, len(tables.sliding))):
+            for page in range(tables.sliding_reclaimed, min(first, len(tables.sliding))):
                 if tables.sliding[page] != NO_BLOCK:
                     self.sliding.give_back(tables.sliding[page])
                     tables.sliding[page] = NO_BLOCK
+            tables.sliding_reclaimed = max(tables.sliding_reclaimed, min(first, len(tables.sliding)))
             while len(tables.sliding) < end:
                 tables.sliding.append(NO_BLOCK)
             for page in range(first, end):
@@ -104,6 +106,7 @@ class BlockManager:
                 self.sliding.give_back(b)
         tables.full.clear()
         tables.sliding.clear()
+        tables.sliding_reclaimed = 0
 
     @property
     def num_free(self) -> int:
