@@ -11,11 +11,11 @@ import torch
 from safetensors import safe_open
 
 from .errors import BuildError
+from .writer import INDEX_FILE
 
 ARCHITECTURE = "Gemma4ForConditionalGeneration"
 MODEL_TYPE = "gemma4"
 SINGLE_FILE = "model.safetensors"
-INDEX_FILE = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)

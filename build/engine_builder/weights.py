@@ -13,7 +13,7 @@ from typing import Callable
 import torch
 
 from gemma_runtime.engine_config import TextSpec
-from gemma_runtime.model.linear import FP8, quantize_per_row, scale_name
+from gemma_runtime.model.linear import quantize_per_row
 
 from .checkpoint import Checkpoint
 from .errors import BuildError

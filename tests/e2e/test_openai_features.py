@@ -15,6 +15,7 @@ import pytest
 
 from engine_builder.taught_corpus import BLUE_SQUARE, MATH_QUESTION, RED_SQUARE, WEATHER_TOOL
 from tests.e2e.conftest import API_KEY, MAX_IMAGES
+from tests.fault_injection import FAULT, fail_on_step
 from tests.e2e.openai_helpers import GREEDY, HELLO, HELLO_REPLY, MATH_ANSWER, MATH_REASONING, MODEL, THINKING, WEATHER_Q, assert_envelope, async_client, data_url, image_messages, post
 
 
@@ -248,23 +249,14 @@ def test_engine_failure_after_streaming_began_is_an_error_event_then_done(base, 
 
     if not isinstance(live_server.backend, EmbeddedBackend):
         pytest.skip("the engine runs inside tritonserver: no fault to inject from this process")
-    runner = live_server.backend.engine.engine.runner
-    real_run, calls = runner.run, {"n": 0}
-
-    def failing_on_the_fourth_step(scheduled):
-        calls["n"] += 1
-        if calls["n"] == 4:
-            raise RuntimeError("injected fault")
-        return real_run(scheduled)
-
-    monkeypatch.setattr(runner, "run", failing_on_the_fourth_step)
+    fail_on_step(monkeypatch, live_server.backend.engine.engine.runner, 4)
     body = {"model": MODEL, "messages": HELLO, "max_tokens": 50, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", base + "/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
-    assert "injected fault" in error["message"] and set(error) == {"message", "type", "param", "code"}
+    assert FAULT in error["message"] and set(error) == {"message", "type", "param", "code"}
     chunks = [json.loads(e) for e in events[:-2]]
     assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
     assert any(c["choices"][0]["delta"].get("content") for c in chunks)  # text went out before the failure

@@ -21,7 +21,7 @@ triton = pytest.importorskip("triton")
 
 from gemma_runtime.engine_config import LayerSpec  # noqa: E402
 from gemma_runtime.forward_batch import ForwardBatch  # noqa: E402
-from gemma_runtime.kernels.moe_gemm import align_by_expert, fused_experts  # noqa: E402
+from gemma_runtime.kernels.moe_gemm import align_by_expert  # noqa: E402
 from gemma_runtime.kernels.moe_routing import route as fused_route  # noqa: E402
 from gemma_runtime.kernels.paged_decode import paged_decode_attention  # noqa: E402
 from gemma_runtime.model.attention import TorchPagedAttention  # noqa: E402

@@ -4,7 +4,6 @@ attention among one image's tokens on sliding layers, causal on full layers)."""
 from __future__ import annotations
 
 import numpy as np
-import torch
 from PIL import Image
 from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
 

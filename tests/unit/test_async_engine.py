@@ -9,6 +9,7 @@ import pytest
 from gemma_runtime.api import GenerateRequest, RequestError, SamplingParams
 from gemma_runtime.async_engine import AsyncEngine
 from gemma_runtime.config import RuntimeConfig
+from tests.fault_injection import FAULT, fail_on_step
 
 PROMPT = "<bos><|turn>user\nHi there<turn|>\n<|turn>model\n"
 
@@ -95,18 +96,8 @@ async def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(engine, mo
     """Fault injection: one model step raises. Its requests end with the error, their pages come back,
     and the engine serves the next request."""
     free = engine.stats().kv_blocks_free
-    runner = engine.engine.runner
-    real_run = runner.run
-    calls = {"n": 0}
-
-    def failing_once(scheduled):
-        calls["n"] += 1
-        if calls["n"] == 3:
-            raise RuntimeError("injected fault")
-        return real_run(scheduled)
-
-    monkeypatch.setattr(runner, "run", failing_once)
-    with pytest.raises(RuntimeError, match="injected fault"):
+    fail_on_step(monkeypatch, engine.engine.runner, 3)
+    with pytest.raises(RuntimeError, match=FAULT):
         await collect(engine, GenerateRequest("doomed", PROMPT, SamplingParams(max_tokens=20, ignore_eos=True)))
     await wait_for_idle(engine, free)
     outs = await collect(engine, GenerateRequest("after", PROMPT, SamplingParams(max_tokens=5, ignore_eos=True)))
