@@ -16,6 +16,7 @@ from tqdm import tqdm
 import torch
 
 from gemma_runtime.engine_config import EngineSpec, QuantizationSpec
+from gemma_runtime.model.linear import FP8, scale_name
 
 from .checkpoint import ARCHITECTURE, Checkpoint
 from .dtypes import base_dtype, canonical_dtype, quantization_method, torch_dtype
@@ -23,7 +24,7 @@ from .engine_files import read_tokenizer, write_engine_files
 from .errors import BuildError
 from .sources import Source, resolve
 from .spec import default_max_model_len, multimodal_spec, text_config, text_spec, vision_spec
-from .weights import FP8, OutTensor, is_fp8_linear, materialize, plan_weights, quantize_fp8, scale_name
+from .weights import OutTensor, is_fp8_linear, materialize, plan_weights, quantize_fp8
 from .writer import DEFAULT_MAX_SHARD_BYTES, Entry, total_bytes, write_sharded
 
 
