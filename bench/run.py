@@ -12,6 +12,10 @@ Without CUDA, or with --dry-run, the same code runs on the tiny engine on CPU wi
 script itself is tested (tests/unit/test_bench_dry_run.py); those figures mean nothing for speed.
 
     .venv/bin/python bench/run.py [--dry-run] [--models 26b,31b] [--dtypes bf16,fp8] [--results-dir bench/results]
+                                  [--decode-graphs auto|on|off] [--overlap auto|on|off]
+
+--decode-graphs and --overlap switch the decode path's CUDA graphs and overlapped scheduling (default:
+the runtime's own choice, on for CUDA) so their effect can be measured one at a time.
 """
 
 from __future__ import annotations
@@ -116,7 +120,11 @@ def kv_bytes_per_token(spec) -> tuple[int, int]:
     return out["full"], out["sliding"]
 
 
-def runtime_config(spec, sizes: Sizes, device: torch.device) -> RuntimeConfig:
+SWITCH = {"auto": None, "on": True, "off": False}
+
+
+def runtime_config(spec, sizes: Sizes, device: torch.device, graphs: bool | None = None, overlap: bool | None = None
+                   ) -> RuntimeConfig:
     """Pages for the largest decode batch and the longest prefill, within 85% of what the weights leave free.
     The batch sizes that do not fit are skipped (and said so) rather than preempting mid-measurement."""
     bs, window = sizes.block_size, spec.text.sliding_window
@@ -135,7 +143,9 @@ def runtime_config(spec, sizes: Sizes, device: torch.device) -> RuntimeConfig:
             full_pages = max(pages(longest), max_batch * pages(ctx))
             sliding_pages = max_batch * (pages(min(ctx, window)) + 2) + pages(step_tokens) + pages(window) + 2
     return RuntimeConfig(device=device.type, block_size=bs, num_full_blocks=full_pages, num_sliding_blocks=sliding_pages,
-                         max_num_seqs=max_batch, max_num_batched_tokens=step_tokens, max_model_len=longest)  # fmt: skip
+                         max_num_seqs=max_batch, max_num_batched_tokens=step_tokens, max_model_len=longest,
+                         decode_graph_max_batch=None if graphs is None else max_batch if graphs else 0,
+                         overlap_scheduling=overlap)  # fmt: skip
 
 
 def run_until_first_tokens(engine: LLMEngine, ids: set[str]) -> None:
@@ -215,16 +225,18 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 def measure_ours(model: str, dtype: str, sizes: Sizes, device: torch.device, workdir: Path, bandwidth: float,
-                 record) -> object:  # fmt: skip
+                 record, graphs: bool | None = None, overlap: bool | None = None) -> object:  # fmt: skip
     """Runs every measurement on one random engine; returns the HF config of its dimensions."""
     clock, rng = Clock(device), random.Random(0)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     made = make_random_engine(model, dtype, device, workdir / f"{model}-{dtype}")
     floor = bandwidth / active_bytes_per_token(made.spec.text, made.weights)
-    config = runtime_config(made.spec, sizes, device)
+    config = runtime_config(made.spec, sizes, device, graphs, overlap)
     with weights_in_memory(made.weights):
         engine = LLMEngine(made.engine_dir, config)
+    print(f"  {model} {dtype}: decode graphs {engine.runner.graphs.batch_sizes if engine.runner.graphs else 'off'}, "
+          f"overlap {'on' if engine.overlap else 'off'}", flush=True)
     hf_config, made = made.hf_config, None  # the engine holds the weights now
 
     record(model, dtype, "ours", "bandwidth_floor_tokens_per_s", 1, floor, "tok/s")
@@ -327,6 +339,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--models", default=None, help="comma-separated: 26b,31b (default both; tiny in a dry run)")
     p.add_argument("--dtypes", default=None, help="comma-separated: bf16,fp8 (default both)")
     p.add_argument("--results-dir", default=str(Path(__file__).resolve().parent / "results"))
+    p.add_argument("--decode-graphs", choices=SWITCH, default="auto", help="decode batches through CUDA graphs")
+    p.add_argument("--overlap", choices=SWITCH, default="auto", help="schedule the next step while this one runs")
     args = p.parse_args(argv)
 
     dry = args.dry_run or not torch.cuda.is_available()
@@ -348,7 +362,8 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             hf_config = None
             for dtype in dtypes:
-                hf_config = measure_ours(model, dtype, sizes, device, Path(tmp), bandwidth, record)
+                hf_config = measure_ours(model, dtype, sizes, device, Path(tmp), bandwidth, record,
+                                         SWITCH[args.decode_graphs], SWITCH[args.overlap])
             measure_transformers(model, hf_config, sizes, device, record)
 
     results = Path(args.results_dir)

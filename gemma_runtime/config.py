@@ -21,9 +21,18 @@ class RuntimeConfig:
     max_model_len: int | None = None  # None: the engine's max_model_len
     default_image_soft_tokens: int = 280
     seed: int = 0  # seeds the sampler of requests that bring no seed of their own
+    # Decode batches up to this size run through padded static buffers, replayed as CUDA graphs on a GPU
+    # (capped by max_num_seqs; 0 turns it off). None: on for CUDA, off elsewhere. On the CPU a positive
+    # value runs the padded buffers eagerly, which only tests want.
+    decode_graph_max_batch: int | None = None
+    # Schedule and launch step N+1 before reading step N's tokens on the host, so the host's work (
+    # scheduling, batch building, detokenizing, stop checks) hides behind the GPU's. None: on for CUDA.
+    overlap_scheduling: bool | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be positive")
+        if self.decode_graph_max_batch is not None and self.decode_graph_max_batch < 0:
+            raise ValueError("decode_graph_max_batch must be 0 (off) or positive")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")

@@ -26,10 +26,13 @@ class ForwardBatch:
     logits_indices: torch.Tensor  # [S] int64 rows of T whose next-token logits are needed
     # Multimodal: soft-token embeddings to scatter over the image placeholder tokens, in order.
     mm_embeds: torch.Tensor | None = None  # [N, hidden]
-    mm_mask: torch.Tensor | None = None  # [T] bool, True at image placeholder tokens (N of them)
+    mm_rows: torch.Tensor | None = None  # [N] int64 rows of T holding image placeholder tokens, in order
     # Per sequence, absolute [start, end) spans of one image's placeholder run that overlap this step's
     # queries: on sliding layers the tokens of one span attend to each other bidirectionally.
     bidirectional_spans: list[list[tuple[int, int]]] = field(default_factory=list)
+    # The longest query run of one sequence, known on the host when the batch is built (prefill grids
+    # are sized by it); None makes a backend read it from query_start, a host synchronisation.
+    max_query_len: int | None = None
 
     @property
     def num_seqs(self) -> int:

@@ -14,7 +14,7 @@ from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.detokenizer import IncrementalDetokenizer, TextStream
 from gemma_runtime.engine_config import EngineSpec, read_generation_defaults
 from gemma_runtime.inputs import MAX_IMAGE_TOKENS, InputProcessor, PreparedInput
-from gemma_runtime.model_runner import ModelRunner, SampledToken
+from gemma_runtime.model_runner import LaunchedStep, ModelRunner, SampledToken
 from gemma_runtime.scheduler import Scheduler
 from gemma_runtime.sequence import Sequence, SequenceStatus
 from gemma_runtime.weights import DTYPES, load_weights
@@ -49,8 +49,14 @@ class LLMEngine:
         self.blocks = BlockManager(self.config.block_size, num_full, num_sliding, self.spec.text.sliding_window,
                                    has_full="full" in layer_types, has_sliding="sliding" in layer_types)
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
+        on_cuda = self.device.type == "cuda"
+        graph_max = self.config.decode_graph_max_batch
+        graph_max = min(self.config.max_num_seqs, 256 if graph_max is None and on_cuda else graph_max or 0)
         self.runner = ModelRunner(self.spec, weights, self.device, self.dtype, self.config.block_size,
-                                  self.blocks.full.num_blocks, self.blocks.sliding.num_blocks, self.config.seed)
+                                  self.blocks.full.num_blocks, self.blocks.sliding.num_blocks, self.config.seed,
+                                  self.max_model_len, graph_max_batch=graph_max, capture_graphs=on_cuda)
+        self.overlap = on_cuda if self.config.overlap_scheduling is None else self.config.overlap_scheduling
+        self.in_flight: LaunchedStep | None = None  # launched, its tokens not yet read (overlap only)
         self.inputs = InputProcessor(self.spec, self.tokenizer, self.max_model_len, self.config.default_image_soft_tokens)
         self.requests: dict[str, _RequestState] = {}
 
@@ -101,7 +107,8 @@ class LLMEngine:
         generator = torch.Generator(device=self.device).manual_seed(p.seed) if p.seed is not None else None
         seq = Sequence(request.request_id, prepared.token_ids, p,
                        stop_token_ids=frozenset() if p.ignore_eos else self.stop_token_ids | set(p.stop_token_ids),
-                       images=prepared.images, image_spans=prepared.image_spans, generator=generator)
+                       images=prepared.images, image_spans=prepared.image_spans, generator=generator,
+                       max_total_tokens=min(len(prepared.token_ids) + p.max_tokens, self.max_model_len))
         detok = IncrementalDetokenizer(self.tokenizer, prepared.token_ids, p.skip_special_tokens)
         self.requests[request.request_id] = _RequestState(seq, detok, TextStream(p.stop, p.include_stop_str_in_output))
         self.scheduler.add(seq)
@@ -115,7 +122,7 @@ class LLMEngine:
         return RequestOutput(request_id, (), "", finished=True, finish_reason="abort", usage=self._usage(state.seq))
 
     def has_unfinished(self) -> bool:
-        return self.scheduler.has_work()
+        return self.scheduler.has_work() or self.in_flight is not None
 
     def stats(self) -> EngineStats:
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
@@ -124,13 +131,45 @@ class LLMEngine:
     # --- the step ----------------------------------------------------------------------------------
 
     def step(self) -> list[RequestOutput]:
+        """One scheduling step. With overlap, returns the previous step's outputs: this step is launched
+        first, so the GPU runs it while the host detokenizes and checks stops for the previous one."""
+        try:
+            return self._step()
+        except Exception:
+            self.in_flight = None  # its samples belong to requests the caller is about to fail
+            raise
+
+    def _step(self) -> list[RequestOutput]:
+        outputs: list[RequestOutput] = []
+        if self.in_flight is not None and self.in_flight.needs_host_tokens:
+            outputs += self._resolve(self.in_flight)
+            self.in_flight = None
         plan = self.scheduler.schedule()
-        if plan.is_empty:
-            return []
-        sampled = self.runner.run(plan.scheduled)
-        for item in plan.scheduled:
-            item.seq.num_computed += item.num_new
-        return [self._process(s) for s in sampled]
+        launched = None
+        if not plan.is_empty:
+            launched = self.runner.launch(plan.scheduled)
+            for item in plan.scheduled:
+                item.seq.num_computed += item.num_new
+            for seq in launched.seqs:
+                seq.num_pending += 1
+        previous, self.in_flight = self.in_flight, launched
+        if previous is not None:
+            outputs += self._resolve(previous)
+        if not self.overlap and self.in_flight is not None:
+            outputs += self._resolve(self.in_flight)
+            self.in_flight = None
+        return outputs
+
+    def _resolve(self, launched: LaunchedStep) -> list[RequestOutput]:
+        outputs = []
+        for sampled in self.runner.resolve(launched):
+            seq = sampled.seq
+            seq.num_pending -= 1
+            state = self.requests.get(seq.request_id)
+            if state is None or state.seq is not seq:
+                continue  # finished (by the step before) or aborted while this step ran: the token is dropped
+            outputs.append(self._process(sampled))
+        return outputs
 
     def _process(self, sampled: SampledToken) -> RequestOutput:
         seq, token = sampled.seq, sampled.token_id
@@ -145,7 +184,7 @@ class LLMEngine:
             hit = state.text.append(state.detokenizer.add(token))
             if hit is not None and n_out > p.min_tokens:
                 finish_reason, stop_reason = "stop", hit
-            elif n_out >= p.max_tokens or seq.num_tokens >= self.max_model_len:
+            elif n_out >= p.max_tokens or seq.num_resolved_tokens >= self.max_model_len:
                 finish_reason = "length"
         if finish_reason is not None:
             if stop_reason is None or isinstance(stop_reason, int):

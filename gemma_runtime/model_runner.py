@@ -1,5 +1,11 @@
 """The only place that turns scheduled sequences into tensors: builds the ForwardBatch, runs the vision
-tower for new images, the decoder, and the sampler."""
+tower for new images, the decoder (through a captured CUDA graph for decode batches), and the sampler.
+
+A step is launched and resolved separately. `launch` queues all of its device work and returns at once,
+its sampled tokens still on the device; `resolve` reads them on the host. Between the two the engine
+may schedule and launch the next step: a sequence's newest token then goes into the next batch straight
+from the previous step's token tensor (a device gather), never through the host.
+"""
 
 from __future__ import annotations
 
@@ -9,10 +15,12 @@ import torch
 
 from gemma_runtime.api import TokenLogprob
 from gemma_runtime.block_manager import NO_BLOCK
+from gemma_runtime.decode_graphs import DecodeGraphs, graph_batch_sizes
+from gemma_runtime.device_io import HostCopy, to_device
 from gemma_runtime.engine_config import EngineSpec
 from gemma_runtime.forward_batch import ForwardBatch
 from gemma_runtime.model.gemma4 import Gemma4TextModel
-from gemma_runtime.sampler import SamplingInput, sample
+from gemma_runtime.sampler import SampledBatch, SamplingInput, sample_on_device
 from gemma_runtime.scheduler import ScheduledSeq
 from gemma_runtime.sequence import Sequence
 
@@ -24,9 +32,28 @@ class SampledToken:
     logprob: TokenLogprob | None
 
 
+@dataclass
+class LaunchedStep:
+    """A step whose device work is queued: the sequences that sample, in row order, and their samples."""
+
+    seqs: list[Sequence]
+    sampled: SampledBatch | None
+    host_copy: HostCopy | None
+
+    @property
+    def needs_host_tokens(self) -> bool:
+        """Penalties count a sequence's generated tokens on the host, so its next step needs them resolved."""
+        return any(s.sampling.presence_penalty or s.sampling.frequency_penalty for s in self.seqs)
+
+
 class ModelRunner:
     def __init__(self, spec: EngineSpec, weights: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
-                 block_size: int, num_full_blocks: int, num_sliding_blocks: int, seed: int):
+                 block_size: int, num_full_blocks: int, num_sliding_blocks: int, seed: int,
+                 max_model_len: int, graph_max_batch: int = 0, capture_graphs: bool = False):
+        """graph_max_batch > 0 runs decode batches up to that size through fixed-size padded buffers,
+        captured as CUDA graphs when capture_graphs (on the CPU they run eagerly, which is how tests
+        check the padding). Each KV pool gets one extra page past its last: the scratch page that
+        padding rows write to, never handed to a sequence."""
         self.spec = spec
         self.device = device
         self.block_size = block_size
@@ -41,27 +68,53 @@ class ModelRunner:
             self.vision.load_state_dict({k[len("vision."):]: v for k, v in weights.items() if k.startswith("vision.")})
         self.kv_caches = self._allocate_kv(dtype, num_full_blocks, num_sliding_blocks)
         self.default_generator = torch.Generator(device=device).manual_seed(seed)
+        # the previous launch's sampled tokens [S] and each sampling sequence's row in them
+        self._last_tokens: torch.Tensor | None = None
+        self._last_rows: dict[int, int] = {}
+        self.graphs = None
+        if graph_max_batch > 0:
+            self.graphs = DecodeGraphs(self.text, self.kv_caches, device, graph_batch_sizes(graph_max_batch),
+                                       max_pages=-(-max_model_len // block_size), block_size=block_size,
+                                       scratch_page={"full": num_full_blocks, "sliding": num_sliding_blocks},
+                                       pad_token_id=spec.tokens.pad_token_id, capture=capture_graphs)
 
     def _allocate_kv(self, dtype, num_full_blocks, num_sliding_blocks) -> list[tuple[torch.Tensor, torch.Tensor]]:
         caches = []
         for layer in self.spec.text.layers:
-            blocks = num_full_blocks if layer.type == "full" else num_sliding_blocks
+            blocks = (num_full_blocks if layer.type == "full" else num_sliding_blocks) + 1  # + the scratch page
             shape = (blocks * self.block_size, layer.num_kv_heads, layer.head_dim)  # [slots, kv_heads, head_dim]
             caches.append((torch.zeros(shape, dtype=dtype, device=self.device),
                            torch.zeros(shape, dtype=dtype, device=self.device)))
         return caches
 
     @torch.inference_mode()
-    def run(self, scheduled: list[ScheduledSeq]) -> list[SampledToken]:
+    def launch(self, scheduled: list[ScheduledSeq]) -> LaunchedStep:
+        """Queues the step's forward and sampling; returns without waiting for the device."""
         batch = self._build_batch(scheduled)
-        hidden = self.text.forward(batch, self.kv_caches)
-        sampling_seqs = [s.seq for s in scheduled if s.completes_prompt]
-        if not sampling_seqs:
-            return []
+        if self.graphs is not None and batch.is_decode_only and batch.num_seqs <= self.graphs.max_batch:
+            hidden = self.graphs.run(batch)
+        else:
+            hidden = self.text.forward(batch, self.kv_caches)
+        seqs = [s.seq for s in scheduled if s.completes_prompt]
+        if not seqs:
+            self._last_tokens, self._last_rows = None, {}
+            return LaunchedStep([], None, None)
         logits = self.text.logits(hidden)  # [S, V]
-        rows = [SamplingInput(seq.sampling, seq.output_token_ids, seq.generator) for seq in sampling_seqs]
-        tokens, logprobs = sample(logits, rows, self.default_generator)
-        return [SampledToken(seq, t, lp) for seq, t, lp in zip(sampling_seqs, tokens, logprobs)]
+        rows = [SamplingInput(seq.sampling, seq.output_token_ids, seq.generator) for seq in seqs]
+        sampled = sample_on_device(logits, rows, self.default_generator)
+        self._last_tokens, self._last_rows = sampled.tokens, {id(seq): i for i, seq in enumerate(seqs)}
+        return LaunchedStep(seqs, sampled, sampled.start_host_copy())
+
+    def resolve(self, step: LaunchedStep) -> list[SampledToken]:
+        """Waits for the step's samples and returns them on the host."""
+        if step.sampled is None:
+            return []
+        tokens, logprobs = step.sampled.to_host(step.host_copy)
+        return [SampledToken(seq, t, lp) for seq, t, lp in zip(step.seqs, tokens, logprobs)]
+
+    def run(self, scheduled: list[ScheduledSeq]) -> list[SampledToken]:
+        """launch then resolve: one step, synchronously."""
+        return self.resolve(self.launch(scheduled))
 
     # --- batch construction ------------------------------------------------------------------------
 
@@ -70,11 +123,17 @@ class ModelRunner:
         input_ids, positions, query_start, context_lens, logits_indices = [], [], [0], [], []
         slots = {"full": [], "sliding": []}
         tables = {"full": [], "sliding": []}
-        mm_embeds, mm_mask, spans = [], [], []
+        mm_embeds, mm_rows, spans = [], [], []
+        pending_at, pending_from = [], []  # batch rows whose token is still on the device, and where it is
         for item in scheduled:
             seq, lo = item.seq, item.seq.num_computed
             hi = lo + item.num_new
-            input_ids.extend(seq.tokens(lo, hi))
+            known = seq.num_resolved_tokens
+            input_ids.extend(seq.tokens(lo, min(hi, known)))
+            for _ in range(max(lo, known), hi):
+                pending_at.append(len(input_ids))
+                pending_from.append(self._pending_row(seq))
+                input_ids.append(self.spec.tokens.pad_token_id)
             positions.extend(range(lo, hi))
             for kind in ("full", "sliding"):
                 table = getattr(seq.block_tables, kind)
@@ -84,15 +143,18 @@ class ModelRunner:
             context_lens.append(hi)
             if item.completes_prompt:
                 logits_indices.append(query_start[-1] - 1)
-            seq_mask, seq_spans = self._images_in_chunk(seq, lo, hi, mm_embeds)
-            mm_mask.extend(seq_mask)
+            seq_rows, seq_spans = self._images_in_chunk(seq, lo, hi, mm_embeds)
+            mm_rows.extend(query_start[-2] + r for r in seq_rows)
             spans.append(seq_spans)
 
         def as_tensor(values):
-            return torch.tensor(values, dtype=torch.int64, device=self.device)
+            return to_device(values, torch.int64, self.device)
 
+        ids = as_tensor(input_ids)
+        if pending_at:
+            ids.index_copy_(0, as_tensor(pending_at), self._last_tokens.index_select(0, as_tensor(pending_from)))
         return ForwardBatch(
-            input_ids=as_tensor(input_ids),
+            input_ids=ids,
             positions=as_tensor(positions),
             query_start=as_tensor(query_start),
             context_lens=as_tensor(context_lens),
@@ -101,22 +163,31 @@ class ModelRunner:
             block_size=bs,
             logits_indices=as_tensor(logits_indices),
             mm_embeds=torch.cat(mm_embeds) if mm_embeds else None,
-            mm_mask=torch.tensor(mm_mask, dtype=torch.bool, device=self.device) if mm_embeds else None,
+            mm_rows=as_tensor(mm_rows) if mm_embeds else None,
             bidirectional_spans=spans,
+            max_query_len=max(item.num_new for item in scheduled),
         )
+
+    def _pending_row(self, seq: Sequence) -> int:
+        # a pending token was always sampled by the launch just before: the engine resolves every step's
+        # tokens before it schedules the step after next
+        row = self._last_rows.get(id(seq))
+        if row is None:
+            raise RuntimeError(f"request {seq.request_id!r} has a pending token the last step did not sample")
+        return row
 
     def _pad_tables(self, tables: list[list[int]]) -> torch.Tensor:
         width = max((len(t) for t in tables), default=0) or 1
         padded = [t + [NO_BLOCK] * (width - len(t)) for t in tables]
-        return torch.tensor(padded, dtype=torch.int64, device=self.device)  # [B, max_pages]
+        return to_device(padded, torch.int64, self.device)  # [B, max_pages]
 
-    def _images_in_chunk(self, seq: Sequence, lo: int, hi: int, mm_embeds: list) -> tuple[list[bool], list[tuple[int, int]]]:
-        """Soft-token rows for the image tokens in [lo, hi) (appended to mm_embeds), the chunk's mask,
-        and the image spans the chunk touches."""
-        mask = [False] * (hi - lo)
+    def _images_in_chunk(self, seq: Sequence, lo: int, hi: int, mm_embeds: list) -> tuple[list[int], list[tuple[int, int]]]:
+        """Soft-token rows for the image tokens in [lo, hi) (appended to mm_embeds), their offsets in the
+        chunk, and the image spans the chunk touches."""
+        rows: list[int] = []
         touched = [(s.start, s.end) for s in seq.image_spans if s.start < hi and s.end > lo]
         if not touched:
-            return mask, []
+            return rows, []
         if seq.image_embeds is None:
             # Encoded once per request and kept: a preempted request is re-prefilled without re-encoding.
             seq.image_embeds = torch.cat(self.vision(seq.images))  # [all image tokens, H]
@@ -125,7 +196,6 @@ class ModelRunner:
             a, b = max(span.start, lo), min(span.end, hi)
             if a < b:
                 mm_embeds.append(seq.image_embeds[offset + a - span.start : offset + b - span.start])
-                for p in range(a, b):
-                    mask[p - lo] = True
+                rows.extend(range(a - lo, b - lo))
             offset += span.end - span.start
-        return mask, touched
+        return rows, touched

@@ -78,6 +78,9 @@ class Scheduler:
         i = 0
         while i < len(self.running) and budget > 0:
             seq = self.running[i]
+            if seq.finishes_when_resolved:  # its last token is still on the device; it ends when read
+                i += 1
+                continue
             num_new = self._chunk(seq, budget)
             while not self.blocks.can_allocate(seq.block_tables, seq.num_computed, num_new):
                 victim = self.running[-1]
@@ -96,6 +99,8 @@ class Scheduler:
         # Waiting sequences in arrival order (preempted ones were put back in front).
         while self.waiting and budget > 0 and len(self.running) < self.max_num_seqs and not preempted:
             seq = self.waiting[0]
+            if seq.finishes_when_resolved:
+                break
             num_new = self._chunk(seq, budget)
             if num_new == 0 or not self.blocks.can_allocate(seq.block_tables, seq.num_computed, num_new):
                 break

@@ -37,6 +37,10 @@ class Sequence:
     output_token_ids: list[int] = field(default_factory=list)
     status: SequenceStatus = SequenceStatus.WAITING
     num_computed: int = 0  # tokens whose K/V are in the cache
+    # Sampled on the device but not yet read on the host (overlapped steps): counted in num_tokens, absent
+    # from output_token_ids. The model runner feeds such a token to the next step straight from the device.
+    num_pending: int = 0
+    max_total_tokens: int = 1 << 62  # prompt + max_tokens, capped by the engine's max_model_len
     block_tables: BlockTables = field(default_factory=BlockTables)
     image_embeds: torch.Tensor | None = None  # [num image tokens, H], kept across preemption
     generator: torch.Generator | None = None
@@ -48,7 +52,8 @@ class Sequence:
         return self.prompt_token_ids + self.output_token_ids
 
     def tokens(self, lo: int, hi: int) -> list[int]:
-        """token_ids[lo:hi] without copying the whole sequence (a decode step reads one token of it)."""
+        """token_ids[lo:hi] without copying the whole sequence (a decode step reads one token of it).
+        Only resolved tokens: hi <= num_resolved_tokens."""
         n = len(self.prompt_token_ids)
         if hi <= n:
             return self.prompt_token_ids[lo:hi]
@@ -58,7 +63,17 @@ class Sequence:
 
     @property
     def num_tokens(self) -> int:
+        """Tokens the sequence has, pending ones included: what the scheduler and the KV pages count."""
+        return len(self.prompt_token_ids) + len(self.output_token_ids) + self.num_pending
+
+    @property
+    def num_resolved_tokens(self) -> int:
         return len(self.prompt_token_ids) + len(self.output_token_ids)
+
+    @property
+    def finishes_when_resolved(self) -> bool:
+        """A pending token takes the sequence to its length limit: scheduling it again would be wasted."""
+        return self.num_pending > 0 and self.num_tokens >= self.max_total_tokens
 
     @property
     def num_prompt_tokens(self) -> int:

@@ -6,13 +6,13 @@ FAULT = "injected fault"
 
 
 def fail_on_step(monkeypatch, runner, step: int) -> None:
-    """The runner's `step`-th call from now raises RuntimeError(FAULT); every other call runs normally."""
-    real_run, calls = runner.run, {"n": 0}
+    """The runner's `step`-th launch from now raises RuntimeError(FAULT); every other one runs normally."""
+    real_launch, calls = runner.launch, {"n": 0}
 
-    def run(scheduled):
+    def launch(scheduled):
         calls["n"] += 1
         if calls["n"] == step:
             raise RuntimeError(FAULT)
-        return real_run(scheduled)
+        return real_launch(scheduled)
 
-    monkeypatch.setattr(runner, "run", run)
+    monkeypatch.setattr(runner, "launch", launch)

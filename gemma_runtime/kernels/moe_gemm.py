@@ -31,7 +31,8 @@ def align_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[
     n = flat.numel()
     # every expert's run rounds up to whole tiles: at most n / block_m full tiles plus one partial per expert hit
     num_tiles = triton.cdiv(n, block_m) + min(num_experts, n)
-    counts = torch.bincount(flat, minlength=num_experts)  # [E]
+    # counted by a scatter: torch.bincount sizes its output from the largest id, a host read on CUDA
+    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device).index_add_(0, flat, torch.ones_like(flat))  # [E]
     padded = (counts + block_m - 1) // block_m * block_m
     pad_end = padded.cumsum(0)  # [E]
     order = torch.argsort(flat, stable=True)  # [N] routed rows grouped by expert

@@ -26,13 +26,13 @@ class TritonPagedAttention:
 
     def __init__(self) -> None:
         self.reference = TorchPagedAttention()
-        self._step: tuple[ForwardBatch, int] | None = None  # (batch, its longest query run), once per step
 
-    def _max_query_len(self, batch: ForwardBatch) -> int:
-        # one host read per step (not per layer): prefill grids are sized by the longest query run
-        if self._step is None or self._step[0] is not batch:
-            self._step = (batch, int((batch.query_start[1:] - batch.query_start[:-1]).max()))
-        return self._step[1]
+    @staticmethod
+    def _max_query_len(batch: ForwardBatch) -> int:
+        # the model runner fills it in from host lists; a batch built by hand may leave it to be read here
+        if batch.max_query_len is None:
+            batch.max_query_len = int((batch.query_start[1:] - batch.query_start[:-1]).max())
+        return batch.max_query_len
 
     def __call__(
         self,

@@ -29,7 +29,8 @@ class Gemma4TextModel:
         self.attention = create("attention", device)
         self.experts = create("moe", device) if spec.moe else None
         self.inv_freq = [rope_inv_freq(l.head_dim, l.rope_theta, l.rope_angles).to(device) for l in spec.layers]
-        self.embed_scale = torch.tensor(spec.embed_scale, dtype=weights["embed_tokens.weight"].dtype)
+        # on the device: a host scalar would be copied in every step (and cannot be inside a CUDA graph)
+        self.embed_scale = torch.tensor(spec.embed_scale, dtype=weights["embed_tokens.weight"].dtype, device=device)
 
     def embed(self, batch: ForwardBatch) -> torch.Tensor:
         """Token embeddings * sqrt(H) (rounded to the weight dtype), then image soft tokens scattered in unscaled."""
@@ -39,9 +40,9 @@ class Gemma4TextModel:
         ids = batch.input_ids
         if self.placeholder_ids.numel():
             ids = torch.where(torch.isin(ids, self.placeholder_ids), self.pad_token_id, ids)
-        h = F.embedding(ids, table) * self.embed_scale.to(table.device)  # [T, H]
+        h = F.embedding(ids, table) * self.embed_scale  # [T, H]
         if batch.mm_embeds is not None:
-            h[batch.mm_mask] = batch.mm_embeds.to(h.dtype)
+            h.index_copy_(0, batch.mm_rows, batch.mm_embeds.to(h.dtype))  # by index: a bool mask would sync
         return h
 
     def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
@@ -79,8 +80,10 @@ class Gemma4TextModel:
                    self.w, p + "mlp.down_proj.weight")
         if self.spec.moe is not None:
             # The dense MLP and the experts run side by side from the same residual, each post-normed.
-            weights, ids = route(residual, self.w[p + "moe.router_proj.weight"], self.w[p + "moe.router_scale"],
-                                 self.spec.moe.top_k, eps)
+            # A backend may bring its own router (the Triton one fuses softmax, top-k and renormalise).
+            route_tokens = getattr(self.experts, "route", route)
+            weights, ids = route_tokens(residual, self.w[p + "moe.router_proj.weight"], self.w[p + "moe.router_scale"],
+                                        self.spec.moe.top_k, eps)
             expert_in = rms_norm(residual, self.w[p + "moe.pre_norm.weight"], eps)
             e = self.experts(expert_in, weights, ids, **expert_weights(self.experts, self.w, p))
             m = rms_norm(m, self.w[p + "moe.post_norm_dense.weight"], eps) + rms_norm(e, self.w[p + "moe.post_norm_experts.weight"], eps)

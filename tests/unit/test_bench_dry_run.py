@@ -29,9 +29,12 @@ def test_dry_run_prints_the_table_and_appends_json_lines(tmp_path):
     results = tmp_path / "results"
     (results).mkdir()
     (results / "cpu-dry-run.jsonl").write_text('{"earlier": "run"}\n')  # appended to, never overwritten
-    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--dry-run", "--results-dir", str(results)],
+    # the decode path a GPU takes (graphs and overlap; the graphs run eagerly on the CPU)
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--dry-run", "--results-dir", str(results),
+                           "--decode-graphs", "on", "--overlap", "on"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "decode graphs [1, 2, 4], overlap on" in proc.stdout
     assert "ours" in proc.stdout and "transformers" in proc.stdout and "ratio" in proc.stdout
     lines = (results / "cpu-dry-run.jsonl").read_text().splitlines()
     assert json.loads(lines[0]) == {"earlier": "run"}

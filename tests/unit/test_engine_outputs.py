@@ -11,9 +11,12 @@ from gemma_runtime.llm_engine import LLMEngine
 PROMPT = "<bos><|turn>user\nTell me a story about the sea.<turn|>\n<|turn>model\n"
 
 
-@pytest.fixture(scope="module")
-def engine(random_tiny_engine_dir):
-    return LLMEngine(random_tiny_engine_dir, RuntimeConfig(block_size=4, max_model_len=256))
+@pytest.fixture(scope="module", params=["sync", "overlap+graphs"])
+def engine(random_tiny_engine_dir, request):
+    """Every contract holds both for the plain engine and for the GPU's decode path (overlapped steps,
+    padded decode graphs; eager on the CPU)."""
+    fast = dict(overlap_scheduling=True, decode_graph_max_batch=8) if request.param != "sync" else {}
+    return LLMEngine(random_tiny_engine_dir, RuntimeConfig(block_size=4, max_model_len=256, **fast))
 
 
 def run(engine: LLMEngine, request: GenerateRequest):

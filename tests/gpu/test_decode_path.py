@@ -1,0 +1,134 @@
+"""The decode path without overhead (issue: CUDA graphs, no host synchronisation inside a step,
+sampling on the device, scheduling overlapped with the running step).
+
+Without CUDA: a decode launch through the Triton backends (run by Triton's CPU interpreter) is watched
+for every torch call that would make the host wait for the GPU (.item(), .tolist(), bool(tensor),
+nonzero, bincount, boolean-mask indexing...) made by our code. With CUDA: PyTorch's own sync detector
+(torch.cuda.set_sync_debug_mode) watches the same launch, and captured graphs and overlapped steps
+decode the greedy tokens of the plain engine.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from torch.overrides import TorchFunctionMode
+
+CUDA = torch.cuda.is_available()
+if not CUDA:
+    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated, as in test_kernels.py
+triton = pytest.importorskip("triton")
+
+from gemma_runtime.api import GenerateRequest, SamplingParams  # noqa: E402
+from gemma_runtime.config import RuntimeConfig  # noqa: E402
+from gemma_runtime.llm_engine import LLMEngine  # noqa: E402
+from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonPagedAttention  # noqa: E402
+
+DEVICE = torch.device("cuda" if CUDA else "cpu")
+RUNTIME = str(Path(__import__("gemma_runtime").__file__).parent)
+TORCH = str(Path(torch.__file__).parent)
+# torch calls that wait for the device (on CUDA) before they return
+READS_BACK = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere", "bincount",
+              "cpu", "numpy", "unique", "unique_consecutive", "masked_select", "equal", "allclose"}
+PROMPTS = ["The quick brown fox jumps over the lazy dog near the river bank.", "Hi there",
+           "<bos><|turn>user\nTell me a story about the sea.<turn|>\n<|turn>model\n"]
+
+
+class HostReadDetector(TorchFunctionMode):
+    """Records torch calls that read device data on the host, when our own code makes them (the
+    interpreter's copies of kernel arguments come from triton's frames and are not ours)."""
+
+    def __init__(self):
+        super().__init__()
+        self.found: list[str] = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        kwargs = kwargs or {}
+        name = getattr(func, "__name__", str(func))
+        reads = name in READS_BACK or (name in ("__getitem__", "__setitem__") and _has_bool_index(args))
+        reads = reads or (name == "repeat_interleave" and isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"),
+                                                                     torch.Tensor) and "output_size" not in kwargs)
+        if reads:
+            caller = _first_caller_outside_torch()
+            if caller is not None and caller.startswith(RUNTIME):
+                self.found.append(f"{name} from {caller}")
+        return func(*args, **kwargs)
+
+
+def _has_bool_index(args) -> bool:
+    index = args[1] if len(args) > 1 else None
+    items = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
+
+
+def _first_caller_outside_torch() -> str | None:
+    frame = sys._getframe(2)
+    while frame is not None:
+        name = frame.f_code.co_filename
+        if not name.startswith(TORCH) and name != __file__:
+            return f"{name}:{frame.f_lineno}"
+        frame = frame.f_back
+    return None
+
+
+def engine_on_device(engine_dir, **kwargs) -> LLMEngine:
+    engine = LLMEngine(engine_dir, RuntimeConfig(device=DEVICE.type, dtype="float32", block_size=4, max_model_len=128,
+                                                 **kwargs))
+    if not CUDA:  # on CUDA the registry chose these already
+        engine.runner.text.attention = TritonPagedAttention()
+        engine.runner.text.experts = TritonFusedExperts()
+    return engine
+
+
+def requests(**sampling):
+    return [GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=10, ignore_eos=True, **sampling))
+            for i, p in enumerate(PROMPTS)]
+
+
+def test_detector_sees_host_reads(random_tiny_engine_dir):
+    """The detector itself: a read made from runtime code is caught, one made elsewhere is not."""
+    from gemma_runtime.model.cuda_backends import TritonPagedAttention as Backend
+
+    batch = type("B", (), {"max_query_len": None, "query_start": torch.tensor([0, 3, 5])})()
+    with HostReadDetector() as detector:
+        Backend._max_query_len(batch)  # a batch built without max_query_len: read from the device
+        torch.tensor([1, 2]).tolist()  # this file's own read
+    assert len(detector.found) == 1 and "cuda_backends.py" in detector.found[0]  # int(tensor) there, not here
+
+
+@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.8, top_k=20, top_p=0.9, min_p=0.01, seed=1, logprobs=2)],
+                         ids=["greedy", "sampled"])
+def test_a_decode_launch_reads_nothing_back(random_tiny_engine_dir, sampling):
+    engine = engine_on_device(random_tiny_engine_dir, overlap_scheduling=True, decode_graph_max_batch=4)
+    for r in requests(**sampling):
+        engine.add_request(r)
+    for _ in range(3):
+        engine.step()  # prefills, then decodes: every sequence now has a token pending on the device
+    assert all(s.num_pending == 1 for s in engine.scheduler.running) and len(engine.scheduler.running) == 3
+    plan = engine.scheduler.schedule()
+    assert all(item.num_new == 1 for item in plan.scheduled)
+    if CUDA:
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            engine.runner.launch(plan.scheduled)
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        return
+    with HostReadDetector() as detector:
+        engine.runner.launch(plan.scheduled)
+    assert detector.found == []
+
+
+def test_graphs_and_overlap_decode_the_plain_engines_tokens(random_tiny_engine_dir):
+    """Graphs captured on CUDA (eager padded buffers on the CPU) and overlapped steps: same greedy tokens."""
+    plain = engine_on_device(random_tiny_engine_dir, overlap_scheduling=False, decode_graph_max_batch=0)
+    want = plain.generate(requests())
+    fast = engine_on_device(random_tiny_engine_dir, overlap_scheduling=True, decode_graph_max_batch=4)
+    assert fast.generate(requests()) == want
+    if CUDA:
+        assert sorted(fast.runner.graphs.graphs) == [1, 2, 4]  # really captured
