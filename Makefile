@@ -12,6 +12,8 @@ PORT ?= 8000
 BACKEND ?=
 SERVED_MODEL_NAME ?=
 API_KEY ?=
+SERVER_ARGS ?=
+BENCH_ARGS ?=
 TINY_ENGINE := engines/gemma-4-tiny-it-float32
 # The tiny demo also answers to the NIM's model names, so the NIM's examples run against it as written.
 DEMO_ALIASES := --model-alias google/gemma-4-26b-a4b-it --model-alias google/gemma-4-31b-it
@@ -47,14 +49,14 @@ serve: install
 	    $(PY) -m engine_builder --model tiny --out-dir engines || exit 1; fi; \
 	fi; \
 	exec $(PY) -m server --engine "$$engine" --host $(HOST) --port $(PORT) $$demo \
-	  $(if $(SERVED_MODEL_NAME),--served-model-name $(SERVED_MODEL_NAME)) $(if $(API_KEY),--api-key $(API_KEY))
+	  $(if $(SERVED_MODEL_NAME),--served-model-name $(SERVED_MODEL_NAME)) $(if $(API_KEY),--api-key $(API_KEY)) $(SERVER_ARGS)
 
 triton: install
 	@test -n "$(ENGINE)" || { echo "usage: make triton ENGINE=engines/<name>"; exit 2; }
 	$(PY) -m server.triton_launcher --engine "$(ENGINE)"
 
 bench: install
-	$(PY) bench/run.py
+	$(PY) bench/run.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

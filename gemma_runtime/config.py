@@ -36,3 +36,10 @@ class RuntimeConfig:
             raise ValueError("decode_graph_max_batch must be 0 (off) or positive")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
+
+
+def default_device() -> str:
+    """cuda when a GPU is visible, else cpu: what a server started without --device runs on."""
+    import torch  # here, not at the top: the server's Triton translator imports this module without a GPU stack
+
+    return "cuda" if torch.cuda.is_available() else "cpu"

@@ -7,6 +7,7 @@ import logging
 
 import uvicorn
 
+from gemma_runtime.config import RuntimeConfig, default_device
 from server.app import create_app
 from server.backend import create_backend
 from server.settings import ServerSettings
@@ -25,7 +26,26 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--max-images-per-prompt", type=int, default=None, help="default: NIM_MAX_IMAGES_PER_PROMPT or 5")
     p.add_argument("--allow-local-image-urls", action="store_true", default=None, help="let image URLs reach loopback/private addresses (tests)")
     p.add_argument("--log-level", default=None)
+    rt = p.add_argument_group("runtime (the embedded engine; with --backend, Triton's config.pbtxt sets these)")
+    rt.add_argument("--device", default=None, help="cuda or cpu (default: cuda when a GPU is visible)")
+    rt.add_argument("--max-num-seqs", type=int, default=None, help="sequences decoded together (default 64)")
+    rt.add_argument("--max-model-len", type=int, default=None, help="cap on prompt + output tokens (default: the engine's)")
+    rt.add_argument("--gpu-memory-utilization", type=float, default=None, help="share of the GPU the engine may fill (default 0.9)")
+    rt.add_argument("--enforce-eager", action="store_true", help="decode without CUDA graphs")
+    rt.add_argument("--disable-overlap-schedule", action="store_true",
+                    help="read each step's tokens before scheduling the next (overlap is on by default on CUDA)")
     return p.parse_args(argv)
+
+
+def runtime_config_from_args(args: argparse.Namespace) -> RuntimeConfig:
+    given = {
+        "max_num_seqs": args.max_num_seqs,
+        "max_model_len": args.max_model_len,
+        "gpu_memory_utilization": args.gpu_memory_utilization,
+        "decode_graph_max_batch": 0 if args.enforce_eager else None,
+        "overlap_scheduling": False if args.disable_overlap_schedule else None,
+    }
+    return RuntimeConfig(device=args.device or default_device(), **{k: v for k, v in given.items() if v is not None})
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -44,9 +64,14 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
 
 
 def main(argv: list[str] | None = None) -> None:
-    settings = settings_from_args(parse_args(argv))
+    args = parse_args(argv)
+    settings = settings_from_args(args)
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    backend = create_backend(settings.backend, settings.engine_dir)
+    try:
+        runtime = runtime_config_from_args(args)
+    except ValueError as e:
+        raise SystemExit(f"bad runtime setting: {e}")
+    backend = create_backend(settings.backend, settings.engine_dir, runtime)
     app = create_app(settings, backend)
     model = settings.served_model_name or backend.spec.model_name
     aliases = f" (also answering to {', '.join(settings.model_aliases)})" if settings.model_aliases else ""

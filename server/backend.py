@@ -89,7 +89,8 @@ BACKENDS: dict[str, Callable[[str, str | None], Backend]] = {
 }
 
 
-def create_backend(backend_uri: str | None, engine_dir: str | None) -> Backend:
+def create_backend(backend_uri: str | None, engine_dir: str | None, runtime_config=None) -> Backend:
+    """runtime_config: the embedded engine's RuntimeConfig (ignored with a backend URI)."""
     if backend_uri:
         scheme = backend_uri.split("://", 1)[0] if "://" in backend_uri else ""
         if scheme not in BACKENDS:
@@ -97,4 +98,4 @@ def create_backend(backend_uri: str | None, engine_dir: str | None) -> Backend:
         return BACKENDS[scheme](backend_uri, engine_dir)
     if not engine_dir:
         raise SystemExit("give --engine DIR (an engine built by `make engine`) or --backend triton://HOST:PORT")
-    return EmbeddedBackend.from_engine_dir(engine_dir)
+    return EmbeddedBackend.from_engine_dir(engine_dir, runtime_config)

@@ -8,7 +8,8 @@ import sys
 
 import pytest
 
-from server.__main__ import parse_args, settings_from_args
+from gemma_runtime.config import RuntimeConfig
+from server.__main__ import parse_args, runtime_config_from_args, settings_from_args
 from server.settings import ServerSettings
 
 
@@ -31,6 +32,18 @@ def test_cli_flags(monkeypatch):
         "e", 9000, "0.0.0.0", "m", "k", True, 7
     )
     assert settings_from_args(parse_args(["--backend", "triton://h:8001"])).backend == "triton://h:8001"
+
+
+def test_runtime_flags():
+    """The embedded engine's settings: defaults are the runtime's own (device: cuda when visible)."""
+    assert runtime_config_from_args(parse_args(["--engine", "e", "--device", "cpu"])) == RuntimeConfig(device="cpu")
+    args = parse_args(["--engine", "e", "--device", "cpu", "--max-num-seqs", "8", "--max-model-len", "4096",
+                       "--gpu-memory-utilization", "0.8", "--enforce-eager", "--disable-overlap-schedule"])
+    assert runtime_config_from_args(args) == RuntimeConfig(device="cpu", max_num_seqs=8, max_model_len=4096,
+                                                           gpu_memory_utilization=0.8, decode_graph_max_batch=0,
+                                                           overlap_scheduling=False)
+    with pytest.raises(ValueError, match="gpu_memory_utilization"):
+        runtime_config_from_args(parse_args(["--engine", "e", "--gpu-memory-utilization", "1.5"]))
 
 
 def test_importing_reads_no_environment():
