@@ -18,6 +18,7 @@ class BlockTables:
     full: list[int] = field(default_factory=list)
     sliding: list[int] = field(default_factory=list)  # NO_BLOCK where a page was reclaimed
     sliding_reclaimed: int = 0  # pages before this index are all reclaimed: scans start here, not at 0
+    generation: int = 0  # bumped by every free(): a copy of the tables (the device mirror) starts over
 
 
 class BlockPool:
@@ -107,6 +108,7 @@ class BlockManager:
         tables.full.clear()
         tables.sliding.clear()
         tables.sliding_reclaimed = 0
+        tables.generation += 1
 
     @property
     def num_free(self) -> int:

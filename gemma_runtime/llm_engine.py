@@ -54,7 +54,8 @@ class LLMEngine:
         graph_max = min(self.config.max_num_seqs, 256 if graph_max is None and on_cuda else graph_max or 0)
         self.runner = ModelRunner(self.spec, weights, self.device, self.dtype, self.config.block_size,
                                   self.blocks.full.num_blocks, self.blocks.sliding.num_blocks, self.config.seed,
-                                  self.max_model_len, graph_max_batch=graph_max, capture_graphs=on_cuda)
+                                  self.max_model_len, self.config.max_num_seqs, graph_max_batch=graph_max,
+                                  capture_graphs=on_cuda)
         self.overlap = on_cuda if self.config.overlap_scheduling is None else self.config.overlap_scheduling
         self.in_flight: LaunchedStep | None = None  # launched, its tokens not yet read (overlap only)
         self.inputs = InputProcessor(self.spec, self.tokenizer, self.max_model_len, self.config.default_image_soft_tokens)
@@ -118,6 +119,7 @@ class LLMEngine:
         if state is None:
             return None
         self.scheduler.remove(state.seq)
+        self.runner.release(state.seq)
         state.seq.status = SequenceStatus.FINISHED
         return RequestOutput(request_id, (), "", finished=True, finish_reason="abort", usage=self._usage(state.seq))
 
@@ -191,6 +193,7 @@ class LLMEngine:
                 state.text.append(state.detokenizer.flush())
             del self.requests[seq.request_id]
             self.scheduler.remove(seq)
+            self.runner.release(seq)
             seq.status = SequenceStatus.FINISHED
         return RequestOutput(
             request_id=seq.request_id,

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 
 from gemma_runtime.api import TokenLogprob
-from gemma_runtime.block_manager import NO_BLOCK
 from gemma_runtime.decode_graphs import DecodeGraphs, graph_batch_sizes
+from gemma_runtime.device_block_tables import DeviceBlockTables
 from gemma_runtime.device_io import HostCopy, to_device
 from gemma_runtime.engine_config import EngineSpec
 from gemma_runtime.forward_batch import ForwardBatch
@@ -49,7 +49,7 @@ class LaunchedStep:
 class ModelRunner:
     def __init__(self, spec: EngineSpec, weights: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
                  block_size: int, num_full_blocks: int, num_sliding_blocks: int, seed: int,
-                 max_model_len: int, graph_max_batch: int = 0, capture_graphs: bool = False):
+                 max_model_len: int, max_num_seqs: int = 64, graph_max_batch: int = 0, capture_graphs: bool = False):
         """graph_max_batch > 0 runs decode batches up to that size through fixed-size padded buffers,
         captured as CUDA graphs when capture_graphs (on the CPU they run eagerly, which is how tests
         check the padding). Each KV pool gets one extra page past its last: the scratch page that
@@ -71,6 +71,7 @@ class ModelRunner:
         # the previous launch's sampled tokens [S] and each sampling sequence's row in them
         self._last_tokens: torch.Tensor | None = None
         self._last_rows: dict[int, int] = {}
+        self.block_tables = DeviceBlockTables(max_num_seqs, -(-max_model_len // block_size), device)
         self.graphs = None
         if graph_max_batch > 0:
             self.graphs = DecodeGraphs(self.text, self.kv_caches, device, graph_batch_sizes(graph_max_batch),
@@ -116,13 +117,16 @@ class ModelRunner:
         """launch then resolve: one step, synchronously."""
         return self.resolve(self.launch(scheduled))
 
+    def release(self, seq: Sequence) -> None:
+        """The sequence is done: its row of the device block tables goes to the next one."""
+        self.block_tables.release(seq.request_id)
+
     # --- batch construction ------------------------------------------------------------------------
 
     def _build_batch(self, scheduled: list[ScheduledSeq]) -> ForwardBatch:
         bs = self.block_size
         input_ids, positions, query_start, context_lens, logits_indices = [], [], [0], [], []
         slots = {"full": [], "sliding": []}
-        tables = {"full": [], "sliding": []}
         mm_embeds, mm_rows, spans = [], [], []
         pending_at, pending_from = [], []  # batch rows whose token is still on the device, and where it is
         for item in scheduled:
@@ -138,7 +142,6 @@ class ModelRunner:
             for kind in ("full", "sliding"):
                 table = getattr(seq.block_tables, kind)
                 slots[kind].extend(table[p // bs] * bs + p % bs if table else -1 for p in range(lo, hi))
-                tables[kind].append(table)
             query_start.append(query_start[-1] + item.num_new)
             context_lens.append(hi)
             if item.completes_prompt:
@@ -159,7 +162,8 @@ class ModelRunner:
             query_start=as_tensor(query_start),
             context_lens=as_tensor(context_lens),
             slot_mapping={k: as_tensor(v) for k, v in slots.items()},
-            block_tables={k: self._pad_tables(v) for k, v in tables.items()},
+            block_tables=self.block_tables.gather([i.seq.request_id for i in scheduled],
+                                                  [i.seq.block_tables for i in scheduled]),
             block_size=bs,
             logits_indices=as_tensor(logits_indices),
             mm_embeds=torch.cat(mm_embeds) if mm_embeds else None,
@@ -175,11 +179,6 @@ class ModelRunner:
         if row is None:
             raise RuntimeError(f"request {seq.request_id!r} has a pending token the last step did not sample")
         return row
-
-    def _pad_tables(self, tables: list[list[int]]) -> torch.Tensor:
-        width = max((len(t) for t in tables), default=0) or 1
-        padded = [t + [NO_BLOCK] * (width - len(t)) for t in tables]
-        return to_device(padded, torch.int64, self.device)  # [B, max_pages]
 
     def _images_in_chunk(self, seq: Sequence, lo: int, hi: int, mm_embeds: list) -> tuple[list[int], list[tuple[int, int]]]:
         """Soft-token rows for the image tokens in [lo, hi) (appended to mm_embeds), their offsets in the
