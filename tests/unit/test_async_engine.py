@@ -14,9 +14,11 @@ from tests.fault_injection import FAULT, fail_on_step
 PROMPT = "<bos><|turn>user\nHi there<turn|>\n<|turn>model\n"
 
 
-@pytest.fixture(scope="module")
-def engine(random_tiny_engine_dir):
-    eng = AsyncEngine.from_engine_dir(random_tiny_engine_dir, RuntimeConfig(block_size=4, max_model_len=256))
+@pytest.fixture(scope="module", params=["sync", "overlap+graphs"])
+def engine(random_tiny_engine_dir, request):
+    """The plain engine, and the GPU's decode path (overlapped steps, padded decode graphs run eagerly)."""
+    fast = dict(overlap_scheduling=True, decode_graph_max_batch=8) if request.param != "sync" else {}
+    eng = AsyncEngine.from_engine_dir(random_tiny_engine_dir, RuntimeConfig(block_size=4, max_model_len=256, **fast))
     eng.start()
     yield eng
     eng.shutdown()
