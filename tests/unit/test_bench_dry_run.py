@@ -69,3 +69,12 @@ def test_random_engine_layout_matches_the_builder(tmp_path, dtype):
 
     assert made.spec.text == EngineSpec.load(built).text
     assert made.spec.quantization == EngineSpec.load(built).quantization
+
+
+def test_host_step_benchmark_runs(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "host_step.py"), "--batch", "4", "--contexts", "64,128", "--steps", "4"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split() for line in proc.stdout.splitlines()[2:]]
+    assert [r[0] for r in rows] == ["64", "128"]
+    assert all(float(x) > 0 for r in rows for x in r[1:])
