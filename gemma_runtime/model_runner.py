@@ -113,10 +113,6 @@ class ModelRunner:
         tokens, logprobs = step.sampled.to_host(step.host_copy)
         return [SampledToken(seq, t, lp) for seq, t, lp in zip(step.seqs, tokens, logprobs)]
 
-    def run(self, scheduled: list[ScheduledSeq]) -> list[SampledToken]:
-        """launch then resolve: one step, synchronously."""
-        return self.resolve(self.launch(scheduled))
-
     def release(self, seq: Sequence) -> None:
         """The sequence is done: its row of the device block tables goes to the next one."""
         self.block_tables.release(seq.request_id)
