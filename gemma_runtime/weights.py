@@ -23,15 +23,19 @@ def weight_files(engine_dir: Path) -> list[Path]:
 
 
 def load_weights(engine_dir: str | Path, device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
-    """Every tensor of the engine; floating tensors are cast to `dtype` when given (FP8 ones are kept)."""
-    engine_dir = Path(engine_dir)
+    """Every tensor of the engine; floating tensors are cast to `dtype` when given, except FP8 weights
+    and their float32 scales (`X_scale` beside an e4m3 `X`; other names ending in _scale are cast)."""
+    files = weight_files(Path(engine_dir))
+    fp8_scales = set()
+    for path in files:  # headers only: which tensors are e4m3, so their scales keep float32
+        with safe_open(str(path), framework="pt", device="cpu") as f:
+            fp8_scales.update(name + "_scale" for name in f.keys() if f.get_slice(name).get_dtype().startswith("F8"))
     weights: dict[str, torch.Tensor] = {}
-    for path in weight_files(engine_dir):
+    for path in files:
         with safe_open(str(path), framework="pt", device="cpu") as f:
             for name in f.keys():
                 t = f.get_tensor(name)
-                # FP8 weights stay FP8 and their scales stay float32.
-                if dtype is not None and t.is_floating_point() and t.element_size() > 1 and not name.endswith("_scale"):
+                if dtype is not None and t.is_floating_point() and t.element_size() > 1 and name not in fp8_scales:
                     t = t.to(dtype)
                 weights[name] = t.to(device)
     return weights

@@ -132,3 +132,24 @@ def test_graphs_and_overlap_decode_the_plain_engines_tokens(random_tiny_engine_d
     assert fast.generate(requests()) == want
     if CUDA:
         assert sorted(fast.runner.graphs.graphs) == [1, 2, 4]  # really captured
+
+
+def test_taught_replies_in_bf16_through_the_fast_decode_path(taught_checkpoint_dir, taught_engine_dir):
+    """The taught tiny model's replies (transformers' float32 greedy output) come out of the engine in
+    bf16 with overlap and decode graphs: on CUDA through the Triton kernels and captured graphs, on the
+    CPU through the reference backends. The stated bf16 tolerance is exact greedy agreement on these
+    replies: the taught model's top-1 margins are far above bf16 rounding."""
+    from transformers import AutoTokenizer
+
+    from engine_builder.taught_corpus import TAUGHT_CONVERSATIONS
+    from engine_builder.taught_tiny import render_prompt
+
+    tokenizer = AutoTokenizer.from_pretrained(taught_checkpoint_dir)
+    engine = LLMEngine(taught_engine_dir, RuntimeConfig(device=DEVICE.type, dtype="bfloat16", max_num_seqs=16,
+                                                        overlap_scheduling=True, decode_graph_max_batch=16))
+    requests = [GenerateRequest(c["name"], render_prompt(tokenizer, c),
+                                SamplingParams(max_tokens=len(tokenizer.encode(c["reply"])) + 8),
+                                images=tuple(spec.image() for spec in c.get("images", ())))
+                for c in TAUGHT_CONVERSATIONS]  # fmt: skip
+    got = {name: tokenizer.decode(ids, skip_special_tokens=False) for name, ids in engine.generate(requests).items()}
+    assert got == {c["name"]: c["reply"] for c in TAUGHT_CONVERSATIONS}

@@ -133,6 +133,24 @@ def test_fp8_engine_layout(engines):
                 assert f.get_tensor(name).dtype == torch.bfloat16, name  # embeddings, norms, router stay bf16
 
 
+def test_loading_in_another_dtype_keeps_fp8_weights_and_their_scales(engines):
+    """A runtime dtype override casts every floating tensor (router_scale too, though its name ends in
+    _scale) but the e4m3 weights and their float32 scales."""
+    from gemma_runtime.weights import load_weights
+
+    spec = EngineSpec.load(engines["fp8"].engine_dir)
+    weights = load_weights(engines["fp8"].engine_dir, torch.device("cpu"), torch.float16)
+    fp8 = set(spec.quantization.modules)
+    for name, t in weights.items():
+        if name in fp8:
+            assert t.dtype == torch.float8_e4m3fn, name
+        elif name.endswith("_scale") and name[: -len("_scale")] in fp8:
+            assert t.dtype == torch.float32, name
+        else:
+            assert t.dtype == torch.float16, name
+    assert any(name.endswith("router_scale") for name in weights)
+
+
 def test_fp8_agrees_with_bf16(engines):
     tok = engines["bf16"].tokenizer
     agree = total = same_prefix = 0
