@@ -28,6 +28,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--log-level", default=None)
     rt = p.add_argument_group("runtime (the embedded engine; with --backend, Triton's config.pbtxt sets these)")
     rt.add_argument("--device", default=None, help="cuda or cpu (default: cuda when a GPU is visible)")
+    rt.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
+                    help="compute dtype (default: the engine's; FP8 weights stay FP8)")
     rt.add_argument("--max-num-seqs", type=int, default=None, help="sequences decoded together (default 64)")
     rt.add_argument("--max-model-len", type=int, default=None, help="cap on prompt + output tokens (default: the engine's)")
     rt.add_argument("--gpu-memory-utilization", type=float, default=None, help="share of the GPU the engine may fill (default 0.9)")
@@ -39,6 +41,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def runtime_config_from_args(args: argparse.Namespace) -> RuntimeConfig:
     given = {
+        "dtype": args.dtype,
         "max_num_seqs": args.max_num_seqs,
         "max_model_len": args.max_model_len,
         "gpu_memory_utilization": args.gpu_memory_utilization,

@@ -37,9 +37,9 @@ def test_cli_flags(monkeypatch):
 def test_runtime_flags():
     """The embedded engine's settings: defaults are the runtime's own (device: cuda when visible)."""
     assert runtime_config_from_args(parse_args(["--engine", "e", "--device", "cpu"])) == RuntimeConfig(device="cpu")
-    args = parse_args(["--engine", "e", "--device", "cpu", "--max-num-seqs", "8", "--max-model-len", "4096",
+    args = parse_args(["--engine", "e", "--device", "cpu", "--dtype", "bfloat16", "--max-num-seqs", "8", "--max-model-len", "4096",
                        "--gpu-memory-utilization", "0.8", "--enforce-eager", "--disable-overlap-schedule"])
-    assert runtime_config_from_args(args) == RuntimeConfig(device="cpu", max_num_seqs=8, max_model_len=4096,
+    assert runtime_config_from_args(args) == RuntimeConfig(device="cpu", dtype="bfloat16", max_num_seqs=8, max_model_len=4096,
                                                            gpu_memory_utilization=0.8, decode_graph_max_batch=0,
                                                            overlap_scheduling=False)
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
