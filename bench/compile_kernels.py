@@ -54,11 +54,12 @@ def configs():
         yield (f"decode merge d={d}", paged_decode._decode_merge_kernel,
                {"part_out_ptr": F32, "part_lse_ptr": F32, "out_ptr": BF16}, dict(HEAD_DIM=d, NUM_SPLITS=16), 4, 2)
         block_m, block_n, warps, stages = paged_prefill.prefill_tiles(d)
-        for sliding in (True, False):
-            yield (f"prefill d={d} sliding={sliding}", paged_prefill._prefill_kernel,
+        for sliding, spans in ((True, False), (True, True), (False, False)):  # spans: images, sliding layers only
+            yield (f"prefill d={d} sliding={sliding}{' spans' if spans else ''}", paged_prefill._prefill_kernel,
                    {"q_ptr": BF16, "k_cache_ptr": BF16, "v_cache_ptr": BF16, "out_ptr": BF16, "block_tables_ptr": I64,
-                    "query_start_ptr": I64, "positions_ptr": I64},
-                   dict(SLIDING=sliding, GROUP=group, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n, F32_DOT=False),
+                    "query_start_ptr": I64, "positions_ptr": I64, "span_ptr": I64},
+                   dict(SLIDING=sliding, HAS_SPANS=spans, GROUP=group, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n,
+                        F32_DOT=False),
                    warps, stages)  # fmt: skip
     yield ("moe route E=128 k=8", moe_routing._route_kernel, {"logits_ptr": F32, "weights_ptr": F32, "ids_ptr": I64},
            dict(E=128, E_PAD=128, TOP_K=8), 1, 2)

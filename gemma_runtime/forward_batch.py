@@ -30,6 +30,9 @@ class ForwardBatch:
     # Per sequence, absolute [start, end) spans of one image's placeholder run that overlap this step's
     # queries: on sliding layers the tokens of one span attend to each other bidirectionally.
     bidirectional_spans: list[list[tuple[int, int]]] = field(default_factory=list)
+    # The same spans per query row, for kernels: [T, 2] int64 [start, end) of the image span holding each
+    # query token, (0, 0) outside any; None when no sequence of the step has a span.
+    span_bounds: torch.Tensor | None = None
     # The longest query run of one sequence, known on the host when the batch is built (prefill grids
     # are sized by it); None makes a backend read it from query_start, a host synchronisation.
     max_query_len: int | None = None

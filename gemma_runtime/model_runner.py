@@ -123,7 +123,7 @@ class ModelRunner:
         bs = self.block_size
         input_ids, positions, query_start, context_lens, logits_indices = [], [], [0], [], []
         slots = {"full": [], "sliding": []}
-        mm_embeds, mm_rows, spans = [], [], []
+        mm_embeds, mm_rows, spans, span_bounds = [], [], [], []
         pending_at, pending_from = [], []  # batch rows whose token is still on the device, and where it is
         for item in scheduled:
             seq, lo = item.seq, item.seq.num_computed
@@ -145,6 +145,7 @@ class ModelRunner:
             seq_rows, seq_spans = self._images_in_chunk(seq, lo, hi, mm_embeds)
             mm_rows.extend(query_start[-2] + r for r in seq_rows)
             spans.append(seq_spans)
+            span_bounds.extend(next(((a, b) for a, b in seq_spans if a <= p < b), (0, 0)) for p in range(lo, hi))
 
         def as_tensor(values):
             return to_device(values, torch.int64, self.device)
@@ -165,6 +166,7 @@ class ModelRunner:
             mm_embeds=torch.cat(mm_embeds) if mm_embeds else None,
             mm_rows=as_tensor(mm_rows) if mm_embeds else None,
             bidirectional_spans=spans,
+            span_bounds=as_tensor(span_bounds) if any(spans) else None,  # [T, 2]
             max_query_len=max(item.num_new for item in scheduled),
         )
 

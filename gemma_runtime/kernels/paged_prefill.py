@@ -1,8 +1,10 @@
 """Paged attention for prefill and chunked-prefill "extend" steps: variable-length queries per sequence,
 keys read through the block table (the chunk's own K/V already written), causal + sliding window.
 
-Image spans (bidirectional attention among one image's tokens on sliding layers) are not in this kernel:
-the CUDA backend sends sliding layers of a step that carries spans to the reference implementation.
+Image spans: on sliding layers the tokens of one image attend to each other both ways. Each query row
+may carry the [start, end) of the span it lies in (span_bounds); its keys are then the causal ones OR
+those of its span, AND inside the window (the reference's rule, model/attention.py). A chunk never
+splits a span, so the span's later keys are in the cache when the kernel runs.
 
 One program computes a BLOCK_M-row tile of one sequence's queries for one query head, streaming key
 tiles with an online softmax (FlashAttention-2 order). The query tiles of a sequence are consecutive
@@ -20,13 +22,13 @@ from gemma_runtime.kernels.common import dot, interpreted
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, query_start_ptr, positions_ptr,
-    stride_qt, stride_qh,  # q and out [T, Hq, D], D contiguous
+    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, query_start_ptr, positions_ptr, span_ptr,
+    stride_qt, stride_qh,  # q and out [T, Hq, D], D contiguous; span_ptr [T, 2] (only read when HAS_SPANS)
     stride_cs, stride_ch,  # caches [slots, Hkv, D], D contiguous
     stride_bt,  # block tables [B, max_pages]
     window, block_size,  # window: used only when SLIDING
-    SLIDING: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-    F32_DOT: tl.constexpr,
+    SLIDING: tl.constexpr, HAS_SPANS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -44,20 +46,29 @@ def _prefill_kernel(
         first = tl.load(positions_ptr + row0)
         lo = tl.maximum(first - window + 1, 0) if SLIDING else first * 0  # compile-time branch
         q = tl.load(q_ptr + rows[:, None] * stride_qt + h * stride_qh + d[None, :], mask=r_mask[:, None], other=0.0)
+        if HAS_SPANS:
+            span_lo = tl.load(span_ptr + rows * 2, mask=r_mask, other=0)
+            span_hi = tl.load(span_ptr + rows * 2 + 1, mask=r_mask, other=0)  # (0, 0): not in an image
+            key_end = tl.maximum(last, tl.max(span_hi, 0) - 1)  # a span's later keys are visible too
+        else:
+            key_end = last
 
         m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: padding rows see no key, no NaN
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
-        for n0 in range(lo, last + 1, BLOCK_N):
+        for n0 in range(lo, key_end + 1, BLOCK_N):
             k_pos = n0 + tl.arange(0, BLOCK_N)
-            k_in = k_pos <= last
+            k_in = k_pos <= key_end
             page = tl.load(block_tables_ptr + b * stride_bt + k_pos // block_size, mask=k_in, other=-1)
             k_in = k_in & (page >= 0)
             slot = page.to(tl.int64) * block_size + k_pos % block_size
             kv_off = slot[:, None] * stride_cs + kvh * stride_ch + d[None, :]  # [BLOCK_N, D] gathered rows
             k = tl.load(k_cache_ptr + kv_off, mask=k_in[:, None], other=0.0)
             s = dot(q, tl.trans(k), F32_DOT)  # [BLOCK_M, BLOCK_N] float32, scale 1.0
-            allowed = k_in[None, :] & (k_pos[None, :] <= q_pos[:, None]) & r_mask[:, None]
+            visible = k_pos[None, :] <= q_pos[:, None]
+            if HAS_SPANS:
+                visible = visible | ((k_pos[None, :] >= span_lo[:, None]) & (k_pos[None, :] < span_hi[:, None]))
+            allowed = k_in[None, :] & visible & r_mask[:, None]
             if SLIDING:
                 allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
             s = tl.where(allowed, s, float("-inf"))
@@ -93,6 +104,7 @@ def paged_prefill_attention(
     max_query_len: int,
     block_size: int,
     window: int | None,
+    span_bounds: torch.Tensor | None = None,  # [T, 2] int64: each query's image span [start, end), (0, 0) if none
 ) -> torch.Tensor:
     T, Hq, D = q.shape
     Hkv = k_cache.shape[1]
@@ -102,9 +114,10 @@ def paged_prefill_attention(
     grid = (query_start.shape[0] - 1, Hq, triton.cdiv(max_query_len, block_m))
     _prefill_kernel[grid](
         q, k_cache, v_cache, out, block_tables, query_start, positions,
+        span_bounds if span_bounds is not None else positions,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
         window or 0, block_size,
-        SLIDING=window is not None, GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n,
+        SLIDING=window is not None, HAS_SPANS=span_bounds is not None, GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n,
         F32_DOT=interpreted(_prefill_kernel), num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return out

@@ -15,17 +15,14 @@ from gemma_runtime.kernels.moe_gemm import fused_experts
 from gemma_runtime.kernels.moe_routing import route as fused_route
 from gemma_runtime.kernels.paged_decode import paged_decode_attention
 from gemma_runtime.kernels.paged_prefill import paged_prefill_attention
-from gemma_runtime.model.attention import TorchPagedAttention, write_kv
+from gemma_runtime.model.attention import write_kv
 from gemma_runtime.model.registry import register
 
 
 @register("attention", "cuda")
 class TritonPagedAttention:
-    """Decode steps take the split-K decode kernel; prefill/extend steps the varlen kernel. A step whose
-    sequences carry image spans sends its sliding layers (where spans are bidirectional) to the reference."""
-
-    def __init__(self) -> None:
-        self.reference = TorchPagedAttention()
+    """Decode steps take the split-K decode kernel; prefill/extend steps, and sliding layers of a step
+    that carries image spans (bidirectional within a span), the varlen kernel."""
 
     @staticmethod
     def _max_query_len(batch: ForwardBatch) -> int:
@@ -45,16 +42,15 @@ class TritonPagedAttention:
         sliding_window: int,
     ) -> torch.Tensor:
         is_sliding = layer.type == "sliding"
-        if is_sliding and any(batch.bidirectional_spans):
-            return self.reference(q, k, v, kv_cache, batch, layer, sliding_window)
         k_cache, v_cache = kv_cache
         write_kv(k_cache, v_cache, k, v, batch.slot_mapping[layer.type])
         window = sliding_window if is_sliding else None
         tables = batch.block_tables[layer.type]
-        if q.shape[0] == batch.num_seqs:  # every sequence brings exactly one query: a decode step
+        spans = batch.span_bounds if is_sliding else None  # full layers stay causal over image tokens
+        if spans is None and q.shape[0] == batch.num_seqs:  # every sequence brings exactly one query: a decode step
             return paged_decode_attention(q, k_cache, v_cache, tables, batch.context_lens, batch.block_size, window)
         return paged_prefill_attention(q, k_cache, v_cache, tables, batch.query_start, batch.positions,
-                                       self._max_query_len(batch), batch.block_size, window)  # fmt: skip
+                                       self._max_query_len(batch), batch.block_size, window, spans)  # fmt: skip
 
 
 @register("moe", "cuda")

@@ -76,8 +76,8 @@ def _first_caller_outside_torch() -> str | None:
 
 
 def engine_on_device(engine_dir, **kwargs) -> LLMEngine:
-    engine = LLMEngine(engine_dir, RuntimeConfig(device=DEVICE.type, dtype="float32", block_size=4, max_model_len=128,
-                                                 **kwargs))
+    settings = dict(block_size=4, max_model_len=128) | kwargs
+    engine = LLMEngine(engine_dir, RuntimeConfig(device=DEVICE.type, dtype="float32", **settings))
     if not CUDA:  # on CUDA the registry chose these already
         engine.runner.text.attention = TritonPagedAttention()
         engine.runner.text.experts = TritonFusedExperts()
@@ -153,3 +153,22 @@ def test_taught_replies_in_bf16_through_the_fast_decode_path(taught_checkpoint_d
                 for c in TAUGHT_CONVERSATIONS]  # fmt: skip
     got = {name: tokenizer.decode(ids, skip_special_tokens=False) for name, ids in engine.generate(requests).items()}
     assert got == {c["name"]: c["reply"] for c in TAUGHT_CONVERSATIONS}
+
+
+def test_image_prompts_with_the_triton_kernels(random_tiny_engine_dir):
+    """Two images in one prompt, with a chunk budget smaller than an image: the Triton backends (spans
+    bidirectional inside the prefill kernel on sliding layers) decode the reference backends' tokens."""
+    import numpy as np
+    from PIL import Image
+
+    def noise(w, h, seed):
+        return Image.fromarray(np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8))
+
+    prompt = "<bos><|turn>user\nLook: <|image|> and then <|image|> now tell me<turn|>\n<|turn>model\n"
+    request = lambda: GenerateRequest("img", prompt, SamplingParams(max_tokens=6, ignore_eos=True),  # noqa: E731
+                                      images=(noise(120, 90, 1), noise(64, 160, 2)))
+    settings = dict(block_size=4, max_model_len=256, max_num_batched_tokens=24, default_image_soft_tokens=70)
+    ref = LLMEngine(random_tiny_engine_dir, RuntimeConfig(**settings))
+    assert len(ref.prepare(request()).image_spans) == 2
+    want = ref.generate([request()])
+    assert engine_on_device(random_tiny_engine_dir, **settings).generate([request()]) == want

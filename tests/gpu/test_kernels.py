@@ -141,13 +141,32 @@ def test_prefill_and_extend_attention(dtype, d, kind):
     assert compare_backends(step, kind, window) < TOL[dtype]
 
 
-def test_image_spans_fall_back_on_sliding_layers_only():
+def span_bounds(batch: ForwardBatch) -> torch.Tensor:
+    """[T, 2]: each query row's image span [start, end) from batch.bidirectional_spans, (0, 0) outside."""
+    starts, positions = batch.query_start.tolist(), batch.positions.tolist()
+    rows = []
+    for b, spans in enumerate(batch.bidirectional_spans):
+        for p in positions[starts[b] : starts[b + 1]]:
+            rows.append(next(((a, e) for a, e in spans if a <= p < e), (0, 0)))
+    return torch.tensor(rows, dtype=torch.int64, device=DEVICE)
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [32, 256])
+def test_image_spans_are_bidirectional_on_sliding_layers(dtype, d):
+    """The kernel's span rule against the reference: a fresh prompt with one image; a chunk without
+    images; a chunk whose image (20 tokens) is longer than the window (16); two images in one prompt.
+    Full layers ignore the spans (causal)."""
     window = 16
-    q, k, v, cache, batch = make_step([20, 6], past=[0, 3], hq=4, hkv=2, d=32, window=window, block_size=8,
-                                      dtype=torch.float32, seed=7)  # fmt: skip
-    batch.bidirectional_spans = [[(4, 12)], []]  # one image's soft tokens at positions 4..11 of sequence 0
-    for kind in ("sliding", "full"):  # sliding: the reference's bidirectional mask; full: the kernel, causal
-        assert compare_backends((q, k, v, cache, batch), kind, window) < TOL[torch.float32]
+    q, k, v, cache, batch = make_step([20, 6, 30, 25], past=[0, 3, 10, 0], hq=4, hkv=2, d=d, window=window,
+                                      block_size=8, dtype=dtype, seed=7)  # fmt: skip
+    batch.bidirectional_spans = [[(4, 12)], [], [(14, 34)], [(2, 7), (9, 20)]]
+    batch.span_bounds = span_bounds(batch)
+    for kind in ("sliding", "full"):
+        assert compare_backends((q, k, v, cache, batch), kind, window) < TOL[dtype]
+    # the spans matter: without them the kernel's sliding output differs from the reference
+    no_spans = ForwardBatch(**{**batch.__dict__, "span_bounds": None})
+    assert compare_backends((q, k, v, cache, no_spans), "sliding", window) > 5 * TOL[dtype]
 
 
 # ------------------------------------------------------------------ MoE
