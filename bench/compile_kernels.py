@@ -19,7 +19,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from gemma_runtime.kernels import moe_gemm, moe_routing, paged_decode, paged_prefill
+from gemma_runtime.kernels import fp8_gemm, moe_gemm, moe_routing, paged_decode, paged_prefill
 
 TARGET = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 227 * 1024
@@ -74,6 +74,13 @@ def configs():
                    {"h_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "out_ptr": F32, "rows_ptr": I64,
                     "tile_expert_ptr": I64, "routing_ptr": F32},
                    dict(HAS_SCALE=scaled, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, F32_DOT=False), 4, 2)  # fmt: skip
+
+    for rows in (1, 64):
+        bm, bn, bk, warps = fp8_gemm.w8a16_tiles(rows)
+        for splits in (1, 4):
+            yield (f"fp8 linear W8A16 M={bm} split={splits}", fp8_gemm._w8a16_kernel,
+                   {"x_ptr": BF16, "w_ptr": FP8, "scale_ptr": F32, "out_ptr": BF16 if splits == 1 else F32},
+                   dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=splits, F32_DOT=False), warps, 3)  # fmt: skip
 
 
 def main() -> int:

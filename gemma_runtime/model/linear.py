@@ -1,10 +1,11 @@
 """Linear layers over plain or FP8 engine weights (engines/README.md, "quantization").
 
 An FP8 engine stores `X.weight` as float8_e4m3fn [N, K] beside a float32 `X.weight_scale` [N] (one
-scale per output row). On CUDA the product runs on the FP8 tensor cores through torch._scaled_mm with
-the activations quantized per token on the fly; elsewhere the same arithmetic is emulated in floating
-point (activations rounded to e4m3 per token, weights dequantized), so the CPU path shows the quality
-the GPU path will have.
+scale per output row). On CUDA, a few rows (decode) go through the W8A16 Triton kernel
+(kernels/fp8_gemm.py: weights widened in registers, activations untouched, one launch), and many rows
+(prefill) through torch._scaled_mm on the FP8 tensor cores with the activations quantized per token on
+the fly. Elsewhere the _scaled_mm arithmetic is emulated in floating point (activations rounded to e4m3
+per token, weights dequantized), so the CPU path shows the quality of the coarser of the two.
 """
 
 from __future__ import annotations
@@ -14,6 +15,9 @@ import torch.nn.functional as F
 
 FP8 = torch.float8_e4m3fn
 FP8_MAX = torch.finfo(FP8).max  # 448
+# Up to this many rows a product is bound by reading the weights, and W8A16 skips quantizing the
+# activations; above it the FP8 tensor cores' compute wins. A starting point for tuning on the GPU.
+W8A16_MAX_ROWS = 64
 
 
 def scale_name(name: str) -> str:
@@ -41,6 +45,10 @@ def _scaled_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
 def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
     """x [..., K] @ w[N, K]^T with w e4m3 and per-row w_scale [N]; dynamic per-token activation scales."""
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
+    if x.is_cuda and x2.shape[0] <= W8A16_MAX_ROWS:
+        from gemma_runtime.kernels.fp8_gemm import w8a16_linear  # triton: imported only where CUDA runs
+
+        return w8a16_linear(x, w, w_scale)
     xq, x_scale = quantize_per_row(x2)  # [M, K] e4m3, [M]
     if _scaled_mm_ok(x, w):
         out = torch._scaled_mm(xq, w.t(), scale_a=x_scale[:, None], scale_b=w_scale.float()[None, :], out_dtype=x.dtype)
