@@ -19,7 +19,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from gemma_runtime.kernels import fp8_gemm, moe_gemm, moe_routing, paged_decode, paged_prefill
+from gemma_runtime.kernels import fp8_gemm, moe_gemm, moe_routing, paged_decode, paged_prefill, rms_norm
 
 TARGET = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 227 * 1024
@@ -81,6 +81,14 @@ def configs():
             yield (f"fp8 linear W8A16 M={bm} split={splits}", fp8_gemm._w8a16_kernel,
                    {"x_ptr": BF16, "w_ptr": FP8, "scale_ptr": F32, "out_ptr": BF16 if splits == 1 else F32},
                    dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=splits, F32_DOT=False), warps, 3)  # fmt: skip
+
+    for h in (256, 512, 2816, 5376):  # head dims (q/k/v norms) and the two hidden sizes
+        block = triton.next_power_of_2(h)
+        for residual, scale in ((False, False), (True, True)):
+            yield (f"rms_norm H={h}{' +residual*scale' if residual else ''}", rms_norm._rms_norm_kernel,
+                   {"x_ptr": BF16, "w_ptr": BF16, "res_ptr": BF16, "scale_ptr": BF16, "out_ptr": BF16},
+                   dict(HAS_WEIGHT=True, HAS_RESIDUAL=residual, HAS_SCALE=scale, BLOCK=block),
+                   min(16, max(1, block // 256)), 1)  # fmt: skip
 
 
 def main() -> int:

@@ -15,6 +15,7 @@ from gemma_runtime.kernels.moe_gemm import fused_experts
 from gemma_runtime.kernels.moe_routing import route as fused_route
 from gemma_runtime.kernels.paged_decode import paged_decode_attention
 from gemma_runtime.kernels.paged_prefill import paged_prefill_attention
+from gemma_runtime.kernels.rms_norm import fused_rms_norm
 from gemma_runtime.model.attention import write_kv
 from gemma_runtime.model.registry import register
 
@@ -74,3 +75,12 @@ class TritonFusedExperts:
         if x.shape[0] == 0:
             return torch.zeros_like(x)
         return fused_experts(x, weights, ids, gate_up, down, gate_up_scale, down_scale)
+
+
+@register("norm", "cuda")
+class TritonRMSNorm:
+    """((residual +) rms_norm(x) * weight) (* scale) in one kernel, rounding where the reference does."""
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
+        return fused_rms_norm(x, weight, eps, residual, scale)

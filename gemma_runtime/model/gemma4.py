@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gemma_runtime.engine_config import LayerSpec, TextSpec
 from gemma_runtime.forward_batch import ForwardBatch
 import gemma_runtime.model.attention  # noqa: F401  (registers the reference backends)
-from gemma_runtime.model.layers import apply_rope, geglu, rms_norm, rope_cos_sin, rope_inv_freq
+from gemma_runtime.model.layers import apply_rope, geglu, rope_cos_sin, rope_inv_freq
 from gemma_runtime.model.linear import expert_weights, linear
 from gemma_runtime.model.moe import route
 from gemma_runtime.model.registry import create
@@ -27,6 +27,7 @@ class Gemma4TextModel:
         self.w = weights
         self.device = device
         self.attention = create("attention", device)
+        self.norm = create("norm", device)
         self.experts = create("moe", device) if spec.moe else None
         self.inv_freq = [rope_inv_freq(l.head_dim, l.rope_theta, l.rope_angles).to(device) for l in spec.layers]
         # on the device: a host scalar would be copied in every step (and cannot be inside a CUDA graph)
@@ -55,7 +56,7 @@ class Gemma4TextModel:
                 rope[key] = rope_cos_sin(batch.positions, self.inv_freq[i])
             h = self._layer(i, layer, h, rope[key], batch, kv_caches[i])
         h = h[batch.logits_indices]
-        return rms_norm(h, self.w["norm.weight"], self.spec.rms_norm_eps)
+        return self.norm(h, self.w["norm.weight"], self.spec.rms_norm_eps)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[S, H] -> [S, V] float32 through the tied embedding, with the final soft cap."""
@@ -70,13 +71,13 @@ class Gemma4TextModel:
     def _layer(self, i, layer: LayerSpec, x, cos_sin, batch, kv_cache) -> torch.Tensor:
         p = f"layers.{i}."
         eps = self.spec.rms_norm_eps
+        norm = self.norm  # each call: ((residual +) rms_norm(x) * w) (* scale), one kernel on CUDA
         residual = x
-        h = rms_norm(x, self.w[p + "input_norm.weight"], eps)
-        h = self._attention(p, layer, h, cos_sin, batch, kv_cache)
-        x = residual + rms_norm(h, self.w[p + "post_attn_norm.weight"], eps)
+        h = self._attention(p, layer, norm(x, self.w[p + "input_norm.weight"], eps), cos_sin, batch, kv_cache)
+        x = norm(h, self.w[p + "post_attn_norm.weight"], eps, residual=residual)
 
         residual = x
-        m = linear(geglu(linear(rms_norm(x, self.w[p + "pre_ffn_norm.weight"], eps), self.w, p + "mlp.gate_up_proj.weight")),
+        m = linear(geglu(linear(norm(x, self.w[p + "pre_ffn_norm.weight"], eps), self.w, p + "mlp.gate_up_proj.weight")),
                    self.w, p + "mlp.down_proj.weight")
         if self.spec.moe is not None:
             # The dense MLP and the experts run side by side from the same residual, each post-normed.
@@ -84,11 +85,11 @@ class Gemma4TextModel:
             route_tokens = getattr(self.experts, "route", route)
             weights, ids = route_tokens(residual, self.w[p + "moe.router_proj.weight"], self.w[p + "moe.router_scale"],
                                         self.spec.moe.top_k, eps)
-            expert_in = rms_norm(residual, self.w[p + "moe.pre_norm.weight"], eps)
+            expert_in = norm(residual, self.w[p + "moe.pre_norm.weight"], eps)
             e = self.experts(expert_in, weights, ids, **expert_weights(self.experts, self.w, p))
-            m = rms_norm(m, self.w[p + "moe.post_norm_dense.weight"], eps) + rms_norm(e, self.w[p + "moe.post_norm_experts.weight"], eps)
-        x = residual + rms_norm(m, self.w[p + "post_ffn_norm.weight"], eps)
-        return x * self.w[p + "layer_scalar"]
+            dense = norm(m, self.w[p + "moe.post_norm_dense.weight"], eps)
+            m = norm(e, self.w[p + "moe.post_norm_experts.weight"], eps, residual=dense)  # dense + normed experts
+        return norm(m, self.w[p + "post_ffn_norm.weight"], eps, residual=residual, scale=self.w[p + "layer_scalar"])
 
     def _attention(self, p, layer: LayerSpec, h, cos_sin, batch, kv_cache) -> torch.Tensor:
         nq, nkv, d = self.spec.num_attention_heads, layer.num_kv_heads, layer.head_dim
@@ -99,8 +100,8 @@ class Gemma4TextModel:
         v = k if layer.k_eq_v else qkv[:, (nq + nkv) * d :].view(-1, nkv, d)  # [T, nkv, d]
         eps = self.spec.rms_norm_eps
         cos, sin = cos_sin
-        q = apply_rope(rms_norm(q, self.w[p + "attn.q_norm.weight"], eps), cos, sin)
-        k = apply_rope(rms_norm(k, self.w[p + "attn.k_norm.weight"], eps), cos, sin)
-        v = rms_norm(v, None, eps)
+        q = apply_rope(self.norm(q, self.w[p + "attn.q_norm.weight"], eps), cos, sin)
+        k = apply_rope(self.norm(k, self.w[p + "attn.k_norm.weight"], eps), cos, sin)
+        v = self.norm(v, None, eps)
         o = self.attention(q, k, v, kv_cache, batch, layer, self.spec.sliding_window)  # [T, nq, d]
         return linear(o.reshape(o.shape[0], nq * d), self.w, p + "attn.o_proj.weight")  # [T, H]

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from gemma_runtime.model.registry import register
+
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.Tensor:
     """Gemma 4 RMSNorm: computed in float32, the weight multiplies directly (x_hat * w, not 1 + w)."""
@@ -13,6 +15,21 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     if weight is not None:
         out = out * weight.float()
     return out.type_as(x)
+
+
+@register("norm", "cpu")
+class TorchRMSNorm:
+    """The decoder's norms with what follows them: ((residual +) rms_norm(x) * weight) (* scale).
+    The CUDA backend does the same in one kernel (kernels/rms_norm.py)."""
+
+    def __call__(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
+                 scale: torch.Tensor | None = None) -> torch.Tensor:
+        y = rms_norm(x, weight, eps)
+        if residual is not None:
+            y = residual + y
+        if scale is not None:
+            y = y * scale
+        return y
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,9 @@ from gemma_runtime.kernels.moe_gemm import align_by_expert  # noqa: E402
 from gemma_runtime.kernels.moe_routing import route as fused_route  # noqa: E402
 from gemma_runtime.kernels.paged_decode import paged_decode_attention  # noqa: E402
 from gemma_runtime.model.attention import TorchPagedAttention  # noqa: E402
-from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonPagedAttention  # noqa: E402
+from gemma_runtime.kernels.rms_norm import fused_rms_norm  # noqa: E402
+from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonPagedAttention, TritonRMSNorm  # noqa: E402
+from gemma_runtime.model.layers import TorchRMSNorm  # noqa: E402
 from gemma_runtime.model.linear import W8A16_MAX_ROWS, dequantize, fp8_linear, linear, quantize_per_row  # noqa: E402
 from gemma_runtime.model.moe import TorchGroupedExperts, route  # noqa: E402
 
@@ -233,6 +235,43 @@ def test_fused_experts_with_fp8_weights(tokens):
     assert rel_err(out, ref) < TOL[dtype]
 
 
+# ------------------------------------------------------------------ RMSNorm
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("form", ["weight", "no weight", "residual", "residual and scale", "strided heads"])
+def test_fused_rms_norm_matches_the_reference(dtype, form):
+    """Each form the decoder uses, against the reference norm and its add and scalar. H = 2816 (the
+    26B-A4B's hidden size, not a power of two); the strided form is q inside a fused QKV projection."""
+    g = torch.Generator().manual_seed(len(form))
+    H, T = 2816, 5
+    x = (torch.randn(T, H, generator=g) * 3).to(DEVICE, dtype)
+    w = (torch.rand(H, generator=g) + 0.5).to(DEVICE, dtype)
+    residual = torch.randn(T, H, generator=g).to(DEVICE, dtype)
+    scale = torch.tensor([0.7]).to(DEVICE, dtype)
+    args = {"weight": (x, w, {}), "no weight": (x, None, {}), "residual": (x, w, {"residual": residual}),
+            "residual and scale": (x, w, {"residual": residual, "scale": scale})}.get(form)
+    if form == "strided heads":
+        qkv = torch.randn(T, (4 + 2 * 2) * 256, generator=g).to(DEVICE, dtype)  # 4 q heads, 2 kv heads, d=256
+        q = qkv[:, : 4 * 256].view(T, 4, 256)  # [T, 4, 256] with a token stride of 8 * 256
+        args = (q, (torch.rand(256, generator=g) + 0.5).to(DEVICE, dtype), {})
+    x_in, weight, extra = args
+    ref = TorchRMSNorm()(x_in, weight, 1e-6, **extra)
+    out = fused_rms_norm(x_in, weight, 1e-6, **extra)
+    assert out.shape == ref.shape and out.dtype == ref.dtype and out.is_contiguous()
+    # float32 inside, rounded where the reference rounds. The sum of squares is added in another order,
+    # so a value next to a rounding boundary may land one step away: in bf16 that is one unit in the last
+    # place of the largest operand (|values| < 8 here: 1/16). Compiled, that happens to few elements;
+    # Triton's interpreter truncates float32 to bf16 instead of rounding to nearest, so about half differ
+    # by that step there.
+    if dtype == torch.float32:
+        torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
+    else:
+        torch.testing.assert_close(out, ref, rtol=2 ** -7, atol=2 ** -4)
+        if CUDA:
+            assert (out == ref).float().mean() > 0.97
+
+
 # ------------------------------------------------------------------ FP8 linear
 
 
@@ -286,4 +325,5 @@ def test_engine_greedy_with_triton_backends_matches_reference(random_tiny_engine
     engine = LLMEngine(random_tiny_engine_dir, RuntimeConfig(device=DEVICE.type, dtype="float32", block_size=4, max_model_len=128))
     engine.runner.text.attention = TritonPagedAttention()  # on CUDA the registry already chose these
     engine.runner.text.experts = TritonFusedExperts()
+    engine.runner.text.norm = TritonRMSNorm()
     assert engine.generate(requests()) == ref

@@ -1,0 +1,69 @@
+"""Gemma 4's RMSNorm in one kernel, with the residual add and the layer scalar that follow it fused in.
+
+The reference norm (model/layers.py) is eight small torch kernels (upcast, square, mean, add, power,
+two multiplies, downcast), and a 26B-A4B layer normalises eleven times (input, post-attention,
+pre-FFN, post-FFN, q, k, v, router, experts in, both MoE branches): some 2,500 kernels per decode
+step for norms alone, each a few microseconds even inside a CUDA graph. Here each norm is one launch,
+and `residual + norm(x)` and `(residual + norm(x)) * layer_scalar` are one launch too.
+
+The arithmetic and its rounding points follow the reference exactly: float32 inside, the normalised
+value rounded to the output dtype, then the add and the scalar each rounded as torch would.
+
+Rows: x is [rows, H], or [T, heads, H] with any stride between tokens (q and k are strided views of
+the fused QKV projection); the output is contiguous.
+"""
+
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def _rms_norm_kernel(
+    x_ptr, w_ptr, res_ptr, scale_ptr, out_ptr,
+    H, heads, stride_xt, stride_xh, eps,  # row r is token r // heads, head r % heads; H contiguous
+    HAS_WEIGHT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    row = tl.program_id(0)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < H
+    x_row = x_ptr + (row // heads).to(tl.int64) * stride_xt + (row % heads) * stride_xh
+    x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
+    y = x * (1.0 / tl.sqrt(tl.sum(x * x, 0) / H + eps))  # x * (mean + eps)^-0.5, as the reference
+    if HAS_WEIGHT:
+        y = y * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
+    out_ty = out_ptr.dtype.element_ty
+    y = y.to(out_ty)  # the norm's own output, as the reference rounds it
+    out_row = out_ptr + row.to(tl.int64) * H
+    if HAS_RESIDUAL:
+        y = (tl.load(res_ptr + row.to(tl.int64) * H + cols, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
+    if HAS_SCALE:
+        y = (y.to(tl.float32) * tl.load(scale_ptr).to(tl.float32)).to(out_ty)
+    tl.store(out_row + cols, y, mask=mask)
+
+
+def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
+                   scale: torch.Tensor | None = None) -> torch.Tensor:
+    """((residual +) rms_norm(x) * weight) (* scale) over the last dim; x [rows, H] or [T, heads, H];
+    residual contiguous and shaped like the output; scale a one-element tensor."""
+    H = x.shape[-1]
+    if x.stride(-1) != 1:
+        x = x.contiguous()
+    if x.dim() == 3:
+        heads, stride_t, stride_h = x.shape[1], x.stride(0), x.stride(1)
+    else:
+        x = x.reshape(-1, H) if x.dim() != 2 else x
+        heads, stride_t, stride_h = 1, x.stride(0), 0
+    out = torch.empty(x.shape, dtype=x.dtype, device=x.device)
+    rows = out.numel() // H if H else 0
+    if rows:
+        block = triton.next_power_of_2(H)
+        _rms_norm_kernel[(rows,)](
+            x, weight if weight is not None else x, residual if residual is not None else x,
+            scale if scale is not None else x, out, H, heads, stride_t, stride_h, eps,
+            HAS_WEIGHT=weight is not None, HAS_RESIDUAL=residual is not None, HAS_SCALE=scale is not None,
+            BLOCK=block, num_warps=min(16, max(1, block // 256)),
+        )  # fmt: skip
+    return out
