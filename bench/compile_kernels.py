@@ -84,10 +84,14 @@ def configs():
 
     for h in (256, 512, 2816, 5376):  # head dims (q/k/v norms) and the two hidden sizes
         block = triton.next_power_of_2(h)
-        for residual, scale in ((False, False), (True, True)):
-            yield (f"rms_norm H={h}{' +residual*scale' if residual else ''}", rms_norm._rms_norm_kernel,
-                   {"x_ptr": BF16, "w_ptr": BF16, "res_ptr": BF16, "scale_ptr": BF16, "out_ptr": BF16},
-                   dict(HAS_WEIGHT=True, HAS_RESIDUAL=residual, HAS_SCALE=scale, BLOCK=block),
+        for residual, rope in ((False, False), (True, False), (False, True)):
+            if rope and h > 512:
+                continue  # rope follows the q and k norms only
+            extra = " +residual*scale" if residual else " +rope" if rope else ""
+            yield (f"rms_norm H={h}{extra}", rms_norm._rms_norm_kernel,
+                   {"x_ptr": BF16, "w_ptr": BF16, "res_ptr": BF16, "scale_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32,
+                    "out_ptr": BF16},
+                   dict(HAS_WEIGHT=True, HAS_RESIDUAL=residual, HAS_SCALE=residual, HAS_ROPE=rope, BLOCK=block),
                    min(16, max(1, block // 256)), 1)  # fmt: skip
 
 

@@ -5,7 +5,8 @@ ramp-up and tail; at batch 1 the 26B-A4B's whole step should take about 3 ms, so
 The tiny random MoE engine runs one decode step with the CUDA backends (Triton kernels, executed by
 Triton's CPU interpreter): every torch op that would launch a kernel (views and other metadata-only ops
 excluded) and every Triton launch is counted, per decoder layer, with the reference RMSNorm (eight
-torch ops per norm) and with the fused Triton one.
+torch ops per norm, seven more for rope on q and k) and with the fused Triton one (norm, residual add,
+layer scalar and rope in one kernel).
 
     .venv/bin/python bench/decode_launches.py
 """
@@ -93,7 +94,7 @@ def main() -> int:
         layers = len(made.spec.text.layers)
         print(f"tiny random MoE engine: {layers} layers, one decode step at batch 4, CUDA backends (interpreted)")
         rows = []
-        for label, norm in (("reference RMSNorm", TorchRMSNorm()), ("fused Triton RMSNorm", TritonRMSNorm())):
+        for label, norm in (("reference", TorchRMSNorm()), ("fused Triton", TritonRMSNorm())):
             with weights_in_memory(made.weights):
                 engine = LLMEngine(made.engine_dir, RuntimeConfig(block_size=4, max_model_len=64))
             text = engine.runner.text
@@ -108,7 +109,7 @@ def main() -> int:
             rows.append((label, total, triton_launches, total / layers))
             top = ", ".join(f"{k} {n}" for k, n in ops.most_common(int(os.environ.get("TOP", 6))))
             print(f"  {label}: most frequent: {top}")
-        print(f"\n{'norms':24} {'launches/step':>14} {'of which Triton':>16} {'per layer':>10}")
+        print(f"\n{'norms (+ add, rope)':24} {'launches/step':>14} {'of which Triton':>16} {'per layer':>10}")
         for label, total, tri, per_layer in rows:
             print(f"{label:24} {total:>14} {tri:>16} {per_layer:>10.1f}")
     return 0

@@ -1,10 +1,13 @@
-"""Gemma 4's RMSNorm in one kernel, with the residual add and the layer scalar that follow it fused in.
+"""Gemma 4's RMSNorm in one kernel, with what follows it fused in: the residual add and the layer
+scalar, or (for q and k) the rotary embedding.
 
 The reference norm (model/layers.py) is eight small torch kernels (upcast, square, mean, add, power,
 two multiplies, downcast), and a 26B-A4B layer normalises eleven times (input, post-attention,
 pre-FFN, post-FFN, q, k, v, router, experts in, both MoE branches): some 2,500 kernels per decode
 step for norms alone, each a few microseconds even inside a CUDA graph. Here each norm is one launch,
-and `residual + norm(x)` and `(residual + norm(x)) * layer_scalar` are one launch too.
+and `residual + norm(x)`, `(residual + norm(x)) * layer_scalar` and `rope(norm(q))` are one launch too
+(rope alone is another seven torch kernels per q or k: negate, concatenate, two casts, two multiplies,
+an add).
 
 The arithmetic and its rounding points follow the reference exactly: float32 inside, the normalised
 value rounded to the output dtype, then the add and the scalar each rounded as torch would.
@@ -22,20 +25,37 @@ import triton.language as tl
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, w_ptr, res_ptr, scale_ptr, out_ptr,
+    x_ptr, w_ptr, res_ptr, scale_ptr, cos_ptr, sin_ptr, out_ptr,
     H, heads, stride_xt, stride_xh, eps,  # row r is token r // heads, head r % heads; H contiguous
-    HAS_WEIGHT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_ROPE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
+    token = (row // heads).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
-    x_row = x_ptr + (row // heads).to(tl.int64) * stride_xt + (row % heads) * stride_xh
+    x_row = x_ptr + token * stride_xt + (row % heads) * stride_xh
     x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
-    y = x * (1.0 / tl.sqrt(tl.sum(x * x, 0) / H + eps))  # x * (mean + eps)^-0.5, as the reference
+    inv = 1.0 / tl.sqrt(tl.sum(x * x, 0) / H + eps)  # x * (mean + eps)^-0.5, as the reference
+    y = x * inv
     if HAS_WEIGHT:
         y = y * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)
     out_ty = out_ptr.dtype.element_ty
     y = y.to(out_ty)  # the norm's own output, as the reference rounds it
+    if HAS_ROPE:
+        # NeoX rotation: dim c pairs with c + H/2. The partner is read again from memory (registers
+        # cannot be permuted) and normalised with the same factor.
+        half = H // 2
+        partner = tl.where(cols < half, cols + half, cols - half)
+        xp = tl.load(x_row + partner, mask=mask, other=0.0).to(tl.float32) * inv
+        if HAS_WEIGHT:
+            xp = xp * tl.load(w_ptr + partner, mask=mask, other=0.0).to(tl.float32)
+        xp = xp.to(out_ty).to(tl.float32)
+        rotated = tl.where(cols < half, -xp, xp)
+        cos = tl.load(cos_ptr + token * H + cols, mask=mask, other=0.0).to(out_ty).to(tl.float32)
+        sin = tl.load(sin_ptr + token * H + cols, mask=mask, other=0.0).to(out_ty).to(tl.float32)
+        # x * cos + rotated * sin, each product and the sum rounded to the output dtype as torch does
+        y = ((y.to(tl.float32) * cos).to(out_ty).to(tl.float32) + (rotated * sin).to(out_ty).to(tl.float32)).to(out_ty)
     out_row = out_ptr + row.to(tl.int64) * H
     if HAS_RESIDUAL:
         y = (tl.load(res_ptr + row.to(tl.int64) * H + cols, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
@@ -45,9 +65,10 @@ def _rms_norm_kernel(
 
 
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
-                   scale: torch.Tensor | None = None) -> torch.Tensor:
-    """((residual +) rms_norm(x) * weight) (* scale) over the last dim; x [rows, H] or [T, heads, H];
-    residual contiguous and shaped like the output; scale a one-element tensor."""
+                   scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """((residual +) rms_norm(x) * weight) (* scale) over the last dim, or rope(rms_norm(x) * weight);
+    x [rows, H] or [T, heads, H]; residual contiguous and shaped like the output; scale a one-element
+    tensor; rope (cos, sin), each [T, H] float32 (model/layers.py rope_cos_sin)."""
     H = x.shape[-1]
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -60,10 +81,11 @@ def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, res
     rows = out.numel() // H if H else 0
     if rows:
         block = triton.next_power_of_2(H)
+        cos, sin = (rope[0].contiguous(), rope[1].contiguous()) if rope is not None else (x, x)
         _rms_norm_kernel[(rows,)](
             x, weight if weight is not None else x, residual if residual is not None else x,
-            scale if scale is not None else x, out, H, heads, stride_t, stride_h, eps,
+            scale if scale is not None else x, cos, sin, out, H, heads, stride_t, stride_h, eps,
             HAS_WEIGHT=weight is not None, HAS_RESIDUAL=residual is not None, HAS_SCALE=scale is not None,
-            BLOCK=block, num_warps=min(16, max(1, block // 256)),
+            HAS_ROPE=rope is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
         )  # fmt: skip
     return out

@@ -79,8 +79,9 @@ class TritonFusedExperts:
 
 @register("norm", "cuda")
 class TritonRMSNorm:
-    """((residual +) rms_norm(x) * weight) (* scale) in one kernel, rounding where the reference does."""
+    """((residual +) rms_norm(x) * weight) (* scale), or rope(rms_norm(x) * weight), in one kernel,
+    rounding where the reference does."""
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
-                 scale: torch.Tensor | None = None) -> torch.Tensor:
-        return fused_rms_norm(x, weight, eps, residual, scale)
+                 scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+        return fused_rms_norm(x, weight, eps, residual, scale, rope)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gemma_runtime.engine_config import LayerSpec, TextSpec
 from gemma_runtime.forward_batch import ForwardBatch
 import gemma_runtime.model.attention  # noqa: F401  (registers the reference backends)
-from gemma_runtime.model.layers import apply_rope, geglu, rope_cos_sin, rope_inv_freq
+from gemma_runtime.model.layers import geglu, rope_cos_sin, rope_inv_freq
 from gemma_runtime.model.linear import expert_weights, linear
 from gemma_runtime.model.moe import route
 from gemma_runtime.model.registry import create
@@ -99,9 +99,9 @@ class Gemma4TextModel:
         # On K=V layers V is the raw (pre-norm, un-rotated) K projection.
         v = k if layer.k_eq_v else qkv[:, (nq + nkv) * d :].view(-1, nkv, d)  # [T, nkv, d]
         eps = self.spec.rms_norm_eps
-        cos, sin = cos_sin
-        q = apply_rope(self.norm(q, self.w[p + "attn.q_norm.weight"], eps), cos, sin)
-        k = apply_rope(self.norm(k, self.w[p + "attn.k_norm.weight"], eps), cos, sin)
+        cos, sin = cos_sin  # [T, d] float32
+        q = self.norm(q, self.w[p + "attn.q_norm.weight"], eps, rope=(cos, sin))
+        k = self.norm(k, self.w[p + "attn.k_norm.weight"], eps, rope=(cos, sin))
         v = self.norm(v, None, eps)
         o = self.attention(q, k, v, kv_cache, batch, layer, self.spec.sliding_window)  # [T, nq, d]
         return linear(o.reshape(o.shape[0], nq * d), self.w, p + "attn.o_proj.weight")  # [T, H]

@@ -19,12 +19,15 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
 
 @register("norm", "cpu")
 class TorchRMSNorm:
-    """The decoder's norms with what follows them: ((residual +) rms_norm(x) * weight) (* scale).
-    The CUDA backend does the same in one kernel (kernels/rms_norm.py)."""
+    """The decoder's norms with what follows them: ((residual +) rms_norm(x) * weight) (* scale), or
+    apply_rope(rms_norm(x) * weight, cos, sin) for q and k. The CUDA backend does each in one kernel
+    (kernels/rms_norm.py)."""
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
-                 scale: torch.Tensor | None = None) -> torch.Tensor:
+                 scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         y = rms_norm(x, weight, eps)
+        if rope is not None:
+            y = apply_rope(y, *rope)
         if residual is not None:
             y = residual + y
         if scale is not None:

@@ -28,7 +28,7 @@ from gemma_runtime.kernels.paged_decode import paged_decode_attention  # noqa: E
 from gemma_runtime.model.attention import TorchPagedAttention  # noqa: E402
 from gemma_runtime.kernels.rms_norm import fused_rms_norm  # noqa: E402
 from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonPagedAttention, TritonRMSNorm  # noqa: E402
-from gemma_runtime.model.layers import TorchRMSNorm  # noqa: E402
+from gemma_runtime.model.layers import TorchRMSNorm, rope_cos_sin, rope_inv_freq  # noqa: E402
 from gemma_runtime.model.linear import W8A16_MAX_ROWS, dequantize, fp8_linear, linear, quantize_per_row  # noqa: E402
 from gemma_runtime.model.moe import TorchGroupedExperts, route  # noqa: E402
 
@@ -239,7 +239,8 @@ def test_fused_experts_with_fp8_weights(tokens):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("form", ["weight", "no weight", "residual", "residual and scale", "strided heads"])
+@pytest.mark.parametrize("form", ["weight", "no weight", "residual", "residual and scale", "strided heads", "rope",
+                                  "proportional rope"])
 def test_fused_rms_norm_matches_the_reference(dtype, form):
     """Each form the decoder uses, against the reference norm and its add and scalar. H = 2816 (the
     26B-A4B's hidden size, not a power of two); the strided form is q inside a fused QKV projection."""
@@ -251,10 +252,14 @@ def test_fused_rms_norm_matches_the_reference(dtype, form):
     scale = torch.tensor([0.7]).to(DEVICE, dtype)
     args = {"weight": (x, w, {}), "no weight": (x, None, {}), "residual": (x, w, {"residual": residual}),
             "residual and scale": (x, w, {"residual": residual, "scale": scale})}.get(form)
-    if form == "strided heads":
-        qkv = torch.randn(T, (4 + 2 * 2) * 256, generator=g).to(DEVICE, dtype)  # 4 q heads, 2 kv heads, d=256
+    if form in ("strided heads", "rope", "proportional rope"):
+        qkv = (torch.randn(T, (4 + 2 * 2) * 256, generator=g) * 3).to(DEVICE, dtype)  # 4 q heads, 2 kv heads, d=256
         q = qkv[:, : 4 * 256].view(T, 4, 256)  # [T, 4, 256] with a token stride of 8 * 256
-        args = (q, (torch.rand(256, generator=g) + 0.5).to(DEVICE, dtype), {})
+        extra = {}
+        if form != "strided heads":  # full layers rotate only the first 32 of 128 frequencies (proportional RoPE)
+            inv_freq = rope_inv_freq(256, 1e6, 32 if form == "proportional rope" else 128)
+            extra["rope"] = tuple(t.to(DEVICE) for t in rope_cos_sin(torch.tensor([0, 1, 7, 300, 5000]), inv_freq))
+        args = (q, (torch.rand(256, generator=g) + 0.5).to(DEVICE, dtype), extra)
     x_in, weight, extra = args
     ref = TorchRMSNorm()(x_in, weight, 1e-6, **extra)
     out = fused_rms_norm(x_in, weight, 1e-6, **extra)
