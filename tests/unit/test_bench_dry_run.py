@@ -78,3 +78,12 @@ def test_host_step_benchmark_runs(tmp_path):
     rows = [line.split() for line in proc.stdout.splitlines()[2:]]
     assert [r[0] for r in rows] == ["64", "128"]
     assert all(float(x) > 0 for r in rows for x in r[1:])
+
+
+def test_decode_launch_count_drops_with_the_fused_norms(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "decode_launches.py")], cwd=tmp_path, capture_output=True,
+                          text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[-2:]}
+    reference, fused = int(rows["reference"][0]), int(rows["fused"][1])
+    assert fused < reference / 2  # norms, adds, scalars and rope: one kernel each instead of 8-15 torch ops
