@@ -63,6 +63,13 @@ def configs():
                    warps, stages)  # fmt: skip
     yield ("moe route E=128 k=8", moe_routing._route_kernel, {"logits_ptr": F32, "weights_ptr": F32, "ids_ptr": I64},
            dict(E=128, E_PAD=128, TOP_K=8), 1, 2)
+    I32 = "*i32"
+    yield ("moe align: count", moe_gemm._count_experts_kernel, {"ids_ptr": I64, "counts_ptr": I32}, dict(BLOCK=256), 4, 1)
+    yield ("moe align: tiles", moe_gemm._expert_tiles_kernel,
+           {"counts_ptr": I32, "run_start_ptr": I32, "tile_expert_ptr": I64, "rows_ptr": I64},
+           dict(E=128, E_PAD=128, BLOCK_M=16, TILES=32, SLOTS=1024), 4, 1)  # fmt: skip
+    yield ("moe align: scatter", moe_gemm._scatter_rows_kernel,
+           {"ids_ptr": I64, "run_start_ptr": I32, "fill_ptr": I32, "rows_ptr": I64}, dict(BLOCK=256), 4, 1)
     for tokens in (1, 512):
         bm, bn, bk = moe_gemm.expert_tiles(tokens)
         for wname, wtype in (("bf16", BF16), ("fp8", FP8)):

@@ -1,8 +1,8 @@
 """Fused MoE experts: a grouped GEMM over the routed (token, expert) pairs sorted by expert.
 
-Layout. The T*k routed rows are sorted by expert and each expert's run is padded to a multiple of
-BLOCK_M, so every BLOCK_M-row tile belongs to one expert (the host-side `align_by_expert`, torch ops
-on the GPU with no host synchronisation: the tile count is an upper bound that depends only on T).
+Layout. The T*k routed rows are grouped by expert and each expert's run is padded to a multiple of
+BLOCK_M, so every BLOCK_M-row tile belongs to one expert (`align_by_expert`: three small kernels, no
+host synchronisation; the tile count is an upper bound that depends only on T).
 
 Two kernels:
   1. gate_up: h = gelu_tanh(x W_gate^T) * (x W_up^T). One program computes the gate tile and the matching
@@ -24,25 +24,71 @@ import triton.language as tl
 from gemma_runtime.kernels.common import dot, interpreted
 
 
+@triton.jit
+def _count_experts_kernel(ids_ptr, counts_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    tl.atomic_add(counts_ptr + tl.load(ids_ptr + offs, mask=mask, other=0), 1, mask=mask)
+
+
+@triton.jit
+def _expert_tiles_kernel(
+    counts_ptr, run_start_ptr, tile_expert_ptr, rows_ptr, n, num_tiles, num_slots,
+    E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, TILES: tl.constexpr, SLOTS: tl.constexpr,
+):
+    """One program: each expert's run rounded up to whole tiles, where each run starts, each tile's
+    expert (-1 past the last run), and every row slot marked as padding (n) before the scatter."""
+    e = tl.arange(0, E_PAD)
+    e_mask = e < E
+    counts = tl.load(counts_ptr + e, mask=e_mask, other=0)
+    padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
+    run_end = tl.cumsum(padded, 0)  # [E_PAD]
+    tl.store(run_start_ptr + e, run_end - padded, mask=e_mask)
+    total = tl.sum(padded, 0)
+    for t0 in range(0, num_tiles, TILES):
+        t = t0 + tl.arange(0, TILES)
+        start = t * BLOCK_M
+        # the tile's expert: how many runs end at or before its first row (a searchsorted over 128 ends)
+        expert = tl.sum(((run_end[None, :] <= start[:, None]) & e_mask[None, :]).to(tl.int64), 1)
+        tl.store(tile_expert_ptr + t, tl.where(start < total, expert, -1), mask=t < num_tiles)
+    for s0 in range(0, num_slots, SLOTS):
+        slot = s0 + tl.arange(0, SLOTS)
+        tl.store(rows_ptr + slot, (slot * 0 + n).to(tl.int64), mask=slot < num_slots)
+
+
+@triton.jit
+def _scatter_rows_kernel(ids_ptr, run_start_ptr, fill_ptr, rows_ptr, n, BLOCK: tl.constexpr):
+    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
+    mask = offs < n
+    expert = tl.load(ids_ptr + offs, mask=mask, other=0)
+    place = tl.atomic_add(fill_ptr + expert, 1, mask=mask)  # its place in the expert's run
+    tl.store(rows_ptr + tl.load(run_start_ptr + expert, mask=mask, other=0) + place, offs.to(tl.int64), mask=mask)
+
+
 def align_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """ids [T, k] -> (rows [P] int64: flat routed row t*k+j in expert order, T*k where padding;
-    tile_expert [P / block_m] int64: each tile's expert, -1 for tiles past the end)."""
+    """ids [T, k] -> (rows [P] int64: flat routed row t*k+j grouped by expert, T*k where padding;
+    tile_expert [P / block_m] int64: each tile's expert, -1 for tiles past the end).
+
+    Three small kernels (count, lay out the runs, scatter) instead of a dozen torch ops, none of which
+    reads anything back to the host. Within an expert's run the rows land in whatever order the atomic
+    counter hands out places; that order changes nothing, since every row of a tile is computed on its
+    own and written to its own (token, slot) place."""
     flat = ids.flatten()  # [N = T*k]
     n = flat.numel()
     # every expert's run rounds up to whole tiles: at most n / block_m full tiles plus one partial per expert hit
     num_tiles = triton.cdiv(n, block_m) + min(num_experts, n)
-    # counted by a scatter: torch.bincount sizes its output from the largest id, a host read on CUDA
-    counts = torch.zeros(num_experts, dtype=torch.int64, device=flat.device).index_add_(0, flat, torch.ones_like(flat))  # [E]
-    padded = (counts + block_m - 1) // block_m * block_m
-    pad_end = padded.cumsum(0)  # [E]
-    order = torch.argsort(flat, stable=True)  # [N] routed rows grouped by expert
-    expert_sorted = flat[order]
-    rank = torch.arange(n, device=flat.device) - (counts.cumsum(0) - counts)[expert_sorted]  # place in its run
-    rows = torch.full((num_tiles * block_m,), n, dtype=torch.int64, device=flat.device)
-    rows[(pad_end - padded)[expert_sorted] + rank] = order
-    tile_start = torch.arange(num_tiles, device=flat.device) * block_m
-    tile_expert = torch.searchsorted(pad_end, tile_start, right=True)
-    tile_expert = torch.where(tile_start < pad_end[-1], tile_expert, -1)
+    counters = torch.zeros(2 * num_experts, dtype=torch.int32, device=flat.device)  # [E] counts, [E] fill
+    counts, fill = counters[:num_experts], counters[num_experts:]
+    run_start = torch.empty(num_experts, dtype=torch.int32, device=flat.device)
+    rows = torch.empty(num_tiles * block_m, dtype=torch.int64, device=flat.device)
+    tile_expert = torch.empty(num_tiles, dtype=torch.int64, device=flat.device)
+    if n == 0:
+        return rows, tile_expert
+    block = 256
+    _count_experts_kernel[(triton.cdiv(n, block),)](flat, counts, n, BLOCK=block)
+    _expert_tiles_kernel[(1,)](counts, run_start, tile_expert, rows, n, num_tiles, rows.numel(), E=num_experts,
+                               E_PAD=triton.next_power_of_2(num_experts), BLOCK_M=block_m, TILES=32, SLOTS=1024)
+    _scatter_rows_kernel[(triton.cdiv(n, block),)](flat, run_start, fill, rows, n, BLOCK=block)
     return rows, tile_expert
 
 

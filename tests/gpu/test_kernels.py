@@ -188,11 +188,16 @@ def test_routing_kernel_matches_reference(tokens):
     assert torch.allclose(w, w_ref, atol=1e-5) and torch.allclose(w.sum(-1), torch.ones(tokens, device=DEVICE), atol=1e-5)
 
 
-def test_align_by_expert_groups_rows_into_single_expert_tiles():
-    ids = torch.tensor([[3, 0], [3, 1], [0, 3], [2, 3]], device=DEVICE)
-    rows, tile_expert = align_by_expert(ids, num_experts=5, block_m=2)
+@pytest.mark.parametrize("tokens, k, experts, block_m", [(4, 2, 5, 2), (1, 8, 128, 16), (37, 8, 128, 16), (300, 8, 128, 64)])
+def test_align_by_expert_groups_rows_into_single_expert_tiles(tokens, k, experts, block_m):
+    g = torch.Generator().manual_seed(tokens)
+    ids = torch.stack([torch.randperm(experts, generator=g)[:k] for _ in range(tokens)]).to(DEVICE)  # [T, k] distinct per token
+    if tokens == 4:
+        ids = torch.tensor([[3, 0], [3, 1], [0, 3], [2, 3]], device=DEVICE)
+    rows, tile_expert = align_by_expert(ids, num_experts=experts, block_m=block_m)
     n = ids.numel()
-    tiles = rows.view(-1, 2)  # [tiles, block_m]
+    assert rows.numel() == tile_expert.numel() * block_m
+    tiles = rows.view(-1, block_m)  # [tiles, block_m]
     seen = []
     for tile, expert in zip(tiles.tolist(), tile_expert.tolist()):
         real = [r for r in tile if r < n]
@@ -201,6 +206,10 @@ def test_align_by_expert_groups_rows_into_single_expert_tiles():
         assert all(ids.flatten()[r].item() == expert for r in real)
         seen += real
     assert sorted(seen) == list(range(n))  # every routed row exactly once
+    # each expert hit gets ceil(count / block_m) tiles, no more
+    used = [e for e in tile_expert.tolist() if e >= 0]
+    counts = torch.bincount(ids.flatten().cpu(), minlength=experts).tolist()
+    assert sorted(used) == sorted(e for e, c in enumerate(counts) for _ in range(-(-c // block_m)))
 
 
 def expert_case(tokens: int, dtype: torch.dtype, seed: int, E: int = 8, H: int = 64, Ie: int = 48, k: int = 2):
