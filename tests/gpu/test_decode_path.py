@@ -86,7 +86,7 @@ def engine_on_device(engine_dir, **kwargs) -> LLMEngine:
 
 
 def requests(**sampling):
-    return [GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=10, ignore_eos=True, **sampling))
+    return [GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=6, ignore_eos=True, **sampling))
             for i, p in enumerate(PROMPTS)]
 
 
@@ -158,7 +158,8 @@ def test_taught_replies_in_bf16_through_the_fast_decode_path(taught_checkpoint_d
 
 def test_image_prompts_with_the_triton_kernels(random_tiny_engine_dir):
     """Two images in one prompt, with a chunk budget smaller than an image: the Triton backends (spans
-    bidirectional inside the prefill kernel on sliding layers) decode the reference backends' tokens."""
+    bidirectional inside the prefill kernel on sliding layers) decode the reference backends' tokens.
+    (Kept small: under the interpreter every kernel program is a Python call.)"""
     import numpy as np
     from PIL import Image
 
@@ -166,7 +167,7 @@ def test_image_prompts_with_the_triton_kernels(random_tiny_engine_dir):
         return Image.fromarray(np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8))
 
     prompt = "<bos><|turn>user\nLook: <|image|> and then <|image|> now tell me<turn|>\n<|turn>model\n"
-    request = lambda: GenerateRequest("img", prompt, SamplingParams(max_tokens=6, ignore_eos=True),  # noqa: E731
+    request = lambda: GenerateRequest("img", prompt, SamplingParams(max_tokens=3, ignore_eos=True),  # noqa: E731
                                       images=(noise(120, 90, 1), noise(64, 160, 2)))
     settings = dict(block_size=4, max_model_len=256, max_num_batched_tokens=24, default_image_soft_tokens=70)
     ref = LLMEngine(random_tiny_engine_dir, RuntimeConfig(**settings))
