@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import triton.runtime.interpreter as interpreter  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from random_engine import make_random_engine  # noqa: E402  bench/ is sys.path[0]
+from random_engine import make_random_engine, weights_in_memory  # noqa: E402  bench/ is sys.path[0]
 
 from gemma_runtime.api import GenerateRequest, SamplingParams  # noqa: E402
 from gemma_runtime.config import RuntimeConfig  # noqa: E402
@@ -36,9 +36,8 @@ from gemma_runtime.model.layers import TorchRMSNorm  # noqa: E402
 # ops that only make a new view or read metadata: no kernel on a GPU
 NO_KERNEL = {"view", "_unsafe_view", "slice", "select", "expand", "as_strided", "t", "transpose", "detach", "alias",
              "unsqueeze", "squeeze", "permute", "split", "split_with_sizes", "chunk", "unbind", "reshape", "empty",
-             "empty_like", "empty_strided", "lift_fresh", "_to_copy_noop", "numpy_T", "sym_size", "sym_stride",
-             "is_same_size", "resolve_conj", "resolve_neg", "_reshape_alias", "new_empty", "new_empty_strided",
-             "clone_noop"}
+             "empty_like", "empty_strided", "lift_fresh", "sym_size", "sym_stride", "is_same_size", "resolve_conj",
+             "resolve_neg", "_reshape_alias", "new_empty", "new_empty_strided"}
 
 
 class LaunchCounter(TorchDispatchMode):
@@ -88,8 +87,6 @@ def count_decode_step(engine: LLMEngine) -> Counter[str]:
 def main() -> int:
     with tempfile.TemporaryDirectory(prefix="launches-") as tmp:
         made = make_random_engine("tiny", "bf16", torch.device("cpu"), Path(tmp) / "tiny")
-        from gemma_runtime.weights import load_weights  # noqa: F401  (the engine reads the weights in memory)
-        from random_engine import weights_in_memory
 
         layers = len(made.spec.text.layers)
         print(f"tiny random MoE engine: {layers} layers, one decode step at batch 4, CUDA backends (interpreted)")

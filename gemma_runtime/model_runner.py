@@ -71,11 +71,12 @@ class ModelRunner:
         # the previous launch's sampled tokens [S] and each sampling sequence's row in them
         self._last_tokens: torch.Tensor | None = None
         self._last_rows: dict[int, int] = {}
-        self.block_tables = DeviceBlockTables(max_num_seqs, -(-max_model_len // block_size), device)
+        max_pages = -(-max_model_len // block_size)  # of one sequence
+        self.block_tables = DeviceBlockTables(max_num_seqs, max_pages, device)
         self.graphs = None
         if graph_max_batch > 0:
             self.graphs = DecodeGraphs(self.text, self.kv_caches, device, graph_batch_sizes(graph_max_batch),
-                                       max_pages=-(-max_model_len // block_size), block_size=block_size,
+                                       max_pages=max_pages, block_size=block_size,
                                        scratch_page={"full": num_full_blocks, "sliding": num_sliding_blocks},
                                        pad_token_id=spec.tokens.pad_token_id, capture=capture_graphs)
 

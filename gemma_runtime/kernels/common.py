@@ -2,8 +2,20 @@
 
 from __future__ import annotations
 
+import functools
+
+import torch
 import triton
 import triton.language as tl
+
+
+@functools.lru_cache(maxsize=None)
+def num_sms(device: torch.device) -> int:
+    """Streaming multiprocessors to fill. Under the interpreter a small 8, so that tests see the
+    split paths (split-K, split keys) taken."""
+    if device.type != "cuda":
+        return 8
+    return torch.cuda.get_device_properties(device).multi_processor_count
 
 
 def interpreted(kernel) -> bool:

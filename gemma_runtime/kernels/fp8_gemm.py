@@ -15,13 +15,11 @@ across programs whose float32 partial sums are added afterwards (deterministic, 
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from gemma_runtime.kernels.common import dot, interpreted
+from gemma_runtime.kernels.common import dot, interpreted, num_sms
 
 
 @triton.jit
@@ -56,13 +54,6 @@ def _w8a16_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8  # interpreter: small, so tests see split-K happen
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def w8a16_tiles(rows: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): 16 rows is tl.dot's minimum and a decode batch's usual
     size; a [128, 64] e4m3 weight tile is 8 KB. Compiled for sm_90 (bench/compile_kernels.py): 16x64
@@ -76,7 +67,7 @@ def choose_split_k(rows: int, n: int, k: int, device: torch.device) -> int:
     at least four K tiles (fewer and the partial sums cost more than the parallelism gives)."""
     block_m, block_n, block_k, _ = w8a16_tiles(rows)
     tiles = triton.cdiv(rows, block_m) * triton.cdiv(n, block_n)
-    want = triton.cdiv(2 * _num_sms(device), tiles)
+    want = triton.cdiv(2 * num_sms(device), tiles)
     most = max(1, triton.cdiv(k, block_k) // 4)
     return max(1, min(want, most, 16))
 

@@ -12,13 +12,11 @@ group is padded to 16 rows because tl.dot needs M >= 16.
 
 from __future__ import annotations
 
-import functools
-
 import torch
 import triton
 import triton.language as tl
 
-from gemma_runtime.kernels.common import dot, interpreted
+from gemma_runtime.kernels.common import dot, interpreted, num_sms
 
 
 @triton.jit
@@ -99,13 +97,6 @@ def _decode_merge_kernel(
     tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
 
 
-@functools.lru_cache(maxsize=None)
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8  # interpreter: a few splits, so the merge is exercised
-    return torch.cuda.get_device_properties(device).multi_processor_count
-
-
 def decode_tiles(head_dim: int) -> tuple[int, int]:
     """(BLOCK_N, num_warps). Keys are gathered row by row through the block table, so every element of a
     [BLOCK_N, D] tile carries its own 64-bit address: registers, not shared memory (42 KB at most), are
@@ -116,7 +107,7 @@ def decode_tiles(head_dim: int) -> tuple[int, int]:
 
 def choose_splits(batch: int, kv_heads: int, device: torch.device, max_keys: int | None) -> int:
     """Enough programs for about two waves over the SMs; never more splits than key tiles can fill."""
-    want = triton.cdiv(2 * _num_sms(device), batch * kv_heads)
+    want = triton.cdiv(2 * num_sms(device), batch * kv_heads)
     if max_keys is not None:
         want = min(want, triton.cdiv(max_keys, 32))
     return max(1, min(triton.next_power_of_2(want), 32))
