@@ -71,16 +71,16 @@ def configs():
     yield ("moe align: scatter", moe_gemm._scatter_rows_kernel,
            {"ids_ptr": I64, "run_start_ptr": I32, "fill_ptr": I32, "rows_ptr": I64}, dict(BLOCK=256), 4, 1)
     for tokens in (1, 512):
-        bm, bn, bk = moe_gemm.expert_tiles(tokens)
+        bm, bn, bk, warps, stages = moe_gemm.expert_tiles(tokens)
         for wname, wtype in (("bf16", BF16), ("fp8", FP8)):
             scaled = wname == "fp8"
             yield (f"moe gate_up {wname} M={bm}", moe_gemm._gate_up_kernel,
                    {"x_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "h_ptr": BF16, "rows_ptr": I64, "tile_expert_ptr": I64},
-                   dict(TOP_K=8, HAS_SCALE=scaled, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, F32_DOT=False), 4, 2)  # fmt: skip
+                   dict(TOP_K=8, HAS_SCALE=scaled, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, F32_DOT=False), warps, stages)  # fmt: skip
             yield (f"moe down {wname} M={bm}", moe_gemm._down_kernel,
                    {"h_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "out_ptr": F32, "rows_ptr": I64,
                     "tile_expert_ptr": I64, "routing_ptr": F32},
-                   dict(HAS_SCALE=scaled, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, F32_DOT=False), 4, 2)  # fmt: skip
+                   dict(HAS_SCALE=scaled, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, F32_DOT=False), warps, stages)  # fmt: skip
 
     for rows in (1, 64):
         bm, bn, bk, warps = fp8_gemm.w8a16_tiles(rows)

@@ -173,11 +173,12 @@ def _down_kernel(
                  mask=m_mask[:, None] & n_mask[None, :])
 
 
-def expert_tiles(num_tokens: int) -> tuple[int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K). Decode routes ~k rows per expert hit, so a 16-row tile wastes the
-    least padding (tl.dot's minimum); prefill has hundreds of rows per expert and wants 64-row tiles for
-    operand reuse. 64-wide N and K divide the 26B-A4B's 2816 and 704."""
-    return (16, 64, 64) if num_tokens <= 64 else (64, 64, 64)
+def expert_tiles(num_tokens: int) -> tuple[int, int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Decode routes ~k rows per expert hit, so a
+    16-row tile wastes the least padding (tl.dot's minimum); prefill has hundreds of rows per expert and
+    wants 64-row tiles for operand reuse. 64-wide N and K divide the 26B-A4B's 2816 and 704. Triton's
+    default 4 warps and 3 stages; bench/tune_kernels.py times the alternatives on the GPU."""
+    return (16, 64, 64, 4, 3) if num_tokens <= 64 else (64, 64, 64, 4, 3)
 
 
 def fused_experts(
@@ -193,7 +194,7 @@ def fused_experts(
     E, two_i, _ = gate_up.shape
     Ie = two_i // 2
     top_k = ids.shape[1]
-    block_m, block_n, block_k = expert_tiles(T)
+    block_m, block_n, block_k, warps, stages = expert_tiles(T)
     rows, tile_expert = align_by_expert(ids, E, block_m)
     x = x.contiguous()
     h = torch.empty((rows.numel(), Ie), dtype=x.dtype, device=x.device)  # [P, Ie] in expert-sorted order
@@ -202,7 +203,7 @@ def fused_experts(
         T * top_k, H, Ie, x.stride(0), gate_up.stride(0), gate_up.stride(1),
         gate_up_scale.stride(0) if gate_up_scale is not None else 0, h.stride(0),
         TOP_K=top_k, HAS_SCALE=gate_up_scale is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        F32_DOT=interpreted(_gate_up_kernel),
+        F32_DOT=interpreted(_gate_up_kernel), num_warps=warps, num_stages=stages,
     )  # fmt: skip
     routed = torch.empty((T * top_k, H), dtype=torch.float32, device=x.device)  # [T*k, H] one row per (token, slot)
     _down_kernel[(tile_expert.numel(), triton.cdiv(H, block_n))](
@@ -211,6 +212,6 @@ def fused_experts(
         T * top_k, Ie, H, h.stride(0), down.stride(0), down.stride(1),
         down_scale.stride(0) if down_scale is not None else 0, routed.stride(0),
         HAS_SCALE=down_scale is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        F32_DOT=interpreted(_down_kernel),
+        F32_DOT=interpreted(_down_kernel), num_warps=warps, num_stages=stages,
     )  # fmt: skip
     return routed.view(T, top_k, H).sum(1).to(x.dtype)  # [T, k, H] -> [T, H]

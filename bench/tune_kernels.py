@@ -1,0 +1,303 @@
+"""Time every Triton kernel's tile candidates at the 26B-A4B's and the 31B's real shapes; print the fastest.
+
+Each kernel takes its tiles from one small function (paged_decode.decode_tiles, paged_prefill.prefill_tiles,
+moe_gemm.expert_tiles, fp8_gemm.w8a16_tiles). For every shape below this script swaps in each candidate,
+runs the kernel once (Triton compiles it), checks the output against the current tiles' output (a wrong
+candidate is reported, never chosen), then times it: on CUDA through a CUDA graph
+(triton.testing.do_bench_cudagraph), so the GPU time is measured and not the host's launch cost.
+The `w8a16-switch` cases time the two FP8 linear paths (W8A16 kernel vs quantized activations and
+torch._scaled_mm) over the row counts around linear.W8A16_MAX_ROWS.
+
+    python bench/tune_kernels.py [--kernels decode,prefill,moe,w8a16,w8a16-switch] [--models 26b,31b]
+                                 [--results FILE.jsonl] [--dry-run]
+
+A result line per (case, candidate) is appended to --results as JSON. What to change in the tile
+functions is then read off the printed table; nothing is changed automatically. Without CUDA, or with
+--dry-run, tiny shapes and two candidates per case run under Triton's interpreter, which tests the
+script (tests/unit/test_tune_kernels_dry_run.py); those times say nothing about speed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import statistics
+import sys
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from types import ModuleType
+from typing import Callable
+
+import torch
+
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")  # read when triton is first imported, just below
+
+import triton  # noqa: E402
+
+from random_engine import MODELS, SLIDING_WINDOW  # noqa: E402  (bench/ is sys.path[0])
+
+from gemma_runtime.kernels import fp8_gemm, moe_gemm, paged_decode, paged_prefill  # noqa: E402
+from gemma_runtime.model import linear  # noqa: E402
+from gemma_runtime.model.linear import quantize_per_row  # noqa: E402
+
+BLOCK_SIZE = 16  # the runtime's KV page size (RuntimeConfig.block_size)
+
+
+@dataclass(frozen=True)
+class Case:
+    kernel: str  # which tile function (or, for "w8a16-switch", which path) the candidates replace
+    shape: str  # the shape, in words
+    module: ModuleType
+    attr: str  # the module attribute each candidate replaces
+    candidates: tuple  # values for `attr`: tile tuples, or row limits for the switch
+    make_run: Callable[[torch.device], Callable[[], torch.Tensor]]  # builds inputs once, returns the launch
+    tile_arg: int = 0  # what the wrapper passes the tile function (head_dim, rows or tokens)
+    tolerance: float = 2e-2  # largest error relative to the output's largest magnitude that still counts as right
+
+    def current(self):
+        """What the runtime picks today for this shape."""
+        value = getattr(self.module, self.attr)
+        return value(self.tile_arg) if callable(value) else value
+
+
+@contextmanager
+def replaced(module: ModuleType, attr: str, candidate):
+    """module.attr answers `candidate` (a tile function becomes a constant one) while the block runs."""
+    old = getattr(module, attr)
+    setattr(module, attr, (lambda *_: candidate) if callable(old) else candidate)
+    try:
+        yield
+    finally:
+        setattr(module, attr, old)
+
+
+def rel_error(out: torch.Tensor, ref: torch.Tensor) -> float:
+    return float((out.float() - ref.float()).abs().max() / ref.float().abs().max().clamp(min=1e-6))
+
+
+def time_ms(run: Callable[[], torch.Tensor], device: torch.device) -> float:
+    if device.type == "cuda":
+        return triton.testing.do_bench_cudagraph(run, rep=20, return_mode="median")
+    times = []
+    for _ in range(2):
+        start = time.perf_counter()
+        run()
+        times.append(time.perf_counter() - start)
+    return 1e3 * statistics.median(times)
+
+
+# ------------------------------------------------------------------ inputs
+
+
+def paged_kv(batch: int, ctx: int, kv_heads: int, head_dim: int, device: torch.device):
+    """Caches holding `batch` sequences of `ctx` keys each on consecutive pages, and their block tables."""
+    pages = -(-ctx // BLOCK_SIZE)
+    slots = batch * pages * BLOCK_SIZE
+    k = torch.randn(slots, kv_heads, head_dim, device=device, dtype=torch.bfloat16)  # [slots, Hkv, D]
+    v = torch.randn_like(k)
+    tables = torch.arange(batch * pages, device=device, dtype=torch.int64).view(batch, pages)  # [B, pages]
+    return k, v, tables
+
+
+def decode_run(batch: int, ctx: int, heads: int, kv_heads: int, head_dim: int, window: int | None):
+    def make(device: torch.device):
+        q = torch.randn(batch, heads, head_dim, device=device, dtype=torch.bfloat16)  # [B, Hq, D]
+        k, v, tables = paged_kv(batch, ctx, kv_heads, head_dim, device)
+        lens = torch.full((batch,), ctx, device=device, dtype=torch.int64)
+        return lambda: paged_decode.paged_decode_attention(q, k, v, tables, lens, BLOCK_SIZE, window)
+
+    return make
+
+
+def prefill_run(tokens: int, heads: int, kv_heads: int, head_dim: int, window: int | None):
+    def make(device: torch.device):
+        q = torch.randn(tokens, heads, head_dim, device=device, dtype=torch.bfloat16)  # [T, Hq, D]
+        k, v, tables = paged_kv(1, tokens, kv_heads, head_dim, device)
+        starts = torch.tensor([0, tokens], device=device, dtype=torch.int64)
+        positions = torch.arange(tokens, device=device, dtype=torch.int64)
+        return lambda: paged_prefill.paged_prefill_attention(q, k, v, tables, starts, positions, tokens, BLOCK_SIZE, window)
+
+    return make
+
+
+def fp8_rows(rows: int, cols: int, device: torch.device, lead: tuple[int, ...] = ()):
+    """Random weights [*lead, rows, cols] quantized per row like an FP8 engine: (e4m3, float32 scales)."""
+    w = torch.randn(*lead, rows, cols, device=device, dtype=torch.bfloat16) * cols**-0.5
+    q, scale = quantize_per_row(w)  # [*lead, rows, cols], [*lead, rows]
+    return q, scale
+
+
+def moe_run(tokens: int, hidden: int, experts: int, top_k: int, inter: int, fp8: bool):
+    def make(device: torch.device):
+        x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16)  # [T, H]
+        logits = torch.randn(tokens, experts, device=device)
+        weights, ids = torch.softmax(logits, -1).topk(top_k, dim=-1)  # [T, k] each
+        weights = weights / weights.sum(-1, keepdim=True)
+        if fp8:
+            gate_up, gate_up_scale = fp8_rows(2 * inter, hidden, device, (experts,))  # [E, 2Ie, H], [E, 2Ie]
+            down, down_scale = fp8_rows(hidden, inter, device, (experts,))  # [E, H, Ie], [E, H]
+        else:
+            gate_up = torch.randn(experts, 2 * inter, hidden, device=device, dtype=torch.bfloat16) * hidden**-0.5
+            down = torch.randn(experts, hidden, inter, device=device, dtype=torch.bfloat16) * inter**-0.5
+            gate_up_scale = down_scale = None
+        return lambda: moe_gemm.fused_experts(x, weights, ids, gate_up, down, gate_up_scale, down_scale)
+
+    return make
+
+
+def w8a16_run(rows: int, n: int, k: int, path=None):
+    """path None: the W8A16 kernel itself; else linear.fp8_linear (whichever path the row limit picks)."""
+
+    def make(device: torch.device):
+        x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)  # [M, K]
+        w, scale = fp8_rows(n, k, device)  # [N, K], [N]
+        if path is None:
+            return lambda: fp8_gemm.w8a16_linear(x, w, scale)
+        return lambda: linear.fp8_linear(x, w, scale)
+
+    return make
+
+
+# ------------------------------------------------------------------ cases
+
+
+def grid(*axes) -> tuple:
+    return tuple(itertools.product(*axes))
+
+
+def model_cases(model: str, kernels: set[str]) -> list[Case]:
+    t = MODELS[model]["text"]
+    hq, h, window = t["num_attention_heads"], t["hidden_size"], SLIDING_WINDOW[model]
+    sliding = (t["num_key_value_heads"], t["head_dim"], window)
+    full = (t["num_global_key_value_heads"], t["global_head_dim"], None)
+    cases: list[Case] = []
+    if "decode" in kernels:
+        decode_tiles = grid((16, 32, 64), (2, 4, 8))  # (BLOCK_N, num_warps)
+        for (kvh, d, win), batch, ctx in [(sliding, 1, 4096), (sliding, 64, 4096), (sliding, 256, 2048),
+                                          (full, 1, 32768), (full, 64, 4096), (full, 256, 2048)]:  # fmt: skip
+            cases.append(Case("decode", f"{model} d={d} {'sliding' if win else 'full'} B={batch} ctx={ctx}",
+                              paged_decode, "decode_tiles", decode_tiles, decode_run(batch, ctx, hq, kvh, d, win), d))
+    if "prefill" in kernels:
+        prefill_tiles = grid((32, 64, 128), (16, 32, 64), (4, 8), (2, 3))  # (BLOCK_M, BLOCK_N, warps, stages)
+        for kvh, d, win in (sliding, full):
+            cases.append(Case("prefill", f"{model} d={d} {'sliding' if win else 'full'} 2048 tokens", paged_prefill,
+                              "prefill_tiles", prefill_tiles, prefill_run(2048, hq, kvh, d, win), d))
+    if "moe" in kernels and MODELS[model]["kind"] == "moe":
+        e, k, ie = t["num_experts"], t["top_k_experts"], t["moe_intermediate_size"]
+        for tokens in (1, 16, 64, 512, 2048):
+            bms = (16, 32) if tokens <= 64 else (32, 64, 128)
+            tiles = grid(bms, (32, 64, 128), (64, 128), (4, 8), (3,))  # (BLOCK_M, BLOCK_N, BLOCK_K, warps, stages)
+            for fp8 in (False, True):
+                cases.append(Case("moe", f"{model} {'fp8' if fp8 else 'bf16'} experts T={tokens}", moe_gemm,
+                                  "expert_tiles", tiles, moe_run(tokens, h, e, k, ie, fp8), tokens))
+    layers = {"qkv": ((hq + 2 * sliding[0]) * sliding[1], h), "o": (h, hq * sliding[1]),
+              "gate_up": (2 * t["intermediate_size"], h), "down": (h, t["intermediate_size"])}  # name: (N, K)
+    if "w8a16" in kernels:
+        for rows in (1, 16, 64):
+            bms = (16,) if rows <= 16 else (64,)
+            tiles = grid(bms, (32, 64, 128), (128, 256), (4, 8))  # (BLOCK_M, BLOCK_N, BLOCK_K, warps)
+            for name, (n, kk) in layers.items():
+                cases.append(Case("w8a16", f"{model} {name} [{n}x{kk}] M={rows}", fp8_gemm, "w8a16_tiles", tiles,
+                                  w8a16_run(rows, n, kk), rows))
+    if "w8a16-switch" in kernels:
+        for rows in (16, 32, 64, 128, 256, 512):
+            for name, (n, kk) in layers.items():
+                # 0: every row count through _scaled_mm; a huge limit: all through the W8A16 kernel. The two
+                # differ by the activations' e4m3 rounding, hence the looser tolerance
+                cases.append(Case("w8a16-switch", f"{model} {name} [{n}x{kk}] M={rows}", linear, "W8A16_MAX_ROWS",
+                                  (0, 1 << 30), w8a16_run(rows, n, kk, path="fp8_linear"), tolerance=0.1))
+    return cases
+
+
+def dry_cases(kernels: set[str]) -> list[Case]:
+    """Tiny shapes for the interpreter: the script's every path, two candidates per case."""
+    cases = []
+    if "decode" in kernels:
+        cases += [Case("decode", f"tiny d={d} B={b}", paged_decode, "decode_tiles", ((16, 4), (32, 2)),
+                       decode_run(b, 40, 4, 2, d, 8 if d == 32 else None), d) for d, b in ((32, 1), (64, 3))]
+    if "prefill" in kernels:
+        cases.append(Case("prefill", "tiny d=32 24 tokens", paged_prefill, "prefill_tiles", ((16, 16, 4, 2), (32, 16, 4, 2)),
+                          prefill_run(24, 4, 2, 32, 8), 32))
+    if "moe" in kernels:
+        cases += [Case("moe", f"tiny {'fp8' if fp8 else 'bf16'} T={t}", moe_gemm, "expert_tiles",
+                       ((16, 32, 64, 4, 3), (32, 64, 32, 4, 3)), moe_run(t, 64, 8, 2, 32, fp8), t) for t, fp8 in ((3, False), (40, True))]
+    if "w8a16" in kernels:
+        cases.append(Case("w8a16", "tiny [96x128] M=5", fp8_gemm, "w8a16_tiles", ((16, 32, 64, 4), (16, 64, 128, 4)),
+                          w8a16_run(5, 96, 128), 5))
+    if "w8a16-switch" in kernels:
+        cases.append(Case("w8a16-switch", "tiny [96x128] M=20", linear, "W8A16_MAX_ROWS", (0, 1 << 30),
+                          w8a16_run(20, 96, 128, path="fp8_linear"), tolerance=0.1))
+    return cases
+
+
+# ------------------------------------------------------------------ run
+
+
+def tune(case: Case, device: torch.device, write) -> None:
+    run = case.make_run(device)
+    ref = run()  # the current tiles (and the kernel compiled once for them)
+    rows = []
+    for candidate in case.candidates:
+        with replaced(case.module, case.attr, candidate):
+            try:
+                err = rel_error(run(), ref)
+                ms = time_ms(run, device) if err < case.tolerance else float("nan")
+                status = "ok" if err < case.tolerance else f"WRONG (relative error {err:.3g})"
+            except Exception as e:  # noqa: BLE001  a candidate the compiler rejects (registers, shared memory)
+                ms, status = float("nan"), f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+        rows.append((candidate, ms, status))
+        write({"kernel": case.kernel, "shape": case.shape, "candidate": list(candidate) if isinstance(candidate, tuple)
+               else candidate, "ms": None if ms != ms else ms, "status": status})  # fmt: skip
+    base = time_ms(run, device)  # the current choice, timed like the candidates
+    timed = [r for r in rows if r[2] == "ok"]
+    best = min(timed, key=lambda r: r[1]) if timed else None
+    now = case.current()
+    print(f"{case.kernel:12} {case.shape:44} now {str(now):22} {base * 1e3:10.1f} us   best {str(best[0]) if best else '-':22} "
+          f"{best[1] * 1e3 if best else float('nan'):10.1f} us  {base / best[1] if best else float('nan'):5.2f}x", flush=True)  # fmt: skip
+    for candidate, ms, status in rows:
+        if status != "ok":
+            print(f"    {str(candidate):22} {status}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--kernels", default="decode,prefill,moe,w8a16,w8a16-switch")
+    p.add_argument("--models", default="26b,31b")
+    p.add_argument("--results", default=None, help="append one JSON line per (case, candidate) here")
+    p.add_argument("--dry-run", action="store_true", help="tiny shapes under the interpreter (tests the script)")
+    args = p.parse_args(argv)
+
+    dry = args.dry_run or not torch.cuda.is_available()
+    device = torch.device("cpu" if dry else "cuda")
+    kernels = set(args.kernels.split(","))
+    unknown = kernels - {"decode", "prefill", "moe", "w8a16", "w8a16-switch"}
+    if unknown:
+        p.error(f"unknown kernels: {sorted(unknown)}")
+    cases = dry_cases(kernels) if dry else [c for m in args.models.split(",") for c in model_cases(m, kernels)]
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu-interpreter"
+    print(f"tuning on {gpu}: triton {triton.__version__}, torch {torch.__version__}; {len(cases)} cases"
+          f"{' [dry run: tiny shapes, not speed figures]' if dry else ''}")
+    out = open(args.results, "a") if args.results else None  # noqa: SIM115  closed below
+    torch.manual_seed(0)
+
+    def write(record: dict) -> None:
+        if out:
+            out.write(json.dumps({"gpu": gpu, "triton": triton.__version__, **record}) + "\n")
+            out.flush()
+
+    try:
+        for case in cases:
+            tune(case, device, write)
+    finally:
+        if out:
+            out.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
