@@ -1,0 +1,56 @@
+"""bench/profile_decode.py: the dry run profiles real decode steps of the tiny random engine (graphs and
+overlap on, as on a GPU) and writes a Chrome trace and a summary whose parts add up."""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import REPO_ROOT
+
+BENCH = REPO_ROOT / "bench"
+
+
+def test_dry_run_writes_a_trace_and_a_summary_that_adds_up(tmp_path):
+    proc = subprocess.run([sys.executable, str(BENCH / "profile_decode.py"), "--dry-run", "--batch", "2",
+                           "--decode-graphs", "on", "--overlap", "on", "--out", str(tmp_path)],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "tiny-bf16-batch2: graphs on, overlap on" in proc.stdout
+    summary = json.loads((tmp_path / "tiny-bf16-batch2.summary.json").read_text())
+    assert summary["graphs"] and summary["overlap"] and summary["steps"] == 3
+    assert 0 < summary["kernel_ms_per_step"] < summary["wall_ms_per_step"]
+    assert math.isclose(sum(summary["parts_ms_per_step"].values()), summary["kernel_ms_per_step"], rel_tol=1e-6)
+    assert "aten::mm" in summary["top_kernels_us_per_step"]  # the projections ran inside the profile
+    trace = json.loads((tmp_path / "tiny-bf16-batch2.trace.json").read_text())
+    assert any(e.get("name") == "aten::mm" for e in trace["traceEvents"])
+
+
+@pytest.fixture
+def profile_decode():
+    sys.path.insert(0, str(BENCH))
+    try:
+        import profile_decode
+    finally:
+        sys.path.remove(str(BENCH))
+    return profile_decode
+
+
+@pytest.mark.parametrize("kernel, part", [
+    ("_decode_split_kernel", "attention (+KV writes)"),
+    ("_prefill_kernel", "attention (+KV writes)"),
+    ("_gate_up_kernel", "MoE experts and routing"),
+    ("_expert_tiles_kernel", "MoE experts and routing"),
+    ("_w8a16_kernel", "GEMMs (projections, LM head)"),
+    ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "GEMMs (projections, LM head)"),
+    ("nvjet_tst_128x64_64x8_2x1_v_bz_TNN", "GEMMs (projections, LM head)"),
+    ("_rms_norm_kernel", "norms and rope"),
+    ("void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float>", "sampling"),
+    ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::BFloat16>>", "elementwise and copies"),
+])  # fmt: skip
+def test_cuda_kernel_names_land_in_their_part(profile_decode, kernel, part):
+    assert profile_decode.part_of(kernel) == part
