@@ -103,6 +103,7 @@ def configs():
 
 
 def main() -> int:
+    print(f"triton {triton.__version__}, target sm_{TARGET.arch} (the lent H100's image has triton 3.6: compile with that one to see what it will run)")
     print(f"{'kernel':34} {'shared KB':>9} {'regs':>5} {'local':>6} {'HGMMA':>6} {'HMMA':>5} {'STL':>4} {'LDL':>4}")
     failed = 0
     for name, fn, types, constexprs, warps, stages in configs():

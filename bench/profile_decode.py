@@ -4,7 +4,7 @@ Builds the same random-weight engine as `make bench` (bench/random_engine.py), f
 profiles `--steps` decode steps after a warm-up. Prints the wall time per step, the GPU kernel time per
 step (their difference is time the GPU waited for the host), the kernel time by part of the model
 (attention, experts, GEMMs, norms, sampling...), and the top kernels; writes a Chrome trace (open in
-ui.perfetto.dev) next to the JSON summary.
+ui.perfetto.dev; gzipped) next to the JSON summary.
 
     python bench/profile_decode.py [--model 26b] [--dtype bf16] [--batch 1] [--steps 20]
                                    [--decode-graphs auto|on|off] [--overlap auto|on|off] [--out DIR] [--dry-run]
@@ -130,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
     for kernel, us in top:
         print(f"{kernel[:70]:70} {us / steps:9.1f}")
 
-    trace = out / f"{name}.trace.json"
+    trace = out / f"{name}.trace.json.gz"  # gzipped: a GPU trace runs to tens of MB
     prof.export_chrome_trace(str(trace))
     summary = dict(model=model, dtype=args.dtype, batch=args.batch, steps=steps, device=str(device),
                    graphs=bool(engine.runner.graphs), overlap=engine.overlap, wall_ms_per_step=wall_ms,

@@ -3,6 +3,7 @@ overlap on, as on a GPU) and writes a Chrome trace and a summary whose parts add
 
 from __future__ import annotations
 
+import gzip
 import json
 import math
 import subprocess
@@ -26,7 +27,7 @@ def test_dry_run_writes_a_trace_and_a_summary_that_adds_up(tmp_path):
     assert 0 < summary["kernel_ms_per_step"] < summary["wall_ms_per_step"]
     assert math.isclose(sum(summary["parts_ms_per_step"].values()), summary["kernel_ms_per_step"], rel_tol=1e-6)
     assert "aten::mm" in summary["top_kernels_us_per_step"]  # the projections ran inside the profile
-    trace = json.loads((tmp_path / "tiny-bf16-batch2.trace.json").read_text())
+    trace = json.loads(gzip.decompress((tmp_path / "tiny-bf16-batch2.trace.json.gz").read_bytes()))
     assert any(e.get("name") == "aten::mm" for e in trace["traceEvents"])
 
 
