@@ -1,0 +1,39 @@
+"""bench/gpu_session.sh: the steps a GPU session chains run the bench scripts with a given python and
+leave their figures and logs in $OUT (what comes back from the device machine)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from tests.conftest import REPO_ROOT
+
+SCRIPT = REPO_ROOT / "bench" / "gpu_session.sh"
+
+
+def run_step(tmp_path, *args: str) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / "out"), SITE=str(tmp_path / "site"))
+    return subprocess.run(["bash", str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+
+
+def test_chained_steps_leave_their_figures_and_logs_in_out(tmp_path):
+    bench = run_step(tmp_path, "bench", "--dry-run", "--dtypes", "bf16")
+    assert bench.returncode == 0, bench.stdout[-2000:] + bench.stderr[-2000:]
+    assert "transformers" in bench.stdout.splitlines()[0]  # the versions line comes first
+    tune = run_step(tmp_path, "tune", "--dry-run", "--kernels", "w8a16")
+    assert tune.returncode == 0, tune.stdout[-2000:] + tune.stderr[-2000:]
+    out = tmp_path / "out"
+    figures = [json.loads(line) for line in (out / "cpu-dry-run.jsonl").read_text().splitlines()]
+    assert {f["dtype"] for f in figures} == {"bf16"} and len(figures) > 10
+    assert [json.loads(line)["kernel"] for line in (out / "tune.jsonl").read_text().splitlines()] == ["w8a16"] * 2
+    assert "figures appended" in (out / "bench.log").read_text()
+    assert "tuning on" in (out / "tune.log").read_text()
+
+
+def test_a_failing_step_fails_the_chain(tmp_path):
+    failed = run_step(tmp_path, "bench", "--dry-run", "--models", "70b")
+    assert failed.returncode != 0  # the python error is not swallowed by the log's tee
+    unknown = run_step(tmp_path, "benchmark")
+    assert unknown.returncode == 2 and "unknown step" in unknown.stderr
