@@ -64,10 +64,9 @@ def configs():
     yield ("moe route E=128 k=8", moe_routing._route_kernel, {"logits_ptr": F32, "weights_ptr": F32, "ids_ptr": I64},
            dict(E=128, E_PAD=128, TOP_K=8), 1, 2)
     I32 = "*i32"
-    yield ("moe align: count", moe_gemm._count_experts_kernel, {"ids_ptr": I64, "counts_ptr": I32}, dict(BLOCK=256), 4, 1)
-    yield ("moe align: tiles", moe_gemm._expert_tiles_kernel,
-           {"counts_ptr": I32, "run_start_ptr": I32, "tile_expert_ptr": I64, "rows_ptr": I64},
-           dict(E=128, E_PAD=128, BLOCK_M=16, TILES=32, SLOTS=1024), 4, 1)  # fmt: skip
+    yield ("moe align: layout", moe_gemm._expert_layout_kernel,
+           {"ids_ptr": I64, "run_start_ptr": I32, "fill_ptr": I32, "tile_expert_ptr": I64, "rows_ptr": I64},
+           dict(E=128, E_PAD=128, BLOCK_M=16, IDS=1024, TILES=32, SLOTS=1024), 4, 1)  # fmt: skip
     yield ("moe align: scatter", moe_gemm._scatter_rows_kernel,
            {"ids_ptr": I64, "run_start_ptr": I32, "fill_ptr": I32, "rows_ptr": I64}, dict(BLOCK=256), 4, 1)
     for tokens in (1, 512):
@@ -89,6 +88,11 @@ def configs():
                    {"x_ptr": BF16, "w_ptr": FP8, "scale_ptr": F32, "out_ptr": BF16 if splits == 1 else F32},
                    dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=splits, F32_DOT=False), warps, 3)  # fmt: skip
 
+    for d, nq, nkv, k_eq_v in ((256, 16, 8, False), (512, 16, 2, True)):  # the 26B-A4B's sliding and full layers
+        yield (f"qkv norm+rope+cache write d={d}", rms_norm._qkv_norm_kernel,
+               {"qkv_ptr": BF16, "q_w_ptr": BF16, "k_w_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32, "q_out_ptr": BF16,
+                "k_cache_ptr": BF16, "v_cache_ptr": BF16, "slots_ptr": I64},
+               dict(NQ=nq, NKV=nkv, D=d, K_EQ_V=k_eq_v, BLOCK=d), min(16, max(1, d // 256)), 1)  # fmt: skip
     for h in (256, 512, 2816, 5376):  # head dims (q/k/v norms) and the two hidden sizes
         block = triton.next_power_of_2(h)
         for residual, rope in ((False, False), (True, False), (False, True)):

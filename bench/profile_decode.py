@@ -38,7 +38,7 @@ from gemma_runtime.llm_engine import LLMEngine
 # kernel (or, on CPU, operator) name -> part of the model; first match wins
 PARTS: tuple[tuple[str, str], ...] = (
     (r"_decode_split|_decode_merge|_prefill_kernel|attention|index_copy|index_put", "attention (+KV writes)"),
-    (r"_gate_up|_down_kernel|_count_experts|_expert_tiles|_scatter_rows|_route", "MoE experts and routing"),
+    (r"_gate_up|_down_kernel|_expert_layout|_scatter_rows|_route", "MoE experts and routing"),
     (r"_w8a16|gemm|gemv|cutlass|xmma|sm90|nvjet|aten::mm|aten::addmm|aten::linear|scaled_mm", "GEMMs (projections, LM head)"),
     (r"_rms_norm|rms|norm", "norms and rope"),
     (r"softmax|topk|sort|multinomial|argmax|exponential|cumsum|sampl", "sampling"),

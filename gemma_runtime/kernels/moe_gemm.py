@@ -1,7 +1,7 @@
 """Fused MoE experts: a grouped GEMM over the routed (token, expert) pairs sorted by expert.
 
 Layout. The T*k routed rows are grouped by expert and each expert's run is padded to a multiple of
-BLOCK_M, so every BLOCK_M-row tile belongs to one expert (`align_by_expert`: three small kernels, no
+BLOCK_M, so every BLOCK_M-row tile belongs to one expert (`align_by_expert`: two small kernels, no
 host synchronisation; the tile count is an upper bound that depends only on T).
 
 Two kernels:
@@ -25,25 +25,26 @@ from gemma_runtime.kernels.common import dot, interpreted
 
 
 @triton.jit
-def _count_experts_kernel(ids_ptr, counts_ptr, n, BLOCK: tl.constexpr):
-    offs = tl.program_id(0) * BLOCK + tl.arange(0, BLOCK)
-    mask = offs < n
-    tl.atomic_add(counts_ptr + tl.load(ids_ptr + offs, mask=mask, other=0), 1, mask=mask)
-
-
-@triton.jit
-def _expert_tiles_kernel(
-    counts_ptr, run_start_ptr, tile_expert_ptr, rows_ptr, n, num_tiles, num_slots,
-    E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, TILES: tl.constexpr, SLOTS: tl.constexpr,
+def _expert_layout_kernel(
+    ids_ptr, run_start_ptr, fill_ptr, tile_expert_ptr, rows_ptr, n, num_tiles, num_slots,
+    E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, IDS: tl.constexpr, TILES: tl.constexpr,
+    SLOTS: tl.constexpr,
 ):
-    """One program: each expert's run rounded up to whole tiles, where each run starts, each tile's
-    expert (-1 past the last run), and every row slot marked as padding (n) before the scatter."""
+    """One program: rows per expert (a histogram, so no counters to zero first), each expert's run rounded
+    up to whole tiles, where each run starts, each tile's expert (-1 past the last run), every row slot
+    marked as padding (n), and the scatter's fill counters set to zero."""
     e = tl.arange(0, E_PAD)
     e_mask = e < E
-    counts = tl.load(counts_ptr + e, mask=e_mask, other=0)
+    counts = tl.zeros([E_PAD], dtype=tl.int32)
+    for i0 in range(0, n, IDS):
+        offs = i0 + tl.arange(0, IDS)
+        in_range = offs < n
+        ids = tl.load(ids_ptr + offs, mask=in_range, other=0).to(tl.int32)
+        counts += tl.histogram(ids, E_PAD, mask=in_range)
     padded = (counts + BLOCK_M - 1) // BLOCK_M * BLOCK_M
     run_end = tl.cumsum(padded, 0)  # [E_PAD]
     tl.store(run_start_ptr + e, run_end - padded, mask=e_mask)
+    tl.store(fill_ptr + e, counts * 0, mask=e_mask)
     total = tl.sum(padded, 0)
     for t0 in range(0, num_tiles, TILES):
         t = t0 + tl.arange(0, TILES)
@@ -69,25 +70,24 @@ def align_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[
     """ids [T, k] -> (rows [P] int64: flat routed row t*k+j grouped by expert, T*k where padding;
     tile_expert [P / block_m] int64: each tile's expert, -1 for tiles past the end).
 
-    Three small kernels (count, lay out the runs, scatter) instead of a dozen torch ops, none of which
-    reads anything back to the host. Within an expert's run the rows land in whatever order the atomic
+    Two small kernels (count and lay out the runs in one program, then scatter) instead of a dozen torch
+    ops, neither of which reads anything back to the host. Within an expert's run the rows land in whatever order the atomic
     counter hands out places; that order changes nothing, since every row of a tile is computed on its
     own and written to its own (token, slot) place."""
     flat = ids.flatten()  # [N = T*k]
     n = flat.numel()
     # every expert's run rounds up to whole tiles: at most n / block_m full tiles plus one partial per expert hit
     num_tiles = triton.cdiv(n, block_m) + min(num_experts, n)
-    counters = torch.zeros(2 * num_experts, dtype=torch.int32, device=flat.device)  # [E] counts, [E] fill
-    counts, fill = counters[:num_experts], counters[num_experts:]
     run_start = torch.empty(num_experts, dtype=torch.int32, device=flat.device)
+    fill = torch.empty(num_experts, dtype=torch.int32, device=flat.device)  # zeroed by the layout kernel
     rows = torch.empty(num_tiles * block_m, dtype=torch.int64, device=flat.device)
     tile_expert = torch.empty(num_tiles, dtype=torch.int64, device=flat.device)
     if n == 0:
         return rows, tile_expert
+    _expert_layout_kernel[(1,)](flat, run_start, fill, tile_expert, rows, n, num_tiles, rows.numel(), E=num_experts,
+                                E_PAD=triton.next_power_of_2(num_experts), BLOCK_M=block_m, IDS=1024, TILES=32,
+                                SLOTS=1024)  # fmt: skip
     block = 256
-    _count_experts_kernel[(triton.cdiv(n, block),)](flat, counts, n, BLOCK=block)
-    _expert_tiles_kernel[(1,)](counts, run_start, tile_expert, rows, n, num_tiles, rows.numel(), E=num_experts,
-                               E_PAD=triton.next_power_of_2(num_experts), BLOCK_M=block_m, TILES=32, SLOTS=1024)
     _scatter_rows_kernel[(triton.cdiv(n, block),)](flat, run_start, fill, rows, n, BLOCK=block)
     return rows, tile_expert
 

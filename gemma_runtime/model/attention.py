@@ -2,6 +2,8 @@
 
 Each layer's cache is a pair of flat tensors [num_slots, kv_heads, head_dim] indexed by slot
 (block * block_size + offset). Sliding layers and full layers have their own page pools and block tables.
+The step's own K/V are already in the cache when attention runs: the norm backend's `qkv` step writes
+them (model/layers.py; on CUDA one kernel normalises q, k, v and stores k, v in place).
 """
 
 from __future__ import annotations
@@ -12,11 +14,6 @@ import torch.nn.functional as F
 from gemma_runtime.engine_config import LayerSpec
 from gemma_runtime.forward_batch import ForwardBatch
 from gemma_runtime.model.registry import register
-
-
-def write_kv(k_cache: torch.Tensor, v_cache: torch.Tensor, k: torch.Tensor, v: torch.Tensor, slots: torch.Tensor) -> None:
-    k_cache.index_copy_(0, slots, k.to(k_cache.dtype))
-    v_cache.index_copy_(0, slots, v.to(v_cache.dtype))
 
 
 def _key_mask(
@@ -40,20 +37,17 @@ class TorchPagedAttention:
     def __call__(
         self,
         q: torch.Tensor,  # [T, Hq, d]
-        k: torch.Tensor,  # [T, Hkv, d]
-        v: torch.Tensor,  # [T, Hkv, d]
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: tuple[torch.Tensor, torch.Tensor],  # [slots, Hkv, d] each, this step's K/V included
         batch: ForwardBatch,
         layer: LayerSpec,
         sliding_window: int,
     ) -> torch.Tensor:
         k_cache, v_cache = kv_cache
-        write_kv(k_cache, v_cache, k, v, batch.slot_mapping[layer.type])
         is_sliding = layer.type == "sliding"
         window = sliding_window if is_sliding else None
         block_tables = batch.block_tables[layer.type]
         out = torch.empty_like(q)
-        group = q.shape[1] // k.shape[1]
+        group = q.shape[1] // k_cache.shape[1]
         starts = batch.query_start.tolist()
         for b, ctx in enumerate(batch.context_lens.tolist()):
             q_lo, q_hi = starts[b], starts[b + 1]

@@ -15,8 +15,7 @@ from gemma_runtime.kernels.moe_gemm import fused_experts
 from gemma_runtime.kernels.moe_routing import route as fused_route
 from gemma_runtime.kernels.paged_decode import paged_decode_attention
 from gemma_runtime.kernels.paged_prefill import paged_prefill_attention
-from gemma_runtime.kernels.rms_norm import fused_rms_norm
-from gemma_runtime.model.attention import write_kv
+from gemma_runtime.kernels.rms_norm import fused_qkv_norm, fused_rms_norm
 from gemma_runtime.model.registry import register
 
 
@@ -35,16 +34,13 @@ class TritonPagedAttention:
     def __call__(
         self,
         q: torch.Tensor,  # [T, Hq, d]
-        k: torch.Tensor,  # [T, Hkv, d]
-        v: torch.Tensor,  # [T, Hkv, d]
-        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: tuple[torch.Tensor, torch.Tensor],  # [slots, Hkv, d] each, this step's K/V included
         batch: ForwardBatch,
         layer: LayerSpec,
         sliding_window: int,
     ) -> torch.Tensor:
         is_sliding = layer.type == "sliding"
         k_cache, v_cache = kv_cache
-        write_kv(k_cache, v_cache, k, v, batch.slot_mapping[layer.type])
         window = sliding_window if is_sliding else None
         tables = batch.block_tables[layer.type]
         spans = batch.span_bounds if is_sliding else None  # full layers stay causal over image tokens
@@ -80,8 +76,15 @@ class TritonFusedExperts:
 @register("norm", "cuda")
 class TritonRMSNorm:
     """((residual +) rms_norm(x) * weight) (* scale), or rope(rms_norm(x) * weight), in one kernel,
-    rounding where the reference does."""
+    rounding where the reference does; `qkv` does a layer's q, k and v norms and K/V writes in one."""
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
                  scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         return fused_rms_norm(x, weight, eps, residual, scale, rope)
+
+    def qkv(self, qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, k_eq_v: bool,
+            q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, rope: tuple[torch.Tensor, torch.Tensor],
+            kv_cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
+        """TorchRMSNorm.qkv in one kernel: the q, k and v norms, rope, and the K/V cache writes."""
+        return fused_qkv_norm(qkv, num_q_heads, num_kv_heads, head_dim, k_eq_v, q_weight, k_weight, eps, rope,
+                              kv_cache[0], kv_cache[1], slots)

@@ -94,14 +94,8 @@ class Gemma4TextModel:
     def _attention(self, p, layer: LayerSpec, h, cos_sin, batch, kv_cache) -> torch.Tensor:
         nq, nkv, d = self.spec.num_attention_heads, layer.num_kv_heads, layer.head_dim
         qkv = linear(h, self.w, p + "attn.qkv_proj.weight")  # [T, (nq + 2nkv) d] or [T, (nq + nkv) d] on K=V layers
-        q = qkv[:, : nq * d].view(-1, nq, d)  # [T, nq, d]
-        k = qkv[:, nq * d : (nq + nkv) * d].view(-1, nkv, d)  # [T, nkv, d]
-        # On K=V layers V is the raw (pre-norm, un-rotated) K projection.
-        v = k if layer.k_eq_v else qkv[:, (nq + nkv) * d :].view(-1, nkv, d)  # [T, nkv, d]
-        eps = self.spec.rms_norm_eps
-        cos, sin = cos_sin  # [T, d] float32
-        q = self.norm(q, self.w[p + "attn.q_norm.weight"], eps, rope=(cos, sin))
-        k = self.norm(k, self.w[p + "attn.k_norm.weight"], eps, rope=(cos, sin))
-        v = self.norm(v, None, eps)
-        o = self.attention(q, k, v, kv_cache, batch, layer, self.spec.sliding_window)  # [T, nq, d]
+        # q and k normed and rotated, v normed; k and v go straight into this layer's cache pages
+        q = self.norm.qkv(qkv, nq, nkv, d, layer.k_eq_v, self.w[p + "attn.q_norm.weight"], self.w[p + "attn.k_norm.weight"],
+                          self.spec.rms_norm_eps, cos_sin, kv_cache, batch.slot_mapping[layer.type])  # [T, nq, d]
+        o = self.attention(q, kv_cache, batch, layer, self.spec.sliding_window)  # [T, nq, d]
         return linear(o.reshape(o.shape[0], nq * d), self.w, p + "attn.o_proj.weight")  # [T, H]

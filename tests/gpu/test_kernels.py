@@ -104,8 +104,11 @@ def layer(kind: str, d: int, hkv: int) -> LayerSpec:
 def compare_backends(step, kind: str, window: int) -> float:
     q, k, v, (kc, vc), batch = step
     spec = layer(kind, q.shape[-1], k.shape[1])
-    ref = TorchPagedAttention()(q, k, v, (kc.clone(), vc.clone()), batch, spec, window)
-    out = TritonPagedAttention()(q, k, v, (kc.clone(), vc.clone()), batch, spec, window)
+    slots = batch.slot_mapping[kind]
+    kc.index_copy_(0, slots, k)  # the step's own K/V are in the cache before attention runs
+    vc.index_copy_(0, slots, v)
+    ref = TorchPagedAttention()(q, (kc, vc), batch, spec, window)
+    out = TritonPagedAttention()(q, (kc, vc), batch, spec, window)
     return rel_err(out, ref)
 
 
@@ -283,6 +286,35 @@ def test_fused_rms_norm_matches_the_reference(dtype, form):
     else:
         torch.testing.assert_close(out, ref, rtol=2 ** -7, atol=2 ** -4)
         if CUDA:
+            assert (out == ref).float().mean() > 0.97
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d, k_eq_v", [(256, False), (512, True), (32, False)], ids=["sliding 256", "K=V 512", "tiny"])
+def test_fused_qkv_norm_writes_the_cache_and_returns_q_like_the_reference(dtype, d, k_eq_v):
+    """One launch for a layer's q/k/v norms, rope and K/V cache writes, against TorchRMSNorm.qkv (three
+    norms and two index_copy writes). Slots are scattered; every slot not written must keep its NaN."""
+    g = torch.Generator().manual_seed(d)
+    T, nq, nkv, slots_total = 5, 4, 2, 40
+    qkv = (torch.randn(T, (nq + (1 if k_eq_v else 2) * nkv) * d, generator=g) * 3).to(DEVICE, dtype)
+    q_w, k_w = ((torch.rand(d, generator=g) + 0.5).to(DEVICE, dtype) for _ in range(2))
+    inv_freq = rope_inv_freq(d, 1e6, d // 8 if k_eq_v else d // 2)  # full layers: proportional rope
+    rope = tuple(t.to(DEVICE) for t in rope_cos_sin(torch.tensor([0, 1, 7, 300, 5000]), inv_freq))
+    slots = torch.tensor([17, 3, 38, 0, 22], device=DEVICE)
+    caches = {name: [torch.full((slots_total, nkv, d), float("nan"), dtype=dtype, device=DEVICE) for _ in range(2)]
+              for name in ("ref", "out")}  # fmt: skip
+    ref_q = TorchRMSNorm().qkv(qkv, nq, nkv, d, k_eq_v, q_w, k_w, 1e-6, rope, caches["ref"], slots)
+    out_q = TritonRMSNorm().qkv(qkv, nq, nkv, d, k_eq_v, q_w, k_w, 1e-6, rope, caches["out"], slots)
+    assert out_q.shape == ref_q.shape == (T, nq, d) and out_q.dtype == dtype
+    untouched = torch.ones(slots_total, dtype=torch.bool, device=DEVICE)
+    untouched[slots] = False
+    for ref, out in zip(caches["ref"], caches["out"]):
+        assert out[untouched].isnan().all() and not out[slots].isnan().any()
+    # the same rounding allowance as the single norms above (sum of squares in another order)
+    tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2**-7, atol=2**-4)
+    for ref, out in [(ref_q, out_q), *((r[slots], o[slots]) for r, o in zip(caches["ref"], caches["out"]))]:
+        torch.testing.assert_close(out, ref, **tol)
+        if CUDA and dtype == torch.bfloat16:
             assert (out == ref).float().mean() > 0.97
 
 

@@ -45,7 +45,7 @@ def profile_decode():
     ("_decode_split_kernel", "attention (+KV writes)"),
     ("_prefill_kernel", "attention (+KV writes)"),
     ("_gate_up_kernel", "MoE experts and routing"),
-    ("_expert_tiles_kernel", "MoE experts and routing"),
+    ("_expert_layout_kernel", "MoE experts and routing"),
     ("_w8a16_kernel", "GEMMs (projections, LM head)"),
     ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "GEMMs (projections, LM head)"),
     ("nvjet_tst_128x64_64x8_2x1_v_bz_TNN", "GEMMs (projections, LM head)"),
