@@ -91,8 +91,13 @@ def configs():
     for d, nq, nkv, k_eq_v in ((256, 16, 8, False), (512, 16, 2, True)):  # the 26B-A4B's sliding and full layers
         yield (f"qkv norm+rope+cache write d={d}", rms_norm._qkv_norm_kernel,
                {"qkv_ptr": BF16, "q_w_ptr": BF16, "k_w_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32, "q_out_ptr": BF16,
-                "k_cache_ptr": BF16, "v_cache_ptr": BF16, "slots_ptr": I64},
+                "k_cache_ptr": BF16, "v_cache_ptr": BF16, "slots_ptr": I64, "eps": "fp32"},
                dict(NQ=nq, NKV=nkv, D=d, K_EQ_V=k_eq_v, BLOCK=d), min(16, max(1, d // 256)), 1)  # fmt: skip
+    yield ("rms_norm H=2816 router (*scale*factor)", rms_norm._rms_norm_kernel,
+           {"x_ptr": BF16, "w_ptr": BF16, "res_ptr": BF16, "scale_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32,
+            "post_ptr": BF16, "out_ptr": BF16, "post_factor": "fp32", "eps": "fp32"},
+           dict(HAS_WEIGHT=False, HAS_RESIDUAL=False, HAS_SCALE=False, HAS_ROPE=False, HAS_POST=True, BLOCK=4096),
+           16, 1)  # fmt: skip
     for h in (256, 512, 2816, 5376):  # head dims (q/k/v norms) and the two hidden sizes
         block = triton.next_power_of_2(h)
         for residual, rope in ((False, False), (True, False), (False, True)):
@@ -101,8 +106,9 @@ def configs():
             extra = " +residual*scale" if residual else " +rope" if rope else ""
             yield (f"rms_norm H={h}{extra}", rms_norm._rms_norm_kernel,
                    {"x_ptr": BF16, "w_ptr": BF16, "res_ptr": BF16, "scale_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32,
-                    "out_ptr": BF16},
-                   dict(HAS_WEIGHT=True, HAS_RESIDUAL=residual, HAS_SCALE=residual, HAS_ROPE=rope, BLOCK=block),
+                    "post_ptr": BF16, "out_ptr": BF16, "post_factor": "fp32", "eps": "fp32"},
+                   dict(HAS_WEIGHT=True, HAS_RESIDUAL=residual, HAS_SCALE=residual, HAS_ROPE=rope, HAS_POST=False,
+                        BLOCK=block),
                    min(16, max(1, block // 256)), 1)  # fmt: skip
 
 

@@ -52,7 +52,7 @@ def topk_softmax(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.
 def route(
     residual: torch.Tensor, router_proj: torch.Tensor, router_scale: torch.Tensor, top_k: int, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as gemma_runtime.model.moe.route: the norm is the fused RMSNorm kernel, the [T,H]x[H,E]
-    GEMM stays with cuBLAS, and the softmax/top-k/renormalise tail is the fused kernel."""
-    hidden = fused_rms_norm(residual, None, eps) * router_scale * residual.shape[-1] ** -0.5
+    """Same contract as gemma_runtime.model.moe.route: the norm and both scalings are one fused RMSNorm
+    launch, the [T,H]x[H,E] GEMM stays with cuBLAS, and the softmax/top-k/renormalise tail is the fused kernel."""
+    hidden = fused_rms_norm(residual, None, eps, post=(router_scale, residual.shape[-1] ** -0.5))  # [T, H]
     return topk_softmax(torch.nn.functional.linear(hidden, router_proj), top_k)
