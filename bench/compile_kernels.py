@@ -19,7 +19,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from gemma_runtime.kernels import fp8_gemm, moe_gemm, moe_routing, paged_decode, paged_prefill, rms_norm
+from gemma_runtime.kernels import fp8_gemm, geglu, moe_gemm, moe_routing, paged_decode, paged_prefill, rms_norm
 
 TARGET = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 227 * 1024
@@ -93,6 +93,11 @@ def configs():
                {"qkv_ptr": BF16, "q_w_ptr": BF16, "k_w_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32, "q_out_ptr": BF16,
                 "k_cache_ptr": BF16, "v_cache_ptr": BF16, "slots_ptr": I64, "eps": "fp32"},
                dict(NQ=nq, NKV=nkv, D=d, K_EQ_V=k_eq_v, BLOCK=d), min(16, max(1, d // 256)), 1)  # fmt: skip
+    yield ("moe epilogue H=2816 k=8", rms_norm._moe_epilogue_kernel,
+           {"dense_ptr": BF16, "experts_ptr": F32, "res_ptr": BF16, "w_dense_ptr": BF16, "w_experts_ptr": BF16,
+            "w_post_ptr": BF16, "scalar_ptr": BF16, "out_ptr": BF16, "eps": "fp32"},
+           dict(SLOTS=8, BLOCK=4096), 16, 1)  # fmt: skip
+    yield ("geglu", geglu._geglu_kernel, {"x_ptr": BF16, "out_ptr": BF16}, dict(BLOCK=1024), 4, 1)
     yield ("rms_norm H=2816 router (*scale*factor)", rms_norm._rms_norm_kernel,
            {"x_ptr": BF16, "w_ptr": BF16, "res_ptr": BF16, "scale_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32,
             "post_ptr": BF16, "out_ptr": BF16, "post_factor": "fp32", "eps": "fp32"},

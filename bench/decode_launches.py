@@ -30,14 +30,14 @@ from random_engine import make_random_engine, weights_in_memory  # noqa: E402  b
 from gemma_runtime.api import GenerateRequest, SamplingParams  # noqa: E402
 from gemma_runtime.config import RuntimeConfig  # noqa: E402
 from gemma_runtime.llm_engine import LLMEngine  # noqa: E402
-from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonPagedAttention, TritonRMSNorm  # noqa: E402
-from gemma_runtime.model.layers import TorchRMSNorm  # noqa: E402
+from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonGEGLU, TritonPagedAttention, TritonRMSNorm  # noqa: E402
+from gemma_runtime.model.layers import TorchGEGLU, TorchRMSNorm  # noqa: E402
 
 # ops that only make a new view or read metadata: no kernel on a GPU
 NO_KERNEL = {"view", "_unsafe_view", "slice", "select", "expand", "as_strided", "t", "transpose", "detach", "alias",
              "unsqueeze", "squeeze", "permute", "split", "split_with_sizes", "chunk", "unbind", "reshape", "empty",
              "empty_like", "empty_strided", "lift_fresh", "sym_size", "sym_stride", "is_same_size", "resolve_conj",
-             "resolve_neg", "_reshape_alias", "new_empty", "new_empty_strided"}
+             "resolve_neg", "_reshape_alias", "new_empty", "new_empty_strided", "flatten", "detach_"}
 
 
 class LaunchCounter(TorchDispatchMode):
@@ -91,11 +91,11 @@ def main() -> int:
         layers = len(made.spec.text.layers)
         print(f"tiny random MoE engine: {layers} layers, one decode step at batch 4, CUDA backends (interpreted)")
         rows = []
-        for label, norm in (("reference", TorchRMSNorm()), ("fused Triton", TritonRMSNorm())):
+        for label, norm, geglu in (("reference", TorchRMSNorm(), TorchGEGLU()), ("fused Triton", TritonRMSNorm(), TritonGEGLU())):
             with weights_in_memory(made.weights):
                 engine = LLMEngine(made.engine_dir, RuntimeConfig(block_size=4, max_model_len=64))
             text = engine.runner.text
-            text.attention, text.experts, text.norm = TritonPagedAttention(), TritonFusedExperts(), norm
+            text.attention, text.experts, text.norm, text.geglu = TritonPagedAttention(), TritonFusedExperts(), norm, geglu
             for i in range(4):
                 engine.add_request(GenerateRequest(f"r{i}", [2, 10 + i, 20 + i], SamplingParams(max_tokens=8)))
             while not all(s.output_token_ids for s in engine.scheduler.running) or engine.scheduler.waiting:
@@ -106,9 +106,9 @@ def main() -> int:
             rows.append((label, total, triton_launches, total / layers))
             top = ", ".join(f"{k} {n}" for k, n in ops.most_common(int(os.environ.get("TOP", 6))))
             print(f"  {label}: most frequent: {top}")
-        print(f"\n{'norms (+ add, rope)':24} {'launches/step':>14} {'of which Triton':>16} {'per layer':>10}")
+        print(f"\n{'norms (+ add, rope), GEGLU':26} {'launches/step':>14} {'of which Triton':>16} {'per layer':>10}")
         for label, total, tri, per_layer in rows:
-            print(f"{label:24} {total:>14} {tri:>16} {per_layer:>10.1f}")
+            print(f"{label:26} {total:>14} {tri:>16} {per_layer:>10.1f}")
     return 0
 
 

@@ -31,3 +31,9 @@ def dot(a, b, F32_DOT: tl.constexpr):
     if F32_DOT:
         return tl.dot(a.to(tl.float32), b.to(tl.float32))
     return tl.dot(a, b)
+
+
+@triton.jit
+def gelu_tanh(g):
+    """GELU, tanh approximation, in float32: 0.5 g (1 + tanh(u)) == g * sigmoid(2u), u = sqrt(2/pi) (g + 0.044715 g^3)."""
+    return g * tl.sigmoid(2.0 * 0.7978845608028654 * (g + 0.044715 * g * g * g))

@@ -21,7 +21,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gemma_runtime.kernels.common import dot, interpreted
+from gemma_runtime.kernels.common import dot, gelu_tanh, interpreted
 
 
 @triton.jit
@@ -93,12 +93,6 @@ def align_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[
 
 
 @triton.jit
-def _gelu_tanh(g):
-    # 0.5 g (1 + tanh(u)) == g * sigmoid(2u), u = sqrt(2/pi) (g + 0.044715 g^3)
-    return g * tl.sigmoid(2.0 * 0.7978845608028654 * (g + 0.044715 * g * g * g))
-
-
-@triton.jit
 def _gate_up_kernel(
     x_ptr, w_ptr, scale_ptr, h_ptr, rows_ptr, tile_expert_ptr,
     num_rows, K, I,  # num_rows = T*k; K = hidden; I = expert intermediate
@@ -134,7 +128,7 @@ def _gate_up_kernel(
         if HAS_SCALE:
             acc_g *= tl.load(scale_ptr + expert * stride_se + offs_n, mask=n_mask, other=0.0)[None, :]
             acc_u *= tl.load(scale_ptr + expert * stride_se + I + offs_n, mask=n_mask, other=0.0)[None, :]
-        h = _gelu_tanh(acc_g) * acc_u
+        h = gelu_tanh(acc_g) * acc_u
         tl.store(h_ptr + offs_m[:, None] * stride_h + offs_n[None, :], h.to(h_ptr.dtype.element_ty),
                  mask=m_mask[:, None] & n_mask[None, :])
 
@@ -189,7 +183,10 @@ def fused_experts(
     down: torch.Tensor,  # [E, H, Ie]
     gate_up_scale: torch.Tensor | None = None,  # [E, 2Ie] float32 per output row
     down_scale: torch.Tensor | None = None,  # [E, H] float32 per output row
+    per_slot: bool = False,
 ) -> torch.Tensor:
+    """[T, H] in x's dtype; with per_slot, the float32 rows [T, k, H] before the sum over a token's k experts
+    (the decoder's MoE epilogue sums them inside its norm kernel)."""
     T, H = x.shape
     E, two_i, _ = gate_up.shape
     Ie = two_i // 2
@@ -214,4 +211,6 @@ def fused_experts(
         HAS_SCALE=down_scale is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         F32_DOT=interpreted(_down_kernel), num_warps=warps, num_stages=stages,
     )  # fmt: skip
+    if per_slot:
+        return routed.view(T, top_k, H)  # [T, k, H]
     return routed.view(T, top_k, H).sum(1).to(x.dtype)  # [T, k, H] -> [T, H]

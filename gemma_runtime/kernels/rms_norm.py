@@ -15,6 +15,10 @@ value rounded to the output dtype, then the add and the scalar each rounded as t
 Rows: x is [rows, H], or [T, heads, H] with any stride between tokens (q and k are strided views of
 the fused QKV projection); the output is contiguous.
 
+`fused_moe_epilogue` ends a MoE layer in one launch: the sum over each token's k expert rows, both
+branches' post-norms and their sum, the post-FFN norm, the residual and the layer scalar (the
+reference: a sum, a cast and three norm launches).
+
 `fused_qkv_norm` does a layer's whole attention prologue in one launch: one program per (token, head)
 of the fused QKV projection normalises q (and rotates it) into q's output, k (rotated) and v (no
 weight) straight into the KV cache at the token's slot. The reference is three norms and two cache
@@ -114,6 +118,37 @@ def _qkv_norm_kernel(
             tl.store(dst + cols, y.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
+@triton.jit
+def _norm_values(x, w_ptr, cols, mask, H, eps, out_ty: tl.constexpr):
+    """rms_norm(x) * weight rounded to out_ty, for float32 values already in registers (masked lanes 0)."""
+    inv = 1.0 / tl.sqrt(tl.sum(x * x, 0) / H + eps)
+    return (x * inv * tl.load(w_ptr + cols, mask=mask, other=0.0).to(tl.float32)).to(out_ty)
+
+
+@triton.jit
+def _moe_epilogue_kernel(
+    dense_ptr, experts_ptr, res_ptr, w_dense_ptr, w_experts_ptr, w_post_ptr, scalar_ptr, out_ptr,
+    H, stride_et, stride_ek, eps,  # experts [T, SLOTS, H] (SLOTS 1: already summed), H contiguous
+    SLOTS: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One token: the k expert rows summed (float32, then rounded), both branches post-normed and added,
+    the post-FFN norm, the residual and the layer scalar; each rounding where the reference rounds."""
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < H
+    out_ty = out_ptr.dtype.element_ty
+    e = tl.zeros([BLOCK], dtype=tl.float32)
+    for k in range(SLOTS):
+        e += tl.load(experts_ptr + t * stride_et + k * stride_ek + cols, mask=mask, other=0.0).to(tl.float32)
+    e = e.to(out_ty).to(tl.float32)
+    dense = _norm_values(tl.load(dense_ptr + t * H + cols, mask=mask, other=0.0).to(tl.float32), w_dense_ptr, cols, mask, H, eps, out_ty)
+    m = (dense.to(tl.float32) + _norm_values(e, w_experts_ptr, cols, mask, H, eps, out_ty).to(tl.float32)).to(out_ty)
+    y = _norm_values(m.to(tl.float32), w_post_ptr, cols, mask, H, eps, out_ty)
+    y = (tl.load(res_ptr + t * H + cols, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
+    y = (y.to(tl.float32) * tl.load(scalar_ptr).to(tl.float32)).to(out_ty)
+    tl.store(out_ptr + t * H + cols, y, mask=mask)
+
+
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
                    scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
                    post: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
@@ -164,3 +199,22 @@ def fused_qkv_norm(qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_
             num_warps=min(16, max(1, block // 256)),
         )  # fmt: skip
     return q
+
+
+def fused_moe_epilogue(dense: torch.Tensor, experts: torch.Tensor, residual: torch.Tensor, w_dense: torch.Tensor,
+                       w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, eps: float) -> torch.Tensor:
+    """TorchRMSNorm.moe_epilogue in one launch: dense [T, H] (the dense MLP's output), experts [T, H] or
+    per-slot float32 rows [T, k, H], residual [T, H] contiguous -> the layer's output [T, H]."""
+    T, H = dense.shape
+    dense = dense.contiguous()
+    rows = experts if experts.dim() == 3 else experts.unsqueeze(1)  # [T, k, H] or [T, 1, H]
+    if rows.stride(-1) != 1:
+        rows = rows.contiguous()
+    out = torch.empty_like(dense)
+    if T:
+        block = triton.next_power_of_2(H)
+        _moe_epilogue_kernel[(T,)](
+            dense, rows, residual, w_dense, w_experts, w_post, layer_scalar, out, H, rows.stride(0), rows.stride(1), eps,
+            SLOTS=rows.shape[1], BLOCK=block, num_warps=min(16, max(1, block // 256)),
+        )  # fmt: skip
+    return out

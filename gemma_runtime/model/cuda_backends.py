@@ -11,11 +11,12 @@ import torch
 
 from gemma_runtime.engine_config import LayerSpec
 from gemma_runtime.forward_batch import ForwardBatch
+from gemma_runtime.kernels.geglu import fused_geglu
 from gemma_runtime.kernels.moe_gemm import fused_experts
 from gemma_runtime.kernels.moe_routing import route as fused_route
 from gemma_runtime.kernels.paged_decode import paged_decode_attention
 from gemma_runtime.kernels.paged_prefill import paged_prefill_attention
-from gemma_runtime.kernels.rms_norm import fused_qkv_norm, fused_rms_norm
+from gemma_runtime.kernels.rms_norm import fused_moe_epilogue, fused_qkv_norm, fused_rms_norm
 from gemma_runtime.model.registry import register
 
 
@@ -72,6 +73,13 @@ class TritonFusedExperts:
             return torch.zeros_like(x)
         return fused_experts(x, weights, ids, gate_up, down, gate_up_scale, down_scale)
 
+    def per_slot(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up: torch.Tensor,
+                 down: torch.Tensor, gate_up_scale: torch.Tensor | None = None,
+                 down_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """The experts' float32 rows [T, k, H] before the sum over k, which the norm backend's
+        moe_epilogue does in its own kernel (two launches fewer)."""
+        return fused_experts(x, weights, ids, gate_up, down, gate_up_scale, down_scale, per_slot=True)
+
 
 @register("norm", "cuda")
 class TritonRMSNorm:
@@ -82,9 +90,22 @@ class TritonRMSNorm:
                  scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         return fused_rms_norm(x, weight, eps, residual, scale, rope)
 
+    def moe_epilogue(self, dense: torch.Tensor, experts: torch.Tensor, residual: torch.Tensor, w_dense: torch.Tensor,
+                     w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, eps: float) -> torch.Tensor:
+        """TorchRMSNorm.moe_epilogue in one kernel (the sum over the experts' slots included)."""
+        return fused_moe_epilogue(dense, experts, residual, w_dense, w_experts, w_post, layer_scalar, eps)
+
     def qkv(self, qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, k_eq_v: bool,
             q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, rope: tuple[torch.Tensor, torch.Tensor],
             kv_cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
         """TorchRMSNorm.qkv in one kernel: the q, k and v norms, rope, and the K/V cache writes."""
         return fused_qkv_norm(qkv, num_q_heads, num_kv_heads, head_dim, k_eq_v, q_weight, k_weight, eps, rope,
                               kv_cache[0], kv_cache[1], slots)
+
+
+@register("geglu", "cuda")
+class TritonGEGLU:
+    """gelu_tanh(gate) * up in one kernel, rounding where the reference does."""
+
+    def __call__(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return fused_geglu(gate_up)

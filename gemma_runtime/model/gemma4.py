@@ -12,7 +12,7 @@ import torch.nn.functional as F
 from gemma_runtime.engine_config import LayerSpec, TextSpec
 from gemma_runtime.forward_batch import ForwardBatch
 import gemma_runtime.model.attention  # noqa: F401  (registers the reference backends)
-from gemma_runtime.model.layers import geglu, rope_cos_sin, rope_inv_freq
+from gemma_runtime.model.layers import rope_cos_sin, rope_inv_freq
 from gemma_runtime.model.linear import expert_weights, linear
 from gemma_runtime.model.moe import route
 from gemma_runtime.model.registry import create
@@ -28,6 +28,7 @@ class Gemma4TextModel:
         self.device = device
         self.attention = create("attention", device)
         self.norm = create("norm", device)
+        self.geglu = create("geglu", device)
         self.experts = create("moe", device) if spec.moe else None
         self.inv_freq = [rope_inv_freq(l.head_dim, l.rope_theta, l.rope_angles).to(device) for l in spec.layers]
         # on the device: a host scalar would be copied in every step (and cannot be inside a CUDA graph)
@@ -77,7 +78,7 @@ class Gemma4TextModel:
         x = norm(h, self.w[p + "post_attn_norm.weight"], eps, residual=residual)
 
         residual = x
-        m = linear(geglu(linear(norm(x, self.w[p + "pre_ffn_norm.weight"], eps), self.w, p + "mlp.gate_up_proj.weight")),
+        m = linear(self.geglu(linear(norm(x, self.w[p + "pre_ffn_norm.weight"], eps), self.w, p + "mlp.gate_up_proj.weight")),
                    self.w, p + "mlp.down_proj.weight")
         if self.spec.moe is not None:
             # The dense MLP and the experts run side by side from the same residual, each post-normed.
@@ -86,9 +87,13 @@ class Gemma4TextModel:
             weights, ids = route_tokens(residual, self.w[p + "moe.router_proj.weight"], self.w[p + "moe.router_scale"],
                                         self.spec.moe.top_k, eps)
             expert_in = norm(residual, self.w[p + "moe.pre_norm.weight"], eps)
-            e = self.experts(expert_in, weights, ids, **expert_weights(self.experts, self.w, p))
-            dense = norm(m, self.w[p + "moe.post_norm_dense.weight"], eps)
-            m = norm(e, self.w[p + "moe.post_norm_experts.weight"], eps, residual=dense)  # dense + normed experts
+            # a backend may hand back its per-slot rows [T, k, H] and leave their sum to the epilogue's kernel
+            run_experts = getattr(self.experts, "per_slot", self.experts)
+            e = run_experts(expert_in, weights, ids, **expert_weights(self.experts, self.w, p))
+            # (residual + post_ffn_norm(post_norm_dense(m) + post_norm_experts(e))) * layer_scalar
+            return norm.moe_epilogue(m, e, residual, self.w[p + "moe.post_norm_dense.weight"],
+                                     self.w[p + "moe.post_norm_experts.weight"], self.w[p + "post_ffn_norm.weight"],
+                                     self.w[p + "layer_scalar"], eps)  # fmt: skip
         return norm(m, self.w[p + "post_ffn_norm.weight"], eps, residual=residual, scale=self.w[p + "layer_scalar"])
 
     def _attention(self, p, layer: LayerSpec, h, cos_sin, batch, kv_cache) -> torch.Tensor:

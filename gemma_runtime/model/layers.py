@@ -34,6 +34,15 @@ class TorchRMSNorm:
             y = y * scale
         return y
 
+    def moe_epilogue(self, dense: torch.Tensor, experts: torch.Tensor, residual: torch.Tensor, w_dense: torch.Tensor,
+                     w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, eps: float) -> torch.Tensor:
+        """The end of a MoE layer: (residual + post_ffn_norm(post_norm_dense(dense) + post_norm_experts(experts)))
+        * layer_scalar. `experts` is [T, H], or float32 per-slot rows [T, k, H] still to be summed."""
+        if experts.dim() == 3:
+            experts = experts.sum(1).to(dense.dtype)  # [T, k, H] -> [T, H]
+        m = self(experts, w_experts, eps, residual=self(dense, w_dense, eps))
+        return self(m, w_post, eps, residual=residual, scale=layer_scalar)
+
     def qkv(self, qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, k_eq_v: bool,
             q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, rope: tuple[torch.Tensor, torch.Tensor],
             kv_cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
@@ -61,6 +70,14 @@ def geglu(gate_up: torch.Tensor) -> torch.Tensor:
     """gate_up: [..., 2I] with the gate half first -> [..., I]."""
     gate, up = gate_up.chunk(2, dim=-1)
     return gelu_tanh(gate) * up
+
+
+@register("geglu", "cpu")
+class TorchGEGLU:
+    """The dense MLP's activation; the CUDA backend is one kernel (kernels/geglu.py)."""
+
+    def __call__(self, gate_up: torch.Tensor) -> torch.Tensor:
+        return geglu(gate_up)
 
 
 def rope_inv_freq(head_dim: int, theta: float, rope_angles: int) -> torch.Tensor:

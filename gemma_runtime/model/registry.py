@@ -1,4 +1,4 @@
-"""Backend registries: the model asks for "attention", "moe" or "norm" and gets the implementation registered
+"""Backend registries: the model asks for "attention", "moe", "norm" or "geglu" and gets the implementation registered
 for the device, so the model file never branches on the device."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ from typing import Callable
 
 import torch
 
-_REGISTRIES: dict[str, dict[str, Callable]] = {"attention": {}, "moe": {}, "norm": {}}
+_REGISTRIES: dict[str, dict[str, Callable]] = {"attention": {}, "moe": {}, "norm": {}, "geglu": {}}
 
 
 def register(kind: str, device_type: str):

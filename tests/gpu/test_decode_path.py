@@ -26,7 +26,7 @@ triton = pytest.importorskip("triton")
 from gemma_runtime.api import GenerateRequest, SamplingParams  # noqa: E402
 from gemma_runtime.config import RuntimeConfig  # noqa: E402
 from gemma_runtime.llm_engine import LLMEngine  # noqa: E402
-from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonPagedAttention, TritonRMSNorm  # noqa: E402
+from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonGEGLU, TritonPagedAttention, TritonRMSNorm  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 RUNTIME = str(Path(__import__("gemma_runtime").__file__).parent)
@@ -82,6 +82,7 @@ def engine_on_device(engine_dir, **kwargs) -> LLMEngine:
         engine.runner.text.attention = TritonPagedAttention()
         engine.runner.text.experts = TritonFusedExperts()
         engine.runner.text.norm = TritonRMSNorm()
+        engine.runner.text.geglu = TritonGEGLU()
     return engine
 
 

@@ -27,8 +27,8 @@ from gemma_runtime.kernels.moe_routing import route as fused_route  # noqa: E402
 from gemma_runtime.kernels.paged_decode import paged_decode_attention  # noqa: E402
 from gemma_runtime.model.attention import TorchPagedAttention  # noqa: E402
 from gemma_runtime.kernels.rms_norm import fused_rms_norm  # noqa: E402
-from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonPagedAttention, TritonRMSNorm  # noqa: E402
-from gemma_runtime.model.layers import TorchRMSNorm, rope_cos_sin, rope_inv_freq  # noqa: E402
+from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonGEGLU, TritonPagedAttention, TritonRMSNorm  # noqa: E402
+from gemma_runtime.model.layers import TorchGEGLU, TorchRMSNorm, rope_cos_sin, rope_inv_freq  # noqa: E402
 from gemma_runtime.model.linear import W8A16_MAX_ROWS, dequantize, fp8_linear, linear, quantize_per_row  # noqa: E402
 from gemma_runtime.model.moe import TorchGroupedExperts, route  # noqa: E402
 
@@ -290,6 +290,28 @@ def test_fused_rms_norm_matches_the_reference(dtype, form):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("slots", [0, 8], ids=["summed experts", "per-slot experts"])
+def test_moe_epilogue_in_one_launch_matches_the_reference(dtype, slots):
+    """The end of a MoE layer (sum over the k expert rows, three post-norms, residual, layer scalar)
+    against TorchRMSNorm.moe_epilogue, with the experts' output summed already or as float32 slots."""
+    g = torch.Generator().manual_seed(slots + 3)
+    T, H = 5, 2816
+    dense, residual = ((torch.randn(T, H, generator=g) * 3).to(DEVICE, dtype) for _ in range(2))
+    experts = torch.randn(T, slots, H, generator=g).to(DEVICE) if slots else torch.randn(T, H, generator=g).to(DEVICE, dtype)
+    w_dense, w_experts, w_post = ((torch.rand(H, generator=g) + 0.5).to(DEVICE, dtype) for _ in range(3))
+    scalar = torch.tensor([0.7]).to(DEVICE, dtype)
+    args = (dense, experts, residual, w_dense, w_experts, w_post, scalar, 1e-6)
+    ref = TorchRMSNorm().moe_epilogue(*args)
+    out = TritonRMSNorm().moe_epilogue(*args)
+    assert out.shape == ref.shape == (T, H) and out.dtype == dtype
+    # five roundings in a chain: a value at a rounding boundary may move a step and carry into the next
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2**-6, atol=2**-4)
+    torch.testing.assert_close(out, ref, **tol)
+    if CUDA and dtype == torch.bfloat16:
+        assert (out == ref).float().mean() > 0.95
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 def test_router_norm_with_its_scalings_in_one_launch(dtype):
     """The router's input, rms_norm(x) * router_scale * H^-0.5, as the reference computes and rounds it."""
     g = torch.Generator().manual_seed(11)
@@ -331,6 +353,25 @@ def test_fused_qkv_norm_writes_the_cache_and_returns_q_like_the_reference(dtype,
         torch.testing.assert_close(out, ref, **tol)
         if CUDA and dtype == torch.bfloat16:
             assert (out == ref).float().mean() > 0.97
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("inter", [2112, 40], ids=["26B-A4B dense MLP", "tiny"])
+def test_fused_geglu_matches_the_reference(dtype, inter):
+    """gelu_tanh(gate) * up in one launch against layers.geglu (two torch kernels); gate values span
+    the GELU's curved part and both tails."""
+    g = torch.Generator().manual_seed(inter)
+    gate_up = (torch.randn(7, 2 * inter, generator=g) * 3).to(DEVICE, dtype)
+    ref = TorchGEGLU()(gate_up)
+    out = TritonGEGLU()(gate_up)
+    assert out.shape == ref.shape == (7, inter) and out.dtype == dtype
+    # the GELU is computed as g * sigmoid(2u) rather than with tanh: float32 results a few ulps apart,
+    # which in bf16 can move a value next to a rounding boundary by one step, in each of the two roundings
+    # (the interpreter truncates to bf16 where the GPU rounds to nearest, so there many values differ)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2**-6, atol=2**-6)
+    torch.testing.assert_close(out, ref, **tol)
+    if CUDA and dtype == torch.bfloat16:
+        assert (out == ref).float().mean() > 0.97
 
 
 # ------------------------------------------------------------------ FP8 linear
@@ -387,4 +428,5 @@ def test_engine_greedy_with_triton_backends_matches_reference(random_tiny_engine
     engine.runner.text.attention = TritonPagedAttention()  # on CUDA the registry already chose these
     engine.runner.text.experts = TritonFusedExperts()
     engine.runner.text.norm = TritonRMSNorm()
+    engine.runner.text.geglu = TritonGEGLU()
     assert engine.generate(requests()) == ref
