@@ -93,6 +93,12 @@ def configs():
                {"qkv_ptr": BF16, "q_w_ptr": BF16, "k_w_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32, "q_out_ptr": BF16,
                 "k_cache_ptr": BF16, "v_cache_ptr": BF16, "slots_ptr": I64, "eps": "fp32"},
                dict(NQ=nq, NKV=nkv, D=d, K_EQ_V=k_eq_v, BLOCK=d), min(16, max(1, d // 256)), 1)  # fmt: skip
+    for h, moe in ((2816, True), (5376, False)):
+        yield (f"ffn prologue H={h}{' moe' if moe else ''}", rms_norm._ffn_prologue_kernel,
+               {"h_ptr": BF16, "res_ptr": BF16, "w_post_attn_ptr": BF16, "w_pre_ffn_ptr": BF16, "w_experts_ptr": BF16,
+                "router_scale_ptr": BF16, "x_out_ptr": BF16, "mlp_out_ptr": BF16, "experts_out_ptr": BF16,
+                "router_out_ptr": BF16, "eps": "fp32", "router_factor": "fp32"},
+               dict(HAS_MOE=moe, BLOCK=triton.next_power_of_2(h)), 16, 1)  # fmt: skip
     yield ("moe epilogue H=2816 k=8", rms_norm._moe_epilogue_kernel,
            {"dense_ptr": BF16, "experts_ptr": F32, "res_ptr": BF16, "w_dense_ptr": BF16, "w_experts_ptr": BF16,
             "w_post_ptr": BF16, "scalar_ptr": BF16, "out_ptr": BF16, "eps": "fp32"},

@@ -40,7 +40,7 @@ PARTS: tuple[tuple[str, str], ...] = (
     (r"_decode_split|_decode_merge|_prefill_kernel|attention|index_copy|index_put", "attention (+KV writes)"),
     (r"_gate_up|_down_kernel|_expert_layout|_scatter_rows|_route", "MoE experts and routing"),
     (r"_w8a16|gemm|gemv|cutlass|xmma|sm90|nvjet|aten::mm|aten::addmm|aten::linear|scaled_mm", "GEMMs (projections, LM head)"),
-    (r"_rms_norm|rms|norm", "norms and rope"),
+    (r"_rms_norm|_qkv_norm|_ffn_prologue|_moe_epilogue|rms|norm", "norms and rope"),
     (r"softmax|topk|sort|multinomial|argmax|exponential|cumsum|sampl", "sampling"),
     (r"gelu|tanh|mul|add|copy|fill|cat|index|gather|where", "elementwise and copies"),
 )

@@ -15,6 +15,10 @@ value rounded to the output dtype, then the add and the scalar each rounded as t
 Rows: x is [rows, H], or [T, heads, H] with any stride between tokens (q and k are strided views of
 the fused QKV projection); the output is contiguous.
 
+`fused_ffn_prologue` starts a layer's feed-forward half in one launch: the post-attention norm and
+residual add, then from that one row the pre-FFN norm and, on MoE layers, the experts' input norm and
+the router's input (the reference: four norm launches and two multiplies).
+
 `fused_moe_epilogue` ends a MoE layer in one launch: the sum over each token's k expert rows, both
 branches' post-norms and their sum, the post-FFN norm, the residual and the layer scalar (the
 reference: a sum, a cast and three norm launches).
@@ -126,6 +130,31 @@ def _norm_values(x, w_ptr, cols, mask, H, eps, out_ty: tl.constexpr):
 
 
 @triton.jit
+def _ffn_prologue_kernel(
+    h_ptr, res_ptr, w_post_attn_ptr, w_pre_ffn_ptr, w_experts_ptr, router_scale_ptr,
+    x_out_ptr, mlp_out_ptr, experts_out_ptr, router_out_ptr, H, eps, router_factor,  # every tensor [T, H] contiguous
+    HAS_MOE: tl.constexpr, BLOCK: tl.constexpr,
+):
+    """One token: x = residual + post_attn_norm(h), then x's pre-FFN norm and, on MoE layers, its experts'
+    norm and the router's input (no-weight norm times router_scale times H^-0.5), all from one read of x."""
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < H
+    row = t * H + cols
+    out_ty = x_out_ptr.dtype.element_ty
+    y = _norm_values(tl.load(h_ptr + row, mask=mask, other=0.0).to(tl.float32), w_post_attn_ptr, cols, mask, H, eps, out_ty)
+    x = (tl.load(res_ptr + row, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
+    tl.store(x_out_ptr + row, x, mask=mask)
+    xf = x.to(tl.float32)
+    tl.store(mlp_out_ptr + row, _norm_values(xf, w_pre_ffn_ptr, cols, mask, H, eps, out_ty), mask=mask)
+    if HAS_MOE:
+        tl.store(experts_out_ptr + row, _norm_values(xf, w_experts_ptr, cols, mask, H, eps, out_ty), mask=mask)
+        r = (xf / tl.sqrt(tl.sum(xf * xf, 0) / H + eps)).to(out_ty)  # the no-weight norm, rounded
+        r = (r.to(tl.float32) * tl.load(router_scale_ptr + cols, mask=mask, other=0.0).to(tl.float32)).to(out_ty)
+        tl.store(router_out_ptr + row, (r.to(tl.float32) * router_factor).to(out_ty), mask=mask)
+
+
+@triton.jit
 def _moe_epilogue_kernel(
     dense_ptr, experts_ptr, res_ptr, w_dense_ptr, w_experts_ptr, w_post_ptr, scalar_ptr, out_ptr,
     H, stride_et, stride_ek, eps,  # experts [T, SLOTS, H] (SLOTS 1: already summed), H contiguous
@@ -218,3 +247,22 @@ def fused_moe_epilogue(dense: torch.Tensor, experts: torch.Tensor, residual: tor
             SLOTS=rows.shape[1], BLOCK=block, num_warps=min(16, max(1, block // 256)),
         )  # fmt: skip
     return out
+
+
+def fused_ffn_prologue(h: torch.Tensor, residual: torch.Tensor, w_post_attn: torch.Tensor, w_pre_ffn: torch.Tensor,
+                       eps: float, w_experts_in: torch.Tensor | None = None, router_scale: torch.Tensor | None = None):
+    """TorchRMSNorm.ffn_prologue in one launch: h and residual [T, H] -> (x, mlp_in, experts_in, router_in),
+    the last two None unless w_experts_in and router_scale are given."""
+    T, H = h.shape
+    h, residual = h.contiguous(), residual.contiguous()
+    moe = w_experts_in is not None
+    x, mlp_in = torch.empty_like(h), torch.empty_like(h)
+    experts_in, router_in = (torch.empty_like(h), torch.empty_like(h)) if moe else (None, None)
+    if T:
+        block = triton.next_power_of_2(H)
+        _ffn_prologue_kernel[(T,)](
+            h, residual, w_post_attn, w_pre_ffn, w_experts_in if moe else w_pre_ffn, router_scale if moe else w_pre_ffn,
+            x, mlp_in, experts_in if moe else x, router_in if moe else x, H, eps, H**-0.5,
+            HAS_MOE=moe, BLOCK=block, num_warps=min(16, max(1, block // 256)),
+        )  # fmt: skip
+    return x, mlp_in, experts_in, router_in

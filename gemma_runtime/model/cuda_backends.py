@@ -14,9 +14,11 @@ from gemma_runtime.forward_batch import ForwardBatch
 from gemma_runtime.kernels.geglu import fused_geglu
 from gemma_runtime.kernels.moe_gemm import fused_experts
 from gemma_runtime.kernels.moe_routing import route as fused_route
+from gemma_runtime.kernels.moe_routing import route_hidden as fused_route_hidden
 from gemma_runtime.kernels.paged_decode import paged_decode_attention
 from gemma_runtime.kernels.paged_prefill import paged_prefill_attention
-from gemma_runtime.kernels.rms_norm import fused_moe_epilogue, fused_qkv_norm, fused_rms_norm
+from gemma_runtime.kernels.rms_norm import fused_ffn_prologue, fused_moe_epilogue, fused_qkv_norm, fused_rms_norm
+from gemma_runtime.model.layers import FFNInputs
 from gemma_runtime.model.registry import register
 
 
@@ -58,6 +60,7 @@ class TritonFusedExperts:
     accepts_fp8 = True  # model/linear.py's expert_weights passes e4m3 weights and scales through untouched
 
     route = staticmethod(fused_route)  # same contract as model.moe.route, the softmax/top-k tail fused
+    route_hidden = staticmethod(fused_route_hidden)  # same contract as model.moe.route_hidden
 
     def __call__(
         self,
@@ -89,6 +92,12 @@ class TritonRMSNorm:
     def __call__(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
                  scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
         return fused_rms_norm(x, weight, eps, residual, scale, rope)
+
+    def ffn_prologue(self, h: torch.Tensor, residual: torch.Tensor, w_post_attn: torch.Tensor, w_pre_ffn: torch.Tensor,
+                     eps: float, w_experts_in: torch.Tensor | None = None,
+                     router_scale: torch.Tensor | None = None) -> FFNInputs:
+        """TorchRMSNorm.ffn_prologue in one kernel."""
+        return FFNInputs(*fused_ffn_prologue(h, residual, w_post_attn, w_pre_ffn, eps, w_experts_in, router_scale))
 
     def moe_epilogue(self, dense: torch.Tensor, experts: torch.Tensor, residual: torch.Tensor, w_dense: torch.Tensor,
                      w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, eps: float) -> torch.Tensor:

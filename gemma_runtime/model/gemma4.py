@@ -14,7 +14,7 @@ from gemma_runtime.forward_batch import ForwardBatch
 import gemma_runtime.model.attention  # noqa: F401  (registers the reference backends)
 from gemma_runtime.model.layers import rope_cos_sin, rope_inv_freq
 from gemma_runtime.model.linear import expert_weights, linear
-from gemma_runtime.model.moe import route
+from gemma_runtime.model.moe import route_hidden
 from gemma_runtime.model.registry import create
 
 
@@ -75,21 +75,20 @@ class Gemma4TextModel:
         norm = self.norm  # each call: ((residual +) rms_norm(x) * w) (* scale), one kernel on CUDA
         residual = x
         h = self._attention(p, layer, norm(x, self.w[p + "input_norm.weight"], eps), cos_sin, batch, kv_cache)
-        x = norm(h, self.w[p + "post_attn_norm.weight"], eps, residual=residual)
-
-        residual = x
-        m = linear(self.geglu(linear(norm(x, self.w[p + "pre_ffn_norm.weight"], eps), self.w, p + "mlp.gate_up_proj.weight")),
-                   self.w, p + "mlp.down_proj.weight")
-        if self.spec.moe is not None:
+        moe = self.spec.moe is not None
+        # the new residual and every input the FFN half needs from it (one kernel on CUDA)
+        ffn = norm.ffn_prologue(h, residual, self.w[p + "post_attn_norm.weight"], self.w[p + "pre_ffn_norm.weight"], eps,
+                                *((self.w[p + "moe.pre_norm.weight"], self.w[p + "moe.router_scale"]) if moe else ()))
+        residual = ffn.residual
+        m = linear(self.geglu(linear(ffn.mlp_in, self.w, p + "mlp.gate_up_proj.weight")), self.w, p + "mlp.down_proj.weight")
+        if moe:
             # The dense MLP and the experts run side by side from the same residual, each post-normed.
-            # A backend may bring its own router (the Triton one fuses softmax, top-k and renormalise).
-            route_tokens = getattr(self.experts, "route", route)
-            weights, ids = route_tokens(residual, self.w[p + "moe.router_proj.weight"], self.w[p + "moe.router_scale"],
-                                        self.spec.moe.top_k, eps)
-            expert_in = norm(residual, self.w[p + "moe.pre_norm.weight"], eps)
+            # A backend may bring its own router tail (the Triton one fuses softmax, top-k and renormalise).
+            route_tokens = getattr(self.experts, "route_hidden", route_hidden)
+            weights, ids = route_tokens(ffn.router_in, self.w[p + "moe.router_proj.weight"], self.spec.moe.top_k)
             # a backend may hand back its per-slot rows [T, k, H] and leave their sum to the epilogue's kernel
             run_experts = getattr(self.experts, "per_slot", self.experts)
-            e = run_experts(expert_in, weights, ids, **expert_weights(self.experts, self.w, p))
+            e = run_experts(ffn.experts_in, weights, ids, **expert_weights(self.experts, self.w, p))
             # (residual + post_ffn_norm(post_norm_dense(m) + post_norm_experts(e))) * layer_scalar
             return norm.moe_epilogue(m, e, residual, self.w[p + "moe.post_norm_dense.weight"],
                                      self.w[p + "moe.post_norm_experts.weight"], self.w[p + "post_ffn_norm.weight"],

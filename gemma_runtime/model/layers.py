@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
@@ -15,6 +17,21 @@ def rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float) -> torch.
     if weight is not None:
         out = out * weight.float()
     return out.type_as(x)
+
+
+def router_input(x: torch.Tensor, router_scale: torch.Tensor, eps: float) -> torch.Tensor:
+    """What the MoE router projects: rms_norm(x) without a weight, times router_scale, times H^-0.5."""
+    return rms_norm(x, None, eps) * router_scale * x.shape[-1] ** -0.5
+
+
+@dataclass(frozen=True)
+class FFNInputs:
+    """What the feed-forward half of a layer starts from, all [T, H]."""
+
+    residual: torch.Tensor  # residual + post_attn_norm(attention output): the FFN's residual
+    mlp_in: torch.Tensor  # pre_ffn_norm(residual), the dense MLP's input
+    experts_in: torch.Tensor | None  # moe.pre_norm(residual), the experts' input (MoE layers)
+    router_in: torch.Tensor | None  # router_input(residual), what the router projects (MoE layers)
 
 
 @register("norm", "cpu")
@@ -33,6 +50,17 @@ class TorchRMSNorm:
         if scale is not None:
             y = y * scale
         return y
+
+    def ffn_prologue(self, h: torch.Tensor, residual: torch.Tensor, w_post_attn: torch.Tensor, w_pre_ffn: torch.Tensor,
+                     eps: float, w_experts_in: torch.Tensor | None = None,
+                     router_scale: torch.Tensor | None = None) -> FFNInputs:
+        """From the attention output h to the FFN's inputs: the new residual, then its pre-FFN norm and,
+        on MoE layers (w_experts_in and router_scale given), the experts' and the router's inputs."""
+        x = self(h, w_post_attn, eps, residual=residual)
+        mlp_in = self(x, w_pre_ffn, eps)
+        if w_experts_in is None:
+            return FFNInputs(x, mlp_in, None, None)
+        return FFNInputs(x, mlp_in, self(x, w_experts_in, eps), router_input(x, router_scale, eps))
 
     def moe_epilogue(self, dense: torch.Tensor, experts: torch.Tensor, residual: torch.Tensor, w_dense: torch.Tensor,
                      w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, eps: float) -> torch.Tensor:

@@ -5,22 +5,25 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gemma_runtime.model.layers import geglu, rms_norm
+from gemma_runtime.model.layers import geglu, router_input
 from gemma_runtime.model.registry import register
+
+
+def route_hidden(hidden: torch.Tensor, router_proj: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Gemma 4 router from its input (layers.router_input): softmax over ALL experts, top-k, renormalise.
+    Returns weights [T, k], ids [T, k]. The per-expert scale is already folded into each expert's down
+    projection by the builder."""
+    probs = F.softmax(F.linear(hidden, router_proj), dim=-1, dtype=torch.float32)  # [T, E]
+    weights, ids = torch.topk(probs, k=top_k, dim=-1)
+    weights = weights / weights.sum(dim=-1, keepdim=True)
+    return weights, ids
 
 
 def route(
     residual: torch.Tensor, router_proj: torch.Tensor, router_scale: torch.Tensor, top_k: int, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gemma 4 router: softmax over ALL experts, top-k, renormalise. Returns weights [T, k], ids [T, k].
-
-    The per-expert scale is already folded into each expert's down projection by the builder.
-    """
-    hidden = rms_norm(residual, None, eps) * router_scale * residual.shape[-1] ** -0.5
-    probs = F.softmax(F.linear(hidden, router_proj), dim=-1, dtype=torch.float32)  # [T, E]
-    weights, ids = torch.topk(probs, k=top_k, dim=-1)
-    weights = weights / weights.sum(dim=-1, keepdim=True)
-    return weights, ids
+    """The whole router from the layer's residual stream: weights [T, k], ids [T, k]."""
+    return route_hidden(router_input(residual, router_scale, eps), router_proj, top_k)
 
 
 @register("moe", "cpu")

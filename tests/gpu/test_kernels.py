@@ -290,6 +290,30 @@ def test_fused_rms_norm_matches_the_reference(dtype, form):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("moe", [True, False], ids=["MoE layer", "dense layer"])
+def test_ffn_prologue_in_one_launch_matches_the_reference(dtype, moe):
+    """The start of a layer's FFN half (post-attention norm and residual, then the pre-FFN norm and, on
+    MoE layers, the experts' input norm and the router's input) against TorchRMSNorm.ffn_prologue."""
+    g = torch.Generator().manual_seed(7 + moe)
+    T, H = 5, 2816
+    h, residual = ((torch.randn(T, H, generator=g) * 3).to(DEVICE, dtype) for _ in range(2))
+    w_post_attn, w_pre_ffn, w_experts, router_scale = ((torch.rand(H, generator=g) + 0.5).to(DEVICE, dtype) for _ in range(4))
+    args = (h, residual, w_post_attn, w_pre_ffn, 1e-6, *((w_experts, router_scale) if moe else ()))
+    ref = TorchRMSNorm().ffn_prologue(*args)
+    out = TritonRMSNorm().ffn_prologue(*args)
+    tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2**-6, atol=2**-4)
+    for name in ("residual", "mlp_in", "experts_in", "router_in"):
+        r, o = getattr(ref, name), getattr(out, name)
+        if not moe and name in ("experts_in", "router_in"):
+            assert r is None and o is None
+            continue
+        assert o.shape == r.shape == (T, H) and o.dtype == dtype, name
+        torch.testing.assert_close(o, r, **tol, msg=name)
+        if CUDA and dtype == torch.bfloat16:
+            assert (o == r).float().mean() > 0.95, name
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("slots", [0, 8], ids=["summed experts", "per-slot experts"])
 def test_moe_epilogue_in_one_launch_matches_the_reference(dtype, slots):
     """The end of a MoE layer (sum over the k expert rows, three post-norms, residual, layer scalar)

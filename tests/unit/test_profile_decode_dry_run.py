@@ -50,6 +50,10 @@ def profile_decode():
     ("sm90_xmma_gemm_bf16bf16_bf16f32_f32_tn_n_tilesize128x128x64", "GEMMs (projections, LM head)"),
     ("nvjet_tst_128x64_64x8_2x1_v_bz_TNN", "GEMMs (projections, LM head)"),
     ("_rms_norm_kernel", "norms and rope"),
+    ("_qkv_norm_kernel", "norms and rope"),
+    ("_ffn_prologue_kernel", "norms and rope"),
+    ("_moe_epilogue_kernel", "norms and rope"),
+    ("_geglu_kernel", "elementwise and copies"),
     ("void at::native::(anonymous namespace)::cunn_SoftMaxForward<4, float>", "sampling"),
     ("void at::native::vectorized_elementwise_kernel<4, at::native::CUDAFunctor_add<c10::BFloat16>>", "elementwise and copies"),
 ])  # fmt: skip
