@@ -42,7 +42,7 @@ PARTS: tuple[tuple[str, str], ...] = (
     (r"_w8a16|gemm|gemv|cutlass|xmma|sm90|nvjet|aten::mm|aten::addmm|aten::linear|scaled_mm", "GEMMs (projections, LM head)"),
     (r"_rms_norm|_qkv_norm|_ffn_prologue|_moe_epilogue|rms|norm", "norms and rope"),
     (r"softmax|topk|sort|multinomial|argmax|exponential|cumsum|sampl", "sampling"),
-    (r"gelu|tanh|mul|add|copy|fill|cat|index|gather|where", "elementwise and copies"),
+    (r"geglu|gelu|tanh|mul|add|copy|fill|cat|index|gather|where", "elementwise and copies"),
 )
 
 
