@@ -45,11 +45,12 @@ def configs():
     for d in (256, 512):
         block_n, warps = paged_decode.decode_tiles(d)
         group = 2 if d == 256 else 8  # the 26B-A4B's GQA groups (sliding 16/8, full 16/2)
-        for sliding in (True, False):
-            yield (f"decode d={d} sliding={sliding}", paged_decode._decode_split_kernel,
+        for sliding, splits in ((True, 16), (False, 16), (True, 1)):  # one split: the output written directly
+            yield (f"decode d={d} sliding={sliding} splits={splits}", paged_decode._decode_split_kernel,
                    {"q_ptr": BF16, "k_cache_ptr": BF16, "v_cache_ptr": BF16, "block_tables_ptr": I64,
-                    "context_lens_ptr": I64, "part_out_ptr": F32, "part_lse_ptr": F32},
-                   dict(SLIDING=sliding, GROUP=group, GROUP_PAD=16, HEAD_DIM=d, BLOCK_N=block_n, NUM_SPLITS=16, F32_DOT=False),
+                    "context_lens_ptr": I64, "part_out_ptr": F32, "part_lse_ptr": F32, "out_ptr": BF16},
+                   dict(SLIDING=sliding, GROUP=group, GROUP_PAD=16, HEAD_DIM=d, BLOCK_N=block_n, NUM_SPLITS=splits,
+                        F32_DOT=False),
                    warps, 2)  # fmt: skip
         yield (f"decode merge d={d}", paged_decode._decode_merge_kernel,
                {"part_out_ptr": F32, "part_lse_ptr": F32, "out_ptr": BF16}, dict(HEAD_DIM=d, NUM_SPLITS=16), 4, 2)

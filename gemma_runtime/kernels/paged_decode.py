@@ -2,7 +2,8 @@
 
 Why split: at batch 1 a full-attention layer of the 26B-A4B has 2 KV heads, so one program per
 (sequence, KV head) would light 2 of the H100's 132 SMs. Each program instead takes one slice of the
-keys and writes a partial output with its log-sum-exp; a second tiny kernel merges the slices. The
+keys and writes a partial output with its log-sum-exp; a second tiny kernel merges the slices (a batch
+large enough to fill the SMs unsplit takes one slice, written straight to the output: one launch). The
 number of slices depends only on the batch shape (never on the lengths, which live on the GPU), so the
 launch needs no host synchronisation and can be captured in a CUDA graph.
 
@@ -21,8 +22,8 @@ from gemma_runtime.kernels.common import dot, interpreted, num_sms
 
 @triton.jit
 def _decode_split_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, part_out_ptr, part_lse_ptr,
-    stride_qb, stride_qh,  # q [B, Hq, D], D contiguous
+    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, part_out_ptr, part_lse_ptr, out_ptr,
+    stride_qb, stride_qh,  # q and out [B, Hq, D], D contiguous
     stride_cs, stride_ch,  # caches [slots, Hkv, D], D contiguous
     stride_bt,  # block tables [B, max_pages]
     stride_pb, stride_ph, stride_ps,  # part_out [B, Hq, S, D]
@@ -72,10 +73,14 @@ def _decode_split_kernel(
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
-    lse = tl.where(empty, float("-inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
-    base = b * stride_pb + heads * stride_ph + split * stride_ps  # [GROUP_PAD]
-    tl.store(part_out_ptr + base[:, None] + d[None, :], out, mask=g_mask[:, None])
-    tl.store(part_lse_ptr + b * stride_lb + heads * stride_lh + split, lse, mask=g_mask)
+    if NUM_SPLITS == 1:  # one slice holds every key: the output itself, no partials and no merge launch
+        o_rows = out_ptr + b * stride_qb + heads * stride_qh  # [GROUP_PAD]
+        tl.store(o_rows[:, None] + d[None, :], out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None])
+    else:
+        lse = tl.where(empty, float("-inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
+        base = b * stride_pb + heads * stride_ph + split * stride_ps  # [GROUP_PAD]
+        tl.store(part_out_ptr + base[:, None] + d[None, :], out, mask=g_mask[:, None])
+        tl.store(part_lse_ptr + b * stride_lb + heads * stride_lh + split, lse, mask=g_mask)
 
 
 @triton.jit
@@ -130,17 +135,20 @@ def paged_decode_attention(
     block_n, warps = decode_tiles(D)
     splits = num_splits or choose_splits(B, Hkv, q.device, window)
     q = q.contiguous()
-    part_out = torch.empty((B, Hq, splits, D), dtype=torch.float32, device=q.device)  # [B, Hq, S, D]
-    part_lse = torch.empty((B, Hq, splits), dtype=torch.float32, device=q.device)
+    out = torch.empty_like(q)
+    # one split (a batch that fills the SMs by itself) writes `out` directly; the partials are then unused
+    part_out = torch.empty((B, Hq, splits, D) if splits > 1 else (1, 1, 1, 1), dtype=torch.float32, device=q.device)  # [B, Hq, S, D]
+    part_lse = torch.empty((B, Hq, splits) if splits > 1 else (1, 1, 1), dtype=torch.float32, device=q.device)
     _decode_split_kernel[(B, Hkv, splits)](
-        q, k_cache, v_cache, block_tables, context_lens, part_out, part_lse,
+        q, k_cache, v_cache, block_tables, context_lens, part_out, part_lse, out,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
         part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
         window or 0, block_size,
         SLIDING=window is not None, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=D, BLOCK_N=block_n,
         NUM_SPLITS=splits, F32_DOT=interpreted(_decode_split_kernel), num_warps=warps, num_stages=2,
     )  # fmt: skip
-    out = torch.empty_like(q)
+    if splits == 1:
+        return out
     _decode_merge_kernel[(B, Hq)](
         part_out, part_lse, out, part_out.stride(0), part_out.stride(1), part_out.stride(2),
         part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1), HEAD_DIM=D, NUM_SPLITS=splits, num_warps=4,
