@@ -102,8 +102,11 @@ def configs():
                dict(HAS_MOE=moe, BLOCK=triton.next_power_of_2(h)), 16, 1)  # fmt: skip
     yield ("moe epilogue H=2816 k=8", rms_norm._moe_epilogue_kernel,
            {"dense_ptr": BF16, "experts_ptr": F32, "res_ptr": BF16, "w_dense_ptr": BF16, "w_experts_ptr": BF16,
-            "w_post_ptr": BF16, "scalar_ptr": BF16, "out_ptr": BF16, "eps": "fp32"},
+            "w_post_ptr": BF16, "scalar_ptr": BF16, "w_next_ptr": BF16, "out_ptr": BF16, "next_ptr": BF16, "eps": "fp32"},
            dict(SLOTS=8, BLOCK=4096), 16, 1)  # fmt: skip
+    yield ("layer end H=5376", rms_norm._layer_end_kernel,
+           {"m_ptr": BF16, "res_ptr": BF16, "w_post_ptr": BF16, "scalar_ptr": BF16, "w_next_ptr": BF16, "out_ptr": BF16,
+            "next_ptr": BF16, "eps": "fp32"}, dict(BLOCK=8192), 16, 1)  # fmt: skip
     yield ("geglu", geglu._geglu_kernel, {"x_ptr": BF16, "out_ptr": BF16}, dict(BLOCK=1024), 4, 1)
     yield ("rms_norm H=2816 router (*scale*factor)", rms_norm._rms_norm_kernel,
            {"x_ptr": BF16, "w_ptr": BF16, "res_ptr": BF16, "scale_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32,

@@ -21,7 +21,9 @@ the router's input (the reference: four norm launches and two multiplies).
 
 `fused_moe_epilogue` ends a MoE layer in one launch: the sum over each token's k expert rows, both
 branches' post-norms and their sum, the post-FFN norm, the residual and the layer scalar (the
-reference: a sum, a cast and three norm launches).
+reference: a sum, a cast and three norm launches); `fused_layer_end` ends a dense layer. Both also
+write the result's norm with the next layer's input weight (the final norm's after the last layer),
+so no layer starts with a norm launch of its own.
 
 `fused_qkv_norm` does a layer's whole attention prologue in one launch: one program per (token, head)
 of the fused QKV projection normalises q (and rotates it) into q's output, k (rotated) and v (no
@@ -156,12 +158,13 @@ def _ffn_prologue_kernel(
 
 @triton.jit
 def _moe_epilogue_kernel(
-    dense_ptr, experts_ptr, res_ptr, w_dense_ptr, w_experts_ptr, w_post_ptr, scalar_ptr, out_ptr,
+    dense_ptr, experts_ptr, res_ptr, w_dense_ptr, w_experts_ptr, w_post_ptr, scalar_ptr, w_next_ptr, out_ptr, next_ptr,
     H, stride_et, stride_ek, eps,  # experts [T, SLOTS, H] (SLOTS 1: already summed), H contiguous
     SLOTS: tl.constexpr, BLOCK: tl.constexpr,
 ):
     """One token: the k expert rows summed (float32, then rounded), both branches post-normed and added,
-    the post-FFN norm, the residual and the layer scalar; each rounding where the reference rounds."""
+    the post-FFN norm, the residual and the layer scalar; each rounding where the reference rounds. The
+    result's norm with the next layer's input weight (or the final norm's) goes to next_ptr."""
     t = tl.program_id(0).to(tl.int64)
     cols = tl.arange(0, BLOCK)
     mask = cols < H
@@ -176,6 +179,26 @@ def _moe_epilogue_kernel(
     y = (tl.load(res_ptr + t * H + cols, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
     y = (y.to(tl.float32) * tl.load(scalar_ptr).to(tl.float32)).to(out_ty)
     tl.store(out_ptr + t * H + cols, y, mask=mask)
+    tl.store(next_ptr + t * H + cols, _norm_values(y.to(tl.float32), w_next_ptr, cols, mask, H, eps, out_ty), mask=mask)
+
+
+@triton.jit
+def _layer_end_kernel(
+    m_ptr, res_ptr, w_post_ptr, scalar_ptr, w_next_ptr, out_ptr, next_ptr, H, eps,  # every tensor [T, H] contiguous
+    BLOCK: tl.constexpr,
+):
+    """One token of a dense layer's end: (residual + post_ffn_norm(m)) * layer_scalar, and its norm with
+    the next layer's input weight (or the final norm's)."""
+    t = tl.program_id(0).to(tl.int64)
+    cols = tl.arange(0, BLOCK)
+    mask = cols < H
+    row = t * H + cols
+    out_ty = out_ptr.dtype.element_ty
+    y = _norm_values(tl.load(m_ptr + row, mask=mask, other=0.0).to(tl.float32), w_post_ptr, cols, mask, H, eps, out_ty)
+    y = (tl.load(res_ptr + row, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
+    y = (y.to(tl.float32) * tl.load(scalar_ptr).to(tl.float32)).to(out_ty)
+    tl.store(out_ptr + row, y, mask=mask)
+    tl.store(next_ptr + row, _norm_values(y.to(tl.float32), w_next_ptr, cols, mask, H, eps, out_ty), mask=mask)
 
 
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
@@ -231,22 +254,36 @@ def fused_qkv_norm(qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_
 
 
 def fused_moe_epilogue(dense: torch.Tensor, experts: torch.Tensor, residual: torch.Tensor, w_dense: torch.Tensor,
-                       w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, eps: float) -> torch.Tensor:
+                       w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, w_next: torch.Tensor,
+                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
     """TorchRMSNorm.moe_epilogue in one launch: dense [T, H] (the dense MLP's output), experts [T, H] or
-    per-slot float32 rows [T, k, H], residual [T, H] contiguous -> the layer's output [T, H]."""
+    per-slot float32 rows [T, k, H], residual [T, H] -> (the layer's output, its norm with w_next)."""
     T, H = dense.shape
-    dense = dense.contiguous()
+    dense, residual = dense.contiguous(), residual.contiguous()
     rows = experts if experts.dim() == 3 else experts.unsqueeze(1)  # [T, k, H] or [T, 1, H]
     if rows.stride(-1) != 1:
         rows = rows.contiguous()
-    out = torch.empty_like(dense)
+    out, nxt = torch.empty_like(dense), torch.empty_like(dense)
     if T:
         block = triton.next_power_of_2(H)
         _moe_epilogue_kernel[(T,)](
-            dense, rows, residual, w_dense, w_experts, w_post, layer_scalar, out, H, rows.stride(0), rows.stride(1), eps,
-            SLOTS=rows.shape[1], BLOCK=block, num_warps=min(16, max(1, block // 256)),
+            dense, rows, residual, w_dense, w_experts, w_post, layer_scalar, w_next, out, nxt, H, rows.stride(0),
+            rows.stride(1), eps, SLOTS=rows.shape[1], BLOCK=block, num_warps=min(16, max(1, block // 256)),
         )  # fmt: skip
-    return out
+    return out, nxt
+
+
+def fused_layer_end(m: torch.Tensor, residual: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor,
+                    w_next: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """TorchRMSNorm.layer_end in one launch: m, residual [T, H] -> (the layer's output, its norm with w_next)."""
+    T, H = m.shape
+    m, residual = m.contiguous(), residual.contiguous()
+    out, nxt = torch.empty_like(m), torch.empty_like(m)
+    if T:
+        block = triton.next_power_of_2(H)
+        _layer_end_kernel[(T,)](m, residual, w_post, layer_scalar, w_next, out, nxt, H, eps, BLOCK=block,
+                                num_warps=min(16, max(1, block // 256)))
+    return out, nxt
 
 
 def fused_ffn_prologue(h: torch.Tensor, residual: torch.Tensor, w_post_attn: torch.Tensor, w_pre_ffn: torch.Tensor,

@@ -17,7 +17,8 @@ from gemma_runtime.kernels.moe_routing import route as fused_route
 from gemma_runtime.kernels.moe_routing import route_hidden as fused_route_hidden
 from gemma_runtime.kernels.paged_decode import paged_decode_attention
 from gemma_runtime.kernels.paged_prefill import paged_prefill_attention
-from gemma_runtime.kernels.rms_norm import fused_ffn_prologue, fused_moe_epilogue, fused_qkv_norm, fused_rms_norm
+from gemma_runtime.kernels.rms_norm import (fused_ffn_prologue, fused_layer_end, fused_moe_epilogue, fused_qkv_norm,
+                                            fused_rms_norm)
 from gemma_runtime.model.layers import FFNInputs
 from gemma_runtime.model.registry import register
 
@@ -100,9 +101,15 @@ class TritonRMSNorm:
         return FFNInputs(*fused_ffn_prologue(h, residual, w_post_attn, w_pre_ffn, eps, w_experts_in, router_scale))
 
     def moe_epilogue(self, dense: torch.Tensor, experts: torch.Tensor, residual: torch.Tensor, w_dense: torch.Tensor,
-                     w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, eps: float) -> torch.Tensor:
+                     w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, w_next: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
         """TorchRMSNorm.moe_epilogue in one kernel (the sum over the experts' slots included)."""
-        return fused_moe_epilogue(dense, experts, residual, w_dense, w_experts, w_post, layer_scalar, eps)
+        return fused_moe_epilogue(dense, experts, residual, w_dense, w_experts, w_post, layer_scalar, w_next, eps)
+
+    def layer_end(self, m: torch.Tensor, residual: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor,
+                  w_next: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """TorchRMSNorm.layer_end in one kernel."""
+        return fused_layer_end(m, residual, w_post, layer_scalar, w_next, eps)
 
     def qkv(self, qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, k_eq_v: bool,
             q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, rope: tuple[torch.Tensor, torch.Tensor],

@@ -49,15 +49,18 @@ class Gemma4TextModel:
 
     def forward(self, batch: ForwardBatch, kv_caches: list[tuple[torch.Tensor, torch.Tensor]]) -> torch.Tensor:
         """Returns the final-normed hidden states of the rows in batch.logits_indices: [S, H]."""
-        h = self.embed(batch)
+        x = self.embed(batch)
+        # each layer ends by norming its output with the next one's input weight (the last: the final norm)
+        x_in = self.norm(x, self.w["layers.0.input_norm.weight"], self.spec.rms_norm_eps)
         rope = {}
+        n = len(self.spec.layers)
         for i, layer in enumerate(self.spec.layers):
             key = (layer.head_dim, layer.rope_theta, layer.rope_angles)
             if key not in rope:
                 rope[key] = rope_cos_sin(batch.positions, self.inv_freq[i])
-            h = self._layer(i, layer, h, rope[key], batch, kv_caches[i])
-        h = h[batch.logits_indices]
-        return self.norm(h, self.w["norm.weight"], self.spec.rms_norm_eps)
+            w_next = self.w[f"layers.{i + 1}.input_norm.weight" if i + 1 < n else "norm.weight"]
+            x, x_in = self._layer(i, layer, x, x_in, w_next, rope[key], batch, kv_caches[i])
+        return x_in[batch.logits_indices]  # final-normed (a norm is per row: norming every row first is the same)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """[S, H] -> [S, V] float32 through the tied embedding, with the final soft cap."""
@@ -69,12 +72,14 @@ class Gemma4TextModel:
 
     # --- one decoder layer -------------------------------------------------------------------------
 
-    def _layer(self, i, layer: LayerSpec, x, cos_sin, batch, kv_cache) -> torch.Tensor:
+    def _layer(self, i, layer: LayerSpec, x, x_in, w_next, cos_sin, batch, kv_cache) -> tuple[torch.Tensor, torch.Tensor]:
+        """x: the residual stream [T, H]; x_in: x's input norm. Returns the layer's output and its norm
+        with w_next (the next layer's input norm, or the final norm)."""
         p = f"layers.{i}."
         eps = self.spec.rms_norm_eps
         norm = self.norm  # each call: ((residual +) rms_norm(x) * w) (* scale), one kernel on CUDA
         residual = x
-        h = self._attention(p, layer, norm(x, self.w[p + "input_norm.weight"], eps), cos_sin, batch, kv_cache)
+        h = self._attention(p, layer, x_in, cos_sin, batch, kv_cache)
         moe = self.spec.moe is not None
         # the new residual and every input the FFN half needs from it (one kernel on CUDA)
         ffn = norm.ffn_prologue(h, residual, self.w[p + "post_attn_norm.weight"], self.w[p + "pre_ffn_norm.weight"], eps,
@@ -92,8 +97,8 @@ class Gemma4TextModel:
             # (residual + post_ffn_norm(post_norm_dense(m) + post_norm_experts(e))) * layer_scalar
             return norm.moe_epilogue(m, e, residual, self.w[p + "moe.post_norm_dense.weight"],
                                      self.w[p + "moe.post_norm_experts.weight"], self.w[p + "post_ffn_norm.weight"],
-                                     self.w[p + "layer_scalar"], eps)  # fmt: skip
-        return norm(m, self.w[p + "post_ffn_norm.weight"], eps, residual=residual, scale=self.w[p + "layer_scalar"])
+                                     self.w[p + "layer_scalar"], w_next, eps)  # fmt: skip
+        return norm.layer_end(m, residual, self.w[p + "post_ffn_norm.weight"], self.w[p + "layer_scalar"], w_next, eps)
 
     def _attention(self, p, layer: LayerSpec, h, cos_sin, batch, kv_cache) -> torch.Tensor:
         nq, nkv, d = self.spec.num_attention_heads, layer.num_kv_heads, layer.head_dim

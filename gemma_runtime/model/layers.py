@@ -63,13 +63,21 @@ class TorchRMSNorm:
         return FFNInputs(x, mlp_in, self(x, w_experts_in, eps), router_input(x, router_scale, eps))
 
     def moe_epilogue(self, dense: torch.Tensor, experts: torch.Tensor, residual: torch.Tensor, w_dense: torch.Tensor,
-                     w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, eps: float) -> torch.Tensor:
-        """The end of a MoE layer: (residual + post_ffn_norm(post_norm_dense(dense) + post_norm_experts(experts)))
-        * layer_scalar. `experts` is [T, H], or float32 per-slot rows [T, k, H] still to be summed."""
+                     w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, w_next: torch.Tensor,
+                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The end of a MoE layer: x = (residual + post_ffn_norm(post_norm_dense(dense) + post_norm_experts(experts)))
+        * layer_scalar, and x's norm with w_next (the next layer's input norm, or the final norm).
+        `experts` is [T, H], or float32 per-slot rows [T, k, H] still to be summed."""
         if experts.dim() == 3:
             experts = experts.sum(1).to(dense.dtype)  # [T, k, H] -> [T, H]
         m = self(experts, w_experts, eps, residual=self(dense, w_dense, eps))
-        return self(m, w_post, eps, residual=residual, scale=layer_scalar)
+        return self.layer_end(m, residual, w_post, layer_scalar, w_next, eps)
+
+    def layer_end(self, m: torch.Tensor, residual: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor,
+                  w_next: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """The end of a layer: x = (residual + post_ffn_norm(m)) * layer_scalar, and x's norm with w_next."""
+        x = self(m, w_post, eps, residual=residual, scale=layer_scalar)
+        return x, self(x, w_next, eps)
 
     def qkv(self, qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, k_eq_v: bool,
             q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, rope: tuple[torch.Tensor, torch.Tensor],

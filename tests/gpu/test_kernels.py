@@ -314,25 +314,31 @@ def test_ffn_prologue_in_one_launch_matches_the_reference(dtype, moe):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("slots", [0, 8], ids=["summed experts", "per-slot experts"])
-def test_moe_epilogue_in_one_launch_matches_the_reference(dtype, slots):
-    """The end of a MoE layer (sum over the k expert rows, three post-norms, residual, layer scalar)
-    against TorchRMSNorm.moe_epilogue, with the experts' output summed already or as float32 slots."""
-    g = torch.Generator().manual_seed(slots + 3)
+@pytest.mark.parametrize("slots", [0, 8, None], ids=["MoE, summed experts", "MoE, per-slot experts", "dense"])
+def test_layer_end_in_one_launch_matches_the_reference(dtype, slots):
+    """The end of a layer against TorchRMSNorm: for MoE layers (moe_epilogue) the sum over the k expert
+    rows (given summed already or as float32 slots), three post-norms, residual and layer scalar; for
+    dense layers (layer_end) the post-FFN norm, residual and scalar. Both also return the output's norm
+    with the next layer's input weight."""
+    g = torch.Generator().manual_seed((slots or 1) + 3)
     T, H = 5, 2816
     dense, residual = ((torch.randn(T, H, generator=g) * 3).to(DEVICE, dtype) for _ in range(2))
     experts = torch.randn(T, slots, H, generator=g).to(DEVICE) if slots else torch.randn(T, H, generator=g).to(DEVICE, dtype)
-    w_dense, w_experts, w_post = ((torch.rand(H, generator=g) + 0.5).to(DEVICE, dtype) for _ in range(3))
+    w_dense, w_experts, w_post, w_next = ((torch.rand(H, generator=g) + 0.5).to(DEVICE, dtype) for _ in range(4))
     scalar = torch.tensor([0.7]).to(DEVICE, dtype)
-    args = (dense, experts, residual, w_dense, w_experts, w_post, scalar, 1e-6)
-    ref = TorchRMSNorm().moe_epilogue(*args)
-    out = TritonRMSNorm().moe_epilogue(*args)
-    assert out.shape == ref.shape == (T, H) and out.dtype == dtype
-    # five roundings in a chain: a value at a rounding boundary may move a step and carry into the next
+    if slots is None:
+        op, args = "layer_end", (dense, residual, w_post, scalar, w_next, 1e-6)
+    else:
+        op, args = "moe_epilogue", (dense, experts, residual, w_dense, w_experts, w_post, scalar, w_next, 1e-6)
+    refs = getattr(TorchRMSNorm(), op)(*args)
+    outs = getattr(TritonRMSNorm(), op)(*args)
+    # up to six roundings in a chain: a value at a rounding boundary may move a step and carry into the next
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2**-6, atol=2**-4)
-    torch.testing.assert_close(out, ref, **tol)
-    if CUDA and dtype == torch.bfloat16:
-        assert (out == ref).float().mean() > 0.95
+    for out, ref in zip(outs, refs, strict=True):
+        assert out.shape == ref.shape == (T, H) and out.dtype == dtype
+        torch.testing.assert_close(out, ref, **tol)
+        if CUDA and dtype == torch.bfloat16:
+            assert (out == ref).float().mean() > 0.95
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
