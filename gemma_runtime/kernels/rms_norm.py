@@ -132,6 +132,13 @@ def _norm_values(x, w_ptr, cols, mask, H, eps, out_ty: tl.constexpr):
 
 
 @triton.jit
+def _add_normed(res_ptr, row, x, w_ptr, cols, mask, H, eps, out_ty: tl.constexpr):
+    """residual + rms_norm(x) * weight, the norm and the sum each rounded to out_ty (x: float32 values)."""
+    y = _norm_values(x, w_ptr, cols, mask, H, eps, out_ty)
+    return (tl.load(res_ptr + row, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
+
+
+@triton.jit
 def _ffn_prologue_kernel(
     h_ptr, res_ptr, w_post_attn_ptr, w_pre_ffn_ptr, w_experts_ptr, router_scale_ptr,
     x_out_ptr, mlp_out_ptr, experts_out_ptr, router_out_ptr, H, eps, router_factor,  # every tensor [T, H] contiguous
@@ -144,8 +151,8 @@ def _ffn_prologue_kernel(
     mask = cols < H
     row = t * H + cols
     out_ty = x_out_ptr.dtype.element_ty
-    y = _norm_values(tl.load(h_ptr + row, mask=mask, other=0.0).to(tl.float32), w_post_attn_ptr, cols, mask, H, eps, out_ty)
-    x = (tl.load(res_ptr + row, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
+    x = _add_normed(res_ptr, row, tl.load(h_ptr + row, mask=mask, other=0.0).to(tl.float32), w_post_attn_ptr, cols, mask,
+                    H, eps, out_ty)
     tl.store(x_out_ptr + row, x, mask=mask)
     xf = x.to(tl.float32)
     tl.store(mlp_out_ptr + row, _norm_values(xf, w_pre_ffn_ptr, cols, mask, H, eps, out_ty), mask=mask)
@@ -175,8 +182,7 @@ def _moe_epilogue_kernel(
     e = e.to(out_ty).to(tl.float32)
     dense = _norm_values(tl.load(dense_ptr + t * H + cols, mask=mask, other=0.0).to(tl.float32), w_dense_ptr, cols, mask, H, eps, out_ty)
     m = (dense.to(tl.float32) + _norm_values(e, w_experts_ptr, cols, mask, H, eps, out_ty).to(tl.float32)).to(out_ty)
-    y = _norm_values(m.to(tl.float32), w_post_ptr, cols, mask, H, eps, out_ty)
-    y = (tl.load(res_ptr + t * H + cols, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
+    y = _add_normed(res_ptr, t * H + cols, m.to(tl.float32), w_post_ptr, cols, mask, H, eps, out_ty)
     y = (y.to(tl.float32) * tl.load(scalar_ptr).to(tl.float32)).to(out_ty)
     tl.store(out_ptr + t * H + cols, y, mask=mask)
     tl.store(next_ptr + t * H + cols, _norm_values(y.to(tl.float32), w_next_ptr, cols, mask, H, eps, out_ty), mask=mask)
@@ -194,8 +200,8 @@ def _layer_end_kernel(
     mask = cols < H
     row = t * H + cols
     out_ty = out_ptr.dtype.element_ty
-    y = _norm_values(tl.load(m_ptr + row, mask=mask, other=0.0).to(tl.float32), w_post_ptr, cols, mask, H, eps, out_ty)
-    y = (tl.load(res_ptr + row, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
+    y = _add_normed(res_ptr, row, tl.load(m_ptr + row, mask=mask, other=0.0).to(tl.float32), w_post_ptr, cols, mask, H,
+                    eps, out_ty)
     y = (y.to(tl.float32) * tl.load(scalar_ptr).to(tl.float32)).to(out_ty)
     tl.store(out_ptr + row, y, mask=mask)
     tl.store(next_ptr + row, _norm_values(y.to(tl.float32), w_next_ptr, cols, mask, H, eps, out_ty), mask=mask)

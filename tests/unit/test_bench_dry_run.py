@@ -15,7 +15,7 @@ from safetensors import safe_open
 
 from engine_builder.convert import build_engine
 from engine_builder.tiny_checkpoint import make_tiny_checkpoint
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, bench_module
 
 BENCH = REPO_ROOT / "bench"
 SCHEMA = {"date", "gpu", "model", "dtype", "system", "metric", "batch", "value", "unit"}
@@ -52,12 +52,7 @@ def test_dry_run_prints_the_table_and_appends_json_lines(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
 def test_random_engine_layout_matches_the_builder(tmp_path, dtype):
-    sys.path.insert(0, str(BENCH))
-    try:
-        from random_engine import make_random_engine
-    finally:
-        sys.path.remove(str(BENCH))
-    made = make_random_engine("tiny", dtype, torch.device("cpu"), tmp_path / "random")
+    made = bench_module("random_engine").make_random_engine("tiny", dtype, torch.device("cpu"), tmp_path / "random")
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", kind="moe", sliding_window=8, with_vision=False)
     built = build_engine(str(ckpt), tmp_path / "engines", dtype=dtype, progress=False)
     with safe_open(str(Path(built) / "model.safetensors"), framework="pt") as f:

@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, bench_module
 
 BENCH = REPO_ROOT / "bench"
 
@@ -33,12 +33,7 @@ def test_dry_run_writes_a_trace_and_a_summary_that_adds_up(tmp_path):
 
 @pytest.fixture
 def profile_decode():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import profile_decode
-    finally:
-        sys.path.remove(str(BENCH))
-    return profile_decode
+    return bench_module("profile_decode")
 
 
 @pytest.mark.parametrize("kernel, part", [

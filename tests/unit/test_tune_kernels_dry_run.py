@@ -11,7 +11,7 @@ import types
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT
+from tests.conftest import REPO_ROOT, bench_module
 
 BENCH = REPO_ROOT / "bench"
 
@@ -34,12 +34,7 @@ def test_dry_run_swaps_every_kernels_tiles_and_writes_json_lines(tmp_path):
 
 @pytest.fixture
 def tune_kernels():
-    sys.path.insert(0, str(BENCH))
-    try:
-        import tune_kernels
-    finally:
-        sys.path.remove(str(BENCH))
-    return tune_kernels
+    return bench_module("tune_kernels")
 
 
 def test_wrong_and_failing_candidates_are_reported_not_chosen(tune_kernels, capsys):
