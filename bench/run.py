@@ -82,7 +82,7 @@ class Figure:
     gpu: str
     model: str
     dtype: str
-    system: str  # "ours" | "transformers"
+    system: str  # "ours" | "transformers"; an ablation run names what it turned off: "ours-no-graphs", "ours-no-overlap"
     metric: str
     batch: int
     value: float
@@ -121,6 +121,12 @@ def kv_bytes_per_token(spec) -> tuple[int, int]:
 
 
 SWITCH = {"auto": None, "on": True, "off": False}
+
+
+def system_name(graphs: bool | None, overlap: bool | None) -> str:
+    """"ours", or for an ablation run what it turned off, so its figures never pass for the default's."""
+    off = [name for name, switch in (("graphs", graphs), ("overlap", overlap)) if switch is False]
+    return "-".join(["ours"] + [f"no-{name}" for name in off])
 
 
 def runtime_config(spec, sizes: Sizes, device: torch.device, graphs: bool | None = None, overlap: bool | None = None
@@ -228,6 +234,7 @@ def measure_ours(model: str, dtype: str, sizes: Sizes, device: torch.device, wor
                  record, graphs: bool | None = None, overlap: bool | None = None) -> object:  # fmt: skip
     """Runs every measurement on one random engine; returns the HF config of its dimensions."""
     clock, rng = Clock(device), random.Random(0)
+    system = system_name(graphs, overlap)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     made = make_random_engine(model, dtype, device, workdir / f"{model}-{dtype}")
@@ -239,21 +246,21 @@ def measure_ours(model: str, dtype: str, sizes: Sizes, device: torch.device, wor
           f"overlap {'on' if engine.overlap else 'off'}", flush=True)
     hf_config, made = made.hf_config, None  # the engine holds the weights now
 
-    record(model, dtype, "ours", "bandwidth_floor_tokens_per_s", 1, floor, "tok/s")
-    record(model, dtype, "ours", "ttft_ms", 1, 1e3 * statistics.median(
+    record(model, dtype, system, "bandwidth_floor_tokens_per_s", 1, floor, "tok/s")
+    record(model, dtype, system, "ttft_ms", 1, 1e3 * statistics.median(
         [time_one_request(engine, prompt_ids(sizes.ttft_prompt, rng), clock) for _ in range(6)][1:]), "ms")  # first: warm-up
     for n in sizes.prefill_lens:
         time_one_request(engine, prompt_ids(n, rng), clock)  # warm-up at this length (kernel tiles, allocator)
-        record(model, dtype, "ours", f"prefill_{n}_tokens_per_s", 1, n / time_one_request(engine, prompt_ids(n, rng), clock), "tok/s")
+        record(model, dtype, system, f"prefill_{n}_tokens_per_s", 1, n / time_one_request(engine, prompt_ids(n, rng), clock), "tok/s")
     for batch in sizes.batches:
         if batch > config.max_num_seqs:
             print(f"  skip {model} {dtype} decode batch {batch}: the KV budget holds {config.max_num_seqs} sequences", file=sys.stderr)
             continue
         per_user, total = measure_decode(engine, batch, sizes, clock, rng)
-        record(model, dtype, "ours", "decode_tokens_per_s_per_user", batch, per_user, "tok/s")
-        record(model, dtype, "ours", "decode_tokens_per_s_total", batch, total, "tok/s")
-    record(model, dtype, "ours", "peak_output_tokens_per_s", config.max_num_seqs, measure_arrivals(engine, sizes, clock, rng), "tok/s")
-    record(model, dtype, "ours", "peak_memory_gb", 0, peak_memory_gb(device), "GB")
+        record(model, dtype, system, "decode_tokens_per_s_per_user", batch, per_user, "tok/s")
+        record(model, dtype, system, "decode_tokens_per_s_total", batch, total, "tok/s")
+    record(model, dtype, system, "peak_output_tokens_per_s", config.max_num_seqs, measure_arrivals(engine, sizes, clock, rng), "tok/s")
+    record(model, dtype, system, "peak_memory_gb", 0, peak_memory_gb(device), "GB")
     del engine
     release(device)
     return hf_config
@@ -308,14 +315,15 @@ def table(figures: list[Figure]) -> str:
     """ours | transformers (bf16) | ratio | floor, one row per model, dtype, metric and batch."""
     hf = {(f.model, f.metric, f.batch): f.value for f in figures if f.system == "transformers"}
     floors = {(f.model, f.dtype): f.value for f in figures if f.metric == "bandwidth_floor_tokens_per_s"}
-    lines = [f"{'model':6} {'dtype':5} {'metric':34} {'batch':>5} {'ours':>11} {'transformers':>12} {'ratio':>7} {'floor':>9}"]
+    lines = [f"{'model':6} {'dtype':5} {'metric':46} {'batch':>5} {'ours':>11} {'transformers':>12} {'ratio':>7} {'floor':>9}"]
     for f in figures:
-        if f.system != "ours" or f.metric == "bandwidth_floor_tokens_per_s":
+        if f.system == "transformers" or f.metric == "bandwidth_floor_tokens_per_s":
             continue
         other = hf.get((f.model, f.metric, f.batch))
         ratio = f"{f.value / other:6.1f}x" if other else ""
         floor = f"{floors[(f.model, f.dtype)]:9.1f}" if f.metric == "decode_tokens_per_s_per_user" and f.batch == 1 else ""
-        lines.append(f"{f.model:6} {f.dtype:5} {f.metric:34} {f.batch:>5} {f.value:>9.2f} {f.unit:<1} "
+        metric = f.metric if f.system == "ours" else f"{f.metric} [{f.system[5:]}]"  # an ablation says what it turned off
+        lines.append(f"{f.model:6} {f.dtype:5} {metric:46} {f.batch:>5} {f.value:>9.2f} {f.unit:<1} "
                      f"{(f'{other:.2f}' if other else ''):>12} {ratio:>7} {floor:>9}")  # fmt: skip
     return "\n".join(lines)
 
@@ -341,6 +349,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--decode-graphs", choices=SWITCH, default="auto", help="decode batches through CUDA graphs")
     p.add_argument("--overlap", choices=SWITCH, default="auto", help="schedule the next step while this one runs")
+    p.add_argument("--transformers", choices=("on", "off"), default="on", help="also time transformers (batch 1 and 32)")
     args = p.parse_args(argv)
 
     dry = args.dry_run or not torch.cuda.is_available()
@@ -351,26 +360,30 @@ def main(argv: list[str] | None = None) -> int:
     date, gpu = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), gpu_name(device, dry)
     print(f"bench on {gpu} ({versions()}){' [dry run: tiny engine on CPU, not speed figures]' if dry else ''}")
     figures: list[Figure] = []
-
-    def record(model, dtype, system, metric, batch, value, unit) -> None:
-        figures.append(Figure(date, gpu, model, dtype, system, metric, int(batch), float(value), unit))
-        print(f"  {model} {dtype} {system} {metric} batch={batch}: {value:.3f} {unit}", flush=True)
-
-    bandwidth = copy_bandwidth(device, Clock(device))
-    print(f"copy bandwidth {bandwidth / GB:.1f} GB/s")
-    with tempfile.TemporaryDirectory(prefix="gemma4-bench-") as tmp:
-        for model in models:
-            hf_config = None
-            for dtype in dtypes:
-                hf_config = measure_ours(model, dtype, sizes, device, Path(tmp), bandwidth, record,
-                                         SWITCH[args.decode_graphs], SWITCH[args.overlap])
-            measure_transformers(model, hf_config, sizes, device, record)
-
     results = Path(args.results_dir)
     results.mkdir(parents=True, exist_ok=True)
-    with open(results / f"{gpu}.jsonl", "a") as f:
-        for fig in figures:
-            f.write(json.dumps(asdict(fig)) + "\n")
+    out = open(results / f"{gpu}.jsonl", "a")  # noqa: SIM115  each figure lands as it is measured: a run cut off keeps them
+
+    def record(model, dtype, system, metric, batch, value, unit) -> None:
+        fig = Figure(date, gpu, model, dtype, system, metric, int(batch), float(value), unit)
+        figures.append(fig)
+        out.write(json.dumps(asdict(fig)) + "\n")
+        out.flush()
+        print(f"  {model} {dtype} {system} {metric} batch={batch}: {value:.3f} {unit}", flush=True)
+
+    try:
+        bandwidth = copy_bandwidth(device, Clock(device))
+        print(f"copy bandwidth {bandwidth / GB:.1f} GB/s")
+        with tempfile.TemporaryDirectory(prefix="gemma4-bench-") as tmp:
+            for model in models:
+                hf_config = None
+                for dtype in dtypes:
+                    hf_config = measure_ours(model, dtype, sizes, device, Path(tmp), bandwidth, record,
+                                             SWITCH[args.decode_graphs], SWITCH[args.overlap])
+                if args.transformers == "on":
+                    measure_transformers(model, hf_config, sizes, device, record)
+    finally:
+        out.close()
     print()
     print(table(figures))
     print(f"\n{len(figures)} figures appended to {results / f'{gpu}.jsonl'}")

@@ -50,6 +50,19 @@ def test_dry_run_prints_the_table_and_appends_json_lines(tmp_path):
     assert hf == {(m, b) for m in ("decode_tokens_per_s_per_user", "decode_tokens_per_s_total") for b in (1, 4)}
 
 
+def test_ablation_figures_name_what_was_off_and_land_before_a_failure(tmp_path):
+    """--decode-graphs off / --overlap off mark their figures' system, so they never pass for the default
+    run's; each figure is written when measured, so a run that dies later keeps what it measured."""
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--dry-run", "--results-dir", str(tmp_path),
+                           "--models", "tiny,no-such-model", "--dtypes", "bf16", "--decode-graphs", "off",
+                           "--overlap", "off", "--transformers", "off"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode != 0 and "no-such-model" in proc.stderr  # the second model does not exist
+    figures = [json.loads(line) for line in (tmp_path / "cpu-dry-run.jsonl").read_text().splitlines()]
+    assert {f["system"] for f in figures} == {"ours-no-graphs-no-overlap"}
+    assert {f["metric"] for f in figures} == OURS_METRICS and {f["model"] for f in figures} == {"tiny"}
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
 def test_random_engine_layout_matches_the_builder(tmp_path, dtype):
     made = bench_module("random_engine").make_random_engine("tiny", dtype, torch.device("cpu"), tmp_path / "random")
