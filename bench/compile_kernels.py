@@ -62,8 +62,10 @@ def configs():
                    dict(SLIDING=sliding, HAS_SPANS=spans, GROUP=group, HEAD_DIM=d, BLOCK_M=block_m, BLOCK_N=block_n,
                         F32_DOT=False),
                    warps, stages)  # fmt: skip
-    yield ("moe route E=128 k=8", moe_routing._route_kernel, {"logits_ptr": F32, "weights_ptr": F32, "ids_ptr": I64},
-           dict(E=128, E_PAD=128, TOP_K=8), 1, 2)
+    for row_tiles in (0, 16):  # 16: one tile per routed row laid out too (batches of 1 and 2)
+        yield (f"moe route E=128 k=8 row_tiles={row_tiles}", moe_routing._route_kernel,
+               {"logits_ptr": BF16, "weights_ptr": F32, "ids_ptr": I64, "rows_ptr": I64, "tile_expert_ptr": I64},
+               dict(E=128, E_PAD=128, TOP_K=8, ROW_TILES=row_tiles), 1, 2)  # fmt: skip
     I32 = "*i32"
     yield ("moe align: layout", moe_gemm._expert_layout_kernel,
            {"ids_ptr": I64, "run_start_ptr": I32, "fill_ptr": I32, "tile_expert_ptr": I64, "rows_ptr": I64},

@@ -43,6 +43,7 @@ from random_engine import MODELS, SLIDING_WINDOW  # noqa: E402  (bench/ is sys.p
 
 from gemma_runtime.kernels import fp8_gemm, moe_gemm, paged_decode, paged_prefill  # noqa: E402
 from gemma_runtime.model import linear  # noqa: E402
+from gemma_runtime.model.cuda_backends import TritonFusedExperts  # noqa: E402
 from gemma_runtime.model.linear import quantize_per_row  # noqa: E402
 
 BLOCK_SIZE = 16  # the runtime's KV page size (RuntimeConfig.block_size)
@@ -133,11 +134,12 @@ def fp8_rows(rows: int, cols: int, device: torch.device, lead: tuple[int, ...] =
 
 
 def moe_run(tokens: int, hidden: int, experts: int, top_k: int, inter: int, fp8: bool):
+    """The experts as the decoder runs them: router GEMM, routing (with its one-tile-per-row layout for
+    batches of one or two), expert GEMMs."""
+
     def make(device: torch.device):
-        x = torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16)  # [T, H]
-        logits = torch.randn(tokens, experts, device=device)
-        weights, ids = torch.softmax(logits, -1).topk(top_k, dim=-1)  # [T, k] each
-        weights = weights / weights.sum(-1, keepdim=True)
+        x, router_in = (torch.randn(tokens, hidden, device=device, dtype=torch.bfloat16) for _ in range(2))  # [T, H]
+        router_proj = torch.randn(experts, hidden, device=device, dtype=torch.bfloat16) * hidden**-0.5
         if fp8:
             gate_up, gate_up_scale = fp8_rows(2 * inter, hidden, device, (experts,))  # [E, 2Ie, H], [E, 2Ie]
             down, down_scale = fp8_rows(hidden, inter, device, (experts,))  # [E, H, Ie], [E, H]
@@ -145,7 +147,8 @@ def moe_run(tokens: int, hidden: int, experts: int, top_k: int, inter: int, fp8:
             gate_up = torch.randn(experts, 2 * inter, hidden, device=device, dtype=torch.bfloat16) * hidden**-0.5
             down = torch.randn(experts, hidden, inter, device=device, dtype=torch.bfloat16) * inter**-0.5
             gate_up_scale = down_scale = None
-        return lambda: moe_gemm.fused_experts(x, weights, ids, gate_up, down, gate_up_scale, down_scale)
+        experts_backend = TritonFusedExperts()
+        return lambda: experts_backend.routed(x, router_in, router_proj, top_k, gate_up, down, gate_up_scale, down_scale)
 
     return make
 

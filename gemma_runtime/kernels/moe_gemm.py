@@ -22,6 +22,7 @@ import triton
 import triton.language as tl
 
 from gemma_runtime.kernels.common import dot, gelu_tanh, interpreted
+from gemma_runtime.kernels.moe_routing import topk_softmax
 
 
 @triton.jit
@@ -167,6 +168,12 @@ def _down_kernel(
                  mask=m_mask[:, None] & n_mask[None, :])
 
 
+# Up to this many routed rows (T*k: batch 2 at k=8) each row gets its own tile, laid out by the router
+# kernel: two launches fewer than align_by_expert, and with k distinct experts per token few expert
+# weights are read twice (two tokens of 8 picks among 128 share ~0.9 experts).
+ROW_TILE_MAX_ROWS = 16
+
+
 def expert_tiles(num_tokens: int) -> tuple[int, int, int, int, int]:
     """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps, num_stages). Decode routes ~k rows per expert hit, so a
     16-row tile wastes the least padding (tl.dot's minimum); prefill has hundreds of rows per expert and
@@ -184,15 +191,19 @@ def fused_experts(
     gate_up_scale: torch.Tensor | None = None,  # [E, 2Ie] float32 per output row
     down_scale: torch.Tensor | None = None,  # [E, H] float32 per output row
     per_slot: bool = False,
+    layout: tuple[torch.Tensor, torch.Tensor] | None = None,  # (rows, tile_expert) made with expert_tiles(T)'s BLOCK_M
 ) -> torch.Tensor:
     """[T, H] in x's dtype; with per_slot, the float32 rows [T, k, H] before the sum over a token's k experts
-    (the decoder's MoE epilogue sums them inside its norm kernel)."""
+    (the decoder's MoE epilogue sums them inside its norm kernel). Without a layout, align_by_expert
+    makes one."""
     T, H = x.shape
     E, two_i, _ = gate_up.shape
     Ie = two_i // 2
     top_k = ids.shape[1]
     block_m, block_n, block_k, warps, stages = expert_tiles(T)
-    rows, tile_expert = align_by_expert(ids, E, block_m)
+    rows, tile_expert = layout if layout is not None else align_by_expert(ids, E, block_m)
+    if rows.numel() != tile_expert.numel() * block_m:
+        raise ValueError(f"the layout's tiles are not {block_m} rows: {rows.numel()} rows for {tile_expert.numel()} tiles")
     x = x.contiguous()
     h = torch.empty((rows.numel(), Ie), dtype=x.dtype, device=x.device)  # [P, Ie] in expert-sorted order
     _gate_up_kernel[(tile_expert.numel(), triton.cdiv(Ie, block_n))](
@@ -214,3 +225,23 @@ def fused_experts(
     if per_slot:
         return routed.view(T, top_k, H)  # [T, k, H]
     return routed.view(T, top_k, H).sum(1).to(x.dtype)  # [T, k, H] -> [T, H]
+
+
+def routed_experts(
+    x: torch.Tensor,  # [T, H]
+    logits: torch.Tensor,  # [T, E] the router's output
+    top_k: int,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    gate_up_scale: torch.Tensor | None = None,
+    down_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Routing (softmax over all experts, top-k, renormalise) and the experts -> float32 per-slot rows
+    [T, k, H]. Up to ROW_TILE_MAX_ROWS routed rows the router kernel also lays out one tile per row (with
+    the same BLOCK_M fused_experts takes), so align_by_expert is skipped."""
+    T = x.shape[0]
+    if T * top_k <= ROW_TILE_MAX_ROWS:
+        weights, ids, layout = topk_softmax(logits, top_k, row_tiles=expert_tiles(T)[0])
+    else:
+        (weights, ids), layout = topk_softmax(logits, top_k), None
+    return fused_experts(x, weights, ids, gate_up, down, gate_up_scale, down_scale, per_slot=True, layout=layout)

@@ -15,8 +15,8 @@ from gemma_runtime.kernels.rms_norm import fused_rms_norm
 
 @triton.jit
 def _route_kernel(
-    logits_ptr, weights_ptr, ids_ptr, stride_l,  # logits [T, E]; weights, ids [T, TOP_K] contiguous
-    E: tl.constexpr, E_PAD: tl.constexpr, TOP_K: tl.constexpr,
+    logits_ptr, weights_ptr, ids_ptr, rows_ptr, tile_expert_ptr, stride_l, num_rows,  # logits [T, E]; weights, ids [T, TOP_K]
+    E: tl.constexpr, E_PAD: tl.constexpr, TOP_K: tl.constexpr, ROW_TILES: tl.constexpr,
 ):
     t = tl.program_id(0)
     e = tl.arange(0, E_PAD)
@@ -35,17 +35,31 @@ def _route_kernel(
         best = tl.argmax(left, 0)
         tl.store(weights_ptr + t * TOP_K + i, tl.max(left, 0) / kept)
         tl.store(ids_ptr + t * TOP_K + i, best.to(tl.int64))
+        if ROW_TILES > 0:
+            # the expert kernels' layout with one tile per routed row: row t*k+i first, padding after it
+            r = t * TOP_K + i
+            j = tl.arange(0, ROW_TILES)
+            tl.store(rows_ptr + r * ROW_TILES + j, tl.where(j == 0, r, num_rows).to(tl.int64))
+            tl.store(tile_expert_ptr + r, best.to(tl.int64))
         left = tl.where(e == best, -1.0, left)
 
 
-def topk_softmax(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """logits [T, E] -> (weights [T, k] float32 renormalised, ids [T, k] int64), largest first."""
+def topk_softmax(logits: torch.Tensor, top_k: int, row_tiles: int = 0):
+    """logits [T, E] -> (weights [T, k] float32 renormalised, ids [T, k] int64), largest first. With
+    row_tiles = BLOCK_M, also (rows [T*k*BLOCK_M], tile_expert [T*k]): the expert kernels' layout with one
+    tile per routed row, which a batch of one or two tokens (k distinct experts each) wants instead of
+    align_by_expert's two launches."""
     T, E = logits.shape
     weights = torch.empty((T, top_k), dtype=torch.float32, device=logits.device)
     ids = torch.empty((T, top_k), dtype=torch.int64, device=logits.device)
+    rows = torch.empty(T * top_k * row_tiles, dtype=torch.int64, device=logits.device)
+    tile_expert = torch.empty(T * top_k if row_tiles else 0, dtype=torch.int64, device=logits.device)
     if T:
-        _route_kernel[(T,)](logits, weights, ids, logits.stride(0), E=E, E_PAD=triton.next_power_of_2(E), TOP_K=top_k,
-                            num_warps=1)
+        _route_kernel[(T,)](logits, weights, ids, rows if row_tiles else ids, tile_expert if row_tiles else ids,
+                            logits.stride(0), T * top_k, E=E, E_PAD=triton.next_power_of_2(E), TOP_K=top_k,
+                            ROW_TILES=row_tiles, num_warps=1)  # fmt: skip
+    if row_tiles:
+        return weights, ids, (rows, tile_expert)
     return weights, ids
 
 

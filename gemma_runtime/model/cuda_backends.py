@@ -12,9 +12,7 @@ import torch
 from gemma_runtime.engine_config import LayerSpec
 from gemma_runtime.forward_batch import ForwardBatch
 from gemma_runtime.kernels.geglu import fused_geglu
-from gemma_runtime.kernels.moe_gemm import fused_experts
-from gemma_runtime.kernels.moe_routing import route as fused_route
-from gemma_runtime.kernels.moe_routing import route_hidden as fused_route_hidden
+from gemma_runtime.kernels.moe_gemm import fused_experts, routed_experts
 from gemma_runtime.kernels.paged_decode import paged_decode_attention
 from gemma_runtime.kernels.paged_prefill import paged_prefill_attention
 from gemma_runtime.kernels.rms_norm import (fused_ffn_prologue, fused_layer_end, fused_moe_epilogue, fused_qkv_norm,
@@ -60,9 +58,6 @@ class TritonFusedExperts:
 
     accepts_fp8 = True  # model/linear.py's expert_weights passes e4m3 weights and scales through untouched
 
-    route = staticmethod(fused_route)  # same contract as model.moe.route, the softmax/top-k tail fused
-    route_hidden = staticmethod(fused_route_hidden)  # same contract as model.moe.route_hidden
-
     def __call__(
         self,
         x: torch.Tensor,  # [T, H]
@@ -77,12 +72,17 @@ class TritonFusedExperts:
             return torch.zeros_like(x)
         return fused_experts(x, weights, ids, gate_up, down, gate_up_scale, down_scale)
 
-    def per_slot(self, x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up: torch.Tensor,
-                 down: torch.Tensor, gate_up_scale: torch.Tensor | None = None,
-                 down_scale: torch.Tensor | None = None) -> torch.Tensor:
-        """The experts' float32 rows [T, k, H] before the sum over k, which the norm backend's
-        moe_epilogue does in its own kernel (two launches fewer)."""
-        return fused_experts(x, weights, ids, gate_up, down, gate_up_scale, down_scale, per_slot=True)
+    def routed(self, x: torch.Tensor, router_in: torch.Tensor, router_proj: torch.Tensor, top_k: int,
+               gate_up: torch.Tensor, down: torch.Tensor, gate_up_scale: torch.Tensor | None = None,
+               down_scale: torch.Tensor | None = None) -> torch.Tensor:
+        """TorchGroupedExperts.routed: the router GEMM (cuBLAS), its softmax/top-k tail in one kernel that
+        for a batch of one or two also lays out one tile per routed row, then the expert GEMMs. Returns
+        the float32 per-slot rows [T, k, H]: the norm backend's moe_epilogue sums them in its kernel."""
+        T = x.shape[0]
+        if T == 0:
+            return torch.zeros((0, top_k, x.shape[1]), dtype=torch.float32, device=x.device)
+        logits = torch.nn.functional.linear(router_in, router_proj)  # [T, E]
+        return routed_experts(x, logits, top_k, gate_up, down, gate_up_scale, down_scale)
 
 
 @register("norm", "cuda")

@@ -12,9 +12,9 @@ import torch.nn.functional as F
 from gemma_runtime.engine_config import LayerSpec, TextSpec
 from gemma_runtime.forward_batch import ForwardBatch
 import gemma_runtime.model.attention  # noqa: F401  (registers the reference backends)
+import gemma_runtime.model.moe  # noqa: F401
 from gemma_runtime.model.layers import rope_cos_sin, rope_inv_freq
 from gemma_runtime.model.linear import expert_weights, linear
-from gemma_runtime.model.moe import route_hidden
 from gemma_runtime.model.registry import create
 
 
@@ -88,12 +88,10 @@ class Gemma4TextModel:
         m = linear(self.geglu(linear(ffn.mlp_in, self.w, p + "mlp.gate_up_proj.weight")), self.w, p + "mlp.down_proj.weight")
         if moe:
             # The dense MLP and the experts run side by side from the same residual, each post-normed.
-            # A backend may bring its own router tail (the Triton one fuses softmax, top-k and renormalise).
-            route_tokens = getattr(self.experts, "route_hidden", route_hidden)
-            weights, ids = route_tokens(ffn.router_in, self.w[p + "moe.router_proj.weight"], self.spec.moe.top_k)
-            # a backend may hand back its per-slot rows [T, k, H] and leave their sum to the epilogue's kernel
-            run_experts = getattr(self.experts, "per_slot", self.experts)
-            e = run_experts(ffn.experts_in, weights, ids, **expert_weights(self.experts, self.w, p))
+            # The backend routes and runs the experts; it may hand back per-slot rows [T, k, H] and leave
+            # their sum to the epilogue's kernel.
+            e = self.experts.routed(ffn.experts_in, ffn.router_in, self.w[p + "moe.router_proj.weight"],
+                                    self.spec.moe.top_k, **expert_weights(self.experts, self.w, p))
             # (residual + post_ffn_norm(post_norm_dense(m) + post_norm_experts(e))) * layer_scalar
             return norm.moe_epilogue(m, e, residual, self.w[p + "moe.post_norm_dense.weight"],
                                      self.w[p + "moe.post_norm_experts.weight"], self.w[p + "post_ffn_norm.weight"],

@@ -24,6 +24,7 @@ from gemma_runtime.forward_batch import ForwardBatch  # noqa: E402
 from gemma_runtime.kernels.fp8_gemm import w8a16_linear  # noqa: E402
 from gemma_runtime.kernels.moe_gemm import align_by_expert  # noqa: E402
 from gemma_runtime.kernels.moe_routing import route as fused_route  # noqa: E402
+from gemma_runtime.kernels.moe_routing import topk_softmax  # noqa: E402
 from gemma_runtime.kernels.paged_decode import paged_decode_attention  # noqa: E402
 from gemma_runtime.model.attention import TorchPagedAttention  # noqa: E402
 from gemma_runtime.kernels.rms_norm import fused_rms_norm  # noqa: E402
@@ -245,6 +246,41 @@ def test_fused_experts_with_fp8_weights(tokens):
     ref = TorchGroupedExperts()(x, weights, ids, dequantize(gu_q, gu_s, dtype), dequantize(dn_q, dn_s, dtype))
     out = TritonFusedExperts()(x, weights, ids, gu_q, dn_q, gate_up_scale=gu_s, down_scale=dn_s)
     assert rel_err(out, ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16 experts", "fp8 experts"])
+@pytest.mark.parametrize("tokens", [1, 2, 3, 70], ids=lambda t: f"T={t}")
+def test_routed_experts_from_the_router_input_match_the_reference(tokens, fp8):
+    """The backends' one entry point from the router's input (router GEMM, routing, experts) at the
+    26B-A4B's E=128, k=8. T*k <= ROW_TILE_MAX_ROWS (T = 1, 2) takes the router kernel's one-tile-per-row
+    layout, larger T align_by_expert's; both against the reference route + experts, the per-slot rows
+    summed as the epilogue sums them."""
+    dtype, E, H, Ie, k = torch.bfloat16, 128, 64, 48, 8
+    g = torch.Generator().manual_seed(tokens + 10 * fp8)
+    x, router_in = ((torch.randn(tokens, H, generator=g)).to(DEVICE, dtype) for _ in range(2))
+    router_proj = (torch.randn(E, H, generator=g) / H**0.5 * 4).to(DEVICE, dtype)  # well separated routing logits
+    gate_up = (torch.randn(E, 2 * Ie, H, generator=g) / H**0.5).to(DEVICE, dtype)
+    down = (torch.randn(E, H, Ie, generator=g) / Ie**0.5).to(DEVICE, dtype)
+    kwargs = dict(gate_up=gate_up, down=down)
+    if fp8:
+        (gu_q, gu_s), (dn_q, dn_s) = quantize_per_row(gate_up), quantize_per_row(down)
+        kwargs = dict(gate_up=gu_q, down=dn_q, gate_up_scale=gu_s, down_scale=dn_s)
+        gate_up, down = dequantize(gu_q, gu_s, dtype), dequantize(dn_q, dn_s, dtype)
+    ref = TorchGroupedExperts().routed(x, router_in, router_proj, k, gate_up, down)
+    per_slot = TritonFusedExperts().routed(x, router_in, router_proj, k, **kwargs)
+    assert per_slot.shape == (tokens, k, H) and per_slot.dtype == torch.float32
+    assert rel_err(per_slot.sum(1).to(dtype), ref) < TOL[dtype]
+
+
+def test_router_kernel_lays_out_one_tile_per_routed_row():
+    logits = torch.randn(2, 128, generator=torch.Generator().manual_seed(0)).to(DEVICE)
+    weights, ids, (rows, tile_expert) = topk_softmax(logits, 8, row_tiles=16)
+    plain_weights, plain_ids = topk_softmax(logits, 8)  # the same routing without the layout
+    assert torch.equal(ids, plain_ids) and torch.equal(weights, plain_weights)
+    assert torch.equal(tile_expert, ids.flatten())
+    expected = torch.full((16, 16), 16, dtype=torch.int64)  # 2 tokens x 8 slots, padding marked T*k = 16
+    expected[:, 0] = torch.arange(16)
+    assert torch.equal(rows.view(16, 16).cpu(), expected)
 
 
 # ------------------------------------------------------------------ RMSNorm
