@@ -50,9 +50,11 @@ def part_of(name: str) -> str:
     return next((part for pattern, part in PARTS if re.search(pattern, name, re.IGNORECASE)), "other")
 
 
-def kernel_times(prof, on_cuda: bool) -> dict[str, float]:
-    """Self time in microseconds per kernel (CUDA) or per operator (CPU), summed over the profile."""
+def kernel_times(prof, on_cuda: bool) -> tuple[dict[str, float], int]:
+    """(self time in microseconds per kernel (CUDA) or per operator (CPU), summed over the profile; how
+    many of them ran)."""
     times: dict[str, float] = defaultdict(float)
+    count = 0
     for evt in prof.key_averages():
         if on_cuda:
             us = getattr(evt, "self_device_time_total", None)
@@ -61,7 +63,8 @@ def kernel_times(prof, on_cuda: bool) -> dict[str, float]:
             us = evt.self_cpu_time_total if evt.key.startswith("aten::") else 0.0
         if us > 0:
             times[evt.key] += us
-    return dict(times)
+            count += evt.count
+    return dict(times), count
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -112,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
             clock.now()  # the last step's kernels inside the profile
         wall_ms = 1e3 * (clock.now() - start) / steps  # includes the profiler's own overhead
 
-    times = kernel_times(prof, device.type == "cuda")
+    times, launches = kernel_times(prof, device.type == "cuda")
     per_step_ms = sum(times.values()) / 1e3 / steps
     parts: dict[str, float] = defaultdict(float)
     for kernel, us in times.items():
@@ -122,7 +125,7 @@ def main(argv: list[str] | None = None) -> int:
     what = "GPU kernel" if device.type == "cuda" else "CPU operator"
     print(f"{name}: graphs {'on' if engine.runner.graphs else 'off'}, overlap {'on' if engine.overlap else 'off'}")
     print(f"wall per step {wall_ms:.3f} ms (profiled); {what} time per step {per_step_ms:.3f} ms "
-          f"({100 * per_step_ms / wall_ms:.0f}% of the wall)")  # fmt: skip
+          f"({100 * per_step_ms / wall_ms:.0f}% of the wall) in {launches / steps:.0f} {what}s")  # fmt: skip
     print(f"\n{'part':32} {'ms/step':>9} {'share':>6}")
     for part, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
         print(f"{part:32} {ms:9.3f} {100 * ms / per_step_ms:5.1f}%")
@@ -134,7 +137,7 @@ def main(argv: list[str] | None = None) -> int:
     prof.export_chrome_trace(str(trace))
     summary = dict(model=model, dtype=args.dtype, batch=args.batch, steps=steps, device=str(device),
                    graphs=bool(engine.runner.graphs), overlap=engine.overlap, wall_ms_per_step=wall_ms,
-                   kernel_ms_per_step=per_step_ms, parts_ms_per_step=dict(parts),
+                   kernel_ms_per_step=per_step_ms, kernels_per_step=launches / steps, parts_ms_per_step=dict(parts),
                    top_kernels_us_per_step={k: us / steps for k, us in top})  # fmt: skip
     (out / f"{name}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\ntrace: {trace}")
