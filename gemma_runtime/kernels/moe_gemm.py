@@ -22,7 +22,7 @@ import triton
 import triton.language as tl
 
 from gemma_runtime.kernels.common import dot, gelu_tanh, interpreted
-from gemma_runtime.kernels.moe_routing import topk_softmax
+from gemma_runtime.kernels.moe_routing import topk_softmax, topk_softmax_row_tiles
 
 
 @triton.jit
@@ -241,7 +241,7 @@ def routed_experts(
     the same BLOCK_M fused_experts takes), so align_by_expert is skipped."""
     T = x.shape[0]
     if T * top_k <= ROW_TILE_MAX_ROWS:
-        weights, ids, layout = topk_softmax(logits, top_k, row_tiles=expert_tiles(T)[0])
+        weights, ids, layout = topk_softmax_row_tiles(logits, top_k, block_m=expert_tiles(T)[0])
     else:
         (weights, ids), layout = topk_softmax(logits, top_k), None
     return fused_experts(x, weights, ids, gate_up, down, gate_up_scale, down_scale, per_slot=True, layout=layout)

@@ -44,11 +44,7 @@ def _route_kernel(
         left = tl.where(e == best, -1.0, left)
 
 
-def topk_softmax(logits: torch.Tensor, top_k: int, row_tiles: int = 0):
-    """logits [T, E] -> (weights [T, k] float32 renormalised, ids [T, k] int64), largest first. With
-    row_tiles = BLOCK_M, also (rows [T*k*BLOCK_M], tile_expert [T*k]): the expert kernels' layout with one
-    tile per routed row, which a batch of one or two tokens (k distinct experts each) wants instead of
-    align_by_expert's two launches."""
+def _launch_route(logits: torch.Tensor, top_k: int, row_tiles: int):
     T, E = logits.shape
     weights = torch.empty((T, top_k), dtype=torch.float32, device=logits.device)
     ids = torch.empty((T, top_k), dtype=torch.int64, device=logits.device)
@@ -58,9 +54,21 @@ def topk_softmax(logits: torch.Tensor, top_k: int, row_tiles: int = 0):
         _route_kernel[(T,)](logits, weights, ids, rows if row_tiles else ids, tile_expert if row_tiles else ids,
                             logits.stride(0), T * top_k, E=E, E_PAD=triton.next_power_of_2(E), TOP_K=top_k,
                             ROW_TILES=row_tiles, num_warps=1)  # fmt: skip
-    if row_tiles:
-        return weights, ids, (rows, tile_expert)
+    return weights, ids, rows, tile_expert
+
+
+def topk_softmax(logits: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """logits [T, E] -> (weights [T, k] float32 renormalised, ids [T, k] int64), largest first."""
+    weights, ids, _, _ = _launch_route(logits, top_k, 0)
     return weights, ids
+
+
+def topk_softmax_row_tiles(logits: torch.Tensor, top_k: int, block_m: int):
+    """topk_softmax, and (rows [T*k*block_m], tile_expert [T*k]): the expert kernels' layout with one
+    block_m-row tile per routed row, which a batch of one or two tokens (k distinct experts each) wants
+    instead of align_by_expert's two launches. Same launch."""
+    weights, ids, rows, tile_expert = _launch_route(logits, top_k, block_m)
+    return weights, ids, (rows, tile_expert)
 
 
 def route_hidden(hidden: torch.Tensor, router_proj: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:

@@ -24,7 +24,7 @@ from gemma_runtime.forward_batch import ForwardBatch  # noqa: E402
 from gemma_runtime.kernels.fp8_gemm import w8a16_linear  # noqa: E402
 from gemma_runtime.kernels.moe_gemm import align_by_expert  # noqa: E402
 from gemma_runtime.kernels.moe_routing import route as fused_route  # noqa: E402
-from gemma_runtime.kernels.moe_routing import topk_softmax  # noqa: E402
+from gemma_runtime.kernels.moe_routing import topk_softmax, topk_softmax_row_tiles  # noqa: E402
 from gemma_runtime.kernels.paged_decode import paged_decode_attention  # noqa: E402
 from gemma_runtime.model.attention import TorchPagedAttention  # noqa: E402
 from gemma_runtime.kernels.rms_norm import fused_rms_norm  # noqa: E402
@@ -274,7 +274,7 @@ def test_routed_experts_from_the_router_input_match_the_reference(tokens, fp8):
 
 def test_router_kernel_lays_out_one_tile_per_routed_row():
     logits = torch.randn(2, 128, generator=torch.Generator().manual_seed(0)).to(DEVICE)
-    weights, ids, (rows, tile_expert) = topk_softmax(logits, 8, row_tiles=16)
+    weights, ids, (rows, tile_expert) = topk_softmax_row_tiles(logits, 8, block_m=16)
     plain_weights, plain_ids = topk_softmax(logits, 8)  # the same routing without the layout
     assert torch.equal(ids, plain_ids) and torch.equal(weights, plain_weights)
     assert torch.equal(tile_expert, ids.flatten())
