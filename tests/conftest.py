@@ -72,6 +72,17 @@ def taught_engine_dir(taught_checkpoint_dir, tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def random_tiny_dense_engine_dir(tmp_path_factory) -> Path:
+    """A tiny random dense engine (the 31B's layer structure), text only."""
+    from engine_builder.convert import build_engine
+    from engine_builder.tiny_checkpoint import make_tiny_checkpoint
+
+    root = tmp_path_factory.mktemp("random-tiny-dense")
+    ckpt = make_tiny_checkpoint(root / "ckpt", kind="dense", seed=4, sliding_window=8, with_vision=False)
+    return build_engine(str(ckpt), root / "engines", dtype="float32", progress=False)
+
+
+@pytest.fixture(scope="session")
 def random_tiny_engine_dir(tmp_path_factory) -> Path:
     """A tiny random MoE engine with a vision tower: seconds to build, for tests that need no sense."""
     from engine_builder.convert import build_engine

@@ -478,9 +478,12 @@ def test_fp8_linear_takes_w8a16_for_few_rows_and_scaled_mm_for_many():
 # ------------------------------------------------------------------ the whole model
 
 
-def test_engine_greedy_with_triton_backends_matches_reference(random_tiny_engine_dir):
-    """The tiny engine decodes the same greedy tokens with the Triton backends as with the reference
-    (float32 on the CPU interpreter; on CUDA in float32 too, where tf32 dots leave the argmax alone)."""
+@pytest.mark.parametrize("kind", ["moe", "dense"])
+def test_engine_greedy_with_triton_backends_matches_reference(request, kind):
+    """The tiny engine, MoE (the 26B-A4B's layers) and dense (the 31B's), decodes the same greedy tokens
+    with the Triton backends as with the reference (float32 on the CPU interpreter; on CUDA in float32
+    too, where tf32 dots leave the argmax alone)."""
+    random_tiny_engine_dir = request.getfixturevalue("random_tiny_engine_dir" if kind == "moe" else "random_tiny_dense_engine_dir")
     from gemma_runtime.api import GenerateRequest, SamplingParams
     from gemma_runtime.config import RuntimeConfig
     from gemma_runtime.llm_engine import LLMEngine
