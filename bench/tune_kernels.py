@@ -227,8 +227,9 @@ def dry_cases(kernels: set[str]) -> list[Case]:
         cases.append(Case("prefill", "tiny d=32 24 tokens", paged_prefill, "prefill_tiles", ((16, 16, 4, 2), (32, 16, 4, 2)),
                           prefill_run(24, 4, 2, 32, 8), 32))
     if "moe" in kernels:
-        cases += [Case("moe", f"tiny {'fp8' if fp8 else 'bf16'} T={t}", moe_gemm, "expert_tiles",
-                       ((16, 32, 64, 4, 3), (32, 64, 32, 4, 3)), moe_run(t, 64, 8, 2, 32, fp8), t) for t, fp8 in ((3, False), (40, True))]
+        tiles = ((16, 32, 64, 4, 3), (32, 64, 32, 4, 3))
+        cases += [Case("moe", f"tiny {'fp8' if fp8 else 'bf16'} T={t}", moe_gemm, "expert_tiles", tiles,
+                       moe_run(t, 64, 8, 2, 32, fp8), t) for t, fp8 in ((3, False), (40, True))]
     if "w8a16" in kernels:
         cases.append(Case("w8a16", "tiny [96x128] M=5", fp8_gemm, "w8a16_tiles", ((16, 32, 64, 4), (16, 64, 128, 4)),
                           w8a16_run(5, 96, 128), 5))
@@ -260,8 +261,9 @@ def tune(case: Case, device: torch.device, write) -> None:
     timed = [r for r in rows if r[2] == "ok"]
     best = min(timed, key=lambda r: r[1]) if timed else None
     now = case.current()
+    best_us, speedup = (best[1] * 1e3, base / best[1]) if best else (float("nan"), float("nan"))
     print(f"{case.kernel:12} {case.shape:44} now {str(now):22} {base * 1e3:10.1f} us   best {str(best[0]) if best else '-':22} "
-          f"{best[1] * 1e3 if best else float('nan'):10.1f} us  {base / best[1] if best else float('nan'):5.2f}x", flush=True)  # fmt: skip
+          f"{best_us:10.1f} us  {speedup:5.2f}x", flush=True)  # fmt: skip
     for candidate, ms, status in rows:
         if status != "ok":
             print(f"    {str(candidate):22} {status}")

@@ -137,8 +137,9 @@ def paged_decode_attention(
     q = q.contiguous()
     out = torch.empty_like(q)
     # one split (a batch that fills the SMs by itself) writes `out` directly; the partials are then unused
-    part_out = torch.empty((B, Hq, splits, D) if splits > 1 else (1, 1, 1, 1), dtype=torch.float32, device=q.device)  # [B, Hq, S, D]
-    part_lse = torch.empty((B, Hq, splits) if splits > 1 else (1, 1, 1), dtype=torch.float32, device=q.device)
+    f32 = dict(dtype=torch.float32, device=q.device)
+    part_out = torch.empty((B, Hq, splits, D) if splits > 1 else (1, 1, 1, 1), **f32)  # [B, Hq, S, D]
+    part_lse = torch.empty((B, Hq, splits) if splits > 1 else (1, 1, 1), **f32)  # [B, Hq, S]
     _decode_split_kernel[(B, Hkv, splits)](
         q, k_cache, v_cache, block_tables, context_lens, part_out, part_lse, out,
         q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),

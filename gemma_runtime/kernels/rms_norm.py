@@ -180,7 +180,8 @@ def _moe_epilogue_kernel(
     for k in range(SLOTS):
         e += tl.load(experts_ptr + t * stride_et + k * stride_ek + cols, mask=mask, other=0.0).to(tl.float32)
     e = e.to(out_ty).to(tl.float32)
-    dense = _norm_values(tl.load(dense_ptr + t * H + cols, mask=mask, other=0.0).to(tl.float32), w_dense_ptr, cols, mask, H, eps, out_ty)
+    dense_out = tl.load(dense_ptr + t * H + cols, mask=mask, other=0.0).to(tl.float32)
+    dense = _norm_values(dense_out, w_dense_ptr, cols, mask, H, eps, out_ty)
     m = (dense.to(tl.float32) + _norm_values(e, w_experts_ptr, cols, mask, H, eps, out_ty).to(tl.float32)).to(out_ty)
     y = _add_normed(res_ptr, t * H + cols, m.to(tl.float32), w_post_ptr, cols, mask, H, eps, out_ty)
     y = (y.to(tl.float32) * tl.load(scalar_ptr).to(tl.float32)).to(out_ty)

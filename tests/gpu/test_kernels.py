@@ -483,7 +483,7 @@ def test_engine_greedy_with_triton_backends_matches_reference(request, kind):
     """The tiny engine, MoE (the 26B-A4B's layers) and dense (the 31B's), decodes the same greedy tokens
     with the Triton backends as with the reference (float32 on the CPU interpreter; on CUDA in float32
     too, where tf32 dots leave the argmax alone)."""
-    random_tiny_engine_dir = request.getfixturevalue("random_tiny_engine_dir" if kind == "moe" else "random_tiny_dense_engine_dir")
+    engine_dir = request.getfixturevalue({"moe": "random_tiny_engine_dir", "dense": "random_tiny_dense_engine_dir"}[kind])
     from gemma_runtime.api import GenerateRequest, SamplingParams
     from gemma_runtime.config import RuntimeConfig
     from gemma_runtime.llm_engine import LLMEngine
@@ -492,8 +492,8 @@ def test_engine_greedy_with_triton_backends_matches_reference(request, kind):
     prompts = ["The quick brown fox jumps over the lazy dog near the river bank.", "Hi there"]
     requests = lambda: [GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=12, ignore_eos=True))  # noqa: E731
                         for i, p in enumerate(prompts)]
-    ref = LLMEngine(random_tiny_engine_dir, RuntimeConfig(block_size=4, max_model_len=128)).generate(requests())
-    engine = LLMEngine(random_tiny_engine_dir, RuntimeConfig(device=DEVICE.type, dtype="float32", block_size=4, max_model_len=128))
+    ref = LLMEngine(engine_dir, RuntimeConfig(block_size=4, max_model_len=128)).generate(requests())
+    engine = LLMEngine(engine_dir, RuntimeConfig(device=DEVICE.type, dtype="float32", block_size=4, max_model_len=128))
     engine.runner.text.attention = TritonPagedAttention()  # on CUDA the registry already chose these
     engine.runner.text.experts = TritonFusedExperts()
     engine.runner.text.norm = TritonRMSNorm()
