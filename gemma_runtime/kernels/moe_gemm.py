@@ -72,9 +72,9 @@ def align_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[
     tile_expert [P / block_m] int64: each tile's expert, -1 for tiles past the end).
 
     Two small kernels (count and lay out the runs in one program, then scatter) instead of a dozen torch
-    ops, neither of which reads anything back to the host. Within an expert's run the rows land in whatever order the atomic
-    counter hands out places; that order changes nothing, since every row of a tile is computed on its
-    own and written to its own (token, slot) place."""
+    ops, neither of which reads anything back to the host. Within an expert's run the rows land in
+    whatever order the atomic counter hands out places; that order changes nothing, since every row of
+    a tile is computed on its own and written to its own (token, slot) place."""
     flat = ids.flatten()  # [N = T*k]
     n = flat.numel()
     # every expert's run rounds up to whole tiles: at most n / block_m full tiles plus one partial per expert hit
