@@ -37,3 +37,15 @@ def dot(a, b, F32_DOT: tl.constexpr):
 def gelu_tanh(g):
     """GELU, tanh approximation, in float32: 0.5 g (1 + tanh(u)) == g * sigmoid(2u), u = sqrt(2/pi) (g + 0.044715 g^3)."""
     return g * tl.sigmoid(2.0 * 0.7978845608028654 * (g + 0.044715 * g * g * g))
+
+
+@triton.jit
+def online_softmax_step(s, m_i, l_i):
+    """One key tile of FlashAttention's online softmax: s [M, N] float32 scores (-inf where masked) ->
+    (new running max, new running sum, the tile's weights p [M, N], the factor alpha [M] that rescales
+    the accumulator). The caller loads V only now (a tile loaded earlier lives longer in registers) and
+    folds it in: acc * alpha + p v."""
+    m_new = tl.maximum(m_i, tl.max(s, 1))
+    p = tl.exp(s - m_new[:, None])
+    alpha = tl.exp(m_i - m_new)
+    return m_new, l_i * alpha + tl.sum(p, 1), p, alpha

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gemma_runtime.kernels.common import dot, interpreted, num_sms
+from gemma_runtime.kernels.common import dot, interpreted, num_sms, online_softmax_step
 
 
 @triton.jit
@@ -62,14 +62,9 @@ def _decode_split_kernel(
         kv_off = slot[:, None] * stride_cs + kvh * stride_ch + d[None, :]  # [BLOCK_N, D] gathered rows
         k = tl.load(k_cache_ptr + kv_off, mask=k_mask[:, None], other=0.0)
         s = dot(q, tl.trans(k), F32_DOT)  # [GROUP_PAD, BLOCK_N] float32; Gemma 4 attention scale is 1.0
-        s = tl.where(k_mask[None, :], s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        p = tl.exp(s - m_new[:, None])
-        alpha = tl.exp(m_i - m_new)
-        l_i = l_i * alpha + tl.sum(p, 1)
+        m_i, l_i, p, alpha = online_softmax_step(tl.where(k_mask[None, :], s, float("-inf")), m_i, l_i)
         v = tl.load(v_cache_ptr + kv_off, mask=k_mask[:, None], other=0.0)
         acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, F32_DOT)
-        m_i = m_new
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]

@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gemma_runtime.kernels.common import dot, interpreted
+from gemma_runtime.kernels.common import dot, interpreted, online_softmax_step
 
 
 @triton.jit
@@ -71,14 +71,9 @@ def _prefill_kernel(
             allowed = k_in[None, :] & visible & r_mask[:, None]
             if SLIDING:
                 allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
-            s = tl.where(allowed, s, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(s, 1))
-            p = tl.exp(s - m_new[:, None])
-            alpha = tl.exp(m_i - m_new)
-            l_i = l_i * alpha + tl.sum(p, 1)
+            m_i, l_i, p, alpha = online_softmax_step(tl.where(allowed, s, float("-inf")), m_i, l_i)
             v = tl.load(v_cache_ptr + kv_off, mask=k_in[:, None], other=0.0)
             acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, F32_DOT)
-            m_i = m_new
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(out_ptr + rows[:, None] * stride_qt + h * stride_qh + d[None, :], out.to(out_ptr.dtype.element_ty),
                  mask=r_mask[:, None])
