@@ -94,6 +94,14 @@ def align_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[
 
 
 @triton.jit
+def _tile_rows(rows_ptr, tile, num_rows, BLOCK_M: tl.constexpr):
+    """A tile's places in the layout, the routed row at each (num_rows where padding), and which are real."""
+    offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
+    row = tl.load(rows_ptr + offs_m)
+    return offs_m, row, row < num_rows
+
+
+@triton.jit
 def _gate_up_kernel(
     x_ptr, w_ptr, scale_ptr, h_ptr, rows_ptr, tile_expert_ptr,
     num_rows, K, I,  # num_rows = T*k; K = hidden; I = expert intermediate
@@ -107,9 +115,7 @@ def _gate_up_kernel(
     tile = tl.program_id(0)
     expert = tl.load(tile_expert_ptr + tile)
     if expert >= 0:
-        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        row = tl.load(rows_ptr + offs_m)
-        m_mask = row < num_rows
+        offs_m, row, m_mask = _tile_rows(rows_ptr, tile, num_rows, BLOCK_M)
         token = row // TOP_K  # routed row t*k+j reads token t's activations
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = offs_n < I
@@ -148,9 +154,7 @@ def _down_kernel(
     tile = tl.program_id(0)
     expert = tl.load(tile_expert_ptr + tile)
     if expert >= 0:
-        offs_m = tile * BLOCK_M + tl.arange(0, BLOCK_M)
-        row = tl.load(rows_ptr + offs_m)
-        m_mask = row < num_rows
+        offs_m, row, m_mask = _tile_rows(rows_ptr, tile, num_rows, BLOCK_M)
         offs_n = tl.program_id(1) * BLOCK_N + tl.arange(0, BLOCK_N)
         n_mask = offs_n < N
         w_base = w_ptr + expert * stride_we
