@@ -110,11 +110,6 @@ def configs():
            {"m_ptr": BF16, "res_ptr": BF16, "w_post_ptr": BF16, "scalar_ptr": BF16, "w_next_ptr": BF16, "out_ptr": BF16,
             "next_ptr": BF16, "eps": "fp32"}, dict(BLOCK=8192), 16, 1)  # fmt: skip
     yield ("geglu", geglu._geglu_kernel, {"x_ptr": BF16, "out_ptr": BF16}, dict(BLOCK=1024), 4, 1)
-    yield ("rms_norm H=2816 router (*scale*factor)", rms_norm._rms_norm_kernel,
-           {"x_ptr": BF16, "w_ptr": BF16, "res_ptr": BF16, "scale_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32,
-            "post_ptr": BF16, "out_ptr": BF16, "post_factor": "fp32", "eps": "fp32"},
-           dict(HAS_WEIGHT=False, HAS_RESIDUAL=False, HAS_SCALE=False, HAS_ROPE=False, HAS_POST=True, BLOCK=4096),
-           16, 1)  # fmt: skip
     for h in (256, 512, 2816, 5376):  # head dims (q/k/v norms) and the two hidden sizes
         block = triton.next_power_of_2(h)
         for residual, rope in ((False, False), (True, False), (False, True)):
@@ -123,9 +118,8 @@ def configs():
             extra = " +residual*scale" if residual else " +rope" if rope else ""
             yield (f"rms_norm H={h}{extra}", rms_norm._rms_norm_kernel,
                    {"x_ptr": BF16, "w_ptr": BF16, "res_ptr": BF16, "scale_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32,
-                    "post_ptr": BF16, "out_ptr": BF16, "post_factor": "fp32", "eps": "fp32"},
-                   dict(HAS_WEIGHT=True, HAS_RESIDUAL=residual, HAS_SCALE=residual, HAS_ROPE=rope, HAS_POST=False,
-                        BLOCK=block),
+                    "out_ptr": BF16, "eps": "fp32"},
+                   dict(HAS_WEIGHT=True, HAS_RESIDUAL=residual, HAS_SCALE=residual, HAS_ROPE=rope, BLOCK=block),
                    min(16, max(1, block // 256)), 1)  # fmt: skip
 
 

@@ -10,7 +10,6 @@ import torch
 import triton
 import triton.language as tl
 
-from gemma_runtime.kernels.rms_norm import fused_rms_norm
 
 
 @triton.jit
@@ -69,18 +68,3 @@ def topk_softmax_row_tiles(logits: torch.Tensor, top_k: int, block_m: int):
     instead of align_by_expert's two launches. Same launch."""
     weights, ids, rows, tile_expert = _launch_route(logits, top_k, block_m)
     return weights, ids, (rows, tile_expert)
-
-
-def route_hidden(hidden: torch.Tensor, router_proj: torch.Tensor, top_k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as gemma_runtime.model.moe.route_hidden: the [T,H]x[H,E] GEMM stays with cuBLAS,
-    the softmax/top-k/renormalise tail is the fused kernel."""
-    return topk_softmax(torch.nn.functional.linear(hidden, router_proj), top_k)
-
-
-def route(
-    residual: torch.Tensor, router_proj: torch.Tensor, router_scale: torch.Tensor, top_k: int, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Same contract as gemma_runtime.model.moe.route: the norm and both scalings are one fused RMSNorm
-    launch (the decoder gets that input from the norm backend's ffn_prologue instead), then route_hidden."""
-    hidden = fused_rms_norm(residual, None, eps, post=(router_scale, residual.shape[-1] ** -0.5))  # [T, H]
-    return route_hidden(hidden, router_proj, top_k)

@@ -67,10 +67,10 @@ def _norm_row(x_row, w_ptr, cos_row, sin_row, cols, mask, H, eps, out_ty: tl.con
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, w_ptr, res_ptr, scale_ptr, cos_ptr, sin_ptr, post_ptr, out_ptr,
-    H, heads, stride_xt, stride_xh, eps, post_factor,  # row r is token r // heads, head r % heads; H contiguous
+    x_ptr, w_ptr, res_ptr, scale_ptr, cos_ptr, sin_ptr, out_ptr,
+    H, heads, stride_xt, stride_xh, eps,  # row r is token r // heads, head r % heads; H contiguous
     HAS_WEIGHT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_ROPE: tl.constexpr,
-    HAS_POST: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
     token = (row // heads).to(tl.int64)
@@ -84,9 +84,6 @@ def _rms_norm_kernel(
         y = (tl.load(res_ptr + row.to(tl.int64) * H + cols, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
     if HAS_SCALE:
         y = (y.to(tl.float32) * tl.load(scale_ptr).to(tl.float32)).to(out_ty)
-    if HAS_POST:  # (y * post vector) * post_factor, each product rounded (the router's input scaling)
-        y = (y.to(tl.float32) * tl.load(post_ptr + cols, mask=mask, other=0.0).to(tl.float32)).to(out_ty)
-        y = (y.to(tl.float32) * post_factor).to(out_ty)
     tl.store(out_row + cols, y, mask=mask)
 
 
@@ -209,12 +206,10 @@ def _layer_end_kernel(
 
 
 def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
-                   scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None,
-                   post: tuple[torch.Tensor, float] | None = None) -> torch.Tensor:
+                   scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
     """((residual +) rms_norm(x) * weight) (* scale) over the last dim, or rope(rms_norm(x) * weight);
     x [rows, H] or [T, heads, H]; residual contiguous and shaped like the output; scale a one-element
-    tensor; rope (cos, sin), each [T, H] float32 (model/layers.py rope_cos_sin); post (vector [H], factor):
-    the result times the vector, then times the factor, each rounded as torch rounds them."""
+    tensor; rope (cos, sin), each [T, H] float32 (model/layers.py rope_cos_sin)."""
     H = x.shape[-1]
     if x.stride(-1) != 1:
         x = x.contiguous()
@@ -230,10 +225,9 @@ def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, res
         cos, sin = (rope[0].contiguous(), rope[1].contiguous()) if rope is not None else (x, x)
         _rms_norm_kernel[(rows,)](
             x, weight if weight is not None else x, residual if residual is not None else x,
-            scale if scale is not None else x, cos, sin, post[0] if post is not None else x, out,
-            H, heads, stride_t, stride_h, eps, float(post[1]) if post is not None else 1.0,
+            scale if scale is not None else x, cos, sin, out, H, heads, stride_t, stride_h, eps,
             HAS_WEIGHT=weight is not None, HAS_RESIDUAL=residual is not None, HAS_SCALE=scale is not None,
-            HAS_ROPE=rope is not None, HAS_POST=post is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
+            HAS_ROPE=rope is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
         )  # fmt: skip
     return out
 

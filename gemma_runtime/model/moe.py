@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gemma_runtime.model.layers import geglu, router_input
+from gemma_runtime.model.layers import geglu
 from gemma_runtime.model.registry import register
 
 
@@ -17,13 +17,6 @@ def route_hidden(hidden: torch.Tensor, router_proj: torch.Tensor, top_k: int) ->
     weights, ids = torch.topk(probs, k=top_k, dim=-1)
     weights = weights / weights.sum(dim=-1, keepdim=True)
     return weights, ids
-
-
-def route(
-    residual: torch.Tensor, router_proj: torch.Tensor, router_scale: torch.Tensor, top_k: int, eps: float
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The whole router from the layer's residual stream: weights [T, k], ids [T, k]."""
-    return route_hidden(router_input(residual, router_scale, eps), router_proj, top_k)
 
 
 @register("moe", "cpu")
