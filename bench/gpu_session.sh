@@ -11,6 +11,7 @@
 #   bench/gpu_session.sh bench ARGS...     # THERE: bench/run.py ARGS, its JSON lines into $OUT
 #   bench/gpu_session.sh tune ARGS...      # THERE: bench/tune_kernels.py ARGS
 #   bench/gpu_session.sh profile ARGS...   # THERE: bench/profile_decode.py ARGS
+#   bench/gpu_session.sh session SECONDS   # THERE: the steps above in order of need, each capped, within SECONDS
 #
 # Several steps chain in one device call (a fresh machine costs minutes):
 #   bench/gpu_session.sh check && bench/gpu_session.sh bench --models 26b --dtypes bf16
@@ -40,8 +41,10 @@ fetch_wheels() {
 
 prepare() {
   # carried wheels first on the path; the repo's packages (the builder lives in build/) after them
-  if compgen -G "$WHEELS/*.whl" > /dev/null; then
+  # (once per machine: a session's later steps find them installed)
+  if compgen -G "$WHEELS/*.whl" > /dev/null && [ ! -f "$SITE/.installed" ]; then
     "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target "$SITE" "$WHEELS"/*.whl
+    touch "$SITE/.installed"
   fi
   export PYTHONPATH="$SITE:$REPO:$REPO/build${PYTHONPATH:+:$PYTHONPATH}"
   export PYTHONUNBUFFERED=1
@@ -74,6 +77,32 @@ case "$step" in
   profile)
     prepare
     "$PYTHON" bench/profile_decode.py --out "$OUT" "$@" 2>&1 | tee -a "$OUT/profile.log"
+    ;;
+  session)
+    # One device call for a short lease: each step runs in its own process under a cap (a hang or a
+    # crash costs that step, not the call), in the order the issue needs its figures. Figures are
+    # written as they are measured, so a step cut off keeps what it measured. SIGINT first, so Python
+    # unwinds and flushes.
+    budget=${1:-540}
+    deadline=$((SECONDS + budget))
+    capped() {
+      local cap=$1 left; shift
+      left=$((deadline - SECONDS - 15))
+      [ "$left" -lt "$cap" ] && cap=$left
+      if [ "$cap" -lt 30 ]; then echo "== skip $*: ${cap}s left" | tee -a "$OUT/session.log"; return 0; fi
+      echo "== $* (at most ${cap}s, started at ${SECONDS}s)" | tee -a "$OUT/session.log"
+      local rc=0
+      timeout --signal=INT --kill-after=15 "$cap" "$0" "$@" || rc=$?
+      echo "== $*: exit $rc after ${SECONDS}s" | tee -a "$OUT/session.log"
+    }
+    mkdir -p "$OUT"
+    workers=()
+    "$PYTHON" -c "import xdist" 2>/dev/null && workers=(-n 12)  # the kernels' compiles run in parallel
+    capped 110 check "${workers[@]}"
+    capped 180 bench --models 26b --dtypes bf16  # and transformers at the same dimensions
+    capped 140 bench --models 26b --dtypes fp8 --transformers off
+    capped 180 bench --models 31b --dtypes fp8 --transformers off
+    capped 120 profile --model 26b --batch 1
     ;;
   *) echo "unknown step: $step (wheels, check, bench, tune, profile)" >&2; exit 2 ;;
 esac

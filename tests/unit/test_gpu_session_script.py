@@ -37,3 +37,14 @@ def test_a_failing_step_fails_the_chain(tmp_path):
     assert failed.returncode != 0  # the python error is not swallowed by the log's tee
     unknown = run_step(tmp_path, "benchmark")
     assert unknown.returncode == 2 and "unknown step" in unknown.stderr
+
+
+def test_a_session_skips_the_steps_its_budget_cannot_hold(tmp_path):
+    # 40 s less the 15 s margin leaves every step under the 30 s it needs to start: all five are
+    # skipped, in their order, and the session still ends cleanly with its log in $OUT
+    session = run_step(tmp_path, "session", "40")
+    assert session.returncode == 0, session.stdout[-2000:] + session.stderr[-2000:]
+    log = (tmp_path / "out" / "session.log").read_text().splitlines()
+    expected = ["== skip check", "== skip bench --models 26b --dtypes bf16",
+                "== skip bench --models 26b --dtypes fp8 --transformers off", "== skip bench --models 31b --dtypes fp8 --transformers off", "== skip profile --model 26b --batch 1"]
+    assert len(log) == len(expected) and all(line.startswith(want) for line, want in zip(log, expected)), log
