@@ -129,15 +129,28 @@ def system_name(graphs: bool | None, overlap: bool | None) -> str:
     return "-".join(["ours"] + [f"no-{name}" for name in off])
 
 
+STEP_TOKENS = 2048  # the engine's token budget per step (max_num_batched_tokens)
+
+
+def decode_max_tokens(sizes: Sizes, batch: int) -> int:
+    """Output tokens each sequence of a decode run is given. The batch's prompts take several steps to
+    prefill (STEP_TOKENS a step, and one more step of lag with overlapped scheduling), so the sequences
+    prefilled first run that many tokens ahead of the last; each must still be running at the last timed
+    step, or the batch shrinks inside the measurement."""
+    prefill_steps = -(-batch * sizes.prompt // (STEP_TOKENS - batch))  # running sequences' decode tokens share the budget
+    return sizes.warmup_steps + sizes.decode_steps + 2 + prefill_steps + 1
+
+
 def runtime_config(spec, sizes: Sizes, device: torch.device, graphs: bool | None = None, overlap: bool | None = None
                    ) -> RuntimeConfig:
     """Pages for the largest decode batch and the longest prefill, within 85% of what the weights leave free.
     The batch sizes that do not fit are skipped (and said so) rather than preempting mid-measurement."""
     bs, window = sizes.block_size, spec.text.sliding_window
     max_batch = max(sizes.batches + (min(sizes.arrivals, max(sizes.batches)),))
-    ctx = max(sizes.prompt + sizes.warmup_steps + sizes.decode_steps + 2, sizes.arrival_prompt + sizes.arrival_output + 1)
-    longest = max(sizes.prefill_lens) + 2
-    step_tokens = 2048
+    ctx = max(sizes.prompt + max(decode_max_tokens(sizes, b) for b in sizes.batches),
+              sizes.arrival_prompt + sizes.arrival_output + 1)
+    longest = max(max(sizes.prefill_lens) + 2, ctx)
+    step_tokens = STEP_TOKENS
     pages = lambda n: -(-n // bs)  # noqa: E731
     full_pages = max(pages(longest), max_batch * pages(ctx))
     sliding_pages = max_batch * (pages(min(ctx, window)) + 2) + pages(step_tokens) + pages(window) + 2
@@ -167,7 +180,7 @@ def drain(engine: LLMEngine) -> None:
 
 def measure_decode(engine: LLMEngine, batch: int, sizes: Sizes, clock: Clock, rng: random.Random) -> tuple[float, float]:
     """(tokens/s per user, tokens/s in total) over decode steps with `batch` sequences all running."""
-    n = sizes.warmup_steps + sizes.decode_steps + 2
+    n = decode_max_tokens(sizes, batch)
     ids = {f"decode-{batch}-{i}" for i in range(batch)}
     for rid in sorted(ids):
         engine.add_request(GenerateRequest(rid, prompt_ids(sizes.prompt, rng), greedy(n)))

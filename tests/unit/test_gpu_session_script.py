@@ -45,6 +45,7 @@ def test_a_session_skips_the_steps_its_budget_cannot_hold(tmp_path):
     session = run_step(tmp_path, "session", "40")
     assert session.returncode == 0, session.stdout[-2000:] + session.stderr[-2000:]
     log = (tmp_path / "out" / "session.log").read_text().splitlines()
-    expected = ["== skip check", "== skip bench --models 26b --dtypes bf16",
-                "== skip bench --models 26b --dtypes fp8 --transformers off", "== skip bench --models 31b --dtypes fp8 --transformers off", "== skip profile --model 26b --batch 1"]
+    expected = ["== skip bench --models 26b --dtypes bf16", "== skip bench --models 26b --dtypes fp8 --transformers off",
+                "== skip bench --models 31b --dtypes fp8 --transformers off", "== skip profile --model 26b --batch 1",
+                "== skip check"]
     assert len(log) == len(expected) and all(line.startswith(want) for line, want in zip(log, expected)), log
