@@ -19,7 +19,7 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from gemma_runtime.kernels import fp8_gemm, geglu, moe_gemm, moe_routing, paged_decode, paged_prefill, rms_norm
+from gemma_runtime.kernels import fp8_gemm, geglu, gemv, moe_gemm, moe_routing, paged_decode, paged_prefill, rms_norm
 
 TARGET = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 227 * 1024
@@ -84,6 +84,14 @@ def configs():
                     "tile_expert_ptr": I64, "routing_ptr": F32},
                    dict(HAS_SCALE=scaled, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, F32_DOT=False), warps, stages)  # fmt: skip
 
+    for wname, wtype in (("bf16", BF16), ("fp8", FP8)):  # one routed row per program (batches of one or two)
+        bn, bk, warps = moe_gemm.expert_gemv_tiles(2 if wname == "bf16" else 1)
+        yield (f"moe gate_up one-row {wname}", moe_gemm._gate_up_gemv_kernel,
+               {"x_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "h_ptr": BF16, "ids_ptr": I64},
+               dict(TOP_K=8, HAS_SCALE=wname == "fp8", BLOCK_N=bn, BLOCK_K=bk), warps, 3)  # fmt: skip
+        yield (f"moe down one-row {wname}", moe_gemm._down_gemv_kernel,
+               {"h_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "out_ptr": F32, "ids_ptr": I64, "routing_ptr": F32},
+               dict(HAS_SCALE=wname == "fp8", BLOCK_N=bn, BLOCK_K=bk), warps, 3)  # fmt: skip
     for rows in (1, 64):
         bm, bn, bk, warps = fp8_gemm.w8a16_tiles(rows)
         for splits in (1, 4):
@@ -91,6 +99,12 @@ def configs():
                    {"x_ptr": BF16, "w_ptr": FP8, "scale_ptr": F32, "out_ptr": BF16 if splits == 1 else F32},
                    dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=splits, F32_DOT=False), warps, 3)  # fmt: skip
 
+    for rows in (1, 4):
+        for wname, wtype in (("bf16", BF16), ("fp8", FP8)):
+            bn, bk, warps = gemv.gemv_tiles(rows, 2 if wname == "bf16" else 1)
+            yield (f"gemv {wname} M={rows}", gemv._gemv_kernel,
+                   {"x_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "out_ptr": BF16},
+                   dict(BLOCK_M=rows, BLOCK_N=bn, BLOCK_K=bk, HAS_SCALE=wname == "fp8"), warps, 3)  # fmt: skip
     for d, nq, nkv, k_eq_v in ((256, 16, 8, False), (512, 16, 2, True)):  # the 26B-A4B's sliding and full layers
         yield (f"qkv norm+rope+cache write d={d}", rms_norm._qkv_norm_kernel,
                {"qkv_ptr": BF16, "q_w_ptr": BF16, "k_w_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32, "q_out_ptr": BF16,

@@ -11,7 +11,7 @@
 #   bench/gpu_session.sh bench ARGS...     # THERE: bench/run.py ARGS, its JSON lines into $OUT
 #   bench/gpu_session.sh tune ARGS...      # THERE: bench/tune_kernels.py ARGS
 #   bench/gpu_session.sh profile ARGS...   # THERE: bench/profile_decode.py ARGS
-#   bench/gpu_session.sh session SECONDS   # THERE: the steps above in order of need, each capped, within SECONDS
+#   bench/gpu_session.sh session SECONDS [PLAN]  # THERE: a plan's steps (bench, decode), each capped, within SECONDS
 #
 # Several steps chain in one device call (a fresh machine costs minutes):
 #   bench/gpu_session.sh check && bench/gpu_session.sh bench --models 26b --dtypes bf16
@@ -64,7 +64,9 @@ case "$step" in
   check)
     prepare
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv 2>/dev/null || true
-    "$PYTHON" -m pytest -q -ra -p no:cacheprovider tests/gpu "$@" 2>&1 | tee "$OUT/check.log"
+    workers=()
+    "$PYTHON" -c "import xdist" 2>/dev/null && workers=(-n 12)  # the kernels' compiles run in parallel
+    "$PYTHON" -m pytest -q -ra -p no:cacheprovider "${workers[@]}" tests/gpu "$@" 2>&1 | tee "$OUT/check.log"
     ;;
   bench)
     prepare
@@ -80,11 +82,13 @@ case "$step" in
     ;;
   session)
     # One device call for a short lease: each step runs in its own process under a cap (a hang or a
-    # crash costs that step, not the call), in the order the issue needs its figures (the bench's
-    # table first; the kernels' check, which has run on an H100 once, last). Figures are
-    # written as they are measured, so a step cut off keeps what it measured. SIGINT first, so Python
-    # unwinds and flushes.
+    # crash costs that step, not the call), in the order of need. Figures are written as they are
+    # measured, so a step cut off keeps what it measured. SIGINT first, so Python unwinds and flushes.
+    #   bench:  make bench's figures (both models' batch-1 targets first), a profile, the kernels' check
+    #   decode: the one-row kernels against what they replace (per layer, at the real shapes, outputs
+    #           compared), then whole batch-1 decode steps with and without them, then their check
     budget=${1:-540}
+    plan=${2:-bench}
     deadline=$((SECONDS + budget))
     capped() {
       local cap=$1 left; shift
@@ -97,13 +101,24 @@ case "$step" in
       echo "== $*: exit $rc after ${SECONDS}s" | tee -a "$OUT/session.log"
     }
     mkdir -p "$OUT"
-    workers=()
-    "$PYTHON" -c "import xdist" 2>/dev/null && workers=(-n 12)  # the kernels' compiles run in parallel
-    capped 200 bench --models 26b --dtypes bf16  # and transformers at the same dimensions
-    capped 140 bench --models 26b --dtypes fp8 --transformers off
-    capped 150 bench --models 31b --dtypes fp8 --transformers off
-    capped 90 profile --model 26b --batch 1
-    capped 110 check "${workers[@]}"
+    case "$plan" in
+      bench)
+        capped 200 bench --models 26b --dtypes bf16  # and transformers at the same dimensions
+        capped 140 bench --models 26b --dtypes fp8 --transformers off
+        capped 150 bench --models 31b --dtypes fp8 --transformers off
+        capped 90 profile --model 26b --batch 1
+        capped 110 check
+        ;;
+      decode)
+        capped 60 tune --kernels gemv-switch,expert-gemv-switch --models 26b,31b
+        capped 45 profile --model 26b --dtype fp8 --trace off
+        capped 35 profile --model 26b --dtype fp8 --gemv off --trace off
+        capped 35 profile --model 26b --dtype bf16 --trace off
+        capped 45 profile --model 31b --dtype fp8 --trace off
+        capped 60 check -k "gemv or one_row or greedy"
+        ;;
+      *) echo "unknown plan: $plan (bench, decode)" | tee -a "$OUT/session.log" >&2; exit 2 ;;
+    esac
     ;;
   *) echo "unknown step: $step (wheels, check, bench, tune, profile)" >&2; exit 2 ;;
 esac

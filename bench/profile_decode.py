@@ -27,6 +27,7 @@ from collections import defaultdict
 from pathlib import Path
 
 import torch
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 from random_engine import make_random_engine, weights_in_memory  # bench/ is sys.path[0]
@@ -34,6 +35,7 @@ from run import DRY_SIZES, GPU_SIZES, SWITCH, Clock, greedy, prompt_ids, run_unt
 
 from gemma_runtime.api import GenerateRequest
 from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.model import linear as linear_module
 
 # kernel (or, on CPU, operator) name -> part of the model; first match wins
 PARTS: tuple[tuple[str, str], ...] = (
@@ -57,6 +59,8 @@ def kernel_times(prof, on_cuda: bool) -> tuple[dict[str, float], int]:
     count = 0
     for evt in prof.key_averages():
         if on_cuda:
+            if evt.device_type == DeviceType.CPU:
+                continue  # an operator's own device time repeats its kernels' (aten::mm and its GEMM kernel)
             us = getattr(evt, "self_device_time_total", None)
             us = us if us is not None else getattr(evt, "self_cuda_time_total", 0.0)
         else:
@@ -76,6 +80,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-graphs", choices=SWITCH, default="auto")
     p.add_argument("--overlap", choices=SWITCH, default="auto")
     p.add_argument("--out", default="bench/results/profiles", help="folder for the trace and the summary")
+    p.add_argument("--gemv", choices=("on", "off"), default="on",
+                   help="the matrix-vector kernels (linear.GEMV_MAX_ROWS, moe_gemm.EXPERT_GEMV_MAX_ROWS); off: "
+                        "cuBLAS, W8A16 and the 16-row expert tiles at every batch, to measure what they give")
+    p.add_argument("--trace", choices=("on", "off"), default="on", help="also write the gzipped Chrome trace")
     p.add_argument("--dry-run", action="store_true", help="the tiny engine on CPU (tests the script)")
     args = p.parse_args(argv)
 
@@ -85,11 +93,15 @@ def main(argv: list[str] | None = None) -> int:
     steps = min(args.steps, 3) if dry else args.steps
     warmup = 2 if dry else 8
     sizes = dataclasses.replace(DRY_SIZES if dry else GPU_SIZES, batches=(args.batch,),
-                                decode_steps=warmup + steps + 4, prefill_lens=(64,))  # fmt: skip
+                                decode_steps=warmup + 2 * steps + 4, prefill_lens=(64,))  # fmt: skip
     clock, rng = Clock(device), random.Random(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{model}-{args.dtype}-batch{args.batch}"
+    name = f"{model}-{args.dtype}-batch{args.batch}" + ("-no-gemv" if args.gemv == "off" else "")
+    if args.gemv == "off":  # both are read at each call, so the graphs captured below take them too
+        from gemma_runtime.kernels import moe_gemm  # triton: imported only when asked for
+
+        linear_module.GEMV_MAX_ROWS = moe_gemm.EXPERT_GEMV_MAX_ROWS = 0
 
     with tempfile.TemporaryDirectory(prefix="gemma4-profile-") as tmp:
         made = make_random_engine(model, args.dtype, device, Path(tmp) / name)
@@ -102,10 +114,15 @@ def main(argv: list[str] | None = None) -> int:
         made = None
         ids = {f"profile-{i}" for i in range(args.batch)}
         for rid in sorted(ids):
-            engine.add_request(GenerateRequest(rid, prompt_ids(sizes.prompt, rng), greedy(warmup + steps + 8)))
+            engine.add_request(GenerateRequest(rid, prompt_ids(sizes.prompt, rng), greedy(warmup + 2 * steps + 8)))
         run_until_first_tokens(engine, ids)
         for _ in range(warmup):
             engine.step()
+
+        start = clock.now()  # the same steps without the profiler: the step time the bench sees
+        for _ in range(steps):
+            engine.step()
+        plain_ms = 1e3 * (clock.now() - start) / steps
 
         activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
         start = clock.now()
@@ -124,8 +141,8 @@ def main(argv: list[str] | None = None) -> int:
 
     what = "GPU kernel" if device.type == "cuda" else "CPU operator"
     print(f"{name}: graphs {'on' if engine.runner.graphs else 'off'}, overlap {'on' if engine.overlap else 'off'}")
-    print(f"wall per step {wall_ms:.3f} ms (profiled); {what} time per step {per_step_ms:.3f} ms "
-          f"({100 * per_step_ms / wall_ms:.0f}% of the wall) in {launches / steps:.0f} {what}s")  # fmt: skip
+    print(f"wall per step {plain_ms:.3f} ms ({args.batch * 1e3 / plain_ms:.1f} tok/s); profiled {wall_ms:.3f} ms, of which "
+          f"{what} time {per_step_ms:.3f} ms ({100 * per_step_ms / wall_ms:.0f}%) in {launches / steps:.0f} {what}s")  # fmt: skip
     print(f"\n{'part':32} {'ms/step':>9} {'share':>6}")
     for part, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
         print(f"{part:32} {ms:9.3f} {100 * ms / per_step_ms:5.1f}%")
@@ -134,13 +151,15 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{kernel[:70]:70} {us / steps:9.1f}")
 
     trace = out / f"{name}.trace.json.gz"  # gzipped: a GPU trace runs to tens of MB
-    prof.export_chrome_trace(str(trace))
+    if args.trace == "on":
+        prof.export_chrome_trace(str(trace))
     summary = dict(model=model, dtype=args.dtype, batch=args.batch, steps=steps, device=str(device),
-                   graphs=bool(engine.runner.graphs), overlap=engine.overlap, wall_ms_per_step=wall_ms,
+                   graphs=bool(engine.runner.graphs), overlap=engine.overlap, gemv=args.gemv,
+                   wall_ms_per_step=plain_ms, profiled_wall_ms_per_step=wall_ms,
                    kernel_ms_per_step=per_step_ms, kernels_per_step=launches / steps, parts_ms_per_step=dict(parts),
                    top_kernels_us_per_step={k: us / steps for k, us in top})  # fmt: skip
     (out / f"{name}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
-    print(f"\ntrace: {trace}")
+    print(f"\ntrace: {trace}" if args.trace == "on" else "")
     return 0
 
 

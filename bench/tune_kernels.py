@@ -1,14 +1,19 @@
 """Time every Triton kernel's tile candidates at the 26B-A4B's and the 31B's real shapes; print the fastest.
 
 Each kernel takes its tiles from one small function (paged_decode.decode_tiles, paged_prefill.prefill_tiles,
-moe_gemm.expert_tiles, fp8_gemm.w8a16_tiles). For every shape below this script swaps in each candidate,
+moe_gemm.expert_tiles, moe_gemm.expert_gemv_tiles, fp8_gemm.w8a16_tiles, gemv.gemv_tiles). For every shape below this script swaps in each candidate,
 runs the kernel once (Triton compiles it), checks the output against the current tiles' output (a wrong
 candidate is reported, never chosen), then times it: on CUDA through a CUDA graph
 (triton.testing.do_bench_cudagraph), so the GPU time is measured and not the host's launch cost.
 The `w8a16-switch` cases time the two FP8 linear paths (W8A16 kernel vs quantized activations and
-torch._scaled_mm) over the row counts around linear.W8A16_MAX_ROWS.
+torch._scaled_mm) over the row counts around linear.W8A16_MAX_ROWS; the `gemv-switch` cases time
+linear() at one to four rows with and without the matrix-vector kernel (linear.GEMV_MAX_ROWS: cuBLAS
+for bf16 weights, W8A16 for FP8 ones), each with its share of copy bandwidth; `expert-gemv-switch` likewise times the experts of
+one or two tokens as one matrix-vector product per routed row against the 16-row tiles
+(moe_gemm.EXPERT_GEMV_MAX_ROWS).
 
-    python bench/tune_kernels.py [--kernels decode,prefill,moe,w8a16,w8a16-switch] [--models 26b,31b]
+    python bench/tune_kernels.py [--kernels decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,
+                                           expert-gemv,expert-gemv-switch] [--models 26b,31b]
                                  [--results FILE.jsonl] [--dry-run]
 
 A result line per (case, candidate) is appended to --results as JSON. What to change in the tile
@@ -41,7 +46,7 @@ import triton  # noqa: E402
 
 from random_engine import MODELS, SLIDING_WINDOW  # noqa: E402  (bench/ is sys.path[0])
 
-from gemma_runtime.kernels import fp8_gemm, moe_gemm, paged_decode, paged_prefill  # noqa: E402
+from gemma_runtime.kernels import fp8_gemm, gemv, moe_gemm, paged_decode, paged_prefill  # noqa: E402
 from gemma_runtime.model import linear  # noqa: E402
 from gemma_runtime.model.cuda_backends import TritonFusedExperts  # noqa: E402
 from gemma_runtime.model.linear import quantize_per_row  # noqa: E402
@@ -57,13 +62,15 @@ class Case:
     attr: str  # the module attribute each candidate replaces
     candidates: tuple  # values for `attr`: tile tuples, or row limits for the switch
     make_run: Callable[[torch.device], Callable[[], torch.Tensor]]  # builds inputs once, returns the launch
-    tile_arg: int = 0  # what the wrapper passes the tile function (head_dim, rows or tokens)
+    tile_arg: int | tuple = 0  # what the wrapper passes the tile function (head_dim, rows, tokens; a tuple: several)
     tolerance: float = 2e-2  # largest error relative to the output's largest magnitude that still counts as right
+    weight_bytes: int = 0  # bytes of weight one launch reads, where that is the floor (prints the share of copy bandwidth)
 
     def current(self):
         """What the runtime picks today for this shape."""
         value = getattr(self.module, self.attr)
-        return value(self.tile_arg) if callable(value) else value
+        args = self.tile_arg if isinstance(self.tile_arg, tuple) else (self.tile_arg,)
+        return value(*args) if callable(value) else value
 
 
 @contextmanager
@@ -166,6 +173,24 @@ def w8a16_run(rows: int, n: int, k: int, path=None):
     return make
 
 
+def linear_run(rows: int, n: int, k: int, fp8: bool, kernel: bool = False):
+    """linear.linear as the decoder calls it (kernel: the matrix-vector kernel itself), on a bf16 or an
+    FP8 weight [N, K]."""
+
+    def make(device: torch.device):
+        x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)  # [M, K]
+        if fp8:
+            w, scale = fp8_rows(n, k, device)  # [N, K], [N]
+            named = {"w": w, "w_scale": scale}
+        else:
+            named = {"w": torch.randn(n, k, device=device, dtype=torch.bfloat16) * k**-0.5}
+        if kernel:
+            return lambda: gemv.gemv_linear(x, named["w"], named.get("w_scale"))
+        return lambda: linear.linear(x, named, "w")
+
+    return make
+
+
 # ------------------------------------------------------------------ cases
 
 
@@ -198,6 +223,21 @@ def model_cases(model: str, kernels: set[str]) -> list[Case]:
             for fp8 in (False, True):
                 cases.append(Case("moe", f"{model} {'fp8' if fp8 else 'bf16'} experts T={tokens}", moe_gemm,
                                   "expert_tiles", tiles, moe_run(tokens, h, e, k, ie, fp8), tokens))
+    if "expert-gemv" in kernels and MODELS[model]["kind"] == "moe":
+        e, k, ie = t["num_experts"], t["top_k_experts"], t["moe_intermediate_size"]
+        for fp8 in (False, True):
+            bk = (128, 256, 512) if not fp8 else (256, 512, 1024)
+            cases.append(Case("expert-gemv", f"{model} {'fp8' if fp8 else 'bf16'} one-row experts T=1", moe_gemm,
+                              "expert_gemv_tiles", grid((2, 4, 8, 16), bk, (2, 4, 8)), moe_run(1, h, e, k, ie, fp8),
+                              1 if fp8 else 2))
+    if "expert-gemv-switch" in kernels and MODELS[model]["kind"] == "moe":
+        e, k, ie = t["num_experts"], t["top_k_experts"], t["moe_intermediate_size"]
+        for tokens in (1, 2):
+            for fp8 in (False, True):
+                # 0: the row-tile layout and the 16-row tile kernels; 16: one matrix-vector product per routed row
+                read = tokens * k * 3 * ie * h * (1 if fp8 else 2)  # at most T*k experts' gate, up and down rows
+                cases.append(Case("expert-gemv-switch", f"{model} {'fp8' if fp8 else 'bf16'} experts T={tokens}", moe_gemm,
+                                  "EXPERT_GEMV_MAX_ROWS", (0, 16), moe_run(tokens, h, e, k, ie, fp8), weight_bytes=read))
     layers = {"qkv": ((hq + 2 * sliding[0]) * sliding[1], h), "o": (h, hq * sliding[1]),
               "gate_up": (2 * t["intermediate_size"], h), "down": (h, t["intermediate_size"])}  # name: (N, K)
     if "w8a16" in kernels:
@@ -214,6 +254,23 @@ def model_cases(model: str, kernels: set[str]) -> list[Case]:
                 # differ by the activations' e4m3 rounding, hence the looser tolerance
                 cases.append(Case("w8a16-switch", f"{model} {name} [{n}x{kk}] M={rows}", linear, "W8A16_MAX_ROWS",
                                   (0, 1 << 30), w8a16_run(rows, n, kk, path="fp8_linear"), tolerance=0.1))
+    if "gemv" in kernels:
+        for rows in (1, 4):
+            for fp8 in (False, True):
+                bk = (256, 512, 1024) if not fp8 else (512, 1024, 2048)
+                tiles = grid((1, 2, 4, 8, 16), bk, (2, 4, 8))  # (BLOCK_N, BLOCK_K, warps)
+                for name in ("o", "gate_up"):
+                    n, kk = layers[name]
+                    cases.append(Case("gemv", f"{model} {'fp8' if fp8 else 'bf16'} {name} [{n}x{kk}] M={rows}", gemv,
+                                      "gemv_tiles", tiles, linear_run(rows, n, kk, fp8, kernel=True), (rows, 1 if fp8 else 2)))
+    if "gemv-switch" in kernels:
+        for rows in (1, 4):
+            for fp8 in (False, True):
+                for name, (n, kk) in layers.items():
+                    # 0: cuBLAS (bf16) or W8A16 (FP8) at every row count; 4: the matrix-vector kernel
+                    cases.append(Case("gemv-switch", f"{model} {'fp8' if fp8 else 'bf16'} {name} [{n}x{kk}] M={rows}",
+                                      linear, "GEMV_MAX_ROWS", (0, 4), linear_run(rows, n, kk, fp8),
+                                      weight_bytes=n * kk * (1 if fp8 else 2)))
     return cases
 
 
@@ -236,6 +293,18 @@ def dry_cases(kernels: set[str]) -> list[Case]:
     if "w8a16-switch" in kernels:
         cases.append(Case("w8a16-switch", "tiny [96x128] M=20", linear, "W8A16_MAX_ROWS", (0, 1 << 30),
                           w8a16_run(20, 96, 128, path="fp8_linear"), tolerance=0.1))
+    if "expert-gemv" in kernels:
+        cases.append(Case("expert-gemv", "tiny bf16 one-row experts T=2", moe_gemm, "expert_gemv_tiles",
+                          ((4, 64, 4), (2, 32, 2)), moe_run(2, 64, 8, 2, 32, False), 2))
+    if "expert-gemv-switch" in kernels:
+        cases.append(Case("expert-gemv-switch", "tiny fp8 experts T=1", moe_gemm, "EXPERT_GEMV_MAX_ROWS", (0, 16),
+                          moe_run(1, 64, 8, 2, 32, True), weight_bytes=2 * 3 * 32 * 64))
+    if "gemv" in kernels:
+        cases.append(Case("gemv", "tiny fp8 [96x128] M=3", gemv, "gemv_tiles", ((4, 64, 4), (2, 128, 2)),
+                          linear_run(3, 96, 128, True, kernel=True), (3, 1)))
+    if "gemv-switch" in kernels:
+        cases.append(Case("gemv-switch", "tiny bf16 [96x128] M=2", linear, "GEMV_MAX_ROWS", (0, 4),
+                          linear_run(2, 96, 128, False), weight_bytes=96 * 128 * 2))
     return cases
 
 
@@ -267,11 +336,14 @@ def tune(case: Case, device: torch.device, write) -> None:
     for candidate, ms, status in rows:
         if status != "ok":
             print(f"    {str(candidate):22} {status}")
+    if case.weight_bytes:  # weight-bound: what each choice reads per second (the H100's copy rate: ~2,960 GB/s)
+        print("    weight read: " + ", ".join(f"{c}: {case.weight_bytes / ms / 1e6:,.0f} GB/s"
+                                           for c, ms, status in rows if status == "ok"), flush=True)
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernels", default="decode,prefill,moe,w8a16,w8a16-switch")
+    p.add_argument("--kernels", default="decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,expert-gemv,expert-gemv-switch")
     p.add_argument("--models", default="26b,31b")
     p.add_argument("--results", default=None, help="append one JSON line per (case, candidate) here")
     p.add_argument("--dry-run", action="store_true", help="tiny shapes under the interpreter (tests the script)")
@@ -280,7 +352,7 @@ def main(argv: list[str] | None = None) -> int:
     dry = args.dry_run or not torch.cuda.is_available()
     device = torch.device("cpu" if dry else "cuda")
     kernels = set(args.kernels.split(","))
-    unknown = kernels - {"decode", "prefill", "moe", "w8a16", "w8a16-switch"}
+    unknown = kernels - {"decode", "prefill", "moe", "w8a16", "w8a16-switch", "gemv", "gemv-switch", "expert-gemv", "expert-gemv-switch"}
     if unknown:
         p.error(f"unknown kernels: {sorted(unknown)}")
     cases = dry_cases(kernels) if dry else [c for m in args.models.split(",") for c in model_cases(m, kernels)]

@@ -1,7 +1,8 @@
 """Linear layers over plain or FP8 engine weights (engines/README.md, "quantization").
 
 An FP8 engine stores `X.weight` as float8_e4m3fn [N, K] beside a float32 `X.weight_scale` [N] (one
-scale per output row). On CUDA, a few rows (decode) go through the W8A16 Triton kernel
+scale per output row). On CUDA, one to four rows go through the matrix-vector kernel (kernels/gemv.py,
+bf16 weights too), a few more (decode) through the W8A16 Triton kernel
 (kernels/fp8_gemm.py: weights widened in registers, activations untouched, one launch), and many rows
 (prefill) through torch._scaled_mm on the FP8 tensor cores with the activations quantized per token on
 the fly. Elsewhere the _scaled_mm arithmetic is emulated in floating point (activations rounded to e4m3
@@ -18,6 +19,10 @@ FP8_MAX = torch.finfo(FP8).max  # 448
 # Up to this many rows a product is bound by reading the weights, and W8A16 skips quantizing the
 # activations; above it the FP8 tensor cores' compute wins. A starting point for tuning on the GPU.
 W8A16_MAX_ROWS = 64
+# Up to this many rows (decode at batch 1 to 4) a product on CUDA, bf16 or FP8, goes through the
+# matrix-vector kernel (kernels/gemv.py), which reads the weight once with no padding to 16 rows. At 0,
+# bf16 goes to cuBLAS and FP8 to W8A16 at every row count (bench/tune_kernels.py times both).
+GEMV_MAX_ROWS = 4
 
 
 def scale_name(name: str) -> str:
@@ -60,6 +65,10 @@ def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch
 def linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     """x @ weights[name]^T, whether the engine stored that weight plainly or in FP8 with row scales."""
     w = weights[name]
+    if x.is_cuda and x.numel() <= GEMV_MAX_ROWS * x.shape[-1]:
+        from gemma_runtime.kernels.gemv import gemv_linear  # triton: imported only where CUDA runs
+
+        return gemv_linear(x, w, weights[scale_name(name)] if w.dtype == FP8 else None)
     if w.dtype == FP8:
         return fp8_linear(x, w, weights[scale_name(name)])
     return F.linear(x, w)

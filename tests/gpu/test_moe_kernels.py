@@ -1,5 +1,5 @@
 """MoE kernels: the router tail (softmax, top-k, renormalise, and the one-tile-per-row layout), the
-alignment of routed rows into single-expert tiles, and the expert GEMMs (bf16 and FP8 weights) against
+alignment of routed rows into single-expert tiles, the expert GEMMs and their one-row form (bf16 and FP8 weights) against
 the reference (model/moe.py)."""
 
 from __future__ import annotations
@@ -9,6 +9,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from gemma_runtime.kernels import moe_gemm  # noqa: E402
 from gemma_runtime.kernels.moe_gemm import align_by_expert  # noqa: E402
 from gemma_runtime.kernels.moe_routing import topk_softmax, topk_softmax_row_tiles  # noqa: E402
 from gemma_runtime.model.cuda_backends import TritonFusedExperts  # noqa: E402
@@ -86,13 +87,44 @@ def test_fused_experts_with_fp8_weights(tokens):
     assert rel_err(out, ref) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("fp8", [False, True], ids=["bf16 experts", "fp8 experts"])
+@pytest.mark.parametrize("tokens", [1, 2, 5])
+def test_one_row_expert_kernels_match_the_reference(dtype, fp8, tokens):
+    """experts_gemv: a matrix-vector product per routed row, its expert read from ids. Ie = 50 and
+    H = 72 are multiples of neither the 4-row blocks nor the K chunks; any T works (the runtime uses it
+    for one or two tokens)."""
+    g = torch.Generator().manual_seed(tokens + 10 * fp8)
+    E, H, Ie, k = 8, 72, 50, 2
+    x = torch.randn(tokens, H, generator=g).to(DEVICE, dtype)
+    gate_up = (torch.randn(E, 2 * Ie, H, generator=g) / H**0.5).to(DEVICE, dtype)
+    down = (torch.randn(E, H, Ie, generator=g) / Ie**0.5).to(DEVICE, dtype)
+    weights, ids = torch.topk(torch.randn(tokens, E, generator=g).softmax(-1), k)
+    weights, ids = (weights / weights.sum(-1, keepdim=True)).to(DEVICE), ids.to(DEVICE)
+    scales = {}
+    if fp8:
+        (gate_up, gu_s), (down, dn_s) = quantize_per_row(gate_up), quantize_per_row(down)
+        scales = dict(gate_up_scale=gu_s, down_scale=dn_s)
+    dense = (lambda w, s: dequantize(w, s, dtype)) if fp8 else (lambda w, s: w)
+    ref = TorchGroupedExperts()(x, weights, ids, dense(gate_up, scales.get("gate_up_scale")),
+                                dense(down, scales.get("down_scale")))
+    per_slot = moe_gemm.experts_gemv(x, weights, ids, gate_up, down, **scales)
+    assert per_slot.shape == (tokens, k, H) and per_slot.dtype == torch.float32
+    assert rel_err(per_slot.sum(1).to(dtype), ref) < TOL[dtype]
+
+
+@pytest.mark.parametrize("expert_gemv", [16, 0], ids=["one-row kernels", "row tiles"])
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16 experts", "fp8 experts"])
 @pytest.mark.parametrize("tokens", [1, 2, 3, 70], ids=lambda t: f"T={t}")
-def test_routed_experts_from_the_router_input_match_the_reference(tokens, fp8):
+def test_routed_experts_from_the_router_input_match_the_reference(tokens, fp8, expert_gemv, monkeypatch):
     """The backends' one entry point from the router's input (router GEMM, routing, experts) at the
-    26B-A4B's E=128, k=8. T*k <= ROW_TILE_MAX_ROWS (T = 1, 2) takes the router kernel's one-tile-per-row
-    layout, larger T align_by_expert's; both against the reference route + experts, the per-slot rows
+    26B-A4B's E=128, k=8. T*k <= EXPERT_GEMV_MAX_ROWS (T = 1, 2) runs a matrix-vector product per routed
+    row; with that switched off, T*k <= ROW_TILE_MAX_ROWS takes the router kernel's one-tile-per-row
+    layout; larger T align_by_expert's. All against the reference route + experts, the per-slot rows
     summed as the epilogue sums them."""
+    if expert_gemv and tokens > 2:
+        pytest.skip("the switch only concerns one or two tokens")
+    monkeypatch.setattr(moe_gemm, "EXPERT_GEMV_MAX_ROWS", expert_gemv)
     dtype, E, H, Ie, k = torch.bfloat16, 128, 64, 48, 8
     g = torch.Generator().manual_seed(tokens + 10 * fp8)
     x, router_in = ((torch.randn(tokens, H, generator=g)).to(DEVICE, dtype) for _ in range(2))

@@ -49,3 +49,13 @@ def test_a_session_skips_the_steps_its_budget_cannot_hold(tmp_path):
                 "== skip bench --models 31b --dtypes fp8 --transformers off", "== skip profile --model 26b --batch 1",
                 "== skip check"]
     assert len(log) == len(expected) and all(line.startswith(want) for line, want in zip(log, expected)), log
+
+
+def test_the_decode_plan_runs_its_own_steps_and_an_unknown_plan_is_refused(tmp_path):
+    session = run_step(tmp_path, "session", "40", "decode")
+    assert session.returncode == 0, session.stdout[-2000:] + session.stderr[-2000:]
+    log = (tmp_path / "out" / "session.log").read_text().splitlines()
+    assert log[0].startswith("== skip tune --kernels gemv-switch,expert-gemv-switch") and len(log) == 6
+    assert log[2].startswith("== skip profile --model 26b --dtype fp8 --gemv off")
+    unknown = run_step(tmp_path, "session", "40", "everything")
+    assert unknown.returncode == 2 and "unknown plan" in unknown.stderr

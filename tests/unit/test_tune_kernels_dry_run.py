@@ -22,14 +22,15 @@ def test_dry_run_swaps_every_kernels_tiles_and_writes_json_lines(tmp_path):
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in results.read_text().splitlines()]
-    assert {r["kernel"] for r in lines} == {"decode", "prefill", "moe", "w8a16", "w8a16-switch"}
+    assert {r["kernel"] for r in lines} == {"decode", "prefill", "moe", "w8a16", "w8a16-switch", "gemv", "gemv-switch",
+                                             "expert-gemv", "expert-gemv-switch"}
     # every candidate of the dry run computes what the runtime's own tiles compute
     assert all(r["status"] == "ok" and r["ms"] > 0 for r in lines), [r for r in lines if r["status"] != "ok"]
     # the tile functions really were swapped: two distinct candidates per case
     for case in {r["shape"] for r in lines}:
         assert len({json.dumps(r["candidate"]) for r in lines if r["shape"] == case}) == 2
     table = [line for line in proc.stdout.splitlines() if " now " in line]
-    assert len(table) == len({r["shape"] for r in lines}) == 7
+    assert len(table) == len({r["shape"] for r in lines}) == 11
 
 
 @pytest.fixture
