@@ -86,7 +86,8 @@ case "$step" in
     # measured, so a step cut off keeps what it measured. SIGINT first, so Python unwinds and flushes.
     #   bench:  make bench's figures (both models' batch-1 targets first), a profile, the kernels' check
     #   decode: the one-row kernels against what they replace (per layer, at the real shapes, outputs
-    #           compared), then whole batch-1 decode steps with and without them, then their check
+    #           compared), whole batch-1 decode steps with and without them, their check, the other
+    #           batch-1 targets
     budget=${1:-540}
     plan=${2:-bench}
     deadline=$((SECONDS + budget))
@@ -110,12 +111,12 @@ case "$step" in
         capped 110 check
         ;;
       decode)
-        capped 60 tune --kernels gemv-switch,expert-gemv-switch --models 26b,31b
+        capped 55 tune --kernels gemv-switch,expert-gemv-switch --models 26b,31b
         capped 45 profile --model 26b --dtype fp8 --trace off
         capped 35 profile --model 26b --dtype fp8 --gemv off --trace off
+        capped 50 check -k "gemv or one_row or routed or greedy"
         capped 35 profile --model 26b --dtype bf16 --trace off
         capped 45 profile --model 31b --dtype fp8 --trace off
-        capped 60 check -k "gemv or one_row or greedy"
         ;;
       *) echo "unknown plan: $plan (bench, decode)" | tee -a "$OUT/session.log" >&2; exit 2 ;;
     esac

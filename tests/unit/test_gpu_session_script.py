@@ -56,6 +56,7 @@ def test_the_decode_plan_runs_its_own_steps_and_an_unknown_plan_is_refused(tmp_p
     assert session.returncode == 0, session.stdout[-2000:] + session.stderr[-2000:]
     log = (tmp_path / "out" / "session.log").read_text().splitlines()
     assert log[0].startswith("== skip tune --kernels gemv-switch,expert-gemv-switch") and len(log) == 6
+    assert log[3].startswith("== skip check -k gemv or one_row or routed or greedy")
     assert log[2].startswith("== skip profile --model 26b --dtype fp8 --gemv off")
     unknown = run_step(tmp_path, "session", "40", "everything")
     assert unknown.returncode == 2 and "unknown plan" in unknown.stderr
