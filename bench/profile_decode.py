@@ -81,8 +81,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", choices=SWITCH, default="auto")
     p.add_argument("--out", default="bench/results/profiles", help="folder for the trace and the summary")
     p.add_argument("--gemv", choices=("on", "off"), default="on",
-                   help="the matrix-vector kernels (linear.GEMV_MAX_ROWS, moe_gemm.EXPERT_GEMV_MAX_ROWS); off: "
-                        "cuBLAS, W8A16 and the 16-row expert tiles at every batch, to measure what they give")
+                   help="the matrix-vector kernels where linear.takes_gemv and moe_gemm.takes_expert_gemv take "
+                        "them; off: cuBLAS, W8A16 and the 16-row expert tiles at every batch, to measure what they give")
     p.add_argument("--trace", choices=("on", "off"), default="on", help="also write the gzipped Chrome trace")
     p.add_argument("--dry-run", action="store_true", help="the tiny engine on CPU (tests the script)")
     args = p.parse_args(argv)

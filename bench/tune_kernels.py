@@ -7,10 +7,12 @@ candidate is reported, never chosen), then times it: on CUDA through a CUDA grap
 (triton.testing.do_bench_cudagraph), so the GPU time is measured and not the host's launch cost.
 The `w8a16-switch` cases time the two FP8 linear paths (W8A16 kernel vs quantized activations and
 torch._scaled_mm) over the row counts around linear.W8A16_MAX_ROWS; the `gemv-switch` cases time
-linear() at one to four rows with and without the matrix-vector kernel (linear.GEMV_MAX_ROWS: cuBLAS
-for bf16 weights, W8A16 for FP8 ones), each with its share of copy bandwidth; `expert-gemv-switch` likewise times the experts of
-one or two tokens as one matrix-vector product per routed row against the 16-row tiles
-(moe_gemm.EXPERT_GEMV_MAX_ROWS).
+linear() at one and four rows with and without the matrix-vector kernel (linear.takes_gemv; without it,
+cuBLAS for bf16 weights, W8A16 for FP8 ones), each with what it reads per second; `expert-gemv-switch`
+likewise times one or two tokens' experts as one matrix-vector product per routed row against the
+16-row tiles (moe_gemm.takes_expert_gemv). Inputs are reused between timed runs, so a weight that fits
+in the 50 MB L2 (the 26B-A4B's linears) reads faster than HBM allows: compare those in a whole decode
+step (bench/profile_decode.py --gemv off).
 
     python bench/tune_kernels.py [--kernels decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,
                                            expert-gemv,expert-gemv-switch] [--models 26b,31b]
@@ -234,10 +236,12 @@ def model_cases(model: str, kernels: set[str]) -> list[Case]:
         e, k, ie = t["num_experts"], t["top_k_experts"], t["moe_intermediate_size"]
         for tokens in (1, 2):
             for fp8 in (False, True):
-                # 0: the row-tile layout and the 16-row tile kernels; 16: one matrix-vector product per routed row
+                # False: the row-tile layout and the 16-row tile kernels; True: a matrix-vector product per routed row
                 read = tokens * k * 3 * ie * h * (1 if fp8 else 2)  # at most T*k experts' gate, up and down rows
+                stack = torch.empty((e, 2 * ie, h), dtype=linear.FP8 if fp8 else torch.bfloat16, device="meta")
                 cases.append(Case("expert-gemv-switch", f"{model} {'fp8' if fp8 else 'bf16'} experts T={tokens}", moe_gemm,
-                                  "EXPERT_GEMV_MAX_ROWS", (0, 16), moe_run(tokens, h, e, k, ie, fp8), weight_bytes=read))
+                                  "takes_expert_gemv", (False, True), moe_run(tokens, h, e, k, ie, fp8),
+                                  (tokens * k, stack), weight_bytes=read))
     layers = {"qkv": ((hq + 2 * sliding[0]) * sliding[1], h), "o": (h, hq * sliding[1]),
               "gate_up": (2 * t["intermediate_size"], h), "down": (h, t["intermediate_size"])}  # name: (N, K)
     if "w8a16" in kernels:
@@ -267,9 +271,10 @@ def model_cases(model: str, kernels: set[str]) -> list[Case]:
         for rows in (1, 4):
             for fp8 in (False, True):
                 for name, (n, kk) in layers.items():
-                    # 0: cuBLAS (bf16) or W8A16 (FP8) at every row count; 4: the matrix-vector kernel
+                    # False: cuBLAS (bf16) or W8A16 (FP8); True: the matrix-vector kernel
+                    w = torch.empty((n, kk), dtype=linear.FP8 if fp8 else torch.bfloat16, device="meta")
                     cases.append(Case("gemv-switch", f"{model} {'fp8' if fp8 else 'bf16'} {name} [{n}x{kk}] M={rows}",
-                                      linear, "GEMV_MAX_ROWS", (0, 4), linear_run(rows, n, kk, fp8),
+                                      linear, "takes_gemv", (False, True), linear_run(rows, n, kk, fp8), (rows, w),
                                       weight_bytes=n * kk * (1 if fp8 else 2)))
     return cases
 
@@ -297,14 +302,16 @@ def dry_cases(kernels: set[str]) -> list[Case]:
         cases.append(Case("expert-gemv", "tiny bf16 one-row experts T=2", moe_gemm, "expert_gemv_tiles",
                           ((4, 64, 4), (2, 32, 2)), moe_run(2, 64, 8, 2, 32, False), 2))
     if "expert-gemv-switch" in kernels:
-        cases.append(Case("expert-gemv-switch", "tiny fp8 experts T=1", moe_gemm, "EXPERT_GEMV_MAX_ROWS", (0, 16),
-                          moe_run(1, 64, 8, 2, 32, True), weight_bytes=2 * 3 * 32 * 64))
+        cases.append(Case("expert-gemv-switch", "tiny fp8 experts T=1", moe_gemm, "takes_expert_gemv", (False, True),
+                          moe_run(1, 64, 8, 2, 32, True), (2, torch.empty((8, 64, 64), dtype=linear.FP8, device="meta")),
+                          weight_bytes=2 * 3 * 32 * 64))
     if "gemv" in kernels:
         cases.append(Case("gemv", "tiny fp8 [96x128] M=3", gemv, "gemv_tiles", ((4, 64, 4), (2, 128, 2)),
                           linear_run(3, 96, 128, True, kernel=True), (3, 1)))
     if "gemv-switch" in kernels:
-        cases.append(Case("gemv-switch", "tiny bf16 [96x128] M=2", linear, "GEMV_MAX_ROWS", (0, 4),
-                          linear_run(2, 96, 128, False), weight_bytes=96 * 128 * 2))
+        cases.append(Case("gemv-switch", "tiny fp8 [96x128] M=1", linear, "takes_gemv", (False, True),
+                          linear_run(1, 96, 128, True), (1, torch.empty((96, 128), dtype=linear.FP8, device="meta")),
+                          weight_bytes=96 * 128))
     return cases
 
 

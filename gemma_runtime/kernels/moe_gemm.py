@@ -274,10 +274,17 @@ def experts_gemv(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate
     return routed.view(T, top_k, H)  # [T*k, H] -> [T, k, H]
 
 
-# Up to this many routed rows (T*k: batch 2 at k=8) the experts run as one matrix-vector product per
-# routed row (experts_gemv). At 0, the row-tile layout below serves those batches (bench/tune_kernels.py
-# times both).
+# Up to this many routed rows (T*k: batch 2 at k=8), e4m3 experts run as one matrix-vector product per
+# routed row (experts_gemv). Measured on an H100 (docs/benchmarks.md, 2026-11-25): in the 26B-A4B's FP8
+# batch-1 decode step 0.83 ms against 1.31 ms for the 16-row tiles, which widen e4m3 to bf16 before
+# tl.dot; for bf16 experts the tiles were 4-7% faster, so those keep the row-tile layout below.
+# bench/tune_kernels.py's `expert-gemv-switch` re-measures both.
 EXPERT_GEMV_MAX_ROWS = 16
+
+
+def takes_expert_gemv(routed_rows: int, gate_up: torch.Tensor) -> bool:
+    """Whether `routed_rows` (T*k) rows through experts stacked like gate_up run as experts_gemv."""
+    return routed_rows <= EXPERT_GEMV_MAX_ROWS and gate_up.dtype == torch.float8_e4m3fn
 # Up to this many routed rows (T*k: batch 2 at k=8) each row gets its own tile, laid out by the router
 # kernel: two launches fewer than align_by_expert, and with k distinct experts per token few expert
 # weights are read twice (two tokens of 8 picks among 128 share ~0.9 experts).
@@ -347,11 +354,11 @@ def routed_experts(
     down_scale: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Routing (softmax over all experts, top-k, renormalise) and the experts -> float32 per-slot rows
-    [T, k, H]. Up to EXPERT_GEMV_MAX_ROWS routed rows each row is a matrix-vector product; else up to
+    [T, k, H]. Where takes_expert_gemv says so each routed row is a matrix-vector product; else up to
     ROW_TILE_MAX_ROWS the router kernel also lays out one tile per row (with the same BLOCK_M
     fused_experts takes), so align_by_expert is skipped."""
     T = x.shape[0]
-    if T * top_k <= EXPERT_GEMV_MAX_ROWS:
+    if takes_expert_gemv(T * top_k, gate_up):
         weights, ids = topk_softmax(logits, top_k)
         return experts_gemv(x, weights, ids, gate_up, down, gate_up_scale, down_scale)
     if T * top_k <= ROW_TILE_MAX_ROWS:

@@ -1,8 +1,8 @@
 """Linear layers over plain or FP8 engine weights (engines/README.md, "quantization").
 
 An FP8 engine stores `X.weight` as float8_e4m3fn [N, K] beside a float32 `X.weight_scale` [N] (one
-scale per output row). On CUDA, one to four rows go through the matrix-vector kernel (kernels/gemv.py,
-bf16 weights too), a few more (decode) through the W8A16 Triton kernel
+scale per output row). On CUDA, one row of a small enough FP8 weight goes through the matrix-vector
+kernel (kernels/gemv.py; `takes_gemv`), other decode batches through the W8A16 Triton kernel
 (kernels/fp8_gemm.py: weights widened in registers, activations untouched, one launch), and many rows
 (prefill) through torch._scaled_mm on the FP8 tensor cores with the activations quantized per token on
 the fly. Elsewhere the _scaled_mm arithmetic is emulated in floating point (activations rounded to e4m3
@@ -19,10 +19,20 @@ FP8_MAX = torch.finfo(FP8).max  # 448
 # Up to this many rows a product is bound by reading the weights, and W8A16 skips quantizing the
 # activations; above it the FP8 tensor cores' compute wins. A starting point for tuning on the GPU.
 W8A16_MAX_ROWS = 64
-# Up to this many rows (decode at batch 1 to 4) a product on CUDA, bf16 or FP8, goes through the
-# matrix-vector kernel (kernels/gemv.py), which reads the weight once with no padding to 16 rows. At 0,
-# bf16 goes to cuBLAS and FP8 to W8A16 at every row count (bench/tune_kernels.py times both).
-GEMV_MAX_ROWS = 4
+# Where the matrix-vector kernel (kernels/gemv.py) replaces W8A16, as measured on an H100
+# (docs/benchmarks.md, 2026-11-25): one row of an e4m3 weight of up to 2^25 values. There it reads the
+# weight with no padding to 16 rows and no split-K partial sums: the 26B-A4B's four linears took 1.34 ms
+# of a batch-1 decode step, against 1.46 ms for W8A16 with its sums. The 31B's larger linears (44M
+# values and up) ran 17-29% faster through W8A16; bf16 weights as fast or faster through cuBLAS; four
+# rows 1.3-3x faster through either. bench/tune_kernels.py's `gemv-switch` re-measures all of these.
+GEMV_MAX_ROWS = 1
+GEMV_MAX_WEIGHT = 1 << 25
+GEMV_WEIGHT_DTYPES = (FP8,)
+
+
+def takes_gemv(rows: int, w: torch.Tensor) -> bool:
+    """Whether a product of `rows` rows with weight w runs through the matrix-vector kernel (on CUDA)."""
+    return rows <= GEMV_MAX_ROWS and w.dtype in GEMV_WEIGHT_DTYPES and w.numel() <= GEMV_MAX_WEIGHT
 
 
 def scale_name(name: str) -> str:
@@ -65,7 +75,7 @@ def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch
 def linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
     """x @ weights[name]^T, whether the engine stored that weight plainly or in FP8 with row scales."""
     w = weights[name]
-    if x.is_cuda and x.numel() <= GEMV_MAX_ROWS * x.shape[-1]:
+    if x.is_cuda and takes_gemv(x.numel() // x.shape[-1], w):
         from gemma_runtime.kernels.gemv import gemv_linear  # triton: imported only where CUDA runs
 
         return gemv_linear(x, w, weights[scale_name(name)] if w.dtype == FP8 else None)

@@ -1,5 +1,5 @@
 """The matrix-vector kernel for one to four rows (kernels/gemv.py), bf16 and FP8 weights, against the
-exact product; and, on CUDA, that linear() sends those row counts to it."""
+exact product; the measured policy that picks it (linear.takes_gemv), and on CUDA that linear() follows it."""
 
 from __future__ import annotations
 
@@ -49,15 +49,25 @@ def test_gemv_keeps_leading_dims_and_refuses_more_rows_than_its_tile():
         gemv_linear(torch.randn(MAX_ROWS + 1, 96, device=DEVICE), w)
 
 
+def test_the_kernel_takes_one_row_of_a_small_fp8_weight_and_nothing_else():
+    """The measured policy (model/linear.py): one row, e4m3, at most 2^25 values (the 26B-A4B's linears,
+    not the 31B's); bf16 weights and more rows stay with cuBLAS and W8A16."""
+    meta = lambda n, k, dtype=linear_module.FP8: torch.empty((n, k), dtype=dtype, device="meta")  # noqa: E731
+    assert linear_module.takes_gemv(1, meta(8192, 2816))  # 26B-A4B qkv
+    assert not linear_module.takes_gemv(2, meta(8192, 2816))
+    assert not linear_module.takes_gemv(1, meta(8192, 2816, torch.bfloat16))
+    assert not linear_module.takes_gemv(1, meta(5376, 8192))  # 31B o_proj, 44M values
+
+
 @pytest.mark.gpu
 @pytest.mark.skipif(not CUDA, reason="linear() takes the kernel only on CUDA")
-@pytest.mark.parametrize("fp8", [False, True], ids=["bf16 weights", "e4m3 weights"])
-def test_linear_sends_up_to_gemv_max_rows_to_the_kernel(fp8):
+def test_linear_sends_what_takes_gemv_says_to_the_kernel():
     g = torch.Generator().manual_seed(1)
-    w, w_scale, _ = weights(fp8, 4096, 2816, g)
+    w, w_scale, _ = weights(True, 4096, 2816, g)
     named = {"w": w, "w_scale": w_scale}
-    few = torch.randn(linear_module.GEMV_MAX_ROWS, 2816, generator=g).to(DEVICE, torch.bfloat16)
-    assert torch.equal(linear(few, named, "w"), gemv_linear(few, w, w_scale))  # the same kernel, deterministic
-    more = torch.randn(linear_module.GEMV_MAX_ROWS + 1, 2816, generator=g).to(DEVICE, torch.bfloat16)
-    other = w8a16_linear(more, w, w_scale) if fp8 else torch.nn.functional.linear(more, w)  # one row more: as before
-    assert torch.equal(linear(more, named, "w"), other)
+    one = torch.randn(1, 2816, generator=g).to(DEVICE, torch.bfloat16)
+    assert torch.equal(linear(one, named, "w"), gemv_linear(one, w, w_scale))  # the same kernel, deterministic
+    two = torch.randn(2, 2816, generator=g).to(DEVICE, torch.bfloat16)
+    assert torch.equal(linear(two, named, "w"), w8a16_linear(two, w, w_scale))  # a row more: W8A16, as before
+    bf16_w = w_scale[:, None].to(torch.bfloat16) * w.to(torch.bfloat16)
+    assert torch.equal(linear(one, {"w": bf16_w}, "w"), torch.nn.functional.linear(one, bf16_w))  # cuBLAS

@@ -113,18 +113,26 @@ def test_one_row_expert_kernels_match_the_reference(dtype, fp8, tokens):
     assert rel_err(per_slot.sum(1).to(dtype), ref) < TOL[dtype]
 
 
-@pytest.mark.parametrize("expert_gemv", [16, 0], ids=["one-row kernels", "row tiles"])
+def test_the_one_row_expert_kernels_take_one_or_two_tokens_of_fp8_experts():
+    """The measured policy (kernels/moe_gemm.py): e4m3 stacks at up to 16 routed rows; bf16 keeps the tiles."""
+    stack = lambda dtype: torch.empty((128, 1408, 2816), dtype=dtype, device="meta")  # noqa: E731
+    assert moe_gemm.takes_expert_gemv(8, stack(torch.float8_e4m3fn)) and moe_gemm.takes_expert_gemv(16, stack(torch.float8_e4m3fn))
+    assert not moe_gemm.takes_expert_gemv(24, stack(torch.float8_e4m3fn))
+    assert not moe_gemm.takes_expert_gemv(8, stack(torch.bfloat16))
+
+
+@pytest.mark.parametrize("expert_gemv", [True, False], ids=["one-row kernels", "row tiles"])
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16 experts", "fp8 experts"])
 @pytest.mark.parametrize("tokens", [1, 2, 3, 70], ids=lambda t: f"T={t}")
 def test_routed_experts_from_the_router_input_match_the_reference(tokens, fp8, expert_gemv, monkeypatch):
     """The backends' one entry point from the router's input (router GEMM, routing, experts) at the
-    26B-A4B's E=128, k=8. T*k <= EXPERT_GEMV_MAX_ROWS (T = 1, 2) runs a matrix-vector product per routed
-    row; with that switched off, T*k <= ROW_TILE_MAX_ROWS takes the router kernel's one-tile-per-row
-    layout; larger T align_by_expert's. All against the reference route + experts, the per-slot rows
+    26B-A4B's E=128, k=8, each dtype through both forms for one or two tokens: a matrix-vector product
+    per routed row, or the router kernel's one-tile-per-row layout (T*k <= ROW_TILE_MAX_ROWS); larger T
+    through align_by_expert's layout. All against the reference route + experts, the per-slot rows
     summed as the epilogue sums them."""
     if expert_gemv and tokens > 2:
-        pytest.skip("the switch only concerns one or two tokens")
-    monkeypatch.setattr(moe_gemm, "EXPERT_GEMV_MAX_ROWS", expert_gemv)
+        pytest.skip("the one-row kernels are only taken for one or two tokens")
+    monkeypatch.setattr(moe_gemm, "takes_expert_gemv", lambda rows, gate_up: expert_gemv and rows <= 16)
     dtype, E, H, Ie, k = torch.bfloat16, 128, 64, 48, 8
     g = torch.Generator().manual_seed(tokens + 10 * fp8)
     x, router_in = ((torch.randn(tokens, H, generator=g)).to(DEVICE, dtype) for _ in range(2))
