@@ -99,9 +99,9 @@ def _decode_merge_kernel(
 
 def decode_tiles(head_dim: int) -> tuple[int, int]:
     """(BLOCK_N, num_warps). Keys are gathered row by row through the block table, so every element of a
-    [BLOCK_N, D] tile carries its own 64-bit address: registers, not shared memory (42 KB at most), are
-    the limit. Compiled for sm_90 (bench/compile_kernels.py): 64 keys at D=256 spill ~1,500 times, 32
-    keys ~30; at D=512, 32 keys with 8 warps spill none. Both are starting points for tuning on the GPU."""
+    [BLOCK_N, D] tile carries its own address. Compiled for sm_90 with the alignment the JIT sees
+    (bench/compile_kernels.py, Triton 3.6): 128-142 registers, 41 KB (D=256) and 81 KB (D=512) of shared
+    memory, no spills. Starting points for tuning on the GPU (bench/tune_kernels.py)."""
     return (32, 4) if head_dim <= 256 else (32, 8)
 
 

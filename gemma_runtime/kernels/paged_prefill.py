@@ -82,10 +82,11 @@ def _prefill_kernel(
 def prefill_tiles(head_dim: int) -> tuple[int, int, int, int]:
     """(BLOCK_M, BLOCK_N, num_warps, num_stages). Shared memory is not the limit here (66 KB at most, far
     under the 227 KB that stopped FlexAttention's default tiles at D=512, design.md): registers are,
-    because the gathered K/V tiles carry one 64-bit address per element and the accumulator is
-    BLOCK_M x D float32. Compiled for sm_90 (bench/compile_kernels.py): D=256 with 64x32 tiles and 8
-    warps uses Hopper's warpgroup MMA (HGMMA) with ~190 spills, the fewest of the 64-row tiles tried;
-    D=512 with 32x16 tiles spills none (HMMA). Starting points for tuning on the GPU."""
+    because the gathered K/V tiles carry one address per element and the accumulator is BLOCK_M x D
+    float32. Compiled for sm_90 with the alignment the JIT sees (bench/compile_kernels.py, Triton 3.6):
+    D=256 with 64x32 tiles and 8 warps uses Hopper's warpgroup MMA (HGMMA), 224-232 registers, 96 KB of
+    shared memory; D=512 with 32x16 tiles HMMA, 204-252 registers; no spills. Starting points for
+    tuning on the GPU (bench/tune_kernels.py)."""
     return (64, 32, 8, 2) if head_dim <= 256 else (32, 16, 8, 2)
 
 
