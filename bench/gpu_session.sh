@@ -11,7 +11,7 @@
 #   bench/gpu_session.sh bench ARGS...     # THERE: bench/run.py ARGS, its JSON lines into $OUT
 #   bench/gpu_session.sh tune ARGS...      # THERE: bench/tune_kernels.py ARGS
 #   bench/gpu_session.sh profile ARGS...   # THERE: bench/profile_decode.py ARGS
-#   bench/gpu_session.sh session SECONDS [PLAN]  # THERE: a plan's steps (bench, decode), each capped, within SECONDS
+#   bench/gpu_session.sh session SECONDS [PLAN]  # THERE: a plan's steps (bench, decode, owed), each capped
 #
 # Several steps chain in one device call (a fresh machine costs minutes):
 #   bench/gpu_session.sh check && bench/gpu_session.sh bench --models 26b --dtypes bf16
@@ -88,6 +88,8 @@ case "$step" in
     #   decode: the one-row kernels against what they replace (per layer, at the real shapes, outputs
     #           compared), whole batch-1 decode steps with and without them, their check, the other
     #           batch-1 targets
+    #   owed:   what the 2026-11-25 lease left: the 31B in bf16 beside transformers, then the one-row
+    #           kernels' and W8A16's tiles (docs/benchmarks.md, "What is next")
     budget=${1:-540}
     plan=${2:-bench}
     deadline=$((SECONDS + budget))
@@ -118,7 +120,13 @@ case "$step" in
         capped 35 profile --model 26b --dtype bf16 --trace off
         capped 45 profile --model 31b --dtype fp8 --trace off
         ;;
-      *) echo "unknown plan: $plan (bench, decode)" | tee -a "$OUT/session.log" >&2; exit 2 ;;
+      owed)
+        capped 240 bench --models 31b --dtypes bf16  # and transformers at the 31B's dimensions
+        capped 150 tune --kernels gemv,expert-gemv --models 26b
+        capped 150 tune --kernels w8a16 --models 31b
+        capped 45 profile --model 26b --dtype fp8 --trace off
+        ;;
+      *) echo "unknown plan: $plan (bench, decode, owed)" | tee -a "$OUT/session.log" >&2; exit 2 ;;
     esac
     ;;
   *) echo "unknown step: $step (wheels, check, bench, tune, profile)" >&2; exit 2 ;;

@@ -10,9 +10,9 @@ torch._scaled_mm) over the row counts around linear.W8A16_MAX_ROWS; the `gemv-sw
 linear() at one and four rows with and without the matrix-vector kernel (linear.takes_gemv; without it,
 cuBLAS for bf16 weights, W8A16 for FP8 ones), each with what it reads per second; `expert-gemv-switch`
 likewise times one or two tokens' experts as one matrix-vector product per routed row against the
-16-row tiles (moe_gemm.takes_expert_gemv). Inputs are reused between timed runs, so a weight that fits
-in the 50 MB L2 (the 26B-A4B's linears) reads faster than HBM allows: compare those in a whole decode
-step (bench/profile_decode.py --gemv off).
+16-row tiles (moe_gemm.takes_expert_gemv). The timed runs take identical copies of the weights in
+turn (`copies`), so a weight smaller than the 50 MB L2 is read from HBM each time, as in a decode
+step (the first H100 run reused one, and the 26B-A4B's linears read up to 3,526 GB/s from L2).
 
     python bench/tune_kernels.py [--kernels decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,
                                            expert-gemv,expert-gemv-switch] [--models 26b,31b]
@@ -142,6 +142,22 @@ def fp8_rows(rows: int, cols: int, device: torch.device, lead: tuple[int, ...] =
     return q, scale
 
 
+def copies(read_bytes: int, device: torch.device) -> int:
+    """How many identical copies of a weight the timed runs take in turn, so that what one run reads is
+    not still in L2 for the next (METHOD.md: rotate inputs): enough for four times the L2 between two
+    reads of one copy. The outputs stay equal, so candidates still compare against the first run."""
+    if device.type != "cuda":
+        return 1
+    l2 = getattr(torch.cuda.get_device_properties(device), "L2_cache_size", 50 << 20)
+    return max(1, min(64, -(-4 * l2 // max(read_bytes, 1))))
+
+
+def in_turn(sets: list):
+    """A function returning the next of `sets` at each call, round and round."""
+    cycle = itertools.cycle(sets)
+    return lambda: next(cycle)
+
+
 def moe_run(tokens: int, hidden: int, experts: int, top_k: int, inter: int, fp8: bool):
     """The experts as the decoder runs them: router GEMM, routing (with its one-tile-per-row layout for
     batches of one or two), expert GEMMs."""
@@ -157,7 +173,14 @@ def moe_run(tokens: int, hidden: int, experts: int, top_k: int, inter: int, fp8:
             down = torch.randn(experts, hidden, inter, device=device, dtype=torch.bfloat16) * inter**-0.5
             gate_up_scale = down_scale = None
         experts_backend = TritonFusedExperts()
-        return lambda: experts_backend.routed(x, router_in, router_proj, top_k, gate_up, down, gate_up_scale, down_scale)
+        read = tokens * top_k * 3 * inter * hidden * gate_up.element_size()  # at most T*k experts' rows
+        stacks = in_turn([(gate_up, down)] + [(gate_up.clone(), down.clone()) for _ in range(copies(read, device) - 1)])
+
+        def run():
+            gu, dn = stacks()
+            return experts_backend.routed(x, router_in, router_proj, top_k, gu, dn, gate_up_scale, down_scale)
+
+        return run
 
     return make
 
@@ -168,9 +191,10 @@ def w8a16_run(rows: int, n: int, k: int, path=None):
     def make(device: torch.device):
         x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)  # [M, K]
         w, scale = fp8_rows(n, k, device)  # [N, K], [N]
+        weight = in_turn([w] + [w.clone() for _ in range(copies(w.numel(), device) - 1)])
         if path is None:
-            return lambda: fp8_gemm.w8a16_linear(x, w, scale)
-        return lambda: linear.fp8_linear(x, w, scale)
+            return lambda: fp8_gemm.w8a16_linear(x, weight(), scale)
+        return lambda: linear.fp8_linear(x, weight(), scale)
 
     return make
 
@@ -183,12 +207,17 @@ def linear_run(rows: int, n: int, k: int, fp8: bool, kernel: bool = False):
         x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)  # [M, K]
         if fp8:
             w, scale = fp8_rows(n, k, device)  # [N, K], [N]
-            named = {"w": w, "w_scale": scale}
         else:
-            named = {"w": torch.randn(n, k, device=device, dtype=torch.bfloat16) * k**-0.5}
-        if kernel:
-            return lambda: gemv.gemv_linear(x, named["w"], named.get("w_scale"))
-        return lambda: linear.linear(x, named, "w")
+            w, scale = torch.randn(n, k, device=device, dtype=torch.bfloat16) * k**-0.5, None
+        weight = in_turn([w] + [w.clone() for _ in range(copies(w.nbytes, device) - 1)])
+
+        def run():
+            w_now = weight()
+            if kernel:
+                return gemv.gemv_linear(x, w_now, scale)
+            return linear.linear(x, {"w": w_now, "w_scale": scale} if fp8 else {"w": w_now}, "w")
+
+        return run
 
     return make
 
@@ -225,13 +254,10 @@ def model_cases(model: str, kernels: set[str]) -> list[Case]:
             for fp8 in (False, True):
                 cases.append(Case("moe", f"{model} {'fp8' if fp8 else 'bf16'} experts T={tokens}", moe_gemm,
                                   "expert_tiles", tiles, moe_run(tokens, h, e, k, ie, fp8), tokens))
-    if "expert-gemv" in kernels and MODELS[model]["kind"] == "moe":
+    if "expert-gemv" in kernels and MODELS[model]["kind"] == "moe":  # e4m3 only, as moe_gemm.takes_expert_gemv
         e, k, ie = t["num_experts"], t["top_k_experts"], t["moe_intermediate_size"]
-        for fp8 in (False, True):
-            bk = (128, 256, 512) if not fp8 else (256, 512, 1024)
-            cases.append(Case("expert-gemv", f"{model} {'fp8' if fp8 else 'bf16'} one-row experts T=1", moe_gemm,
-                              "expert_gemv_tiles", grid((2, 4, 8, 16), bk, (2, 4, 8)), moe_run(1, h, e, k, ie, fp8),
-                              1 if fp8 else 2))
+        cases.append(Case("expert-gemv", f"{model} fp8 one-row experts T=1", moe_gemm, "expert_gemv_tiles",
+                          grid((2, 4, 8, 16), (256, 512, 1024), (2, 4, 8)), moe_run(1, h, e, k, ie, True), 1))
     if "expert-gemv-switch" in kernels and MODELS[model]["kind"] == "moe":
         e, k, ie = t["num_experts"], t["top_k_experts"], t["moe_intermediate_size"]
         for tokens in (1, 2):
@@ -258,15 +284,11 @@ def model_cases(model: str, kernels: set[str]) -> list[Case]:
                 # differ by the activations' e4m3 rounding, hence the looser tolerance
                 cases.append(Case("w8a16-switch", f"{model} {name} [{n}x{kk}] M={rows}", linear, "W8A16_MAX_ROWS",
                                   (0, 1 << 30), w8a16_run(rows, n, kk, path="fp8_linear"), tolerance=0.1))
-    if "gemv" in kernels:
-        for rows in (1, 4):
-            for fp8 in (False, True):
-                bk = (256, 512, 1024) if not fp8 else (512, 1024, 2048)
-                tiles = grid((1, 2, 4, 8, 16), bk, (2, 4, 8))  # (BLOCK_N, BLOCK_K, warps)
-                for name in ("o", "gate_up"):
-                    n, kk = layers[name]
-                    cases.append(Case("gemv", f"{model} {'fp8' if fp8 else 'bf16'} {name} [{n}x{kk}] M={rows}", gemv,
-                                      "gemv_tiles", tiles, linear_run(rows, n, kk, fp8, kernel=True), (rows, 1 if fp8 else 2)))
+    if "gemv" in kernels:  # where the runtime takes it: one row, e4m3 (linear.takes_gemv)
+        tiles = grid((1, 2, 4, 8, 16), (512, 1024, 2048), (2, 4, 8))  # (BLOCK_N, BLOCK_K, warps)
+        for name, (n, kk) in layers.items():
+            cases.append(Case("gemv", f"{model} fp8 {name} [{n}x{kk}] M=1", gemv, "gemv_tiles", tiles,
+                              linear_run(1, n, kk, True, kernel=True), (1, 1)))
     if "gemv-switch" in kernels:
         for rows in (1, 4):
             for fp8 in (False, True):

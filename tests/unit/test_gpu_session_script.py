@@ -58,5 +58,10 @@ def test_the_decode_plan_runs_its_own_steps_and_an_unknown_plan_is_refused(tmp_p
     assert log[0].startswith("== skip tune --kernels gemv-switch,expert-gemv-switch") and len(log) == 6
     assert log[3].startswith("== skip check -k gemv or one_row or routed or greedy")
     assert log[2].startswith("== skip profile --model 26b --dtype fp8 --gemv off")
+    (tmp_path / "owed").mkdir()
+    owed = run_step(tmp_path / "owed", "session", "40", "owed")
+    assert owed.returncode == 0, owed.stdout[-2000:] + owed.stderr[-2000:]
+    first = (tmp_path / "owed" / "out" / "session.log").read_text().splitlines()[0]
+    assert first.startswith("== skip bench --models 31b --dtypes bf16")  # the table's missing model first
     unknown = run_step(tmp_path, "session", "40", "everything")
     assert unknown.returncode == 2 and "unknown plan" in unknown.stderr
