@@ -22,7 +22,6 @@ import random
 import re
 import sys
 import tempfile
-import time
 from collections import defaultdict
 from pathlib import Path
 

@@ -66,15 +66,16 @@ def test_wrong_and_failing_candidates_are_reported_not_chosen(tune_kernels, caps
     assert "best 1 " in line
 
 
-def test_timed_runs_take_enough_weight_copies_in_turn_to_miss_l2(tune_kernels, monkeypatch):
+def test_timed_runs_take_enough_weight_copies_in_turn_to_miss_l2(monkeypatch):
     """Four L2s between two reads of one copy (a 50 MB L2 here), at most 64 copies, one on the CPU."""
     from types import SimpleNamespace
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(L2_cache_size=50 << 20))
+    kernel_inputs = bench_module("kernel_inputs")
     cuda = torch.device("cuda")
-    assert tune_kernels.copies(2816 * 4096, cuda) == 19  # the 26B-A4B's o_proj in e4m3: 11.5 MB
-    assert tune_kernels.copies(43008 * 5376 * 2, cuda) == 1  # the 31B's gate_up in bf16: 462 MB
-    assert tune_kernels.copies(1, cuda) == 64
-    assert tune_kernels.copies(1, torch.device("cpu")) == 1
-    turn = tune_kernels.in_turn(["a", "b", "c"])
+    assert kernel_inputs.copies(2816 * 4096, cuda) == 19  # the 26B-A4B's o_proj in e4m3: 11.5 MB
+    assert kernel_inputs.copies(43008 * 5376 * 2, cuda) == 1  # the 31B's gate_up in bf16: 462 MB
+    assert kernel_inputs.copies(1, cuda) == 64
+    assert kernel_inputs.copies(1, torch.device("cpu")) == 1
+    turn = kernel_inputs.in_turn(["a", "b", "c"])
     assert [turn() for _ in range(7)] == ["a", "b", "c", "a", "b", "c", "a"]
