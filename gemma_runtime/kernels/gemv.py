@@ -1,12 +1,16 @@
 """Linear layers for one to four rows (decode at batch 1 to 4): bf16 or e4m3 weights, read once.
 
-At a handful of rows a linear layer's time is the time to read its weight. On an H100 at batch 1,
-cuBLAS ran the 26B-A4B's projections at about two thirds of copy bandwidth (docs/benchmarks.md), and
-the W8A16 kernel pads its rows to tl.dot's 16. Here each program owns BLOCK_N weight rows and streams
-them along K in BLOCK_K-wide chunks (K contiguous: 16-byte loads), multiplies by the activation rows in
-float32 and accumulates elementwise, reducing over K once at the end: no tensor cores, no shared memory,
-no split of K. Small BLOCK_N gives every SM several programs, so enough loads are in flight. An FP8
-weight is widened in registers and its per-row scale applied once to the sum, as in the W8A16 kernel.
+At a handful of rows a linear layer's time is the time to read its weight. The W8A16 kernel pads its
+rows to tl.dot's 16 and, for narrow outputs, splits K and adds the partial sums in two more launches.
+Here each program owns BLOCK_N weight rows and streams them along K in BLOCK_K-wide chunks (K
+contiguous: 16-byte loads), multiplies by the activation rows in float32 and accumulates elementwise,
+reducing over K once at the end: no tensor cores, no shared memory, no split of K. An FP8 weight is
+widened in registers and its per-row scale applied once to the sum, as in the W8A16 kernel.
+
+On the H100 (docs/benchmarks.md) it ran the 26B-A4B's four FP8 linears in 1.34 ms of a batch-1 decode
+step against 1.46 ms for W8A16 with its sums; on the 31B's larger weights, at four rows, and against
+cuBLAS on bf16 weights it was slower. linear.takes_gemv holds that choice; bench/tune_kernels.py
+(`gemv`, `gemv-switch`) re-measures it.
 """
 
 from __future__ import annotations
