@@ -35,7 +35,7 @@ from pathlib import Path
 
 import torch
 
-from random_engine import active_bytes_per_token, make_random_engine, weights_in_memory  # bench/ is sys.path[0]
+from random_engine import MODELS, active_bytes_per_token, make_random_engine, weights_in_memory  # bench/ is sys.path[0]
 from report import Figure, gpu_name, table, versions
 
 from gemma_runtime.api import GenerateRequest, SamplingParams
@@ -316,6 +316,8 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device("cpu") if dry else torch.device("cuda")
     sizes = DRY_SIZES if dry else GPU_SIZES
     models = tuple(args.models.split(",")) if args.models else sizes.models
+    if dry:  # a dry run times the tiny engine for every real model named (a 31B would not fit a CPU's memory)
+        models = tuple(dict.fromkeys("tiny" if m in MODELS else m for m in models))
     dtypes = tuple(args.dtypes.split(",")) if args.dtypes else sizes.dtypes
     date, gpu = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), gpu_name(device, dry)
     print(f"bench on {gpu} ({versions()}){' [dry run: tiny engine on CPU, not speed figures]' if dry else ''}")

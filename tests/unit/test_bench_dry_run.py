@@ -95,3 +95,14 @@ def test_decode_launch_count_drops_with_the_fused_norms(tmp_path):
     rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[-2:]}
     reference, fused = int(rows["reference"][0]), int(rows["fused"][1])
     assert fused < reference / 2  # norms, adds, scalars and rope: one kernel each instead of 8-15 torch ops
+
+
+def test_a_dry_run_names_of_real_models_time_the_tiny_engine(tmp_path):
+    """`bench --dry-run --models 31b` (a GPU session's step rehearsed on a CPU) must not build a 62 GB
+    engine in host memory: each real model stands for the tiny one, once."""
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--dry-run", "--results-dir", str(tmp_path),
+                           "--models", "26b,31b", "--dtypes", "bf16", "--transformers", "off"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = [json.loads(line) for line in (tmp_path / "cpu-dry-run.jsonl").read_text().splitlines()]
+    assert {f["model"] for f in figures} == {"tiny"} and len(figures) == len({(f["metric"], f["batch"]) for f in figures})
