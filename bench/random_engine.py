@@ -82,13 +82,18 @@ def _random(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch
     return (torch.randn(shape, generator=g, device=device, dtype=dtype) / math.sqrt(shape[-1])).to(dtype)
 
 
+def model_config(model: str, tokenizer) -> object:
+    """The Gemma4Config of a model's text dimensions (no vision tower), over the tiny tokenizer."""
+    m = MODELS[model]
+    return tiny_config(tokenizer, m["kind"], sliding_window=SLIDING_WINDOW[model], num_layers=m["num_layers"],
+                       with_vision=False, text_overrides=m["text"])  # fmt: skip
+
+
 def make_random_engine(model: str, dtype: str, device: torch.device, out_dir: Path, seed: int = 0) -> RandomEngine:
     """dtype: bf16 or fp8 (the builder's names). Writes engine.json and the tiny tokenizer into out_dir."""
-    m = MODELS[model]
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tiny_tokenizer(out_dir)  # prompts are token ids; unknown ids decode to nothing
-    config = tiny_config(tokenizer, m["kind"], sliding_window=SLIDING_WINDOW[model], num_layers=m["num_layers"],
-                         with_vision=False, text_overrides=m["text"])  # fmt: skip
+    config = model_config(model, tokenizer)
     text = text_spec(config.to_dict(), base_dtype(dtype))
     target = getattr(torch, base_dtype(dtype))
     quantized = quantization_method(dtype) is not None

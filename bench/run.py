@@ -13,6 +13,7 @@ script itself is tested (tests/unit/test_bench_dry_run.py); those figures mean n
 
     .venv/bin/python bench/run.py [--dry-run] [--models 26b,31b] [--dtypes bf16,fp8] [--results-dir bench/results]
                                   [--decode-graphs auto|on|off] [--overlap auto|on|off]
+                                  [--transformers on|off] [--ours on|off]
 
 --decode-graphs and --overlap switch the decode path's CUDA graphs and overlapped scheduling (default:
 the runtime's own choice, on for CUDA) so their effect can be measured one at a time.
@@ -35,9 +36,10 @@ from pathlib import Path
 
 import torch
 
-from random_engine import MODELS, active_bytes_per_token, make_random_engine, weights_in_memory  # bench/ is sys.path[0]
+from random_engine import MODELS, active_bytes_per_token, make_random_engine, model_config, weights_in_memory  # bench/ is sys.path[0]
 from report import Figure, gpu_name, table, versions
 
+from engine_builder.tiny_tokenizer import make_tiny_tokenizer
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.llm_engine import LLMEngine
@@ -231,8 +233,8 @@ def peak_memory_gb(device: torch.device) -> float:
 
 
 def measure_ours(model: str, dtype: str, sizes: Sizes, device: torch.device, workdir: Path, bandwidth: float,
-                 record, graphs: bool | None = None, overlap: bool | None = None) -> object:  # fmt: skip
-    """Runs every measurement on one random engine; returns the HF config of its dimensions."""
+                 record, graphs: bool | None = None, overlap: bool | None = None) -> None:  # fmt: skip
+    """Runs every measurement on one random engine."""
     clock, rng = Clock(device), random.Random(0)
     system = system_name(graphs, overlap)
     if device.type == "cuda":
@@ -244,7 +246,7 @@ def measure_ours(model: str, dtype: str, sizes: Sizes, device: torch.device, wor
         engine = LLMEngine(made.engine_dir, config)
     print(f"  {model} {dtype}: decode graphs {engine.runner.graphs.batch_sizes if engine.runner.graphs else 'off'}, "
           f"overlap {'on' if engine.overlap else 'off'}", flush=True)
-    hf_config, made = made.hf_config, None  # the engine holds the weights now
+    made = None  # the engine holds the weights now
 
     record(model, dtype, system, "bandwidth_floor_tokens_per_s", 1, floor, "tok/s")
     record(model, dtype, system, "ttft_ms", 1, 1e3 * statistics.median(
@@ -263,7 +265,6 @@ def measure_ours(model: str, dtype: str, sizes: Sizes, device: torch.device, wor
     record(model, dtype, system, "peak_memory_gb", 0, peak_memory_gb(device), "GB")
     del engine
     release(device)
-    return hf_config
 
 
 # ------------------------------------------------------------------ transformers
@@ -310,6 +311,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-graphs", choices=SWITCH, default="auto", help="decode batches through CUDA graphs")
     p.add_argument("--overlap", choices=SWITCH, default="auto", help="schedule the next step while this one runs")
     p.add_argument("--transformers", choices=("on", "off"), default="on", help="also time transformers (batch 1 and 32)")
+    p.add_argument("--ours", choices=("on", "off"), default="on",
+                   help="off: only transformers (a run cut off before it, at the 31B's size, catches up)")
     args = p.parse_args(argv)
 
     dry = args.dry_run or not torch.cuda.is_available()
@@ -338,10 +341,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"copy bandwidth {bandwidth / GB:.1f} GB/s")
         with tempfile.TemporaryDirectory(prefix="gemma4-bench-") as tmp:
             for model in models:
-                hf_config = None
-                for dtype in dtypes:
-                    hf_config = measure_ours(model, dtype, sizes, device, Path(tmp), bandwidth, record,
-                                             SWITCH[args.decode_graphs], SWITCH[args.overlap])
+                hf_config = model_config(model, make_tiny_tokenizer(Path(tmp) / model))
+                for dtype in dtypes if args.ours == "on" else ():
+                    measure_ours(model, dtype, sizes, device, Path(tmp), bandwidth, record,
+                                 SWITCH[args.decode_graphs], SWITCH[args.overlap])
                 if args.transformers == "on":
                     measure_transformers(model, hf_config, sizes, device, record)
     finally:

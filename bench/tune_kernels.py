@@ -16,6 +16,7 @@ step (the first H100 run reused one, and the 26B-A4B's linears read up to 3,526 
 
     python bench/tune_kernels.py [--kernels decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,
                                            expert-gemv,expert-gemv-switch] [--models 26b,31b]
+                                 [--shapes M=16,M=64]
                                  [--results FILE.jsonl] [--dry-run]
 
 A result line per (case, candidate) is appended to --results as JSON. What to change in the tile
@@ -250,6 +251,8 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--kernels", default="decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,expert-gemv,expert-gemv-switch")
     p.add_argument("--models", default="26b,31b")
+    p.add_argument("--shapes", default=None,
+                   help="comma-separated: keep only the cases whose shape names one of these (say M=16,M=64)")
     p.add_argument("--results", default=None, help="append one JSON line per (case, candidate) here")
     p.add_argument("--dry-run", action="store_true", help="tiny shapes under the interpreter (tests the script)")
     args = p.parse_args(argv)
@@ -261,6 +264,8 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         p.error(f"unknown kernels: {sorted(unknown)}")
     cases = dry_cases(kernels) if dry else [c for m in args.models.split(",") for c in model_cases(m, kernels)]
+    if args.shapes:
+        cases = [c for c in cases if any(s in c.shape for s in args.shapes.split(","))]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu-interpreter"
     print(f"tuning on {gpu}: triton {triton.__version__}, torch {torch.__version__}; {len(cases)} cases"
           f"{' [dry run: tiny shapes, not speed figures]' if dry else ''}")

@@ -63,6 +63,17 @@ def test_ablation_figures_name_what_was_off_and_land_before_a_failure(tmp_path):
     assert {f["metric"] for f in figures} == OURS_METRICS and {f["model"] for f in figures} == {"tiny"}
 
 
+def test_ours_off_times_only_transformers(tmp_path):
+    """--ours off catches transformers up where a run was cut off before it (the 31B's arrivals run is long)."""
+    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--dry-run", "--results-dir", str(tmp_path),
+                           "--ours", "off"], cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = [json.loads(line) for line in (tmp_path / "cpu-dry-run.jsonl").read_text().splitlines()]
+    assert {f["system"] for f in figures} == {"transformers"}
+    assert {(f["metric"], f["batch"]) for f in figures} == {
+        (m, b) for m in ("decode_tokens_per_s_per_user", "decode_tokens_per_s_total") for b in (1, 4)}
+
+
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
 def test_random_engine_layout_matches_the_builder(tmp_path, dtype):
     made = bench_module("random_engine").make_random_engine("tiny", dtype, torch.device("cpu"), tmp_path / "random")

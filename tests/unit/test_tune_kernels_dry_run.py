@@ -79,3 +79,13 @@ def test_timed_runs_take_enough_weight_copies_in_turn_to_miss_l2(monkeypatch):
     assert kernel_inputs.copies(1, torch.device("cpu")) == 1
     turn = kernel_inputs.in_turn(["a", "b", "c"])
     assert [turn() for _ in range(7)] == ["a", "b", "c", "a", "b", "c", "a"]
+
+
+def test_shapes_keeps_only_the_cases_it_names(tmp_path):
+    results = tmp_path / "tune.jsonl"
+    proc = subprocess.run([sys.executable, str(BENCH / "tune_kernels.py"), "--dry-run", "--results", str(results),
+                           "--kernels", "w8a16,gemv", "--shapes", "M=5,M=9"],
+                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert {json.loads(line)["shape"] for line in results.read_text().splitlines()} == {"tiny [96x128] M=5"}
+    assert "1 cases" in proc.stdout
