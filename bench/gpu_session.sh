@@ -11,7 +11,7 @@
 #   bench/gpu_session.sh bench ARGS...     # THERE: bench/run.py ARGS, its JSON lines into $OUT
 #   bench/gpu_session.sh tune ARGS...      # THERE: bench/tune_kernels.py ARGS
 #   bench/gpu_session.sh profile ARGS...   # THERE: bench/profile_decode.py ARGS
-#   bench/gpu_session.sh session SECONDS [PLAN]  # THERE: a plan's steps (bench, decode, owed), each capped
+#   bench/gpu_session.sh session SECONDS [PLAN]  # THERE: a plan's steps (bench, decode, owed, tiles), each capped
 #
 # Several steps chain in one device call (a fresh machine costs minutes):
 #   bench/gpu_session.sh check && bench/gpu_session.sh bench --models 26b --dtypes bf16
@@ -90,6 +90,8 @@ case "$step" in
     #           batch-1 targets
     #   owed:   what the 2026-11-25 lease left: the 31B in bf16 beside transformers, then the one-row
     #           kernels' and W8A16's tiles (docs/benchmarks.md, "What is next")
+    #   tiles:  transformers at the 31B (cut off in `owed`), then the tiles `owed` chose and the MoE side
+    #           stream: their check, whole decode steps, and W8A16's new tiles at the 26B-A4B's shapes
     budget=${1:-540}
     plan=${2:-bench}
     deadline=$((SECONDS + budget))
@@ -126,7 +128,17 @@ case "$step" in
         capped 150 tune --kernels w8a16 --models 31b
         capped 45 profile --model 26b --dtype fp8 --trace off
         ;;
-      *) echo "unknown plan: $plan (bench, decode, owed)" | tee -a "$OUT/session.log" >&2; exit 2 ;;
+      tiles)  # what the 2026-11-26 owed run left, then its tiles and the MoE side stream, checked and timed
+        capped 90 bench --models 31b --dtypes bf16 --ours off  # transformers at the 31B's dimensions
+        capped 75 check -k "w8a16 or gemv or one_row or fp8 or side_stream or graphs or taught or greedy"
+        capped 40 profile --model 26b --dtype fp8 --trace off
+        capped 40 profile --model 26b --dtype fp8 --trace off --moe-side-stream on
+        capped 50 profile --model 31b --dtype fp8 --trace off
+        capped 35 profile --model 26b --dtype bf16 --trace off --moe-side-stream on
+        capped 35 profile --model 26b --dtype bf16 --trace off
+        capped 60 tune --kernels w8a16 --models 26b --shapes M=16,M=64
+        ;;
+      *) echo "unknown plan: $plan (bench, decode, owed, tiles)" | tee -a "$OUT/session.log" >&2; exit 2 ;;
     esac
     ;;
   *) echo "unknown step: $step (wheels, check, bench, tune, profile)" >&2; exit 2 ;;

@@ -7,7 +7,10 @@ step (their difference is time the GPU waited for the host), the kernel time by 
 ui.perfetto.dev; gzipped) next to the JSON summary.
 
     python bench/profile_decode.py [--model 26b] [--dtype bf16] [--batch 1] [--steps 20]
-                                   [--decode-graphs auto|on|off] [--overlap auto|on|off] [--out DIR] [--dry-run]
+                                   [--decode-graphs auto|on|off] [--overlap auto|on|off] [--gemv on|off]
+                                   [--moe-side-stream on|off] [--trace on|off] [--out DIR] [--dry-run]
+
+With --moe-side-stream on, kernels of the two streams overlap, so their summed time can exceed the wall time.
 
 Without CUDA, or with --dry-run, the tiny engine runs on CPU with CPU operator times (tests the script,
 tests/unit/test_profile_decode_dry_run.py); those times say nothing about the GPU.
@@ -82,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gemv", choices=("on", "off"), default="on",
                    help="the matrix-vector kernels where linear.takes_gemv and moe_gemm.takes_expert_gemv take "
                         "them; off: cuBLAS, W8A16 and the 16-row expert tiles at every batch, to measure what they give")
+    p.add_argument("--moe-side-stream", choices=("on", "off"), default="off",
+                   help="a MoE layer's dense MLP on a second stream beside its experts (RuntimeConfig.moe_side_stream)")
     p.add_argument("--trace", choices=("on", "off"), default="on", help="also write the gzipped Chrome trace")
     p.add_argument("--dry-run", action="store_true", help="the tiny engine on CPU (tests the script)")
     args = p.parse_args(argv)
@@ -96,7 +101,8 @@ def main(argv: list[str] | None = None) -> int:
     clock, rng = Clock(device), random.Random(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = f"{model}-{args.dtype}-batch{args.batch}" + ("-no-gemv" if args.gemv == "off" else "")
+    name = (f"{model}-{args.dtype}-batch{args.batch}" + ("-no-gemv" if args.gemv == "off" else "")
+            + ("-side-stream" if args.moe_side_stream == "on" else ""))
     if args.gemv == "off":  # both are read at each call, so the graphs captured below take them too
         from gemma_runtime.kernels import moe_gemm  # triton: imported only when asked for
 
@@ -104,7 +110,8 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="gemma4-profile-") as tmp:
         made = make_random_engine(model, args.dtype, device, Path(tmp) / name)
-        config = runtime_config(made.spec, sizes, device, SWITCH[args.decode_graphs], SWITCH[args.overlap])
+        config = runtime_config(made.spec, sizes, device, SWITCH[args.decode_graphs], SWITCH[args.overlap],
+                                moe_side_stream=args.moe_side_stream == "on")
         if config.max_num_seqs < args.batch:
             print(f"batch {args.batch} does not fit the KV budget ({config.max_num_seqs} sequences)", file=sys.stderr)
             return 2
@@ -154,6 +161,7 @@ def main(argv: list[str] | None = None) -> int:
         prof.export_chrome_trace(str(trace))
     summary = dict(model=model, dtype=args.dtype, batch=args.batch, steps=steps, device=str(device),
                    graphs=bool(engine.runner.graphs), overlap=engine.overlap, gemv=args.gemv,
+                   moe_side_stream=args.moe_side_stream,
                    wall_ms_per_step=plain_ms, profiled_wall_ms_per_step=wall_ms,
                    kernel_ms_per_step=per_step_ms, kernels_per_step=launches / steps, parts_ms_per_step=dict(parts),
                    top_kernels_us_per_step={k: us / steps for k, us in top})  # fmt: skip

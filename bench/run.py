@@ -130,8 +130,8 @@ def decode_max_tokens(sizes: Sizes, batch: int) -> int:
     return sizes.warmup_steps + sizes.decode_steps + 2 + prefill_steps + 1
 
 
-def runtime_config(spec, sizes: Sizes, device: torch.device, graphs: bool | None = None, overlap: bool | None = None
-                   ) -> RuntimeConfig:
+def runtime_config(spec, sizes: Sizes, device: torch.device, graphs: bool | None = None, overlap: bool | None = None,
+                   moe_side_stream: bool = False) -> RuntimeConfig:
     """Pages for the largest decode batch and the longest prefill, within 85% of what the weights leave free.
     The batch sizes that do not fit are skipped (and said so) rather than preempting mid-measurement."""
     bs, window = sizes.block_size, spec.text.sliding_window
@@ -153,7 +153,7 @@ def runtime_config(spec, sizes: Sizes, device: torch.device, graphs: bool | None
     return RuntimeConfig(device=device.type, block_size=bs, num_full_blocks=full_pages, num_sliding_blocks=sliding_pages,
                          max_num_seqs=max_batch, max_num_batched_tokens=step_tokens, max_model_len=longest,
                          decode_graph_max_batch=None if graphs is None else max_batch if graphs else 0,
-                         overlap_scheduling=overlap)  # fmt: skip
+                         overlap_scheduling=overlap, moe_side_stream=moe_side_stream)  # fmt: skip
 
 
 def run_until_first_tokens(engine: LLMEngine, ids: set[str]) -> None:

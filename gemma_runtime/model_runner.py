@@ -49,7 +49,8 @@ class LaunchedStep:
 class ModelRunner:
     def __init__(self, spec: EngineSpec, weights: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
                  block_size: int, num_full_blocks: int, num_sliding_blocks: int, seed: int,
-                 max_model_len: int, max_num_seqs: int = 64, graph_max_batch: int = 0, capture_graphs: bool = False):
+                 max_model_len: int, max_num_seqs: int = 64, graph_max_batch: int = 0, capture_graphs: bool = False,
+                 moe_side_stream: bool = False):
         """graph_max_batch > 0 runs decode batches up to that size through fixed-size padded buffers,
         captured as CUDA graphs when capture_graphs (on the CPU they run eagerly, which is how tests
         check the padding). Each KV pool gets one extra page past its last: the scratch page that
@@ -59,7 +60,8 @@ class ModelRunner:
         self.block_size = block_size
         text_weights = {k: v for k, v in weights.items() if not k.startswith("vision.")}
         placeholders = spec.multimodal.placeholder_ids if spec.multimodal else ()
-        self.text = Gemma4TextModel(spec.text, text_weights, device, placeholders, spec.tokens.pad_token_id)
+        self.text = Gemma4TextModel(spec.text, text_weights, device, placeholders, spec.tokens.pad_token_id,
+                                    moe_side_stream)
         self.vision = None
         if spec.vision is not None:
             from gemma_runtime.vision.encoder import VisionEncoder

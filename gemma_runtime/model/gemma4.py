@@ -20,7 +20,7 @@ from gemma_runtime.model.registry import create
 
 class Gemma4TextModel:
     def __init__(self, spec: TextSpec, weights: dict[str, torch.Tensor], device: torch.device,
-                 placeholder_ids: tuple[int, ...] = (), pad_token_id: int = 0):
+                 placeholder_ids: tuple[int, ...] = (), pad_token_id: int = 0, moe_side_stream: bool = False):
         self.spec = spec
         self.placeholder_ids = torch.tensor(placeholder_ids, dtype=torch.int64, device=device)
         self.pad_token_id = pad_token_id
@@ -30,6 +30,9 @@ class Gemma4TextModel:
         self.norm = create("norm", device)
         self.geglu = create("geglu", device)
         self.experts = create("moe", device) if spec.moe else None
+        # where a MoE layer's dense MLP runs beside its experts (RuntimeConfig.moe_side_stream)
+        use_side = moe_side_stream and spec.moe is not None and device.type == "cuda"
+        self.side_stream = torch.cuda.Stream(device) if use_side else None
         self.inv_freq = [rope_inv_freq(l.head_dim, l.rope_theta, l.rope_angles).to(device) for l in spec.layers]
         # on the device: a host scalar would be copied in every step (and cannot be inside a CUDA graph)
         self.embed_scale = torch.tensor(spec.embed_scale, dtype=weights["embed_tokens.weight"].dtype, device=device)
@@ -85,18 +88,38 @@ class Gemma4TextModel:
         ffn = norm.ffn_prologue(h, residual, self.w[p + "post_attn_norm.weight"], self.w[p + "pre_ffn_norm.weight"], eps,
                                 *((self.w[p + "moe.pre_norm.weight"], self.w[p + "moe.router_scale"]) if moe else ()))
         residual = ffn.residual
-        m = linear(self.geglu(linear(ffn.mlp_in, self.w, p + "mlp.gate_up_proj.weight")), self.w, p + "mlp.down_proj.weight")
         if moe:
-            # The dense MLP and the experts run side by side from the same residual, each post-normed.
-            # The backend routes and runs the experts; it may hand back per-slot rows [T, k, H] and leave
-            # their sum to the epilogue's kernel.
-            e = self.experts.routed(ffn.experts_in, ffn.router_in, self.w[p + "moe.router_proj.weight"],
-                                    self.spec.moe.top_k, **expert_weights(self.experts, self.w, p))
+            m, e = self._mlp_and_experts(p, ffn)
             # (residual + post_ffn_norm(post_norm_dense(m) + post_norm_experts(e))) * layer_scalar
             return norm.moe_epilogue(m, e, residual, self.w[p + "moe.post_norm_dense.weight"],
                                      self.w[p + "moe.post_norm_experts.weight"], self.w[p + "post_ffn_norm.weight"],
                                      self.w[p + "layer_scalar"], w_next, eps)  # fmt: skip
+        m = self._mlp(p, ffn.mlp_in)
         return norm.layer_end(m, residual, self.w[p + "post_ffn_norm.weight"], self.w[p + "layer_scalar"], w_next, eps)
+
+    def _mlp(self, p: str, x: torch.Tensor) -> torch.Tensor:
+        return linear(self.geglu(linear(x, self.w, p + "mlp.gate_up_proj.weight")), self.w, p + "mlp.down_proj.weight")
+
+    def _mlp_and_experts(self, p: str, ffn) -> tuple[torch.Tensor, torch.Tensor]:
+        """The dense MLP and the experts run side by side from the same residual, each post-normed. The
+        backend routes and runs the experts; it may hand back per-slot rows [T, k, H] and leave their sum
+        to the epilogue's kernel. With a side stream the MLP is queued there, forked after the prologue
+        and joined before the epilogue. That ordering also keeps the caching allocator safe without
+        record_stream: the MLP's output, made on the side stream, is freed only after the join, and the
+        side stream's next use of that memory waits on the next layer's fork, which follows the join."""
+        run_experts = lambda: self.experts.routed(  # noqa: E731
+            ffn.experts_in, ffn.router_in, self.w[p + "moe.router_proj.weight"], self.spec.moe.top_k,
+            **expert_weights(self.experts, self.w, p))
+        side = self.side_stream
+        if side is None:
+            return self._mlp(p, ffn.mlp_in), run_experts()
+        main = torch.cuda.current_stream(self.device)
+        side.wait_stream(main)  # fork: the prologue's outputs are written
+        with torch.cuda.stream(side):
+            m = self._mlp(p, ffn.mlp_in)
+        e = run_experts()
+        main.wait_stream(side)  # join: the epilogue reads m
+        return m, e
 
     def _attention(self, p, layer: LayerSpec, h, cos_sin, batch, kv_cache) -> torch.Tensor:
         nq, nkv, d = self.spec.num_attention_heads, layer.num_kv_heads, layer.head_dim

@@ -148,6 +148,27 @@ def test_graphs_and_overlap_decode_the_plain_engines_tokens(random_tiny_engine_d
         assert sorted(fast.runner.graphs.graphs) == [1, 2, 4]  # really captured
 
 
+@pytest.mark.skipif(not CUDA, reason="a second CUDA stream")
+def test_moe_side_stream_decodes_the_plain_engines_tokens(random_tiny_engine_dir, monkeypatch):
+    """The dense MLP on a side stream beside the experts, eager (prefill) and inside the decode graphs:
+    the same greedy tokens. The side stream's MLP first sleeps ~1 ms on the GPU, so an epilogue that did
+    not wait for the join would read the MLP's output before it is written."""
+    from gemma_runtime.model.gemma4 import Gemma4TextModel
+
+    want = engine_on_device(random_tiny_engine_dir, overlap_scheduling=False, decode_graph_max_batch=0).generate(requests())
+    mlp = Gemma4TextModel._mlp
+
+    def slow_mlp(self, p, x):
+        torch.cuda._sleep(2_000_000)  # cycles, on whichever stream the MLP is queued on
+        return mlp(self, p, x)
+
+    monkeypatch.setattr(Gemma4TextModel, "_mlp", slow_mlp)  # before the engine captures its graphs
+    beside = engine_on_device(random_tiny_engine_dir, overlap_scheduling=True, decode_graph_max_batch=4,
+                              moe_side_stream=True)
+    assert beside.runner.text.side_stream is not None and sorted(beside.runner.graphs.graphs) == [1, 2, 4]
+    assert beside.generate(requests()) == want
+
+
 def test_taught_replies_in_bf16_through_the_fast_decode_path(taught_checkpoint_dir, taught_engine_dir):
     """The taught tiny model's replies (transformers' float32 greedy output) come out of the engine in
     bf16 with overlap and decode graphs: on CUDA through the Triton kernels and captured graphs, on the
