@@ -97,10 +97,10 @@ def configs():
         yield (f"moe down one-row {wname}", moe_gemm._down_gemv_kernel,
                {"h_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "out_ptr": F32, "ids_ptr": I64, "routing_ptr": F32},
                dict(HAS_SCALE=wname == "fp8", BLOCK_N=bn, BLOCK_K=bk), warps, 3)  # fmt: skip
-    for rows in (1, 64):
-        bm, bn, bk, warps = fp8_gemm.w8a16_tiles(rows)
+    for rows, weight in ((1, 1 << 26), (64, 1 << 26), (64, 1 << 23)):  # the 64-row tiles of large and small weights
+        bm, bn, bk, warps = fp8_gemm.w8a16_tiles(rows, weight)
         for splits in (1, 4):
-            yield (f"fp8 linear W8A16 M={bm} split={splits}", fp8_gemm._w8a16_kernel,
+            yield (f"fp8 linear W8A16 M={bm} N={bn} split={splits}", fp8_gemm._w8a16_kernel,
                    {"x_ptr": BF16, "w_ptr": FP8, "scale_ptr": F32, "out_ptr": BF16 if splits == 1 else F32},
                    dict(BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, SPLIT_K=splits, F32_DOT=False), warps, 3)  # fmt: skip
 

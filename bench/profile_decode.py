@@ -37,6 +37,7 @@ from run import DRY_SIZES, GPU_SIZES, SWITCH, Clock, greedy, prompt_ids, run_unt
 
 from gemma_runtime.api import GenerateRequest
 from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.model import gemma4
 from gemma_runtime.model import linear as linear_module
 
 # kernel (or, on CPU, operator) name -> part of the model; first match wins
@@ -85,8 +86,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gemv", choices=("on", "off"), default="on",
                    help="the matrix-vector kernels where linear.takes_gemv and moe_gemm.takes_expert_gemv take "
                         "them; off: cuBLAS, W8A16 and the 16-row expert tiles at every batch, to measure what they give")
-    p.add_argument("--moe-side-stream", choices=("on", "off"), default="off",
-                   help="a MoE layer's dense MLP on a second stream beside its experts (RuntimeConfig.moe_side_stream)")
+    p.add_argument("--moe-side-stream", choices=SWITCH, default="auto",
+                   help="a MoE layer's dense MLP on a second stream beside its experts in the decode graphs "
+                        "(RuntimeConfig.moe_side_stream); on: in graphs of every size, auto: the runtime's choice")
     p.add_argument("--trace", choices=("on", "off"), default="on", help="also write the gzipped Chrome trace")
     p.add_argument("--dry-run", action="store_true", help="the tiny engine on CPU (tests the script)")
     args = p.parse_args(argv)
@@ -102,7 +104,9 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     name = (f"{model}-{args.dtype}-batch{args.batch}" + ("-no-gemv" if args.gemv == "off" else "")
-            + ("-side-stream" if args.moe_side_stream == "on" else ""))
+            + {"auto": "", "on": "-side-stream", "off": "-no-side-stream"}[args.moe_side_stream])
+    if args.moe_side_stream == "on":  # read at each call, so the graphs captured below take it
+        gemma4.SIDE_STREAM_MAX_ROWS = 1 << 30
     if args.gemv == "off":  # both are read at each call, so the graphs captured below take them too
         from gemma_runtime.kernels import moe_gemm  # triton: imported only when asked for
 
@@ -111,7 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gemma4-profile-") as tmp:
         made = make_random_engine(model, args.dtype, device, Path(tmp) / name)
         config = runtime_config(made.spec, sizes, device, SWITCH[args.decode_graphs], SWITCH[args.overlap],
-                                moe_side_stream=args.moe_side_stream == "on")
+                                moe_side_stream=SWITCH[args.moe_side_stream])
         if config.max_num_seqs < args.batch:
             print(f"batch {args.batch} does not fit the KV budget ({config.max_num_seqs} sequences)", file=sys.stderr)
             return 2
@@ -146,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     top = sorted(times.items(), key=lambda kv: -kv[1])[:25]
 
     what = "GPU kernel" if device.type == "cuda" else "CPU operator"
-    print(f"{name}: graphs {'on' if engine.runner.graphs else 'off'}, overlap {'on' if engine.overlap else 'off'}")
+    side = f"up to {gemma4.SIDE_STREAM_MAX_ROWS} rows" if engine.runner.text.side_stream else "off"
+    print(f"{name}: graphs {'on' if engine.runner.graphs else 'off'}, overlap {'on' if engine.overlap else 'off'}, "
+          f"MoE side stream {side}")
     print(f"wall per step {plain_ms:.3f} ms ({args.batch * 1e3 / plain_ms:.1f} tok/s); profiled {wall_ms:.3f} ms, of which "
           f"{what} time {per_step_ms:.3f} ms ({100 * per_step_ms / wall_ms:.0f}%) in {launches / steps:.0f} {what}s")  # fmt: skip
     print(f"\n{'part':32} {'ms/step':>9} {'share':>6}")
@@ -161,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
         prof.export_chrome_trace(str(trace))
     summary = dict(model=model, dtype=args.dtype, batch=args.batch, steps=steps, device=str(device),
                    graphs=bool(engine.runner.graphs), overlap=engine.overlap, gemv=args.gemv,
-                   moe_side_stream=args.moe_side_stream,
+                   moe_side_stream=bool(engine.runner.text.side_stream),
+                   side_stream_max_rows=gemma4.SIDE_STREAM_MAX_ROWS,
                    wall_ms_per_step=plain_ms, profiled_wall_ms_per_step=wall_ms,
                    kernel_ms_per_step=per_step_ms, kernels_per_step=launches / steps, parts_ms_per_step=dict(parts),
                    top_kernels_us_per_step={k: us / steps for k, us in top})  # fmt: skip

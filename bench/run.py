@@ -131,7 +131,7 @@ def decode_max_tokens(sizes: Sizes, batch: int) -> int:
 
 
 def runtime_config(spec, sizes: Sizes, device: torch.device, graphs: bool | None = None, overlap: bool | None = None,
-                   moe_side_stream: bool = False) -> RuntimeConfig:
+                   moe_side_stream: bool | None = None) -> RuntimeConfig:
     """Pages for the largest decode batch and the longest prefill, within 85% of what the weights leave free.
     The batch sizes that do not fit are skipped (and said so) rather than preempting mid-measurement."""
     bs, window = sizes.block_size, spec.text.sliding_window

@@ -153,7 +153,7 @@ def model_cases(model: str, kernels: set[str]) -> list[Case]:
             tiles = grid(bms, (32, 64, 128), (128, 256), (4, 8))  # (BLOCK_M, BLOCK_N, BLOCK_K, warps)
             for name, (n, kk) in layers.items():
                 cases.append(Case("w8a16", f"{model} {name} [{n}x{kk}] M={rows}", fp8_gemm, "w8a16_tiles", tiles,
-                                  w8a16_run(rows, n, kk), rows))
+                                  w8a16_run(rows, n, kk), (rows, n * kk)))
     if "w8a16-switch" in kernels:
         for rows in (16, 32, 64, 128, 256, 512):
             for name, (n, kk) in layers.items():
@@ -193,7 +193,7 @@ def dry_cases(kernels: set[str]) -> list[Case]:
                        moe_run(t, 64, 8, 2, 32, fp8), t) for t, fp8 in ((3, False), (40, True))]
     if "w8a16" in kernels:
         cases.append(Case("w8a16", "tiny [96x128] M=5", fp8_gemm, "w8a16_tiles", ((16, 32, 64, 4), (16, 64, 128, 4)),
-                          w8a16_run(5, 96, 128), 5))
+                          w8a16_run(5, 96, 128), (5, 96 * 128)))
     if "w8a16-switch" in kernels:
         cases.append(Case("w8a16-switch", "tiny [96x128] M=20", linear, "W8A16_MAX_ROWS", (0, 1 << 30),
                           w8a16_run(20, 96, 128, path="fp8_linear"), tolerance=0.1))

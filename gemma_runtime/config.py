@@ -28,11 +28,12 @@ class RuntimeConfig:
     # Schedule and launch step N+1 before reading step N's tokens on the host, so the host's work (
     # scheduling, batch building, detokenizing, stop checks) hides behind the GPU's. None: on for CUDA.
     overlap_scheduling: bool | None = None
-    # On CUDA, a MoE layer's dense MLP runs on a second stream beside its router and experts (both read
-    # the same residual and meet only in the epilogue), so each branch's short kernels fill the other's
-    # ramp and tail; inside the decode graphs the two become parallel branches. Off until the H100
-    # measures it (docs/benchmarks.md); ignored for dense models and on the CPU.
-    moe_side_stream: bool = False
+    # A MoE layer's dense MLP on a second CUDA stream beside its router and experts (both read the same
+    # residual and meet only in the epilogue), so each branch's short kernels fill the other's ramp and
+    # tail: two parallel branches in the decode graphs of up to gemma4.SIDE_STREAM_MAX_ROWS sequences,
+    # where the H100 measured it (docs/benchmarks.md). None: on for CUDA. Dense models and the CPU
+    # ignore it.
+    moe_side_stream: bool | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:

@@ -54,20 +54,33 @@ def _w8a16_kernel(
              acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
 
 
-def w8a16_tiles(rows: int) -> tuple[int, int, int, int]:
-    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps): 16 rows is tl.dot's minimum and a decode batch's usual
-    size. Measured on the H100 at the 31B's four linears (`tune --kernels w8a16 --models 31b`,
-    2026-11-26, 12 candidates each): up to 16 rows a narrow, deep [32, 256] e4m3 tile (8 KB) with 4
-    warps was fastest or within 3% on every shape, 196 us for the four at one row against 209 us with
-    [64, 128]; at 64 rows [128, 128] tiles with 8 warps took 331 us against 370 us with [64, 128].
+# 64-row tiles of weights larger than this take [128, 128] weight tiles with 8 warps, smaller ones
+# [64, 128] with 4: the line falls between the 26B-A4B's o_proj and gate_up (12M values) and its
+# qkv_proj (23M), where the H100's timings turned over (w8a16_tiles).
+W8A16_WIDE_TILE_MIN_WEIGHT = 1 << 24
+
+
+def w8a16_tiles(rows: int, weight_numel: int) -> tuple[int, int, int, int]:
+    """(BLOCK_M, BLOCK_N, BLOCK_K, num_warps) for `rows` rows against an [N, K] weight of weight_numel
+    values. 16 rows is tl.dot's minimum and a decode batch's usual size. Measured on the H100
+    (`tune --kernels w8a16`, 2026-11-26, 12 candidates for each of the four linears of each model):
+    - up to 16 rows a narrow, deep [32, 256] e4m3 tile (8 KB) with 4 warps was fastest or within 7% on
+      all eight shapes: the 31B's four took 196 us at one row against 209 us with [64, 128] tiles, the
+      26B-A4B's 49.8 us at 16 rows against 50.8;
+    - at 64 rows the 31B's weights (44-231M values) were fastest or within 5% with [128, 128] tiles and
+      8 warps (331 us against 370 us with [64, 128]), while with them three of the 26B-A4B's smaller
+      ones were 8-26% slower than with their best candidate: 72.5 us for its four with this split,
+      79.0 with [128, 128] for all, 74.5 with the earlier [64, 128] and 8 warps for all.
     Compiled for sm_90 with the alignment the JIT sees (bench/compile_kernels.py, Triton 3.6): no spills."""
-    return (16, 32, 256, 4) if rows <= 16 else (64, 128, 128, 8)
+    if rows <= 16:
+        return 16, 32, 256, 4
+    return (64, 128, 128, 8) if weight_numel > W8A16_WIDE_TILE_MIN_WEIGHT else (64, 64, 128, 4)
 
 
 def choose_split_k(rows: int, n: int, k: int, device: torch.device) -> int:
     """Splits of K so that output tiles x splits make about two waves over the SMs, each split keeping
     at least four K tiles (fewer and the partial sums cost more than the parallelism gives)."""
-    block_m, block_n, block_k, _ = w8a16_tiles(rows)
+    block_m, block_n, block_k, _ = w8a16_tiles(rows, n * k)
     tiles = triton.cdiv(rows, block_m) * triton.cdiv(n, block_n)
     want = triton.cdiv(2 * num_sms(device), tiles)
     most = max(1, triton.cdiv(k, block_k) // 4)
@@ -80,7 +93,7 @@ def w8a16_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, split_
     N = w.shape[0]
     x2 = x.reshape(-1, K).contiguous()  # [M, K]
     M = x2.shape[0]
-    block_m, block_n, block_k, warps = w8a16_tiles(M)
+    block_m, block_n, block_k, warps = w8a16_tiles(M, N * K)
     splits = split_k or choose_split_k(M, N, K, x.device)
     # one split writes the result directly; several write float32 partials [splits, M, N] summed below
     out = torch.empty((splits, M, N), dtype=x.dtype if splits == 1 else torch.float32, device=x.device)

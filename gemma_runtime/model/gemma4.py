@@ -18,6 +18,13 @@ from gemma_runtime.model.linear import expert_weights, linear
 from gemma_runtime.model.registry import create
 
 
+# Decode graphs of up to this many sequences run a MoE layer's dense MLP on the side stream
+# (RuntimeConfig.moe_side_stream). Measured on the H100 (docs/benchmarks.md, 2026-11-26) at batch 1:
+# 4.177 ms per step against 4.306 in bf16, 3.233 against 3.280 in FP8. Larger batches and eager steps
+# (prefill) are unmeasured and keep one stream; bench/profile_decode.py --moe-side-stream re-measures.
+SIDE_STREAM_MAX_ROWS = 1
+
+
 class Gemma4TextModel:
     def __init__(self, spec: TextSpec, weights: dict[str, torch.Tensor], device: torch.device,
                  placeholder_ids: tuple[int, ...] = (), pad_token_id: int = 0, moe_side_stream: bool = False):
@@ -103,15 +110,16 @@ class Gemma4TextModel:
     def _mlp_and_experts(self, p: str, ffn) -> tuple[torch.Tensor, torch.Tensor]:
         """The dense MLP and the experts run side by side from the same residual, each post-normed. The
         backend routes and runs the experts; it may hand back per-slot rows [T, k, H] and leave their sum
-        to the epilogue's kernel. With a side stream the MLP is queued there, forked after the prologue
-        and joined before the epilogue. That ordering also keeps the caching allocator safe without
-        record_stream: the MLP's output, made on the side stream, is freed only after the join, and the
-        side stream's next use of that memory waits on the next layer's fork, which follows the join."""
+        to the epilogue's kernel. In a small decode graph the MLP is queued on the side stream, forked
+        after the prologue and joined before the epilogue. That ordering also keeps the caching
+        allocator safe without record_stream: the MLP's output, made on the side stream, is freed only
+        after the join, and the side stream's next use of that memory waits on the next layer's fork,
+        which follows the join."""
         run_experts = lambda: self.experts.routed(  # noqa: E731
             ffn.experts_in, ffn.router_in, self.w[p + "moe.router_proj.weight"], self.spec.moe.top_k,
             **expert_weights(self.experts, self.w, p))
         side = self.side_stream
-        if side is None:
+        if side is None or ffn.mlp_in.shape[0] > SIDE_STREAM_MAX_ROWS or not torch.cuda.is_current_stream_capturing():
             return self._mlp(p, ffn.mlp_in), run_experts()
         main = torch.cuda.current_stream(self.device)
         side.wait_stream(main)  # fork: the prologue's outputs are written

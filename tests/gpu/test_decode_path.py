@@ -150,12 +150,14 @@ def test_graphs_and_overlap_decode_the_plain_engines_tokens(random_tiny_engine_d
 
 @pytest.mark.skipif(not CUDA, reason="a second CUDA stream")
 def test_moe_side_stream_decodes_the_plain_engines_tokens(random_tiny_engine_dir, monkeypatch):
-    """The dense MLP on a side stream beside the experts, eager (prefill) and inside the decode graphs:
+    """The dense MLP on a side stream beside the experts inside the decode graphs (here of every size):
     the same greedy tokens. The side stream's MLP first sleeps ~1 ms on the GPU, so an epilogue that did
     not wait for the join would read the MLP's output before it is written."""
+    from gemma_runtime.model import gemma4
     from gemma_runtime.model.gemma4 import Gemma4TextModel
 
-    want = engine_on_device(random_tiny_engine_dir, overlap_scheduling=False, decode_graph_max_batch=0).generate(requests())
+    want = engine_on_device(random_tiny_engine_dir, overlap_scheduling=False, decode_graph_max_batch=0,
+                            moe_side_stream=False).generate(requests())
     mlp = Gemma4TextModel._mlp
 
     def slow_mlp(self, p, x):
@@ -163,6 +165,7 @@ def test_moe_side_stream_decodes_the_plain_engines_tokens(random_tiny_engine_dir
         return mlp(self, p, x)
 
     monkeypatch.setattr(Gemma4TextModel, "_mlp", slow_mlp)  # before the engine captures its graphs
+    monkeypatch.setattr(gemma4, "SIDE_STREAM_MAX_ROWS", 4)
     beside = engine_on_device(random_tiny_engine_dir, overlap_scheduling=True, decode_graph_max_batch=4,
                               moe_side_stream=True)
     assert beside.runner.text.side_stream is not None and sorted(beside.runner.graphs.graphs) == [1, 2, 4]

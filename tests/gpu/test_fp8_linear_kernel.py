@@ -8,6 +8,7 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from gemma_runtime.kernels import fp8_gemm  # noqa: E402
 from gemma_runtime.kernels.fp8_gemm import w8a16_linear  # noqa: E402
 from gemma_runtime.model.linear import W8A16_MAX_ROWS, dequantize, fp8_linear, linear, quantize_per_row  # noqa: E402
 from tests.gpu.kernel_support import CUDA, DEVICE, DTYPES, TOL, rel_err  # noqa: E402
@@ -16,9 +17,13 @@ from tests.gpu.kernel_support import CUDA, DEVICE, DTYPES, TOL, rel_err  # noqa:
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("rows", [1, 5, 33])
 @pytest.mark.parametrize("split_k", [None, 1, 3])
-def test_w8a16_linear_matches_the_dequantized_product(dtype, rows, split_k):
+@pytest.mark.parametrize("wide", [False, True], ids=["tiles", "wide-tiles"])
+def test_w8a16_linear_matches_the_dequantized_product(dtype, rows, split_k, wide, monkeypatch):
     """The decode-time FP8 linear: e4m3 weights widened in the kernel, activations as they are. N and K
-    (200, 300) are not multiples of the tiles; split-K (forced, or chosen) sums float32 partials."""
+    (200, 300) are not multiples of the tiles; split-K (forced, or chosen) sums float32 partials. `wide`
+    gives this small weight the tiles of a large one (fp8_gemm.W8A16_WIDE_TILE_MIN_WEIGHT)."""
+    if wide:
+        monkeypatch.setattr(fp8_gemm, "W8A16_WIDE_TILE_MIN_WEIGHT", 0)
     g = torch.Generator().manual_seed(rows)
     x = torch.randn(rows, 300, generator=g).to(DEVICE, dtype)
     w_q, w_s = quantize_per_row(torch.randn(200, 300, generator=g) / 20)
