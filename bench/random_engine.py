@@ -49,7 +49,6 @@ class RandomEngine:
     engine_dir: Path  # engine.json and tokenizer files; the weights stay in memory
     spec: EngineSpec
     weights: dict[str, torch.Tensor]
-    hf_config: object  # the Gemma4Config the same dimensions give transformers
 
 
 def weight_shapes(spec: TextSpec) -> dict[str, tuple[int, ...]]:
@@ -116,7 +115,7 @@ def make_random_engine(model: str, dtype: str, device: torch.device, out_dir: Pa
         source={"checkpoint": f"random weights at {model} dimensions"},
     )  # fmt: skip
     spec.save(out_dir)
-    return RandomEngine(out_dir, spec, weights, config)
+    return RandomEngine(out_dir, spec, weights)
 
 
 @contextmanager

@@ -35,7 +35,11 @@ def table(figures: list[Figure]) -> str:
     hf = {(f.model, f.metric, f.batch): f.value for f in figures if f.system == "transformers"}
     floors = {(f.model, f.dtype): f.value for f in figures if f.metric == "bandwidth_floor_tokens_per_s"}
     lines = [f"{'model':6} {'dtype':5} {'metric':46} {'batch':>5} {'ours':>11} {'transformers':>12} {'ratio':>7} {'floor':>9}"]
+    ours = {(f.model, f.metric, f.batch) for f in figures if f.system != "transformers"}
     for f in figures:
+        # transformers alone: a run with --ours off, or a batch ours skipped
+        if f.system == "transformers" and (f.model, f.metric, f.batch) not in ours:
+            lines.append(f"{f.model:6} {f.dtype:5} {f.metric:46} {f.batch:>5} {'':>11} {f.value:>12.2f} {'':>7} {'':>9}")
         if f.system == "transformers" or f.metric == "bandwidth_floor_tokens_per_s":
             continue
         other = hf.get((f.model, f.metric, f.batch))

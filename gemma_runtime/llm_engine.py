@@ -52,11 +52,11 @@ class LLMEngine:
         on_cuda = self.device.type == "cuda"
         graph_max = self.config.decode_graph_max_batch
         graph_max = min(self.config.max_num_seqs, 256 if graph_max is None and on_cuda else graph_max or 0)
+        side_stream = on_cuda if self.config.moe_side_stream is None else self.config.moe_side_stream
         self.runner = ModelRunner(self.spec, weights, self.device, self.dtype, self.config.block_size,
                                   self.blocks.full.num_blocks, self.blocks.sliding.num_blocks, self.config.seed,
                                   self.max_model_len, self.config.max_num_seqs, graph_max_batch=graph_max,
-                                  capture_graphs=on_cuda,
-                                  moe_side_stream=on_cuda if self.config.moe_side_stream is None else self.config.moe_side_stream)
+                                  capture_graphs=on_cuda, moe_side_stream=side_stream)
         self.overlap = on_cuda if self.config.overlap_scheduling is None else self.config.overlap_scheduling
         self.in_flight: LaunchedStep | None = None  # launched, its tokens not yet read (overlap only)
         self.inputs = InputProcessor(self.spec, self.tokenizer, self.max_model_len, self.config.default_image_soft_tokens)

@@ -119,7 +119,8 @@ class Gemma4TextModel:
             ffn.experts_in, ffn.router_in, self.w[p + "moe.router_proj.weight"], self.spec.moe.top_k,
             **expert_weights(self.experts, self.w, p))
         side = self.side_stream
-        if side is None or ffn.mlp_in.shape[0] > SIDE_STREAM_MAX_ROWS or not torch.cuda.is_current_stream_capturing():
+        if (side is None or ffn.mlp_in.shape[0] > SIDE_STREAM_MAX_ROWS
+                or not torch.cuda.is_current_stream_capturing()):  # eager steps and larger graphs: one stream
             return self._mlp(p, ffn.mlp_in), run_experts()
         main = torch.cuda.current_stream(self.device)
         side.wait_stream(main)  # fork: the prologue's outputs are written

@@ -70,6 +70,8 @@ def test_ours_off_times_only_transformers(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = [json.loads(line) for line in (tmp_path / "cpu-dry-run.jsonl").read_text().splitlines()]
     assert {f["system"] for f in figures} == {"transformers"}
+    rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("tiny ")]
+    assert len(rows) == 4 and {r[2] for r in rows} == {"decode_tokens_per_s_per_user", "decode_tokens_per_s_total"}
     assert {(f["metric"], f["batch"]) for f in figures} == {
         (m, b) for m in ("decode_tokens_per_s_per_user", "decode_tokens_per_s_total") for b in (1, 4)}
 
