@@ -241,4 +241,5 @@ def test_bfloat16_is_as_close_as_hf_bfloat16(models, hf_processor):
     got = ours_bf16([preprocess_image(im, patch_size=PATCH, pooling_kernel_size=POOL, max_soft_tokens=70) for im in images])
     for g, t, h in zip(got, truth, hf_low):
         assert g.dtype == torch.bfloat16 and g.shape == t.shape
+        print(f"\nbf16 error against float32: ours {rel_err(g.float(), t):.2e}, transformers {rel_err(h.float(), t):.2e}")
         assert rel_err(g.float(), t) < max(3 * rel_err(h.float(), t), 1e-2)
