@@ -28,7 +28,7 @@ from server.responses.reasoning_tokens import ReasoningTokenCounter
 from server.responses.store import ResponseStore
 
 # Chat sampling fields a Responses request may carry as extensions (vLLM accepts the same ones).
-_PASSTHROUGH = ("seed", "top_k", "min_p", "stop", "presence_penalty", "frequency_penalty")
+_PASSTHROUGH = ("seed", "top_k", "min_p", "stop", "presence_penalty", "frequency_penalty", "ignore_eos")
 # Chat parameter names in errors from the chat path -> the Responses field the client sent.
 _PARAM_NAMES = {"max_completion_tokens": "max_output_tokens", "messages": "input"}
 
@@ -186,9 +186,12 @@ async def response_events(ctx: ServerContext, plan: ResponsePlan, streams, store
 async def run_to_end(ctx: ServerContext, plan: ResponsePlan, store: ResponseStore) -> dict:
     """The non-streaming response: the same events, run to their end; a failure is an error envelope."""
     streams = await start_all(ctx.backend, plan.chat.runtime_requests())
-    last = None
-    async for event in response_events(ctx, plan, streams, store):
-        last = event
+    events, last = response_events(ctx, plan, streams, store), None
+    try:
+        async for event in events:
+            last = event
+    finally:
+        await events.aclose()  # cancelled (the client left): abort the runtime request at once
     response = last["response"]
     if response["status"] == "failed":
         raise APIError(response["error"]["message"], 500, code=response["error"]["code"])

@@ -24,8 +24,11 @@ def _store(request: Request) -> ResponseStore:
 
 async def _sse(events):
     # Named events, as OpenAI sends them; no `[DONE]`: the terminal response event ends the stream.
-    async for event in events:
-        yield f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+    try:
+        async for event in events:
+            yield f"event: {event['type']}\ndata: {json.dumps(event, ensure_ascii=False)}\n\n"
+    finally:
+        await events.aclose()  # a client gone mid-stream: abort the runtime request now, not at garbage collection
 
 
 @router.post("/v1/responses")
