@@ -52,7 +52,22 @@ def _tool_choice(req: ResponsesRequest) -> APIError | None:
     return None
 
 
-CHECKS: tuple[Callable[[ResponsesRequest], APIError | None], ...] = (_background, _text_format, _tools, _tool_choice)
+# Fields whose silent loss would change the answer (a conversation's earlier turns, a stored prompt):
+# refused by name, where other unknown fields are accepted and ignored as for chat completions.
+_UNSERVED_FIELDS = {
+    "conversation": "conversations are not served: chain turns with `previous_response_id`, or send the items in `input`",
+    "prompt": "stored prompt templates are not served: send the text in `instructions` and `input`",
+}
+
+
+def _unserved(req: ResponsesRequest) -> APIError | None:
+    for field, why in _UNSERVED_FIELDS.items():
+        if (req.model_extra or {}).get(field) is not None:
+            return bad_request(f"`{field}`: {why}", param=field, code="unsupported_parameter")
+    return None
+
+
+CHECKS: tuple[Callable[[ResponsesRequest], APIError | None], ...] = (_background, _text_format, _tools, _tool_choice, _unserved)
 
 
 def check_supported(req: ResponsesRequest) -> None:

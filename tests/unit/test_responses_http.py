@@ -144,6 +144,7 @@ def test_engine_failure_fails_the_response():
     ({"input": [{"type": "item_reference", "id": "x"}]}, 400, "input.0.type"),
     ({"input": [{"type": "function_call_output", "call_id": "c9", "output": "x"}]}, 400, "input.0.call_id"),
     ({"input": [{"role": "user", "content": [{"type": "input_file", "file_id": "f"}]}]}, 400, "input.0.content.0"),
+    ({"input": "Hi", "conversation": "conv_1"}, 400, "conversation"),
     ({"input": "Hi", "max_output_tokens": 100000}, 400, "max_output_tokens"),
     ({"input": "Hi", "temperature": 5}, 400, "temperature"),
     ({"input": "Hi", "model": "gpt-9"}, 404, "model"),
