@@ -14,8 +14,10 @@ from server.images import ImageFetchPolicy
 from server.logprobs import TokenText
 from server.metrics import ServerMetrics
 from server.middleware import GatewayMiddleware
+from server.responses.store import ResponseStore, StoreConfig
 from server.routes import openai as openai_routes
 from server.routes import ops as ops_routes
+from server.routes import responses as responses_routes
 from server.settings import ServerSettings
 
 
@@ -63,8 +65,10 @@ def create_app(settings: ServerSettings, backend, *, manage_backend: bool = True
     app = FastAPI(title="Gemma 4 OpenAI-compatible server", lifespan=lifespan)
     app.state.ctx = ctx
     app.state.started_at = int(time.time())
+    app.state.response_store = ResponseStore(StoreConfig(settings.responses_max_stored, settings.responses_ttl_s))
     install_error_handlers(app)
     app.include_router(openai_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(ops_routes.router)
     app.add_middleware(GatewayMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_request_bytes, metrics=ctx.metrics)
     return app

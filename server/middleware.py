@@ -9,7 +9,7 @@ import secrets
 from server.errors import APIError
 
 # Paths counted by their own label; anything else is "other" (bounded label cardinality).
-COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/models")
+COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models")
 OPEN_PREFIXES = ("/v1/health/",)
 
 

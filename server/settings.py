@@ -24,6 +24,9 @@ class ServerSettings:
     max_request_bytes: int = 64 * 1024 * 1024
     reasoning_content_alias: bool = True  # also emit `reasoning_content` (SGLang/DeepSeek clients read that name)
     log_level: str = "info"
+    # /v1/responses keeps stored responses in memory (server/responses/store.py): this many, this long
+    responses_max_stored: int = 1024
+    responses_ttl_s: float = 3600.0
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> ServerSettings:
@@ -51,4 +54,6 @@ _ENV_VARS = {
     "GEMMA_IMAGE_MAX_PIXELS": ("image_max_pixels", int),
     "GEMMA_ALLOW_LOCAL_IMAGE_URLS": ("allow_local_image_urls", _bool),
     "GEMMA_MAX_REQUEST_BYTES": ("max_request_bytes", int),
+    "GEMMA_RESPONSES_MAX_STORED": ("responses_max_stored", int),
+    "GEMMA_RESPONSES_TTL_S": ("responses_ttl_s", float),
 }
