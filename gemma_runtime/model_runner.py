@@ -9,6 +9,7 @@ from the previous step's token tensor (a device gather), never through the host.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -19,6 +20,7 @@ from gemma_runtime.device_block_tables import DeviceBlockTables
 from gemma_runtime.device_io import HostCopy, to_device
 from gemma_runtime.engine_config import EngineSpec
 from gemma_runtime.forward_batch import ForwardBatch
+from gemma_runtime.grammar.logits import TokenMask
 from gemma_runtime.model.gemma4 import Gemma4TextModel
 from gemma_runtime.sampler import SampledBatch, SamplingInput, sample_on_device
 from gemma_runtime.scheduler import ScheduledSeq
@@ -39,6 +41,11 @@ class LaunchedStep:
     seqs: list[Sequence]
     sampled: SampledBatch | None
     host_copy: HostCopy | None
+    unsampled: tuple | None = None  # (logits, rows) of a step whose sampling waits for its token mask
+
+    @property
+    def awaiting_sample(self) -> bool:
+        return self.unsampled is not None
 
     @property
     def needs_host_tokens(self) -> bool:
@@ -92,8 +99,11 @@ class ModelRunner:
         return caches
 
     @torch.inference_mode()
-    def launch(self, scheduled: list[ScheduledSeq]) -> LaunchedStep:
-        """Queues the step's forward and sampling; returns without waiting for the device."""
+    def launch(self, scheduled: list[ScheduledSeq], mask: Callable[[list[Sequence]], TokenMask | None] | None = None,
+               defer_sampling: bool = False) -> LaunchedStep:
+        """Queues the step's forward and sampling; returns without waiting for the device. `mask` gives
+        the grammar's token mask for the sampling rows; with defer_sampling only the forward is queued
+        and the caller finishes the step with `sample` once it can build the mask."""
         batch = self._build_batch(scheduled)
         if self.graphs is not None and batch.is_decode_only and batch.num_seqs <= self.graphs.max_batch:
             hidden = self.graphs.run(batch)
@@ -105,9 +115,18 @@ class ModelRunner:
             return LaunchedStep([], None, None)
         logits = self.text.logits(hidden)  # [S, V]
         rows = [SamplingInput(seq.sampling, seq.output_token_ids, seq.generator) for seq in seqs]
-        sampled = sample_on_device(logits, rows, self.default_generator)
-        self._last_tokens, self._last_rows = sampled.tokens, {id(seq): i for i, seq in enumerate(seqs)}
-        return LaunchedStep(seqs, sampled, sampled.start_host_copy())
+        step = LaunchedStep(seqs, None, None, unsampled=(logits, rows))
+        if not defer_sampling:
+            self.sample(step, mask(seqs) if mask is not None else None)
+        return step
+
+    @torch.inference_mode()
+    def sample(self, step: LaunchedStep, mask: TokenMask | None = None) -> None:
+        """Queues the sampling of a launched step (with the grammar's mask) and its copy to the host."""
+        (logits, rows), step.unsampled = step.unsampled, None
+        sampled = sample_on_device(logits, rows, self.default_generator, mask)
+        self._last_tokens, self._last_rows = sampled.tokens, {id(seq): i for i, seq in enumerate(step.seqs)}
+        step.sampled, step.host_copy = sampled, sampled.start_host_copy()
 
     def resolve(self, step: LaunchedStep) -> list[SampledToken]:
         """Waits for the step's samples and returns them on the host."""
