@@ -63,6 +63,7 @@ class LLMEngine:
         self.inputs = InputProcessor(self.spec, self.tokenizer, self.max_model_len, self.config.default_image_soft_tokens)
         self.requests: dict[str, _RequestState] = {}
         self.structured = StructuredDecoding(self.tokenizer, self.spec.text.vocab_size, self.stop_token_ids)
+        self.runner.constraints = self.structured
 
     def _pool_sizes(self) -> tuple[int, int]:
         """Pages per pool unless configured. Sliding layers: every sequence's window (plus the page being
@@ -155,10 +156,7 @@ class LLMEngine:
         plan = self.scheduler.schedule()
         launched = None
         if not plan.is_empty:
-            # a constrained row whose newest token is unread samples once it is read (below), while
-            # the device runs this step's forward: the mask adds no host wait
-            launched = self.runner.launch(plan.scheduled, self.structured.mask,
-                                          defer_sampling=self.structured.lags(plan.scheduled))
+            launched = self.runner.launch(plan.scheduled)
             for item in plan.scheduled:
                 item.seq.num_computed += item.num_new
             for seq in launched.seqs:
@@ -167,6 +165,8 @@ class LLMEngine:
         if previous is not None:
             outputs += self._resolve(previous)
         if launched is not None and launched.awaiting_sample:
+            # a constrained row's token of the previous step was unread at launch: its grammar has now
+            # taken it, and the mask is built while the device still runs this step's forward
             self.runner.sample(launched, self.structured.mask(launched.seqs))
         if not self.overlap and self.in_flight is not None:
             outputs += self._resolve(self.in_flight)

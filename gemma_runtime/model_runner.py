@@ -9,7 +9,6 @@ from the previous step's token tensor (a device gather), never through the host.
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -77,6 +76,7 @@ class ModelRunner:
             self.vision.load_state_dict({k[len("vision."):]: v for k, v in weights.items() if k.startswith("vision.")})
         self.kv_caches = self._allocate_kv(dtype, num_full_blocks, num_sliding_blocks)
         self.default_generator = torch.Generator(device=device).manual_seed(seed)
+        self.constraints = None  # set by the engine: lags(scheduled) and mask(seqs) of constrained decoding
         # the previous launch's sampled tokens [S] and each sampling sequence's row in them
         self._last_tokens: torch.Tensor | None = None
         self._last_rows: dict[int, int] = {}
@@ -99,11 +99,11 @@ class ModelRunner:
         return caches
 
     @torch.inference_mode()
-    def launch(self, scheduled: list[ScheduledSeq], mask: Callable[[list[Sequence]], TokenMask | None] | None = None,
-               defer_sampling: bool = False) -> LaunchedStep:
-        """Queues the step's forward and sampling; returns without waiting for the device. `mask` gives
-        the grammar's token mask for the sampling rows; with defer_sampling only the forward is queued
-        and the caller finishes the step with `sample` once it can build the mask."""
+    def launch(self, scheduled: list[ScheduledSeq]) -> LaunchedStep:
+        """Queues the step's forward and sampling; returns without waiting for the device. With
+        `constraints` (the engine's StructuredDecoding) the sampling rows get the grammar's token mask;
+        when a constrained row's newest token is still unread, only the forward is queued and the
+        caller finishes the step with `sample` once it has read that token."""
         batch = self._build_batch(scheduled)
         if self.graphs is not None and batch.is_decode_only and batch.num_seqs <= self.graphs.max_batch:
             hidden = self.graphs.run(batch)
@@ -116,8 +116,10 @@ class ModelRunner:
         logits = self.text.logits(hidden)  # [S, V]
         rows = [SamplingInput(seq.sampling, seq.output_token_ids, seq.generator) for seq in seqs]
         step = LaunchedStep(seqs, None, None, unsampled=(logits, rows))
-        if not defer_sampling:
-            self.sample(step, mask(seqs) if mask is not None else None)
+        if self.constraints is None:
+            self.sample(step)
+        elif not self.constraints.lags(scheduled):
+            self.sample(step, self.constraints.mask(seqs))
         return step
 
     @torch.inference_mode()
