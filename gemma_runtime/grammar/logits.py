@@ -39,11 +39,20 @@ def apply_logit_bias(logits: torch.Tensor, biases: list[tuple[tuple[int, float],
     return logits
 
 
+# bit i of byte value b, for every b: [256, 8]
+_BYTE_BITS = ((torch.arange(256)[:, None] >> torch.arange(8)) & 1).bool()
+_tables: dict[torch.device, torch.Tensor] = {}
+
+
 def unpack_bitmask(bits: torch.Tensor, vocab: int) -> torch.Tensor:
-    """int32 [R, W] -> bool [R, vocab], True where the token is allowed."""
-    shifts = torch.arange(32, dtype=torch.int32, device=bits.device)
-    allowed = (bits[:, :, None] >> shifts) & 1  # [R, W, 32]: bit j of word w is token 32*w + j
-    return allowed.reshape(bits.shape[0], -1)[:, :vocab].bool()  # [R, W*32] -> [R, vocab]
+    """int32 [R, W] -> bool [R, vocab], True where the token is allowed. Byte k of word w (little-endian,
+    as on x86 hosts and CUDA devices) holds tokens 32*w + 8*k ..: one table lookup per byte, which is
+    several times faster than shifting every word 32 times."""
+    table = _tables.get(bits.device)
+    if table is None:
+        table = _tables[bits.device] = _BYTE_BITS.to(bits.device)
+    as_bytes = bits.contiguous().view(torch.uint8).to(torch.int64)  # [R, W] int32 -> [R, 4W] bytes
+    return table[as_bytes].reshape(bits.shape[0], -1)[:, :vocab]  # [R, 4W, 8] -> [R, 32W] -> [R, vocab]
 
 
 def apply_token_mask(logits: torch.Tensor, mask: TokenMask | None) -> torch.Tensor:
@@ -55,7 +64,10 @@ def apply_token_mask(logits: torch.Tensor, mask: TokenMask | None) -> torch.Tens
     else:
         bits = bits.to(logits.device)
     allowed = unpack_bitmask(bits, logits.shape[1])  # [R, V]
+    lowest = torch.finfo(logits.dtype).min
+    if len(mask.rows) == logits.shape[0] and mask.rows == list(range(logits.shape[0])):
+        return logits.masked_fill(~allowed, lowest)  # every row constrained: no gather, no scatter
     rows = to_device(mask.rows, torch.int64, logits.device)
     logits = logits.clone()
-    logits[rows] = logits[rows].masked_fill(~allowed, torch.finfo(logits.dtype).min)
+    logits[rows] = logits[rows].masked_fill(~allowed, lowest)
     return logits

@@ -173,3 +173,25 @@ def test_abort_a_constrained_request_mid_way(random_tiny_dense_engine_dir):
             reason = out.finish_reason or reason
     assert reason == "stop"
     assert engine.stats().kv_blocks_free == engine.stats().kv_blocks_total
+
+
+def test_mask_application_matches_xgrammars_own():
+    """Our unpacking (byte table) and masked fill agree with xgrammar's kernel on random bitmasks,
+    for all rows and for a subset of rows."""
+    import torch
+    import xgrammar as xgr
+
+    from gemma_runtime.grammar.logits import TokenMask, apply_token_mask
+
+    gen = torch.Generator().manual_seed(0)
+    vocab = 1000  # not a multiple of 32: the last word is partly padding
+    logits = torch.randn(5, vocab, generator=gen)
+    bits = torch.randint(-2**31, 2**31 - 1, (3, -(-vocab // 32)), dtype=torch.int32, generator=gen)
+    for rows in ([0, 1, 2], [4, 0, 2]):
+        ours = apply_token_mask(logits, TokenMask(rows, bits))
+        theirs = logits.clone()
+        full = torch.full((5, bits.shape[1]), -1, dtype=torch.int32)
+        full[rows] = bits
+        xgr.apply_token_bitmask_inplace(theirs, full)
+        assert torch.equal(ours == torch.finfo(torch.float32).min, theirs == float("-inf"))
+        assert torch.equal(ours[theirs != float("-inf")], logits[theirs != float("-inf")])
