@@ -1,8 +1,8 @@
 """OpenAI's structured-output fields -> the runtime's `StructuredOutput` and logit bias.
 
 `response_format` (`json_object`, `json_schema` with its `schema`; strict or not, the schema is always
-enforced) and a `tool_choice` of "required" or a named function become a grammar the runtime enforces
-token by token (gemma_runtime/grammar). A forced tool choice wins over `response_format`: the reply is
+enforced) and a `tool_choice` of "required" or a named function (or "auto" with a `strict` tool) become
+a grammar the runtime enforces token by token (gemma_runtime/grammar). A forced tool choice wins over `response_format`: the reply is
 then a call. With thinking on, the grammar starts after the thought channel, so reasoning stays free.
 What a grammar cannot enforce is refused by the runtime with a 400 naming the feature.
 """
@@ -30,10 +30,16 @@ def response_format_output(response_format, thought: str = "none") -> Structured
 
 
 def tool_choice_output(req, mode: str) -> StructuredOutput | None:
-    """A forced tool choice (after the server's `<|tool_call>call:` prefill) as a grammar of Gemma 4 calls."""
-    if mode not in ("required", "named") or not req.add_generation_prompt:
+    """A forced tool choice (after the server's `<|tool_call>call:` prefill) as a grammar of Gemma 4 calls;
+    under "auto", when a tool is `strict`, every call the model opens is held (the text stays free)."""
+    if not req.add_generation_prompt:
         return None
-    tools = [{"name": t.function.name, "parameters": t.function.parameters} for t in req.tools]
+    if mode == "auto" and not (any(t.function.strict for t in req.tools) and req.response_format is None):
+        return None
+    if mode not in ("required", "named", "auto"):
+        return None
+    tools = [{"name": t.function.name, "parameters": t.function.parameters, "strict": bool(t.function.strict)}
+             for t in req.tools]
     source = {"tools": tools, "choice": mode, "parallel": req.parallel_tool_calls,
               "name": req.tool_choice.function.name if mode == "named" else None}
     return StructuredOutput("tool_calls", json.dumps(source))

@@ -17,7 +17,7 @@ import xgrammar as xgr
 from gemma_runtime.grammar.schema_check import UnsupportedSchema, check_schema
 from gemma_runtime.grammar.spec import StructuredOutput
 from gemma_runtime.grammar.state import GrammarState, ThoughtTokens
-from gemma_runtime.grammar.tool_calls import tool_call_grammar
+from gemma_runtime.grammar.tool_calls import tool_call_grammar, tool_call_structural_tag
 
 
 # xgrammar 0.2.8 writes the characters of a length-bounded string as [^"\\\r\n]: raw control characters
@@ -41,7 +41,10 @@ def _json_object(compiler: xgr.GrammarCompiler, source: str) -> xgr.CompiledGram
 
 
 def _tool_calls(compiler: xgr.GrammarCompiler, source: str) -> xgr.CompiledGrammar:
-    return compiler.compile_grammar(tool_call_grammar(json.loads(source)))
+    parsed = json.loads(source)
+    if parsed["choice"] == "auto":
+        return compiler.compile_structural_tag(json.dumps(tool_call_structural_tag(parsed)))
+    return compiler.compile_grammar(tool_call_grammar(parsed))
 
 
 COMPILERS: dict[str, Callable[[xgr.GrammarCompiler, str], xgr.CompiledGrammar]] = {

@@ -111,3 +111,26 @@ def test_the_thought_gate_keeps_reasoning_free(engine):
     for t in tok.encode('{"a": "x"}', add_special_tokens=False):
         state.accept(t)
     assert not state.rejected and allowed() <= set(engine.stop_token_ids)
+
+
+def test_auto_with_a_strict_tool_holds_every_opened_call(engine):
+    """tool_choice "auto": free text stays free, but once `<|tool_call>` is open the call names a declared
+    tool and a strict tool's arguments validate. The untrained model is pushed to open calls by bias."""
+    tools = [dict(TOOLS[1], strict=True), TOOLS[2]]
+    source = {"tools": tools, "choice": "auto", "parallel": True}
+    call_open = engine.tokenizer.convert_tokens_to_ids("<|tool_call>")
+    requests = [GenerateRequest(f"auto{i}", PROMPT, SamplingParams(
+        max_tokens=120, temperature=1.0, seed=i, logit_bias=((call_open, 8.0),),
+        structured=StructuredOutput("tool_calls", json.dumps(source)))) for i in range(4)]
+    got = run(engine, requests)
+    seen = 0
+    for rid, (text, _) in got.items():
+        msg = parse_output(text)
+        for call in msg.tool_calls:
+            seen += 1
+            assert call.name in ("book_room", "ping")
+            if call.name == "book_room":
+                jsonschema.validate(json.loads(call.arguments), SCHEMAS["book_room"])
+        # an opened call never stays malformed: whatever follows <|tool_call> parsed as a call
+        assert text.count("<|tool_call>") <= len(msg.tool_calls) + (0 if "<tool_call|>" in text.rsplit("<|tool_call>", 1)[-1] else 1)
+    assert seen, "the bias opened no call: the test checks nothing"
