@@ -125,9 +125,9 @@ def sample_on_device(logits: torch.Tensor, rows: list[SamplingInput], default_ge
     Logprobs describe the distribution before penalties and temperature, as OpenAI's do, but after
     `logit_bias` and the grammar's mask: a constrained row reports its constrained distribution.
     """
-    logits = apply_token_mask(apply_logit_bias(logits, [r.params.logit_bias for r in rows]), mask)
     logprob_k = [r.params.logprobs for r in rows]
     want_logprobs = any(k is not None for k in logprob_k)
+    logits = apply_token_mask(apply_logit_bias(logits, [r.params.logit_bias for r in rows]), mask, finite=want_logprobs)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None  # [S, V]
     logits = _apply_penalties(logits, rows)
     tokens = torch.argmax(logits, dim=-1)  # [S]

@@ -3,8 +3,9 @@
 Both run as tensor ops on the logits' device and read nothing back, so a step that carries them still
 samples without a host wait. The bitmask is xgrammar's layout (int32 [R, ceil(V/32)], bit j of word w
 allows token 32*w + j), built on the host by `GrammarStep`; it is copied to the device (pinned,
-non-blocking) and unpacked there. A masked token gets the most negative finite float, not -inf, so the
-log-softmax reported as logprobs stays finite (JSON has no -inf) while its probability is exactly 0.
+non-blocking) and applied there by xgrammar's kernel. When logprobs are asked, a masked token gets the
+most negative finite float instead of -inf, so the reported log-softmax stays finite (JSON has no -inf)
+while its probability is exactly 0. `unpack_bitmask` (tests, benchmark) reads a mask on the host.
 """
 
 from __future__ import annotations
@@ -21,7 +22,7 @@ class TokenMask:
     """The grammar's allowed tokens for some rows of a step's logits."""
 
     rows: list[int]  # rows of the step's [S, V] logits that are constrained
-    bits: torch.Tensor  # [len(rows), ceil(V/32)] int32, on the host
+    bits: torch.Tensor  # [S, ceil(V/32)] int32 on the host: row i is logits row i (unconstrained rows all ones)
 
 
 def apply_logit_bias(logits: torch.Tensor, biases: list[tuple[tuple[int, float], ...]]) -> torch.Tensor:
@@ -55,19 +56,20 @@ def unpack_bitmask(bits: torch.Tensor, vocab: int) -> torch.Tensor:
     return table[as_bytes].reshape(bits.shape[0], -1)[:, :vocab]  # [R, 4W, 8] -> [R, 32W] -> [R, vocab]
 
 
-def apply_token_mask(logits: torch.Tensor, mask: TokenMask | None) -> torch.Tensor:
+def apply_token_mask(logits: torch.Tensor, mask: TokenMask | None, finite: bool = False) -> torch.Tensor:
+    """Masks the constrained rows in place with xgrammar's kernel (its CPU, CUDA or Triton path by
+    device). `finite`: masked tokens get the lowest finite float instead of -inf (for logprobs)."""
     if mask is None or not mask.rows:
         return logits
+    import xgrammar as xgr  # only a constrained step gets here
+
     bits = mask.bits
     if logits.device.type == "cuda":
         bits = bits.pin_memory().to(logits.device, non_blocking=True)
-    else:
+    elif bits.device != logits.device:
         bits = bits.to(logits.device)
-    allowed = unpack_bitmask(bits, logits.shape[1])  # [R, V]
-    lowest = torch.finfo(logits.dtype).min
-    if len(mask.rows) == logits.shape[0] and mask.rows == list(range(logits.shape[0])):
-        return logits.masked_fill(~allowed, lowest)  # every row constrained: no gather, no scatter
-    rows = to_device(mask.rows, torch.int64, logits.device)
-    logits = logits.clone()
-    logits[rows] = logits[rows].masked_fill(~allowed, lowest)
+    indices = None if len(mask.rows) == logits.shape[0] else mask.rows
+    xgr.apply_token_bitmask_inplace(logits, bits, vocab_size=logits.shape[1], indices=indices)
+    if finite:
+        logits.clamp_(min=torch.finfo(logits.dtype).min)  # -inf -> lowest: probability 0, JSON-safe logprob
     return logits

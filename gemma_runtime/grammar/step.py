@@ -28,15 +28,16 @@ class GrammarStep:
         rows = [i for i, s in enumerate(seqs) if s.grammar is not None and s.grammar.constrains_next]
         if not rows:
             return None
-        bits = xgr.allocate_token_bitmask(len(rows), self.vocab_size)  # [R, ceil(V/32)] int32, all allowed
+        # [S, ceil(V/32)] int32, all allowed: row i masks the step's logits row i
+        bits = xgr.allocate_token_bitmask(len(seqs), self.vocab_size)
         states = [seqs[i].grammar for i in rows]
         if len(rows) >= _BATCH_FILL_FROM:
-            self.batch.batch_fill_next_token_bitmask([g.matcher for g in states], bits)
-            for j, g in enumerate(states):
-                g.fill_gate(bits, j)
+            self.batch.batch_fill_next_token_bitmask([g.matcher for g in states], bits, rows)
+            for i, g in zip(rows, states):
+                g.fill_gate(bits, i)
         else:
-            for j, g in enumerate(states):
-                g.fill(bits, j)
+            for i, g in zip(rows, states):
+                g.fill(bits, i)
         return TokenMask(rows, bits)
 
 
