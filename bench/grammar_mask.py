@@ -73,7 +73,7 @@ def run(compiler: GrammarCompiler, vocab: int, batch: int, steps: int, device: s
         if device == "cuda":
             torch.cuda.synchronize()
         t2 = time.perf_counter()
-        allowed = unpack_bitmask(mask.bits, vocab)  # [R, V] on the host, to draw an allowed token
+        allowed = unpack_bitmask(mask.bits[mask.rows], vocab)  # [R, V] on the host, to draw an allowed token
         tokens = [rng.choice(allowed[j].nonzero().flatten().tolist()) for j in range(len(mask.rows))]
         t3 = time.perf_counter()
         for i, token in zip(mask.rows, tokens):
