@@ -38,14 +38,36 @@ BOOKING_TOOL = {"type": "function", "function": {"name": "book_room", "strict": 
 TOOL_SCHEMAS = {t["function"]["name"]: t["function"]["parameters"] for t in (WEATHER_TOOL, BOOKING_TOOL)}
 
 
-@pytest.fixture(scope="module")
-def base(random_tiny_dense_engine_dir):
+def _triton_backend(engine_dir, tmp_path_factory):
+    import importlib.util
+    import shutil
+
+    from server.triton_backend import TritonBackend
+    from server.triton_launcher import TritonPorts, start_triton
+    from tests.e2e.conftest import RUNTIME, free_ports
+
+    if not (shutil.which("tritonserver") or importlib.util.find_spec("pytriton")):
+        pytest.skip("no tritonserver on PATH and nvidia-pytriton is not installed")
+    log = tmp_path_factory.mktemp("triton-untrained") / "tritonserver.log"
+    triton = start_triton(engine_dir, TritonPorts(*free_ports(3)), runtime_config=RUNTIME, log_path=log, timeout=300,
+                          record_engine_path=False)
+    return triton, TritonBackend.from_uri(triton.backend_uri, engine_dir=engine_dir)
+
+
+@pytest.fixture(scope="module", params=["embedded", "triton"])
+def base(request, random_tiny_dense_engine_dir, tmp_path_factory):
+    """The OpenAI server on the untrained engine, in process and in front of a real tritonserver."""
     from gemma_runtime.config import RuntimeConfig
     from server.app import create_app
     from server.backend import EmbeddedBackend
     from server.settings import ServerSettings
 
-    backend = EmbeddedBackend.from_engine_dir(random_tiny_dense_engine_dir, RuntimeConfig(max_num_seqs=32, device="cpu"))
+    triton = None
+    if request.param == "triton":
+        triton, backend = _triton_backend(random_tiny_dense_engine_dir, tmp_path_factory)
+    else:
+        backend = EmbeddedBackend.from_engine_dir(random_tiny_dense_engine_dir, RuntimeConfig(max_num_seqs=32, device="cpu"))
+    request.addfinalizer(lambda: triton.stop() if triton is not None else None)
     app = create_app(ServerSettings(engine_dir=str(random_tiny_dense_engine_dir), served_model_name=MODEL), backend)
     with UvicornThread(app) as server:
         server.backend = backend
