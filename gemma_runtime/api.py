@@ -9,6 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from gemma_runtime.grammar.spec import StructuredOutput
+
 FinishReason = Literal["stop", "length", "abort", "error"]
 
 
@@ -31,6 +33,8 @@ class SamplingParams:
     logprobs: int | None = None  # None: off; k >= 0: sampled token's logprob plus the top k
     skip_special_tokens: bool = False  # the server parses <|channel>, <|tool_call>...: keep them by default
     min_tokens: int = 0
+    logit_bias: tuple[tuple[int, float], ...] = ()  # (token id, bias), OpenAI's -100..100, added to the logits
+    structured: StructuredOutput | None = None  # constrained decoding: JSON schema, JSON object, tool calls
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -43,6 +47,8 @@ class SamplingParams:
             raise ValueError("min_p must be in [0, 1]")
         if self.logprobs is not None and not 0 <= self.logprobs <= 20:
             raise ValueError("logprobs must be between 0 and 20")
+        if any(not -100 <= b <= 100 for _, b in self.logit_bias):
+            raise ValueError("logit_bias values must be between -100 and 100")
 
     @property
     def is_greedy(self) -> bool:

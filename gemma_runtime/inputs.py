@@ -23,6 +23,7 @@ class PreparedInput:
     token_ids: list[int]
     images: list  # PreprocessedImage, one per image, in prompt order
     image_spans: list[ImageSpan]  # where each image's soft tokens sit in token_ids
+    grammar: object | None = None  # the compiled grammar of a constrained request (gemma_runtime/grammar)
 
 
 class InputProcessor:

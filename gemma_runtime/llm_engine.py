@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -13,6 +13,7 @@ from gemma_runtime.block_manager import BlockManager
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.detokenizer import IncrementalDetokenizer, TextStream
 from gemma_runtime.engine_config import EngineSpec, read_generation_defaults
+from gemma_runtime.grammar.engine_hooks import StructuredDecoding
 from gemma_runtime.inputs import MAX_IMAGE_TOKENS, InputProcessor, PreparedInput
 from gemma_runtime.model_runner import LaunchedStep, ModelRunner, SampledToken
 from gemma_runtime.scheduler import Scheduler
@@ -61,6 +62,8 @@ class LLMEngine:
         self.in_flight: LaunchedStep | None = None  # launched, its tokens not yet read (overlap only)
         self.inputs = InputProcessor(self.spec, self.tokenizer, self.max_model_len, self.config.default_image_soft_tokens)
         self.requests: dict[str, _RequestState] = {}
+        self.structured = StructuredDecoding(self.tokenizer, self.spec.text.vocab_size, self.stop_token_ids)
+        self.runner.constraints = self.structured
 
     def _pool_sizes(self) -> tuple[int, int]:
         """Pages per pool unless configured. Sliding layers: every sequence's window (plus the page being
@@ -98,8 +101,10 @@ class LLMEngine:
     # --- requests ----------------------------------------------------------------------------------
 
     def prepare(self, request: GenerateRequest) -> PreparedInput:
-        """Tokenization and image preprocessing; safe to call from any thread."""
-        return self.inputs.process(request)
+        """Tokenization, image preprocessing and grammar compilation; safe to call from any thread."""
+        grammar = self.structured.prepare(request)
+        prepared = self.inputs.process(request)
+        return replace(prepared, grammar=grammar) if grammar is not None else prepared
 
     def add_request(self, request: GenerateRequest, prepared: PreparedInput | None = None) -> None:
         if request.request_id in self.requests:
@@ -111,6 +116,7 @@ class LLMEngine:
                        stop_token_ids=frozenset() if p.ignore_eos else self.stop_token_ids | set(p.stop_token_ids),
                        images=prepared.images, image_spans=prepared.image_spans, generator=generator,
                        max_total_tokens=min(len(prepared.token_ids) + p.max_tokens, self.max_model_len))
+        self.structured.attach(seq, request, prepared.grammar)
         detok = IncrementalDetokenizer(self.tokenizer, prepared.token_ids, p.skip_special_tokens)
         self.requests[request.request_id] = _RequestState(seq, detok, TextStream(p.stop, p.include_stop_str_in_output))
         self.scheduler.add(seq)
@@ -158,6 +164,10 @@ class LLMEngine:
         previous, self.in_flight = self.in_flight, launched
         if previous is not None:
             outputs += self._resolve(previous)
+        if launched is not None and launched.awaiting_sample:
+            # a constrained row's token of the previous step was unread at launch: its grammar has now
+            # taken it, and the mask is built while the device still runs this step's forward
+            self.runner.sample(launched, self.structured.mask(launched.seqs))
         if not self.overlap and self.in_flight is not None:
             outputs += self._resolve(self.in_flight)
             self.in_flight = None
@@ -178,6 +188,8 @@ class LLMEngine:
         seq, token = sampled.seq, sampled.token_id
         state = self.requests[seq.request_id]
         seq.output_token_ids.append(token)
+        if seq.grammar is not None:
+            seq.grammar.accept(token)
         p = seq.sampling
         finish_reason, stop_reason = None, None
         n_out = len(seq.output_token_ids)

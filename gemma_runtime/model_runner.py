@@ -19,6 +19,7 @@ from gemma_runtime.device_block_tables import DeviceBlockTables
 from gemma_runtime.device_io import HostCopy, to_device
 from gemma_runtime.engine_config import EngineSpec
 from gemma_runtime.forward_batch import ForwardBatch
+from gemma_runtime.grammar.logits import TokenMask
 from gemma_runtime.model.gemma4 import Gemma4TextModel
 from gemma_runtime.sampler import SampledBatch, SamplingInput, sample_on_device
 from gemma_runtime.scheduler import ScheduledSeq
@@ -39,6 +40,11 @@ class LaunchedStep:
     seqs: list[Sequence]
     sampled: SampledBatch | None
     host_copy: HostCopy | None
+    unsampled: tuple | None = None  # (logits, rows) of a step whose sampling waits for its token mask
+
+    @property
+    def awaiting_sample(self) -> bool:
+        return self.unsampled is not None
 
     @property
     def needs_host_tokens(self) -> bool:
@@ -70,6 +76,7 @@ class ModelRunner:
             self.vision.load_state_dict({k[len("vision."):]: v for k, v in weights.items() if k.startswith("vision.")})
         self.kv_caches = self._allocate_kv(dtype, num_full_blocks, num_sliding_blocks)
         self.default_generator = torch.Generator(device=device).manual_seed(seed)
+        self.constraints = None  # set by the engine: lags(scheduled) and mask(seqs) of constrained decoding
         # the previous launch's sampled tokens [S] and each sampling sequence's row in them
         self._last_tokens: torch.Tensor | None = None
         self._last_rows: dict[int, int] = {}
@@ -93,7 +100,10 @@ class ModelRunner:
 
     @torch.inference_mode()
     def launch(self, scheduled: list[ScheduledSeq]) -> LaunchedStep:
-        """Queues the step's forward and sampling; returns without waiting for the device."""
+        """Queues the step's forward and sampling; returns without waiting for the device. With
+        `constraints` (the engine's StructuredDecoding) the sampling rows get the grammar's token mask;
+        when a constrained row's newest token is still unread, only the forward is queued and the
+        caller finishes the step with `sample` once it has read that token."""
         batch = self._build_batch(scheduled)
         if self.graphs is not None and batch.is_decode_only and batch.num_seqs <= self.graphs.max_batch:
             hidden = self.graphs.run(batch)
@@ -105,9 +115,20 @@ class ModelRunner:
             return LaunchedStep([], None, None)
         logits = self.text.logits(hidden)  # [S, V]
         rows = [SamplingInput(seq.sampling, seq.output_token_ids, seq.generator) for seq in seqs]
-        sampled = sample_on_device(logits, rows, self.default_generator)
-        self._last_tokens, self._last_rows = sampled.tokens, {id(seq): i for i, seq in enumerate(seqs)}
-        return LaunchedStep(seqs, sampled, sampled.start_host_copy())
+        step = LaunchedStep(seqs, None, None, unsampled=(logits, rows))
+        if self.constraints is None:
+            self.sample(step)
+        elif not self.constraints.lags(scheduled):
+            self.sample(step, self.constraints.mask(seqs))
+        return step
+
+    @torch.inference_mode()
+    def sample(self, step: LaunchedStep, mask: TokenMask | None = None) -> None:
+        """Queues the sampling of a launched step (with the grammar's mask) and its copy to the host."""
+        (logits, rows), step.unsampled = step.unsampled, None
+        sampled = sample_on_device(logits, rows, self.default_generator, mask)
+        self._last_tokens, self._last_rows = sampled.tokens, {id(seq): i for i, seq in enumerate(step.seqs)}
+        step.sampled, step.host_copy = sampled, sampled.start_host_copy()
 
     def resolve(self, step: LaunchedStep) -> list[SampledToken]:
         """Waits for the step's samples and returns them on the host."""

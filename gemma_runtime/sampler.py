@@ -17,6 +17,7 @@ import torch
 from gemma_runtime.device_io import HostCopy, to_device
 
 from gemma_runtime.api import SamplingParams, TokenLogprob
+from gemma_runtime.grammar.logits import TokenMask, apply_logit_bias, apply_token_mask
 
 
 @dataclass(frozen=True)
@@ -117,14 +118,16 @@ class SampledBatch:
         return token_list, out
 
 
-def sample_on_device(logits: torch.Tensor, rows: list[SamplingInput], default_generator: torch.Generator | None = None
-                     ) -> SampledBatch:
+def sample_on_device(logits: torch.Tensor, rows: list[SamplingInput], default_generator: torch.Generator | None = None,
+                     mask: TokenMask | None = None) -> SampledBatch:
     """logits [S, V] float32 (after the soft cap) -> one token per row, with logprobs where asked.
 
-    Logprobs describe the model's own distribution (before penalties and temperature), as OpenAI's do.
+    Logprobs describe the distribution before penalties and temperature, as OpenAI's do, but after
+    `logit_bias` and the grammar's mask: a constrained row reports its constrained distribution.
     """
     logprob_k = [r.params.logprobs for r in rows]
     want_logprobs = any(k is not None for k in logprob_k)
+    logits = apply_token_mask(apply_logit_bias(logits, [r.params.logit_bias for r in rows]), mask, finite=want_logprobs)
     raw_logprobs = torch.log_softmax(logits, dim=-1) if want_logprobs else None  # [S, V]
     logits = _apply_penalties(logits, rows)
     tokens = torch.argmax(logits, dim=-1)  # [S]

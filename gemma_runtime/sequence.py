@@ -46,6 +46,7 @@ class Sequence:
     generator: torch.Generator | None = None
     arrival_time: float = field(default_factory=time.monotonic)
     num_preemptions: int = 0
+    grammar: object | None = None  # GrammarState (gemma_runtime/grammar) of a constrained request
 
     @property
     def token_ids(self) -> list[int]:

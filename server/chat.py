@@ -4,8 +4,9 @@ The model's raw text (special tokens kept) goes through one Gemma4OutputParser p
 non-streaming path feeds the whole text at once, so both paths produce the same message.
 
 tool_choice "required" / a named function are honoured by prefilling the generation with
-`<|tool_call>call:` / `<|tool_call>call:NAME{`: the model then has to continue a call, which works
-for any model size without a grammar engine. The prefill is fed to the parser before the model's text.
+`<|tool_call>call:` / `<|tool_call>call:NAME{`, and the rest of the call is held to a grammar derived
+from the tools' parameter schemas (server/structured.py): whatever the model, the reply is a call to
+a declared tool with arguments that validate. The prefill is fed to the parser before the model's text.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ from server.metrics import RequestTimer, ServerMetrics
 from server.parsers.output_parser import Gemma4OutputParser, ParsedDelta, ToolCallDelta
 from server.protocol import ChatCompletionRequest, NamedToolChoice
 from server.settings import ServerSettings
+from server.structured import chat_output
 
 TOOL_CALL_PREFIX = "<|tool_call>call:"
 CHANNEL_OPEN, CHANNEL_CLOSE = "<|channel>", "<channel|>"
@@ -116,9 +118,12 @@ async def prepare_chat(ctx: ServerContext, req: ChatCompletionRequest) -> ChatPl
     prompt_len = len(prompt_ids) + len(images) * ctx.limits.image_tokens
     max_tokens = resolve_max_tokens(req.max_new_tokens, prompt_len, ctx.limits, "max_completion_tokens")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
+    starts_in_reasoning = _open_channel_at_end(prompt_text)
+    structured = chat_output(req, mode, req.template_kwargs["enable_thinking"], starts_in_reasoning)
     sampling = tuple(
         sampling_params(
-            req, ctx.backend.generation_defaults, max_tokens=max_tokens, seed_offset=i, logprobs=logprobs, skip_special_tokens=req.skip_special_tokens
+            req, ctx.backend.generation_defaults, max_tokens=max_tokens, seed_offset=i, logprobs=logprobs, skip_special_tokens=req.skip_special_tokens,
+            structured=structured,
         )
         for i in range(req.n)
     )
@@ -129,7 +134,7 @@ async def prepare_chat(ctx: ServerContext, req: ChatCompletionRequest) -> ChatPl
         images=images,
         prefill=prefill,
         tool_mode=mode,
-        starts_in_reasoning=_open_channel_at_end(prompt_text),
+        starts_in_reasoning=starts_in_reasoning,
         sampling=sampling,
     )
 

@@ -15,6 +15,7 @@ from server.generation import check_error, close_all, collect_choices, merge, re
 from server.logprobs import completion_logprobs
 from server.metrics import RequestTimer
 from server.protocol import CompletionRequest
+from server.structured import response_format_output
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,7 @@ def prepare_completion(ctx: ServerContext, req: CompletionRequest) -> Completion
     vocab = ctx.backend.spec.text.vocab_size
     request_id = f"cmpl-{uuid.uuid4().hex}"
     prompts, texts, requests = [], [], []
+    structured = response_format_output(req.response_format)
     for p_index, prompt in enumerate(req.prompts):
         if isinstance(prompt, str):
             ids = tokenizer.encode(prompt, add_special_tokens=False)
@@ -46,7 +48,8 @@ def prepare_completion(ctx: ServerContext, req: CompletionRequest) -> Completion
         max_tokens = resolve_max_tokens(req.max_tokens, len(ids), ctx.limits, "max_tokens")
         for j in range(req.n):
             sampling = sampling_params(
-                req, ctx.backend.generation_defaults, max_tokens=max_tokens, seed_offset=j, logprobs=req.logprobs, skip_special_tokens=req.skip_special_tokens
+                req, ctx.backend.generation_defaults, max_tokens=max_tokens, seed_offset=j, logprobs=req.logprobs, skip_special_tokens=req.skip_special_tokens,
+                structured=structured,
             )
             requests.append(GenerateRequest(request_id=f"{request_id}-{p_index * req.n + j}", prompt=ids, sampling=sampling))
         prompts.append(tuple(ids))

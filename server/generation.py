@@ -12,6 +12,7 @@ import anyio
 
 from gemma_runtime.api import GenerateRequest, RequestError, RequestOutput, SamplingParams
 from server.errors import APIError, bad_request
+from server.structured import logit_bias_pairs
 
 
 @dataclass(frozen=True)
@@ -45,8 +46,10 @@ def resolve_max_tokens(requested: int | None, prompt_len: int, limits: Limits, p
     return requested
 
 
-def sampling_params(req, defaults: dict, *, max_tokens: int, seed_offset: int, logprobs: int | None, skip_special_tokens: bool) -> SamplingParams:
-    """Request fields, falling back to the engine's generation_config defaults (as vLLM does)."""
+def sampling_params(req, defaults: dict, *, max_tokens: int, seed_offset: int, logprobs: int | None, skip_special_tokens: bool,
+                    structured=None) -> SamplingParams:
+    """Request fields, falling back to the engine's generation_config defaults (as vLLM does).
+    `structured`: the grammar the reply must follow (server/structured.py)."""
 
     def pick(name: str, fallback):
         value = getattr(req, name)
@@ -70,6 +73,8 @@ def sampling_params(req, defaults: dict, *, max_tokens: int, seed_offset: int, l
             logprobs=logprobs,
             skip_special_tokens=skip_special_tokens,
             min_tokens=req.min_tokens,
+            logit_bias=logit_bias_pairs(req.logit_bias),
+            structured=structured,
         )
     except ValueError as e:
         raise bad_request(str(e))

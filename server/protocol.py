@@ -87,8 +87,17 @@ class NamedToolChoice(_Model):
     function: NamedFunction
 
 
+class JSONSchemaFormat(_Model):
+    name: str | None = None
+    description: str | None = None
+    # `schema` shadows a BaseModel attribute, hence the alias
+    schema_: dict[str, Any] | None = Field(None, alias="schema")
+    strict: bool | None = None
+
+
 class ResponseFormat(_Model):
-    type: str
+    type: Literal["text", "json_object", "json_schema"]
+    json_schema: JSONSchemaFormat | None = None
 
 
 class _SamplingFields(_Model):
@@ -107,15 +116,17 @@ class _SamplingFields(_Model):
     frequency_penalty: float | None = Field(None, ge=-2.0, le=2.0)
     ignore_eos: bool = False
     min_tokens: int = Field(0, ge=0)
-    logit_bias: dict[str, float] | None = None
+    logit_bias: dict[str, float] | None = None  # token id (as a string) -> -100..100 (server/structured.py)
+    response_format: ResponseFormat | None = None
     user: str | None = None
 
     @model_validator(mode="after")
     def _check_common(self):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
-        if self.logit_bias:
-            raise ValueError("logit_bias is not supported")
+        if self.response_format is not None and self.response_format.type == "json_schema" and (
+                self.response_format.json_schema is None or self.response_format.json_schema.schema_ is None):
+            raise ValueError("response_format json_schema needs `json_schema.schema`")
         return self
 
     @property
@@ -143,7 +154,6 @@ class ChatCompletionRequest(_SamplingFields):
     chat_template_kwargs: dict[str, Any] | None = None
     add_generation_prompt: bool = True
     continue_final_message: bool = False
-    response_format: ResponseFormat | None = None
     skip_special_tokens: bool = False
 
     @model_validator(mode="after")
@@ -152,8 +162,6 @@ class ChatCompletionRequest(_SamplingFields):
             raise ValueError("top_logprobs needs logprobs to be true")
         if self.continue_final_message and self.add_generation_prompt:
             raise ValueError("continue_final_message and add_generation_prompt cannot both be true")
-        if self.response_format is not None and self.response_format.type != "text":
-            raise ValueError(f"response_format type {self.response_format.type!r} is not supported (only 'text')")
         if self.tool_choice is not None and self.tool_choice != "none" and not self.tools:
             if self.tool_choice != "auto":
                 raise ValueError("tool_choice 'required' or a named function needs `tools`")

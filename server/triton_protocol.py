@@ -18,6 +18,7 @@ from typing import Any, Callable
 import numpy as np
 
 from gemma_runtime.api import GenerateRequest, RequestOutput, SamplingParams, TokenLogprob, Usage
+from server import triton_structured
 
 MODEL_NAME = "gemma4"
 
@@ -71,7 +72,14 @@ SAMPLING_INPUTS = (
     TensorSpec("min_tokens", "INT32", (1,), "stop ids and strings are ignored before this many tokens"),
 )
 
-INPUTS = PROMPT_INPUTS + SAMPLING_INPUTS
+# constrained decoding and logit bias (server/triton_structured.py)
+STRUCTURED_INPUTS = (
+    TensorSpec("structured_output", "BYTES", (1,), 'JSON {"kind": json_schema|json_object|tool_calls, "source", "thought"}'),
+    TensorSpec("logit_bias_ids", "INT32", (-1,), "token ids whose logits get a bias"),
+    TensorSpec("logit_bias_values", "FP32", (-1,), "the bias of each id in logit_bias_ids, -100..100"),
+)
+
+INPUTS = PROMPT_INPUTS + SAMPLING_INPUTS + STRUCTURED_INPUTS
 
 # --- outputs ---------------------------------------------------------------------------------------
 
@@ -131,6 +139,7 @@ def encode_request(request: GenerateRequest) -> dict[str, np.ndarray]:
             tensors[spec.name] = np.asarray(value, dtype=NUMPY_DTYPES[spec.datatype])
         else:
             tensors[spec.name] = np.array([value], dtype=NUMPY_DTYPES[spec.datatype])
+    tensors.update(triton_structured.encode(request.sampling))
     return tensors
 
 
@@ -177,6 +186,7 @@ def decode_request(request_id: str, get: Callable[[str], np.ndarray | None]) -> 
             kwargs[spec.name] = float(str(flat[0]))
         else:
             kwargs[spec.name] = flat[0].item()
+    kwargs.update(triton_structured.decode(get))
     sampling = SamplingParams(**kwargs)  # its __post_init__ validates ranges
     return GenerateRequest(
         request_id=request_id,

@@ -1,4 +1,9 @@
-"""One Gemma 4 tool call: `<|tool_call>call:NAME{key:value,...}<tool_call|>` -> (name, JSON arguments)."""
+"""One Gemma 4 tool call: `<|tool_call>call:NAME{key:value,...}<tool_call|>` -> (name, JSON arguments).
+
+Real checkpoints also emit `<|tool_call>:NAME{...}` (a bare colon), `<|tool_call>NAME{...}` (no `call:`)
+and `call:NAME(key:value,...)` (parenthesised arguments); inside the call tokens these can only be
+calls, so all of them parse. Anything else stays text (the caller keeps it as content).
+"""
 
 from __future__ import annotations
 
@@ -12,9 +17,9 @@ from server.parsers.values import ValueSyntaxError, parse_value
 TOOL_CALL_OPEN = "<|tool_call>"
 TOOL_CALL_CLOSE = "<tool_call|>"
 
-# `call:` is what the model is trained on; some outputs drop it (`<|tool_call>name{...}`), which
-# vLLM's unified parser also accepts. Names keep vLLM's alphabet (word chars, '-', '.').
-_HEADER = re.compile(r"\s*(?:call\s*:)?\s*([\w\-.]+)\s*(?=\{)")
+# `call:` is what the model is trained on; some outputs drop `call` or all of `call:`, which vLLM's
+# unified parser also accepts. Names keep vLLM's alphabet (word chars, '-', '.').
+_HEADER = re.compile(r"\s*(?:call\s*:|:)?\s*([\w\-.]+)\s*(?=[{(])")
 _ID_ALPHABET = string.ascii_letters + string.digits
 
 
@@ -32,8 +37,15 @@ def parse_tool_call(body: str) -> tuple[str, str] | None:
     header = _HEADER.match(body)
     if header is None:
         return None
+    args_text = body[header.end():]
+    if args_text.startswith("("):
+        # `name(k:v,...)`: the same members as `{k:v,...}`; the value reader checks what is inside
+        inner = args_text.rstrip()
+        if not inner.endswith(")"):
+            return None
+        args_text = "{" + inner[1:-1] + "}"
     try:
-        args = parse_value(body[header.end():])
+        args = parse_value(args_text)
     except ValueSyntaxError:
         return None
     if not isinstance(args, dict):

@@ -205,6 +205,14 @@ CASES = [
                       "limit": 10, "exact": False, "cursor": None, "opts": {}, "ids": []}),)),
     Case("call_without_call_prefix", f"<|tool_call>get_weather{{location:{Q}Rome{Q}}}<tool_call|>", None, None,
          (("get_weather", {"location": "Rome"}),)),
+    Case("bare_colon_call", f"<|tool_call>:get_weather{{location:{Q}Rome{Q}}}<tool_call|>", None, None,
+         (("get_weather", {"location": "Rome"}),)),
+    Case("parenthesised_arguments", f"<|tool_call>call:get_weather(location:{Q}Rome (IT){Q},days:2)<tool_call|>", None, None,
+         (("get_weather", {"location": "Rome (IT)", "days": 2}),)),
+    Case("bare_colon_parenthesised", f"<|tool_call>:f()<tool_call|>{TIME}", None, None, (("f", {}), ("get_time", {"tz": "Europe/Paris"}))),
+    Case("parenthesised_unclosed", f"<|tool_call>call:f(a:1<tool_call|>x", None, "<|tool_call>call:f(a:1<tool_call|>x"),
+    Case("parenthesised_mismatched", "<|tool_call>call:f(a:1}<tool_call|>", None, "<|tool_call>call:f(a:1}<tool_call|>"),
+    Case("double_colon_is_text", "<|tool_call>::f{a:1}<tool_call|>", None, "<|tool_call>::f{a:1}<tool_call|>"),
     Case("content_after_call", WEATHER + "Anything else?", None, "Anything else?",
          (("get_weather", {"location": "Paris", "days": 2}),)),
     Case("malformed_call", f"<|tool_call>call:get_weather{{location:{Q}Paris}}<tool_call|>", None,
@@ -393,3 +401,39 @@ def test_reads_what_the_official_template_writes(template, calls, data):
     chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
     merged = ParsedMessage.from_deltas([parser.feed(c) for c in chunks] + [parser.finish()])
     assert summary(merged)[2] == summary(msg)[2]
+
+
+# the other call forms real checkpoints emit: a bare `:` (no `call`) and parenthesised arguments
+CALL_FORMS = {
+    "call_braces": lambda name, body: f"<|tool_call>call:{name}{{{body}}}<tool_call|>",
+    "bare_colon": lambda name, body: f"<|tool_call>:{name}{{{body}}}<tool_call|>",
+    "no_call": lambda name, body: f"<|tool_call>{name}{{{body}}}<tool_call|>",
+    "parentheses": lambda name, body: f"<|tool_call>call:{name}({body})<tool_call|>",
+    "bare_colon_parentheses": lambda name, body: f"<|tool_call>:{name}({body})<tool_call|>",
+}
+
+
+@settings(max_examples=60, deadline=None)
+@given(calls=st.lists(st.tuples(KEYS, ARGS, st.sampled_from(sorted(CALL_FORMS))), min_size=1, max_size=3), data=st.data())
+def test_every_call_form_parses_streaming_and_not(calls, data):
+    text = "".join(CALL_FORMS[form](name, to_gemma4_value(args)[1:-1]) for name, args, form in calls) + "<|tool_response>"
+    msg = parse_output(text)
+    assert msg.content is None and msg.reasoning is None
+    assert [(c.name, json.loads(c.arguments)) for c in msg.tool_calls] == [
+        (n, json.loads(json.dumps(a))) for n, a, _ in calls]
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=20)))
+    parser = Gemma4OutputParser()
+    chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
+    merged = ParsedMessage.from_deltas([parser.feed(c) for c in chunks] + [parser.finish()])
+    assert summary(merged)[2] == summary(msg)[2]
+
+
+@settings(max_examples=40, deadline=None)
+@given(name=KEYS, args=ARGS, cut=st.integers(1, 3), form=st.sampled_from(["parentheses", "bare_colon_parentheses"]))
+def test_a_broken_call_form_stays_content(name, args, cut, form):
+    """A parenthesised call missing its `)` (or with `}` in its place) is not a call: the text is content."""
+    good = CALL_FORMS[form](name, to_gemma4_value(args)[1:-1])
+    broken = good.replace(")<tool_call|>", "}<tool_call|>" if cut == 1 else ("<tool_call|>" if cut == 2 else ")x<tool_call|>"))
+    msg = parse_output(broken)
+    assert msg.tool_calls == ()
+    assert msg.content == broken
