@@ -26,6 +26,7 @@ from server.logprobs import TokenText, chat_logprobs
 from server.metrics import RequestTimer, ServerMetrics
 from server.parsers.output_parser import Gemma4OutputParser, ParsedDelta, ToolCallDelta
 from server.protocol import ChatCompletionRequest, NamedToolChoice
+from server.served_names import echoed_model
 from server.settings import ServerSettings
 
 TOOL_CALL_PREFIX = "<|tool_call>call:"
@@ -212,7 +213,7 @@ async def chat_completion(ctx: ServerContext, req: ChatCompletionRequest, plan: 
         "id": plan.request_id,
         "object": "chat.completion",
         "created": plan.created,
-        "model": ctx.model_name,
+        "model": echoed_model(ctx, req.model),
         "choices": choices,
         "usage": usage_json(prompt_tokens, completion_tokens),
     }
@@ -277,7 +278,7 @@ async def chat_stream(ctx: ServerContext, req: ChatCompletionRequest, plan: Chat
     """SSE events (section (a) of reference/openai_servers.md): per choice a role chunk, then deltas,
     then a finish chunk; the usage chunk when asked; `[DONE]`. A failure after the 200 went out is an
     error event followed by `[DONE]`."""
-    writer = ChunkWriter(plan, ctx.model_name)
+    writer = ChunkWriter(plan, echoed_model(ctx, req.model))
     alias = ctx.settings.reasoning_content_alias
     parsers = [ChoiceParser(plan, req) for _ in streams]
     timers = [RequestTimer(ctx.metrics) for _ in streams]

@@ -15,6 +15,7 @@ from server.generation import check_error, close_all, collect_choices, merge, re
 from server.logprobs import completion_logprobs
 from server.metrics import RequestTimer
 from server.protocol import CompletionRequest
+from server.served_names import echoed_model
 
 
 @dataclass(frozen=True)
@@ -83,14 +84,14 @@ async def completion(ctx: ServerContext, req: CompletionRequest, plan: Completio
         "id": plan.request_id,
         "object": "text_completion",
         "created": plan.created,
-        "model": ctx.model_name,
+        "model": echoed_model(ctx, req.model),
         "choices": choices,
         "usage": usage_json(_prompt_tokens(plan), completion_tokens),
     }
 
 
 async def completion_stream(ctx: ServerContext, req: CompletionRequest, plan: CompletionPlan, streams) -> AsyncIterator[str]:
-    head = {"id": plan.request_id, "object": "text_completion", "created": plan.created, "model": ctx.model_name}
+    head = {"id": plan.request_id, "object": "text_completion", "created": plan.created, "model": echoed_model(ctx, req.model)}
 
     def event(index: int, text: str, finish: str | None, logprobs: dict | None = None) -> str:
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
