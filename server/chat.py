@@ -11,7 +11,6 @@ for any model size without a grammar engine. The prefill is fed to the parser be
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from server.parsers.output_parser import Gemma4OutputParser, ParsedDelta, ToolCa
 from server.protocol import ChatCompletionRequest, NamedToolChoice
 from server.served_names import echoed_model
 from server.settings import ServerSettings
+from server.sse_json import sse_event
 
 TOOL_CALL_PREFIX = "<|tool_call>call:"
 CHANNEL_OPEN, CHANNEL_CLOSE = "<|channel>", "<channel|>"
@@ -229,11 +229,10 @@ class ChunkWriter:
         self._head = {"id": plan.request_id, "object": "chat.completion.chunk", "created": plan.created, "model": model}
 
     def choice(self, index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> str:
-        body = {**self._head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+        return sse_event({**self._head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]})
 
     def usage(self, usage: dict) -> str:
-        return f"data: {json.dumps({**self._head, 'choices': [], 'usage': usage})}\n\n"
+        return sse_event({**self._head, "choices": [], "usage": usage})
 
 
 def delta_json(delta: ParsedDelta, req: ChatCompletionRequest, alias: bool) -> dict:
