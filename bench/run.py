@@ -36,7 +36,7 @@ from pathlib import Path
 
 import torch
 
-from bench_checks import check_bench_args  # bench/ is sys.path[0]
+from bench_checks import check_bench_args, check_model  # bench/ is sys.path[0]
 from random_engine import MODELS, active_bytes_per_token, make_random_engine, model_config, weights_in_memory  # bench/ is sys.path[0]
 from report import Figure, gpu_name, table, versions
 
@@ -316,7 +316,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ours", choices=("on", "off"), default="on",
                    help="off: only transformers (a run cut off before it, at the 31B's size, catches up)")
     args = p.parse_args(argv)
-    check_bench_args(args, MODELS, torch.cuda.is_available())
+    check_bench_args(args, torch.cuda.is_available())
 
     dry = args.dry_run
     device = torch.device("cpu") if dry else torch.device("cuda")
@@ -344,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"copy bandwidth {bandwidth / GB:.1f} GB/s")
         with tempfile.TemporaryDirectory(prefix="gemma4-bench-") as tmp:
             for model in models:
+                check_model(model, MODELS)
                 hf_config = model_config(model, make_tiny_tokenizer(Path(tmp) / model))
                 for dtype in dtypes if args.ours == "on" else ():
                     measure_ours(model, dtype, sizes, device, Path(tmp), bandwidth, record,

@@ -182,7 +182,7 @@ def test_bench_without_a_gpu_names_the_dry_run(tmp_path):
 
 
 @pytest.mark.parametrize("flags, expected", [
-    (["--models", "26b,7b"], "--models '26b,7b': unknown '7b'"),
+    (["--models", "7b"], "--models: unknown '7b'"),
     (["--dtypes", "fp16"], "--dtypes 'fp16': unknown 'fp16'"),
     (["--decode-graphs", "maybe"], "argument --decode-graphs: invalid choice: 'maybe'"),
 ])  # fmt: skip
