@@ -8,8 +8,9 @@ arrivals at high concurrency; peak GPU memory. transformers runs the same dimens
 decode step at batch 1 over the measured copy bandwidth). One JSON line per figure is appended to
 bench/results/<gpu>.jsonl.
 
-Without CUDA, or with --dry-run, the same code runs on the tiny engine on CPU with small sizes, so the
-script itself is tested (tests/unit/test_bench_dry_run.py); those figures mean nothing for speed.
+With --dry-run, the same code runs on the tiny engine on CPU with small sizes, so the script itself is
+tested (tests/unit/test_bench_dry_run.py); those figures mean nothing for speed. Without CUDA and without
+--dry-run it stops with one line saying so (bench_checks.py checks the flags the same way).
 
     .venv/bin/python bench/run.py [--dry-run] [--models 26b,31b] [--dtypes bf16,fp8] [--results-dir bench/results]
                                   [--decode-graphs auto|on|off] [--overlap auto|on|off]
@@ -21,7 +22,6 @@ the runtime's own choice, on for CUDA) so their effect can be measured one at a 
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import gc
 import json
@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from bench_checks import check_bench_args, check_model  # bench/ is sys.path[0]
 from random_engine import MODELS, active_bytes_per_token, make_random_engine, model_config, weights_in_memory  # bench/ is sys.path[0]
 from report import Figure, gpu_name, table, versions
 
@@ -43,6 +44,7 @@ from engine_builder.tiny_tokenizer import make_tiny_tokenizer
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.llm_engine import LLMEngine
+from server.cli_errors import OneLineParser
 
 GB = 1e9
 
@@ -303,7 +305,7 @@ def measure_transformers(model: str, hf_config, sizes: Sizes, device: torch.devi
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="bench/run.py", description=__doc__.splitlines()[0])
     p.add_argument("--dry-run", action="store_true", help="the tiny engine on CPU with small sizes (tests the script)")
     p.add_argument("--models", default=None, help="comma-separated: 26b,31b (default both; tiny in a dry run)")
     p.add_argument("--dtypes", default=None, help="comma-separated: bf16,fp8 (default both)")
@@ -314,8 +316,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--ours", choices=("on", "off"), default="on",
                    help="off: only transformers (a run cut off before it, at the 31B's size, catches up)")
     args = p.parse_args(argv)
+    check_bench_args(args, torch.cuda.is_available())
 
-    dry = args.dry_run or not torch.cuda.is_available()
+    dry = args.dry_run
     device = torch.device("cpu") if dry else torch.device("cuda")
     sizes = DRY_SIZES if dry else GPU_SIZES
     models = tuple(args.models.split(",")) if args.models else sizes.models
@@ -341,6 +344,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"copy bandwidth {bandwidth / GB:.1f} GB/s")
         with tempfile.TemporaryDirectory(prefix="gemma4-bench-") as tmp:
             for model in models:
+                check_model(model, MODELS)
                 hf_config = model_config(model, make_tiny_tokenizer(Path(tmp) / model))
                 for dtype in dtypes if args.ours == "on" else ():
                     measure_ours(model, dtype, sizes, device, Path(tmp), bandwidth, record,

@@ -10,11 +10,16 @@ import uvicorn
 from gemma_runtime.config import RuntimeConfig, default_device
 from server.app import create_app
 from server.backend import create_backend
+from server.cli_errors import OneLineParser, UserError
+from server.key_scope import SCOPES
+from server.preflight import check_device, check_engine_dir, check_port_free, check_triton_reachable
 from server.settings import ServerSettings
+
+LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m server", description=__doc__)
+    p = OneLineParser(prog="python -m server", description=__doc__)
     p.add_argument("--engine", help="engine directory built by `make engine`")
     p.add_argument("--backend", help="triton://HOST:PORT to translate for a running Triton server instead of the embedded runtime")
     p.add_argument("--host", default=None)
@@ -23,6 +28,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--model-alias", action="append", default=None, metavar="NAME",
                    help="another model id to answer to (repeatable), e.g. the NIM's names for a demo engine")
     p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 (also GEMMA_SERVER_API_KEY)")
+    p.add_argument("--api-key-scope", choices=sorted(SCOPES), default=None,
+                   help="what the key guards: api (default: /v1) or all (/metrics and /openapi.json, /docs, /redoc too); "
+                        "health stays open (also GEMMA_API_KEY_SCOPE)")
     p.add_argument("--max-images-per-prompt", type=int, default=None, help="default: NIM_MAX_IMAGES_PER_PROMPT or 5")
     p.add_argument("--allow-local-image-urls", action="store_true", default=None, help="let image URLs reach loopback/private addresses (tests)")
     p.add_argument("--log-level", default=None)
@@ -60,20 +68,37 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         served_model_name=args.served_model_name,
         model_aliases=tuple(args.model_alias) if args.model_alias else None,
         api_key=args.api_key,
+        api_key_scope=args.api_key_scope,
         max_images_per_prompt=args.max_images_per_prompt,
         allow_local_image_urls=args.allow_local_image_urls,
         log_level=args.log_level,
     )
 
 
+def preflight(settings: ServerSettings, runtime: RuntimeConfig) -> None:
+    """The user's mistakes, each as one line, before the engine loads (minutes for a real model)."""
+    if settings.api_key_scope not in SCOPES:
+        raise UserError(f"GEMMA_API_KEY_SCOPE={settings.api_key_scope!r}: use one of {', '.join(sorted(SCOPES))}")
+    if settings.log_level.lower() not in LOG_LEVELS:
+        raise UserError(f"--log-level {settings.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    if settings.engine_dir:
+        check_engine_dir(settings.engine_dir)
+    if settings.backend and settings.backend.startswith("triton://"):
+        check_triton_reachable(settings.backend)
+    elif not settings.backend and settings.engine_dir:
+        check_device(runtime.device)
+    check_port_free(settings.host, settings.port, "PORT=... for make serve, --port for python -m server")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
-    settings = settings_from_args(args)
-    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     try:
+        settings = settings_from_args(args)
         runtime = runtime_config_from_args(args)
     except ValueError as e:
-        raise SystemExit(f"bad runtime setting: {e}")
+        raise UserError(f"bad setting: {e} (see python -m server --help)") from None
+    preflight(settings, runtime)
+    logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     backend = create_backend(settings.backend, settings.engine_dir, runtime)
     app = create_app(settings, backend)
     model = settings.served_model_name or backend.spec.model_name

@@ -70,5 +70,6 @@ def create_app(settings: ServerSettings, backend, *, manage_backend: bool = True
     app.include_router(openai_routes.router)
     app.include_router(responses_routes.router)
     app.include_router(ops_routes.router)
-    app.add_middleware(GatewayMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_request_bytes, metrics=ctx.metrics)
+    app.add_middleware(GatewayMiddleware, api_key=settings.api_key, max_body_bytes=settings.max_request_bytes, metrics=ctx.metrics,
+                       key_scope=settings.api_key_scope)
     return app

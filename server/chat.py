@@ -12,7 +12,6 @@ a declared tool with arguments that validate. The prefill is fed to the parser b
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -27,8 +26,10 @@ from server.logprobs import TokenText, chat_logprobs
 from server.metrics import RequestTimer, ServerMetrics
 from server.parsers.output_parser import Gemma4OutputParser, ParsedDelta, ToolCallDelta
 from server.protocol import ChatCompletionRequest, NamedToolChoice
+from server.served_names import echoed_model
 from server.settings import ServerSettings
 from server.structured import chat_output
+from server.sse_json import sse_event
 
 TOOL_CALL_PREFIX = "<|tool_call>call:"
 CHANNEL_OPEN, CHANNEL_CLOSE = "<|channel>", "<channel|>"
@@ -217,7 +218,7 @@ async def chat_completion(ctx: ServerContext, req: ChatCompletionRequest, plan: 
         "id": plan.request_id,
         "object": "chat.completion",
         "created": plan.created,
-        "model": ctx.model_name,
+        "model": echoed_model(ctx, req.model),
         "choices": choices,
         "usage": usage_json(prompt_tokens, completion_tokens),
     }
@@ -233,11 +234,10 @@ class ChunkWriter:
         self._head = {"id": plan.request_id, "object": "chat.completion.chunk", "created": plan.created, "model": model}
 
     def choice(self, index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> str:
-        body = {**self._head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]}
-        return f"data: {json.dumps(body, ensure_ascii=False)}\n\n"
+        return sse_event({**self._head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]})
 
     def usage(self, usage: dict) -> str:
-        return f"data: {json.dumps({**self._head, 'choices': [], 'usage': usage})}\n\n"
+        return sse_event({**self._head, "choices": [], "usage": usage})
 
 
 def delta_json(delta: ParsedDelta, req: ChatCompletionRequest, alias: bool) -> dict:
@@ -282,7 +282,7 @@ async def chat_stream(ctx: ServerContext, req: ChatCompletionRequest, plan: Chat
     """SSE events (section (a) of reference/openai_servers.md): per choice a role chunk, then deltas,
     then a finish chunk; the usage chunk when asked; `[DONE]`. A failure after the 200 went out is an
     error event followed by `[DONE]`."""
-    writer = ChunkWriter(plan, ctx.model_name)
+    writer = ChunkWriter(plan, echoed_model(ctx, req.model))
     alias = ctx.settings.reasoning_content_alias
     parsers = [ChoiceParser(plan, req) for _ in streams]
     timers = [RequestTimer(ctx.metrics) for _ in streams]

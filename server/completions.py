@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from dataclasses import dataclass
@@ -16,6 +15,8 @@ from server.logprobs import completion_logprobs
 from server.metrics import RequestTimer
 from server.protocol import CompletionRequest
 from server.structured import response_format_output
+from server.served_names import echoed_model
+from server.sse_json import sse_event
 
 
 @dataclass(frozen=True)
@@ -86,18 +87,18 @@ async def completion(ctx: ServerContext, req: CompletionRequest, plan: Completio
         "id": plan.request_id,
         "object": "text_completion",
         "created": plan.created,
-        "model": ctx.model_name,
+        "model": echoed_model(ctx, req.model),
         "choices": choices,
         "usage": usage_json(_prompt_tokens(plan), completion_tokens),
     }
 
 
 async def completion_stream(ctx: ServerContext, req: CompletionRequest, plan: CompletionPlan, streams) -> AsyncIterator[str]:
-    head = {"id": plan.request_id, "object": "text_completion", "created": plan.created, "model": ctx.model_name}
+    head = {"id": plan.request_id, "object": "text_completion", "created": plan.created, "model": echoed_model(ctx, req.model)}
 
     def event(index: int, text: str, finish: str | None, logprobs: dict | None = None) -> str:
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
-        return f"data: {json.dumps({**head, 'choices': [choice]}, ensure_ascii=False)}\n\n"
+        return sse_event({**head, "choices": [choice]})
 
     timers = [RequestTimer(ctx.metrics) for _ in streams]
     offsets = [0] * len(streams)
@@ -121,7 +122,7 @@ async def completion_stream(ctx: ServerContext, req: CompletionRequest, plan: Co
                 timers[i].done(out.usage.prompt_tokens if out.usage else 0)
                 completion_tokens += out.usage.completion_tokens if out.usage else 0
         if req.include_usage:
-            yield f"data: {json.dumps({**head, 'choices': [], 'usage': usage_json(_prompt_tokens(plan), completion_tokens)})}\n\n"
+            yield sse_event({**head, "choices": [], "usage": usage_json(_prompt_tokens(plan), completion_tokens)})
     except APIError as e:
         yield sse_error_event(e)
     except Exception as e:  # noqa: BLE001

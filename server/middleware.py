@@ -7,10 +7,10 @@ import json
 import secrets
 
 from server.errors import APIError
+from server.key_scope import needs_key
 
 # Paths counted by their own label; anything else is "other" (bounded label cardinality).
 COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models")
-OPEN_PREFIXES = ("/v1/health/",)
 
 
 async def _send_error(send, err: APIError) -> None:
@@ -20,9 +20,10 @@ async def _send_error(send, err: APIError) -> None:
 
 
 class GatewayMiddleware:
-    def __init__(self, app, *, api_key: str | None, max_body_bytes: int, metrics=None) -> None:
+    def __init__(self, app, *, api_key: str | None, max_body_bytes: int, metrics=None, key_scope: str = "api") -> None:
         self.app = app
         self.api_key = api_key
+        self.key_scope = key_scope
         self.max_body_bytes = max_body_bytes
         self.metrics = metrics
 
@@ -51,7 +52,7 @@ class GatewayMiddleware:
 
     async def _handle(self, scope, receive, send, path: str) -> None:
         headers = dict(scope.get("headers") or ())
-        if self.api_key and path.startswith("/v1/") and not path.startswith(OPEN_PREFIXES) and not self._authorized(headers):
+        if self.api_key and needs_key(path, self.key_scope) and not self._authorized(headers):
             await _drain(receive)
             return await _send_error(send, APIError("Incorrect API key provided.", 401, code="invalid_api_key"))
         length = headers.get(b"content-length")

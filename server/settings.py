@@ -16,6 +16,7 @@ class ServerSettings:
     served_model_name: str | None = None  # None: the engine's model_name
     model_aliases: tuple[str, ...] = ()  # more model ids the server answers to (listed in /v1/models too)
     api_key: str | None = None
+    api_key_scope: str = "api"  # "api": /v1 only; "all": /metrics and the API docs too (server/key_scope.py)
     max_images_per_prompt: int = 5
     image_fetch_timeout_s: float = 5.0
     image_max_bytes: int = 20 * 1024 * 1024
@@ -35,7 +36,10 @@ class ServerSettings:
         from_env: dict = {}
         for name, (field, cast) in _ENV_VARS.items():
             if env.get(name) not in (None, ""):
-                from_env[field] = cast(env[name])
+                try:
+                    from_env[field] = cast(env[name])
+                except ValueError:
+                    raise ValueError(f"{name}={env[name]!r} is not a valid {cast.__name__}") from None
         given = {k: v for k, v in overrides.items() if v is not None}
         return replace(cls(), **{**from_env, **given})
 
@@ -49,6 +53,7 @@ _ENV_VARS = {
     "NIM_MAX_IMAGES_PER_PROMPT": ("max_images_per_prompt", int),
     "NIM_SERVED_MODEL_NAME": ("served_model_name", str),
     "GEMMA_SERVER_API_KEY": ("api_key", str),
+    "GEMMA_API_KEY_SCOPE": ("api_key_scope", str),
     "GEMMA_IMAGE_FETCH_TIMEOUT": ("image_fetch_timeout_s", float),
     "GEMMA_IMAGE_MAX_BYTES": ("image_max_bytes", int),
     "GEMMA_IMAGE_MAX_PIXELS": ("image_max_pixels", int),

@@ -17,7 +17,6 @@ config.pbtxt, for a plain `tritonserver --model-repository triton_model_repo` la
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -276,16 +275,38 @@ def _load_model(triton: TritonProcess, config_json: str, timeout: float) -> None
 
 # --- command line ------------------------------------------------------------------------------------
 
+def launch_preflight(args) -> tuple[TritonPorts, dict | None]:
+    """The user's mistakes as one line each (server/preflight.py), before tritonserver starts."""
+    from server.cli_errors import UserError
+    from server.preflight import check_engine_dir, check_port_free
+
+    check_engine_dir(args.engine)
+    try:
+        ports = TritonPorts.from_env()
+    except ValueError as e:
+        raise UserError(f"TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT must be port numbers ({e})") from None
+    for name, port in (("TRITON_HTTP_PORT", ports.http), ("TRITON_GRPC_PORT", ports.grpc), ("TRITON_METRICS_PORT", ports.metrics)):
+        check_port_free("0.0.0.0", port, f"{name}=... picks another")
+    try:
+        runtime_config = json.loads(args.runtime_config) if args.runtime_config else None
+    except ValueError as e:
+        raise UserError(f"--runtime-config is not JSON ({e}): e.g. --runtime-config '{{\"max_num_seqs\": 32}}'") from None
+    if runtime_config is not None and not isinstance(runtime_config, dict):
+        raise UserError("--runtime-config must be a JSON object, e.g. '{\"max_num_seqs\": 32}'")
+    return ports, runtime_config
+
+
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m server.triton_launcher", description=__doc__.split("\n")[0])
+    from server.cli_errors import OneLineParser
+
+    p = OneLineParser(prog="python -m server.triton_launcher", description=__doc__.split("\n")[0])
     p.add_argument("--engine", required=True, help="engine directory built by `make engine`")
     p.add_argument("--model-repo", default=str(DEFAULT_MODEL_REPO))
     p.add_argument("--runtime-config", default=None, help='JSON RuntimeConfig overrides, e.g. {"max_num_seqs": 32}')
     p.add_argument("--tritonserver", default=None, help="tritonserver executable (default: PATH, then the pytriton wheel)")
     p.add_argument("--log-file", default=None, help="server log (default: a file in the temp folder)")
     args, extra = p.parse_known_args(argv)
-    ports = TritonPorts.from_env()
-    runtime_config = json.loads(args.runtime_config) if args.runtime_config else None
+    ports, runtime_config = launch_preflight(args)
     print(f">> starting tritonserver: HTTP {ports.http}, gRPC {ports.grpc}, metrics {ports.metrics}", flush=True)
     triton = start_triton(args.engine, ports, model_repo=Path(args.model_repo),
                           runtime_config=runtime_config, log_path=args.log_file, tritonserver=args.tritonserver,

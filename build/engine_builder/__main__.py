@@ -6,11 +6,12 @@ import argparse
 import sys
 import time
 
+from .errors import OneLineParser
 from .writer import DEFAULT_MAX_SHARD_BYTES
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="python -m engine_builder", description="Build a Gemma 4 engine folder from a Hugging Face checkpoint.")
+    p = OneLineParser(prog="python -m engine_builder", description="Build a Gemma 4 engine folder from a Hugging Face checkpoint.")
     p.add_argument("--model", required=True, help="tiny, 26b, 31b, a local checkpoint folder, or a hub id (owner/name)")
     p.add_argument("--dtype", default=None, help="bf16|bfloat16|fp32|float32|fp8 (default: float32 for tiny, bfloat16 otherwise; fp8: e4m3 linear layers with per-channel scales)")
     p.add_argument("--out-dir", default="engines", help="where the engine folder goes (default: engines)")

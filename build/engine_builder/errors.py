@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import argparse
+import sys
+
 
 class BuildError(SystemExit):
     """A build that cannot go on because of its input; `str(err)` is the one line the user sees."""
@@ -12,3 +15,11 @@ class BuildError(SystemExit):
 
     def __str__(self) -> str:
         return self.message
+
+
+class OneLineParser(argparse.ArgumentParser):
+    """argparse's flag errors as one line (its default prints the whole usage first), exit status 2."""
+
+    def error(self, message: str):
+        print(f"{self.prog}: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        sys.exit(2)

@@ -1,0 +1,31 @@
+"""`make bench`'s flags checked before the run (the models as the run reaches each): every mistake is one
+line naming the fix (server/cli_errors.py), not a KeyError deep in a run that took minutes to reach it."""
+
+from __future__ import annotations
+
+from server.cli_errors import UserError
+
+DTYPES = ("bf16", "fp8")
+
+
+def check_model(name: str, models: dict) -> None:
+    """`models`: bench/random_engine.py's MODELS."""
+    if name not in models:
+        raise UserError(f"--models: unknown {name!r}; use a comma-separated list of {', '.join(models)}")
+
+
+def _listed(value: str | None, known, flag: str) -> None:
+    for name in (value.split(",") if value else ()):
+        if name not in known:
+            raise UserError(f"{flag} {value!r}: unknown {name!r}; use a comma-separated list of {', '.join(known)}")
+
+
+def check_bench_args(args, cuda_available: bool) -> None:
+    """`args` from bench/run.py's parser. The models are checked one by one as the run reaches them
+    (check_model): the figures of the models before a misspelt one are measured and kept."""
+    if not args.dry_run and not cuda_available:
+        raise UserError("no CUDA GPU is visible: make bench measures a GPU; on this machine run "
+                        "make bench BENCH_ARGS=--dry-run (the tiny engine on CPU: checks the script, not speed)")
+    _listed(args.dtypes, DTYPES, "--dtypes")
+    if args.ours == "off" and args.transformers == "off":
+        raise UserError("--ours off --transformers off measures nothing: leave one of them on")
