@@ -17,6 +17,7 @@ from server.limits import RequestGuard, body_cap_bytes
 from server.logprobs import TokenText
 from server.metrics import ServerMetrics
 from server.middleware import GatewayMiddleware
+from server.openapi_doc import install_openapi
 from server.prompt_work import PromptWorkers
 from server.routes import openai as openai_routes
 from server.routes import ops as ops_routes
@@ -82,6 +83,7 @@ def create_app(settings: ServerSettings, backend, *, manage_backend: bool = True
     app.state.ctx = ctx
     app.state.started_at = int(time.time())
     install_error_handlers(app)
+    install_openapi(app)  # 400 (not 422) and the OpenAI error envelope in /openapi.json
     app.include_router(openai_routes.router)
     app.include_router(ops_routes.router)
     app.add_middleware(AdmissionMiddleware, admission=ctx.admission)  # innermost: counts only what passed the gateway
