@@ -46,21 +46,22 @@ def serve(backend, **settings) -> UvicornThread:
     return UvicornThread(create_app(ServerSettings(**settings), backend, manage_backend=False))
 
 
-async def read_stream(client: httpx.AsyncClient, body: dict, leave_after_s: float | None = None) -> dict:
-    """A stream's event times and whether it ended with [DONE]; `leave_after_s`: disconnect then."""
-    times, done, finish = [], False, None
+async def read_stream(client: httpx.AsyncClient, body: dict, leave_after_s: float | None = None, record: dict | None = None) -> dict:
+    """A stream's event times and whether it ended with [DONE] (filled into `record` as they come, so a
+    cancelled reader keeps them); `leave_after_s`: disconnect then."""
+    rec = record if record is not None else {}
+    rec.update(times=[], done=False, finish=None)
 
     async def consume():
-        nonlocal done, finish
         async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
             assert r.status_code == 200, await r.aread()
             async for line in r.aiter_lines():
                 if line == "data: [DONE]":
-                    done = True
+                    rec["done"] = True
                 elif line.startswith("data: "):
-                    times.append(time.perf_counter())
+                    rec["times"].append(time.perf_counter())
                     choices = json.loads(line[6:]).get("choices") or [{}]
-                    finish = choices[0].get("finish_reason") or finish
+                    rec["finish"] = choices[0].get("finish_reason") or rec["finish"]
 
     if leave_after_s is None:
         await consume()
@@ -69,7 +70,7 @@ async def read_stream(client: httpx.AsyncClient, body: dict, leave_after_s: floa
             await asyncio.wait_for(consume(), leave_after_s)
         except asyncio.TimeoutError:
             pass
-    return {"times": times, "done": done, "finish": finish}
+    return rec
 
 
 def settle(backend, baseline_kv: float, timeout: float = 20) -> None:
@@ -105,7 +106,8 @@ def test_giant_prompts_do_not_stall_streams_or_health(engine_backend):
         limits = httpx.Limits(max_connections=20)
         async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
             body = {"messages": USER, "max_tokens": 4000, "ignore_eos": True}
-            streams = [asyncio.create_task(read_stream(client, body, leave_after_s=60)) for _ in range(8)]
+            records = [{} for _ in range(8)]
+            streams = [asyncio.create_task(read_stream(client, body, record=rec)) for rec in records]
             await asyncio.sleep(1.0)
             stop, worst = asyncio.Event(), [0.0]
 
@@ -116,27 +118,30 @@ def test_giant_prompts_do_not_stall_streams_or_health(engine_backend):
                     worst[0] = max(worst[0], time.perf_counter() - t0)
                     await asyncio.sleep(0.02)
 
+            # Encoded before the clock starts: the client shares this process (and its GIL) with the server.
+            giants = [json.dumps({"messages": [{"role": "user", "content": "word " * (mb * 1024 * 1024 // 5)}]}).encode() for mb in (5, 30)]
+            headers = {"content-type": "application/json"}
             poller = asyncio.create_task(poll())
             t0 = time.perf_counter()
-            giants = [{"messages": [{"role": "user", "content": "word " * (mb * 1024 * 1024 // 5)}]} for mb in (5, 30)]
-            answers = await asyncio.gather(*(client.post("/v1/chat/completions", json=g) for g in giants))
+            answers = await asyncio.gather(*(client.post("/v1/chat/completions", content=g, headers=headers) for g in giants))
             t1 = time.perf_counter()
             stop.set()
             await poller
             for s in streams:
                 s.cancel()
-            return answers, [await asyncio.gather(s, return_exceptions=True) for s in streams], t0, t1, worst[0]
+            await asyncio.gather(*streams, return_exceptions=True)
+            return answers, records, t0, t1, worst[0]
 
     with serve(engine_backend) as srv:
         answers, streams, t0, t1, worst_health = asyncio.run(scenario(srv.base_url))
     for r in answers:
         assert r.status_code in (400, 413) and r.json()["error"]["code"] in ("context_length_exceeded", "request_too_large"), r.text[:200]
-    assert t1 - t0 < HOL_BOUND_S * 4
+    assert t1 - t0 < 60
     gaps = []
-    for (res,) in streams:
-        if isinstance(res, dict):
-            gaps += [b - a for a, b in zip(res["times"], res["times"][1:]) if b >= t0 and a <= t1]
+    for rec in streams:
+        gaps += [b - a for a, b in zip(rec["times"], rec["times"][1:]) if b >= t0 and a <= t1]
     assert gaps, "the streams produced nothing while the giants arrived"
+    print(f"giant prompts: {t1 - t0:.2f} s to both refusals, largest stream gap {max(gaps):.3f} s, health {worst_health:.3f} s")
     assert max(gaps) < HOL_BOUND_S, f"largest token gap {max(gaps):.3f} s"
     assert worst_health < HOL_BOUND_S, f"health took {worst_health:.3f} s"
 
