@@ -53,9 +53,11 @@ class Probe:
         limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
         self.client = httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(600, connect=60), limits=limits)
 
-    async def stream(self, body: dict, path: str = "/v1/chat/completions") -> dict:
-        """A stream's arrival times of content events, whether it ended with [DONE], and error events."""
-        times, done, errors = [], False, 0
+    async def stream(self, body: dict, path: str = "/v1/chat/completions", rec: dict | None = None) -> dict:
+        """A stream's arrival times of content events, whether it ended with [DONE], and error events
+        (kept in `rec` as they come, so a cancelled reader keeps them)."""
+        rec = rec if rec is not None else {}
+        times, done, errors = rec.setdefault("times", []), False, 0
         try:
             async with self.client.stream("POST", path, json={**body, "stream": True}) as r:
                 async for line in r.aiter_lines():
@@ -85,7 +87,8 @@ class Probe:
         """Runs `work()` while n streams decode; prints its time, the streams' largest token gap and
         rate during it, and the worst health latency."""
         body = {"messages": USER, "max_tokens": max_tokens, "ignore_eos": True, "temperature": 0}
-        streams = [asyncio.create_task(self.stream(body)) for _ in range(n_streams)]
+        records = [{} for _ in range(n_streams)]
+        streams = [asyncio.create_task(self.stream(body, rec=rec)) for rec in records]
         await asyncio.sleep(1.5)
         stop = asyncio.Event()
         poller = asyncio.create_task(self.health_poller(stop))
@@ -97,13 +100,11 @@ class Probe:
         await self.client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 1})  # flush
         for s in streams:
             s.cancel()
-        results = await asyncio.gather(*streams, return_exceptions=True)
+        await asyncio.gather(*streams, return_exceptions=True)
         gaps, tokens = [], 0
-        for r in results:
-            if isinstance(r, dict):
-                inside = [t for t in r["times"] if t0 <= t <= t1]
-                tokens += len(inside)
-                gaps += [b - a for a, b in zip(r["times"], r["times"][1:]) if b >= t0 and a <= t1]
+        for r in records:
+            tokens += len([t for t in r["times"] if t0 <= t <= t1])
+            gaps += [b - a for a, b in zip(r["times"], r["times"][1:]) if b >= t0 and a <= t1]
         report(f"{name}.result", outcome)
         report(f"{name}.seconds", round(t1 - t0, 3))
         report(f"{name}.max_stream_gap_s", round(max(gaps, default=float("nan")), 3))
