@@ -47,6 +47,25 @@ def report(name: str, value) -> None:
     print(f"{name}: {value}", flush=True)
 
 
+_HEALTH_POLLER = """
+import sys, time, http.client
+host, port = sys.argv[1].rsplit("/", 1)[-1].split(":")
+worst, end = 0.0, time.monotonic() + float(sys.argv[2])
+while time.monotonic() < end:
+    t0 = time.perf_counter()
+    try:
+        c = http.client.HTTPConnection(host, int(port), timeout=120)
+        c.request("GET", "/v1/health/live")
+        c.getresponse().read()
+        c.close()
+    except OSError:
+        pass
+    worst = max(worst, time.perf_counter() - t0)
+    time.sleep(0.02)
+print(round(worst, 3))
+"""
+
+
 class Probe:
     def __init__(self, base: str) -> None:
         self.base = base
@@ -125,8 +144,8 @@ class Probe:
         report(f"prompt_{megabytes}mb.rss_mb_before_after", f"{before:.0f} -> {rss_mb(pid):.0f}")
 
     async def thousand_at_once(self) -> None:
-        stop = asyncio.Event()
-        poller = asyncio.create_task(self.health_poller(stop))
+        # Health is polled from a process of its own: this one is busy with the 1,000 clients.
+        poller = subprocess.Popen([sys.executable, "-c", _HEALTH_POLLER, self.base, "30"], stdout=subprocess.PIPE, text=True)
         t0 = time.perf_counter()
 
         async def one():
@@ -134,14 +153,13 @@ class Probe:
             return status, time.perf_counter() - t0
 
         results = await asyncio.gather(*(one() for _ in range(1000)))
-        stop.set()
         statuses = {}
         for s, _ in results:
             statuses[s] = statuses.get(s, 0) + 1
         lat = sorted(t for _, t in results)
         report("thousand.statuses", statuses)
         report("thousand.p99_latency_s", round(lat[int(0.99 * len(lat)) - 1], 2))
-        report("thousand.max_health_latency_s", round(await poller, 3))
+        report("thousand.max_health_latency_s_first_30s", poller.communicate()[0].strip())
 
     async def template_injection(self) -> None:
         loops = "{% for a in range(300) %}{% for b in range(300) %}{% for c in range(30) %}{% endfor %}{% endfor %}{% endfor %}{{ 7*7 }}"

@@ -227,3 +227,25 @@ def test_sigterm_drains_a_real_server(random_tiny_engine_dir):
     finally:
         if proc.poll() is None:
             proc.kill()
+
+
+def test_readiness_turns_503_when_the_engine_thread_dies(random_tiny_engine_dir):
+    from gemma_runtime.config import RuntimeConfig
+    from server.backend import EmbeddedBackend
+
+    backend = EmbeddedBackend.from_engine_dir(random_tiny_engine_dir, RuntimeConfig(max_num_seqs=2, device="cpu"))
+
+    def fatal():
+        raise SystemExit("injected: the engine thread dies")  # not an Exception: the loop does not survive it
+
+    with serve(backend) as srv:
+        backend.start()
+        assert httpx.get(srv.base_url + "/v1/health/ready", timeout=30).status_code == 200
+        backend.engine.engine.step = fatal
+        with pytest.raises(httpx.ReadTimeout):  # the dead engine never answers (--request-timeout bounds this)
+            httpx.post(srv.base_url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 4, "stream": True}, timeout=3)
+        t0 = time.perf_counter()
+        ready = httpx.get(srv.base_url + "/v1/health/ready")
+        assert ready.status_code == 503 and time.perf_counter() - t0 < 1.0
+        assert httpx.get(srv.base_url + "/v1/health/live").status_code == 200
+    backend.shutdown()
