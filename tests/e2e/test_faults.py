@@ -229,6 +229,7 @@ def test_sigterm_drains_a_real_server(random_tiny_engine_dir):
             proc.kill()
 
 
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the injected death
 def test_readiness_turns_503_when_the_engine_thread_dies(random_tiny_engine_dir):
     from gemma_runtime.config import RuntimeConfig
     from server.backend import EmbeddedBackend
