@@ -64,24 +64,24 @@ def metric(base: str, name: str, **labels) -> float:
 
 
 def test_overload_is_503_with_retry_after_and_nothing_lost():
-    backend = FakeBackend(slow(20, 0.03))
+    backend = FakeBackend(slow(100, 0.05))  # 5 s streams: still running when the third arrives
     with UvicornThread(create_app(ServerSettings(max_queued_requests=2), backend)) as srv:
         base = srv.base_url
         a, b = [], []
         threads = [started(stream_events, base, {"messages": USER}, a), started(stream_events, base, {"messages": USER}, b)]
         wait_for(lambda: len(backend.requests) == 2)
-        t0 = time.perf_counter()
         r = httpx.post(base + "/v1/chat/completions", json={"messages": USER})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
         assert r.json()["error"]["code"] == "overloaded" and "--max-queued-requests" in r.json()["error"]["message"]
-        assert httpx.get(base + "/v1/health/live").status_code == 200 and time.perf_counter() - t0 < 1.0
+        assert httpx.get(base + "/v1/health/live").status_code == 200
+        assert all(t.is_alive() for t in threads)  # refused while the admitted ones still run
         assert metric(base, "gemma_requests_rejected_total", reason="queue_full") == 1
         assert metric(base, "gemma_num_requests_in_flight") == 2
         for t in threads:
             t.join(timeout=30)
         for events in (a, b):  # the admitted ones are complete
             assert events[0] == 200 and events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "stop"
-        assert httpx.post(base + "/v1/chat/completions", json={"messages": USER}).status_code == 200
+        assert httpx.post(base + "/v1/chat/completions", json={"messages": USER, "max_tokens": 5}, timeout=30).status_code == 200
         assert metric(base, "gemma_num_requests_in_flight") == 0
 
 
@@ -133,19 +133,19 @@ class DrainingThread:
 
 
 def test_sigterm_drains_then_ends_what_is_left():
-    backend = FakeBackend(slow(200, 0.02))  # 4 s streams
+    backend = FakeBackend(slow(500, 0.02))  # 10 s streams
     shut = []
     backend.shutdown = lambda: shut.append(time.monotonic())
-    srv = DrainingThread(create_app(ServerSettings(), backend), drain_timeout_s=1.0)
+    srv = DrainingThread(create_app(ServerSettings(), backend), drain_timeout_s=5.0)
     short, long_ = [], []
     threads = [started(stream_events, srv.base, {"messages": USER, "max_tokens": 20}, short),
                started(stream_events, srv.base, {"messages": USER}, long_)]  # fmt: skip
     wait_for(lambda: len(backend.requests) == 2)
     t0 = time.monotonic()
     srv.server.handle_exit(signal.SIGTERM, None)
-    wait_for(lambda: httpx.get(srv.base + "/v1/health/ready").status_code == 503, timeout=1)
     ready = httpx.get(srv.base + "/v1/health/ready")
-    assert ready.json()["error"]["code"] == "draining" and time.monotonic() - t0 < 0.5
+    assert ready.status_code == 503 and ready.json()["error"]["code"] == "draining"
+    assert threads[1].is_alive()  # readiness turned before the drain ended the long stream
     assert httpx.get(srv.base + "/v1/health/live").status_code == 200  # the process still answers
     r = httpx.post(srv.base + "/v1/chat/completions", json={"messages": USER})
     assert r.status_code == 503 and r.json()["error"]["code"] == "draining" and "retry-after" in r.headers
@@ -154,5 +154,5 @@ def test_sigterm_drains_then_ends_what_is_left():
     assert short[-1] == "[DONE]" and short[-2]["choices"][0]["finish_reason"] == "length"  # finished in time
     assert long_[-1] == "[DONE]" and long_[-2]["error"]["code"] == "draining"  # ended readably, not cut
     srv.thread.join(timeout=15)
-    assert not srv.thread.is_alive() and shut and shut[0] - t0 < 8
+    assert not srv.thread.is_alive() and shut and shut[0] - t0 < 20
     assert len(backend.aborted) == 1
