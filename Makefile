@@ -39,7 +39,7 @@ engine: install
 serve: install
 	@if [ -n "$(BACKEND)" ]; then \
 	  exec $(PY) -m server --backend "$(BACKEND)" --host $(HOST) --port $(PORT) \
-	    $(if $(SERVED_MODEL_NAME),--served-model-name $(SERVED_MODEL_NAME)) $(if $(API_KEY),--api-key $(API_KEY)); fi; \
+	    $(if $(SERVED_MODEL_NAME),--served-model-name $(SERVED_MODEL_NAME)) $(if $(API_KEY),--api-key $(API_KEY)) $(SERVER_ARGS); fi; \
 	engine="$(ENGINE)"; demo=""; \
 	if [ -z "$$engine" ]; then \
 	  engine=$$(ls -d engines/*/ 2>/dev/null | grep -v tiny | head -n1); \

@@ -63,6 +63,10 @@ class AsyncEngine:
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
+    def health(self) -> bool:
+        """Whether the engine-loop thread is alive (readiness turns 503 if it died); never waits on it."""
+        return self.is_running
+
     def stats(self) -> EngineStats:
         return self.engine.stats()
 

@@ -13,6 +13,8 @@ from server.backend import create_backend
 from server.cli_errors import OneLineParser, UserError
 from server.key_scope import SCOPES
 from server.preflight import check_device, check_engine_dir, check_port_free, check_triton_reachable
+from server.drain import DrainingServer
+from server.limit_flags import add_limit_args, limit_overrides
 from server.settings import ServerSettings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -44,6 +46,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rt.add_argument("--enforce-eager", action="store_true", help="decode without CUDA graphs")
     rt.add_argument("--disable-overlap-schedule", action="store_true",
                     help="read each step's tokens before scheduling the next (overlap is on by default on CUDA)")
+    add_limit_args(p)
     return p.parse_args(argv)
 
 
@@ -72,6 +75,7 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
         max_images_per_prompt=args.max_images_per_prompt,
         allow_local_image_urls=args.allow_local_image_urls,
         log_level=args.log_level,
+        **limit_overrides(args),
     )
 
 
@@ -104,7 +108,8 @@ def main(argv: list[str] | None = None) -> None:
     model = settings.served_model_name or backend.spec.model_name
     aliases = f" (also answering to {', '.join(settings.model_aliases)})" if settings.model_aliases else ""
     print(f">> serving {model}{aliases} ({settings.engine_dir or settings.backend}) on http://{settings.host}:{settings.port}/v1", flush=True)
-    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5)
+    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5)
+    DrainingServer(config, app.state.ctx.admission, settings.drain_timeout_s).run()  # SIGTERM drains first (server/drain.py)
 
 
 if __name__ == "__main__":

@@ -18,13 +18,16 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from gemma_runtime.api import GenerateRequest, SamplingParams
+from server.admission import Admission
 from server.chat_template import render_prompt
 from server.errors import APIError, bad_request, sse_error_event
 from server.generation import Limits, check_error, close_all, collect_choices, merge, resolve_max_tokens, sampling_params
 from server.images import ImageError, ImageFetchPolicy, load_image
+from server.limits import RequestGuard
 from server.logprobs import TokenText, chat_logprobs
 from server.metrics import RequestTimer, ServerMetrics
 from server.parsers.output_parser import Gemma4OutputParser, ParsedDelta, ToolCallDelta
+from server.prompt_work import PromptWorkers, offload
 from server.protocol import ChatCompletionRequest, NamedToolChoice
 from server.served_names import echoed_model
 from server.settings import ServerSettings
@@ -46,6 +49,9 @@ class ServerContext:
     token_text: TokenText
     image_policy: ImageFetchPolicy
     metrics: ServerMetrics | None = None
+    guard: RequestGuard | None = None  # per-request caps (server/limits.py)
+    workers: PromptWorkers | None = None  # rendering and tokenizing off the loop (server/prompt_work.py)
+    admission: Admission | None = None  # requests in flight, draining (server/admission.py)
 
 
 @dataclass(frozen=True)
@@ -109,13 +115,15 @@ async def load_images(ctx: ServerContext, urls: tuple[str, ...]) -> tuple[bytes,
 
 
 async def prepare_chat(ctx: ServerContext, req: ChatCompletionRequest) -> ChatPlan:
+    if ctx.guard is not None:
+        ctx.guard.check_chat(req)  # caps and the size bound, before any rendering (server/limits.py)
     tokenizer = ctx.backend.tokenizer
-    rendered = render_prompt(tokenizer, req)
+    rendered = await offload(ctx.workers, render_prompt, tokenizer, req)
     mode = tool_mode(req)
     prefill = tool_prefill(req, mode)
     prompt_text = rendered.text + prefill
     images = await load_images(ctx, rendered.image_urls)
-    prompt_ids = tokenizer.encode(prompt_text, add_special_tokens=False)  # the template emits <bos>
+    prompt_ids = await offload(ctx.workers, tokenizer.encode, prompt_text, add_special_tokens=False)  # the template emits <bos>
     prompt_len = len(prompt_ids) + len(images) * ctx.limits.image_tokens
     max_tokens = resolve_max_tokens(req.max_new_tokens, prompt_len, ctx.limits, "max_completion_tokens")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None

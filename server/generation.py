@@ -9,6 +9,7 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 import anyio
+from starlette.requests import ClientDisconnect
 
 from gemma_runtime.api import GenerateRequest, RequestError, RequestOutput, SamplingParams
 from server.errors import APIError, bad_request
@@ -208,17 +209,25 @@ async def until_disconnect(http_request, coro):
     """Run `coro` (a non-streaming generation) but cancel it if the client goes away, so the runtime
     aborts the request and frees its KV blocks instead of finishing work nobody will read."""
     work = asyncio.ensure_future(coro)
+    left = False
 
     async def watch() -> None:
+        nonlocal left
         while True:
             message = await http_request.receive()
             if message["type"] == "http.disconnect":
+                left = True
                 work.cancel()
                 return
 
     watcher = asyncio.ensure_future(watch())
     try:
         return await work
+    except asyncio.CancelledError:
+        current = asyncio.current_task()
+        if left and not (current is not None and current.cancelling()):
+            raise ClientDisconnect() from None  # the client left: not a server error (server/fault_barrier.py)
+        raise
     finally:
         watcher.cancel()
 

@@ -8,6 +8,7 @@ import secrets
 
 from server.errors import APIError
 from server.key_scope import needs_key
+from server.fault_barrier import was_disconnected
 
 # Paths counted by their own label; anything else is "other" (bounded label cardinality).
 COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models")
@@ -48,7 +49,7 @@ class GatewayMiddleware:
             await self._handle(scope, receive, counting_send, path)
         finally:
             if self.metrics is not None and path.startswith("/v1/"):
-                self.metrics.count(endpoint, status["code"])
+                self.metrics.count(endpoint, 499 if was_disconnected(scope) else status["code"])
 
     async def _handle(self, scope, receive, send, path: str) -> None:
         headers = dict(scope.get("headers") or ())

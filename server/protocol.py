@@ -6,9 +6,11 @@ hot in streaming, where a pydantic round trip per chunk costs more than it gives
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from server.raw_checks import reject_bool_numbers, reject_lone_surrogates
 
 
 class _Model(BaseModel):
@@ -120,6 +122,19 @@ class _SamplingFields(_Model):
     response_format: ResponseFormat | None = None
     user: str | None = None
 
+    # Numeric fields where a JSON boolean is a client mistake (pydantic would coerce true to 1).
+    _numeric_fields: ClassVar[tuple[str, ...]] = (
+        "n", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty", "min_tokens",
+        "max_tokens", "max_completion_tokens", "top_logprobs", "best_of",
+    )  # fmt: skip
+
+    @model_validator(mode="before")
+    @classmethod
+    def _check_raw(cls, data):
+        reject_bool_numbers(data, cls._numeric_fields)
+        reject_lone_surrogates(data)
+        return data
+
     @model_validator(mode="after")
     def _check_common(self):
         if self.stream_options is not None and not self.stream:
@@ -193,6 +208,8 @@ class CompletionRequest(_SamplingFields):
     suffix: str | None = None
     best_of: int | None = None
     skip_special_tokens: bool = True
+
+    _numeric_fields: ClassVar[tuple[str, ...]] = (*_SamplingFields._numeric_fields, "logprobs")
 
     @model_validator(mode="after")
     def _check_completion(self) -> CompletionRequest:

@@ -22,12 +22,24 @@ class ServerSettings:
     image_max_bytes: int = 20 * 1024 * 1024
     image_max_pixels: int = 64 * 1024 * 1024
     allow_local_image_urls: bool = False  # loopback/private addresses refused unless set (tests serve their own images)
-    max_request_bytes: int = 64 * 1024 * 1024
+    max_request_bytes: int | None = None  # None: sized from max_model_len and the image limits (server/limits.py)
     reasoning_content_alias: bool = True  # also emit `reasoning_content` (SGLang/DeepSeek clients read that name)
     log_level: str = "info"
     # /v1/responses keeps stored responses in memory (server/responses/store.py): this many, this long
     responses_max_stored: int = 1024
     responses_ttl_s: float = 3600.0
+    # Overload and shutdown (server/admission.py, server/drain.py; docs/operations.md).
+    max_queued_requests: int = 256  # sequences admitted beyond the engine's batch; more get 503 + Retry-After
+    drain_timeout_s: float = 30.0  # SIGTERM: how long in-flight requests may finish
+    request_timeout_s: float | None = None  # a request still running after this long ends with a timeout error
+    # Per-request caps (server/limits.py): each refusal is a 400 naming its limit.
+    max_stop_strings: int = 16
+    max_stop_string_chars: int = 256
+    max_sequences_per_request: int = 64  # prompts x n
+    max_tools: int = 128
+    max_tools_bytes: int = 256 * 1024  # the tools' JSON, all together
+    max_logprobs: int = 20
+    trust_request_chat_template: bool = False  # let chat_template_kwargs carry any key (a template included)
 
     @classmethod
     def from_env(cls, environ: Mapping[str, str] | None = None, **overrides) -> ServerSettings:
@@ -61,4 +73,6 @@ _ENV_VARS = {
     "GEMMA_MAX_REQUEST_BYTES": ("max_request_bytes", int),
     "GEMMA_RESPONSES_MAX_STORED": ("responses_max_stored", int),
     "GEMMA_RESPONSES_TTL_S": ("responses_ttl_s", float),
+    "GEMMA_MAX_QUEUED_REQUESTS": ("max_queued_requests", int),
+    "GEMMA_DRAIN_TIMEOUT": ("drain_timeout_s", float),
 }

@@ -220,6 +220,8 @@ def _aborted(request_id: str) -> RequestOutput:
 def _request_error(message: str) -> Exception:
     if message.startswith(protocol.INVALID_REQUEST_PREFIX):
         return RequestError(message[len(protocol.INVALID_REQUEST_PREFIX):])
+    if message.startswith(protocol.OVERLOADED_PREFIX):
+        return TritonUnavailable(message)  # a ConnectionError: 503 with Retry-After
     return RuntimeError(message)
 
 

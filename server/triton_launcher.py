@@ -172,9 +172,9 @@ def write_engine_path(engine_dir: Path, model_repo: Path = DEFAULT_MODEL_REPO) -
     return target
 
 
-def model_config_json(engine_dir: Path, model_repo: Path, runtime_config: dict | None) -> str:
-    """config.pbtxt with the engine_dir (and runtime_config) parameters filled in, as the JSON that
-    Triton's load API takes."""
+def model_config_json(engine_dir: Path, model_repo: Path, runtime_config: dict | None, model_params: dict | None = None) -> str:
+    """config.pbtxt with the engine_dir (and runtime_config, and any other `model_params`, e.g.
+    max_queued_requests) parameters filled in, as the JSON that Triton's load API takes."""
     from google.protobuf import json_format, text_format
     from tritonclient.grpc import model_config_pb2
 
@@ -183,6 +183,8 @@ def model_config_json(engine_dir: Path, model_repo: Path, runtime_config: dict |
     config.parameters["engine_dir"].string_value = str(engine_dir)
     if runtime_config:
         config.parameters["runtime_config"].string_value = json.dumps(runtime_config)
+    for key, value in (model_params or {}).items():
+        config.parameters[key].string_value = str(value)
     return json_format.MessageToJson(config)
 
 
@@ -201,6 +203,7 @@ def start_triton(
     timeout: float = 600.0,
     extra_args: tuple[str, ...] = (),
     record_engine_path: bool = True,
+    model_params: dict | None = None,
 ) -> TritonProcess:
     """Starts tritonserver, loads gemma4 with `engine`, and returns once the model is ready.
     Raises RuntimeError (with the server log's tail) when Triton exits or the model fails to load.
@@ -235,7 +238,7 @@ def start_triton(
     triton = TritonProcess(process, ports, host, log_path, engine_dir)
     try:
         _wait_server_live(triton, timeout)
-        _load_model(triton, model_config_json(engine_dir, model_repo, runtime_config), timeout)
+        _load_model(triton, model_config_json(engine_dir, model_repo, runtime_config, model_params), timeout)
     except BaseException:
         triton.stop()
         raise

@@ -26,6 +26,7 @@ MODEL_NAME = "gemma4"
 # so the kind of error rides in a prefix: the client maps it back to RequestError (HTTP 400).
 INVALID_REQUEST_PREFIX = "invalid request: "
 ENGINE_ERROR_PREFIX = "engine error: "
+OVERLOADED_PREFIX = "overloaded: "  # beyond max_queued_requests, or unloading: the translator answers 503
 
 # Prometheus gauges the model publishes on Triton's metrics port (EngineStats field -> metric name).
 STATS_METRICS = {

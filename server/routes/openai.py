@@ -9,6 +9,7 @@ from server.chat import ServerContext, chat_completion, chat_stream, prepare_cha
 from server.completions import completion, completion_stream, prepare_completion
 from server.errors import APIError
 from server.generation import start_all, until_disconnect
+from server.prompt_work import offload
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.sse import SSEResponse
 
@@ -30,7 +31,8 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
     check_model(ctx, body.model)
     plan = await prepare_chat(ctx, body)
     if body.stream:
-        streams = await start_all(ctx.backend, plan.runtime_requests())
+        # Primed while watching the client: a stream whose client left while queued is never run.
+        streams = await until_disconnect(request, start_all(ctx.backend, plan.runtime_requests()))
         return SSEResponse(chat_stream(ctx, body, plan, streams))
     return JSONResponse(await until_disconnect(request, chat_completion(ctx, body, plan)))
 
@@ -39,9 +41,11 @@ async def create_chat_completion(body: ChatCompletionRequest, request: Request):
 async def create_completion(body: CompletionRequest, request: Request):
     ctx = _ctx(request)
     check_model(ctx, body.model)
-    plan = prepare_completion(ctx, body)
+    if ctx.guard is not None:
+        ctx.guard.check_completion(body)
+    plan = await offload(ctx.workers, prepare_completion, ctx, body)
     if body.stream:
-        streams = await start_all(ctx.backend, list(plan.requests))
+        streams = await until_disconnect(request, start_all(ctx.backend, list(plan.requests)))
         return SSEResponse(completion_stream(ctx, body, plan, streams))
     return JSONResponse(await until_disconnect(request, completion(ctx, body, plan)))
 

@@ -12,7 +12,10 @@ router = APIRouter()
 
 
 def _ready(request: Request) -> JSONResponse:
-    backend = request.app.state.ctx.backend
+    ctx = request.app.state.ctx
+    if ctx.admission is not None and ctx.admission.draining:  # SIGTERM: leave the load balancer's pool at once
+        return error_response(APIError("The server is draining (shutting down)", 503, code="draining"))
+    backend = ctx.backend
     try:
         ok = backend.health()
     except Exception:

@@ -19,6 +19,7 @@ import json
 import queue
 import sys
 import threading
+import time
 import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -66,6 +67,10 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"gemma4: loading engine {engine_dir} ({runtime_config})")
         self.engine = AsyncEngine.from_engine_dir(engine_dir, runtime_config)
         self.engine.start()
+        # Overload (docs/operations.md): requests beyond the batch plus max_queued_requests are refused;
+        # on unload, live requests get up to drain_timeout seconds before they are cancelled.
+        self._capacity = runtime_config.max_num_seqs + int(params.get("max_queued_requests") or 256)
+        self._drain_timeout = float(params.get("drain_timeout") or 30)
 
         self._ids = itertools.count()
         self._live: dict[str, _Live] = {}
@@ -87,6 +92,9 @@ class TritonPythonModel:
 
     def finalize(self):
         self._stopping.set()
+        deadline = time.monotonic() + self._drain_timeout
+        while self._live and time.monotonic() < deadline:  # let in-flight requests finish first
+            time.sleep(0.05)
         with self._live_lock:
             live = list(self._live.values())
         for item in live:  # a server shutting down cancels what is still running
@@ -154,6 +162,12 @@ class TritonPythonModel:
                 greq = self.protocol.decode_request(runtime_id, lambda n, r=request: _input(r, n))
             except (ValueError, TypeError) as e:
                 self._outbox.put((None, sender, _error(self.protocol.INVALID_REQUEST_PREFIX + str(e), invalid=True), True))
+                continue
+            with self._live_lock:
+                refused = self._stopping.is_set() or len(self._live) >= self._capacity
+            if refused:
+                why = "the model is unloading" if self._stopping.is_set() else f"{self._capacity} requests are in flight"
+                self._outbox.put((None, sender, _error(f"{self.protocol.OVERLOADED_PREFIX}{why}"), True))
                 continue
             item = _Live(request, sender, runtime_id)
             with self._live_lock:
