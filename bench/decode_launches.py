@@ -29,7 +29,7 @@ from random_engine import make_random_engine, weights_in_memory  # noqa: E402  b
 
 from gemma_runtime.api import GenerateRequest, SamplingParams  # noqa: E402
 from gemma_runtime.config import RuntimeConfig  # noqa: E402
-from gemma_runtime.llm_engine import LLMEngine  # noqa: E402
+from gemma_runtime.engine.llm_engine import LLMEngine  # noqa: E402
 from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonGEGLU, TritonPagedAttention, TritonRMSNorm  # noqa: E402
 from gemma_runtime.model.layers import TorchGEGLU, TorchRMSNorm  # noqa: E402
 

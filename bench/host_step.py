@@ -2,7 +2,7 @@
 
 For B sequences at a context of C tokens, each step decodes one token per sequence. Measured per step
 (median over the steps, CPU): the block tables made the old way (padded Python lists turned into a
-tensor, every entry every step) against the device mirror (gemma_runtime/device_block_tables.py: only
+tensor, every entry every step) against the device mirror (gemma_runtime/executor/device_block_tables.py: only
 the entries that changed), and the model runner's whole batch build (slots, positions, tables).
 
     .venv/bin/python bench/host_step.py [--batch 256] [--contexts 1024,4096,8192]
@@ -22,11 +22,11 @@ import torch
 from random_engine import make_random_engine  # bench/ is sys.path[0]
 
 from gemma_runtime.api import SamplingParams
-from gemma_runtime.block_manager import NO_BLOCK, BlockManager
-from gemma_runtime.device_block_tables import DeviceBlockTables
-from gemma_runtime.model_runner import ModelRunner
-from gemma_runtime.scheduler import ScheduledSeq
-from gemma_runtime.sequence import Sequence
+from gemma_runtime.scheduling.block_manager import NO_BLOCK, BlockManager
+from gemma_runtime.executor.device_block_tables import DeviceBlockTables
+from gemma_runtime.executor.model_runner import ModelRunner
+from gemma_runtime.scheduling.scheduler import ScheduledSeq
+from gemma_runtime.scheduling.sequence import Sequence
 
 BLOCK = 16
 

@@ -20,7 +20,7 @@ from engine_builder.spec import text_spec
 from engine_builder.tiny_checkpoint import tiny_config
 from engine_builder.tiny_tokenizer import make_tiny_tokenizer
 from engine_builder.weights import is_fp8_linear, quantize_fp8
-from gemma_runtime.engine_config import EngineSpec, QuantizationSpec, TextSpec, TokenSpec
+from gemma_runtime.engine_format.spec import EngineSpec, QuantizationSpec, TextSpec, TokenSpec
 from gemma_runtime.model.linear import scale_name
 
 
@@ -121,7 +121,7 @@ def make_random_engine(model: str, dtype: str, device: torch.device, out_dir: Pa
 @contextmanager
 def weights_in_memory(weights: dict[str, torch.Tensor]):
     """LLMEngine reads weights from the engine folder; here they are already on the device."""
-    import gemma_runtime.llm_engine as llm_engine
+    import gemma_runtime.engine.llm_engine as llm_engine
 
     real = llm_engine.load_weights
     llm_engine.load_weights = lambda engine_dir, device, dtype=None: weights

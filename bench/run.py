@@ -42,7 +42,7 @@ from report import Figure, gpu_name, table, versions
 from engine_builder.tiny_tokenizer import make_tiny_tokenizer
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.engine.llm_engine import LLMEngine
 
 GB = 1e9
 

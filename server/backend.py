@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import AsyncIterator, Callable, Protocol, runtime_checkable
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestOutput
-from gemma_runtime.engine_config import EngineSpec
+from gemma_runtime.engine_format.spec import EngineSpec
 
 
 @runtime_checkable
@@ -48,7 +48,7 @@ class EmbeddedBackend:
     @classmethod
     def from_engine_dir(cls, engine_dir: str | Path, config=None) -> EmbeddedBackend:
         """`config`: a gemma_runtime.config.RuntimeConfig (None: the runtime's defaults)."""
-        from gemma_runtime.async_engine import AsyncEngine
+        from gemma_runtime.engine.async_engine import AsyncEngine
 
         return cls(AsyncEngine.from_engine_dir(engine_dir, config))
 

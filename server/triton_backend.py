@@ -28,7 +28,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestError, RequestOutput
-from gemma_runtime.engine_config import EngineSpec, read_generation_defaults
+from gemma_runtime.engine_format.spec import EngineSpec, read_generation_defaults
 from server import triton_protocol as protocol
 
 # Reconnect quickly after Triton restarts (gRPC's default backoff grows to two minutes), and keep the

@@ -15,7 +15,7 @@ from tqdm import tqdm
 
 import torch
 
-from gemma_runtime.engine_config import EngineSpec, QuantizationSpec
+from gemma_runtime.engine_format.spec import EngineSpec, QuantizationSpec
 from gemma_runtime.model.linear import FP8, scale_name
 
 from .checkpoint import ARCHITECTURE, Checkpoint

@@ -7,7 +7,7 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemma_runtime.engine_config import TokenSpec
+from gemma_runtime.engine_format.spec import TokenSpec
 
 from .errors import BuildError
 

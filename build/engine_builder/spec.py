@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
-from gemma_runtime.engine_config import LayerSpec, MoESpec, MultimodalSpec, TextSpec, VisionSpec
+from gemma_runtime.engine_format.spec import LayerSpec, MoESpec, MultimodalSpec, TextSpec, VisionSpec
 from transformers import Gemma4TextConfig, Gemma4VisionConfig
 
 from .dtypes import rounded_embed_scale

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.vision.preprocess import preprocess_image
+from gemma_runtime.inputs.image_preprocess import preprocess_image
 
 from .taught_corpus import TAUGHT_CONVERSATIONS
 from .tiny_checkpoint import perturb_, tiny_config

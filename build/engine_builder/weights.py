@@ -12,7 +12,7 @@ from typing import Callable
 
 import torch
 
-from gemma_runtime.engine_config import TextSpec
+from gemma_runtime.engine_format.spec import TextSpec
 from gemma_runtime.model.linear import quantize_per_row
 
 from .checkpoint import Checkpoint

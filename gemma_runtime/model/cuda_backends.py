@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import torch
 
-from gemma_runtime.engine_config import LayerSpec
-from gemma_runtime.forward_batch import ForwardBatch
+from gemma_runtime.engine_format.spec import LayerSpec
+from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.kernels.geglu import fused_geglu
 from gemma_runtime.kernels.moe_gemm import fused_experts, routed_experts
 from gemma_runtime.kernels.paged_decode import paged_decode_attention

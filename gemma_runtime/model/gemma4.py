@@ -9,8 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gemma_runtime.engine_config import LayerSpec, TextSpec
-from gemma_runtime.forward_batch import ForwardBatch
+from gemma_runtime.engine_format.spec import LayerSpec, TextSpec
+from gemma_runtime.model.forward_batch import ForwardBatch
 import gemma_runtime.model.attention  # noqa: F401  (registers the reference backends)
 import gemma_runtime.model.moe  # noqa: F401
 from gemma_runtime.model.layers import rope_cos_sin, rope_inv_freq

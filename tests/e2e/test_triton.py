@@ -43,7 +43,7 @@ def engine_dir(taught_engine_dir):
 @pytest.fixture(scope="session")
 def embedded(engine_dir):
     """The in-process runtime: the reference every Triton path must reproduce."""
-    from gemma_runtime.async_engine import AsyncEngine
+    from gemma_runtime.engine.async_engine import AsyncEngine
     from gemma_runtime.config import RuntimeConfig
 
     engine = AsyncEngine.from_engine_dir(engine_dir, RuntimeConfig(**RUNTIME))

@@ -9,8 +9,8 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from gemma_runtime.engine_config import LayerSpec  # noqa: E402
-from gemma_runtime.forward_batch import ForwardBatch  # noqa: E402
+from gemma_runtime.engine_format.spec import LayerSpec  # noqa: E402
+from gemma_runtime.model.forward_batch import ForwardBatch  # noqa: E402
 from gemma_runtime.kernels.paged_decode import paged_decode_attention  # noqa: E402
 from gemma_runtime.model.attention import TorchPagedAttention  # noqa: E402
 from gemma_runtime.model.cuda_backends import TritonPagedAttention  # noqa: E402

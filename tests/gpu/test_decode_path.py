@@ -25,7 +25,7 @@ triton = pytest.importorskip("triton")
 
 from gemma_runtime.api import GenerateRequest, SamplingParams  # noqa: E402
 from gemma_runtime.config import RuntimeConfig  # noqa: E402
-from gemma_runtime.llm_engine import LLMEngine  # noqa: E402
+from gemma_runtime.engine.llm_engine import LLMEngine  # noqa: E402
 from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonGEGLU, TritonPagedAttention, TritonRMSNorm  # noqa: E402
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")

@@ -86,7 +86,7 @@ def test_random_engine_layout_matches_the_builder(tmp_path, dtype):
     got = {k: (tuple(v.shape), {torch.float8_e4m3fn: "F8_E4M3", torch.float32: "F32", torch.bfloat16: "BF16"}[v.dtype])
            for k, v in made.weights.items()}  # fmt: skip
     assert got == expected
-    from gemma_runtime.engine_config import EngineSpec
+    from gemma_runtime.engine_format.spec import EngineSpec
 
     assert made.spec.text == EngineSpec.load(built).text
     assert made.spec.quantization == EngineSpec.load(built).quantization

@@ -6,7 +6,7 @@ import pytest
 
 from gemma_runtime.api import GenerateRequest, RequestError, SamplingParams
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.engine.llm_engine import LLMEngine
 
 PROMPT = "<bos><|turn>user\nTell me a story about the sea.<turn|>\n<|turn>model\n"
 

@@ -26,9 +26,9 @@ from engine_builder.convert import build_engine
 from engine_builder.tiny_checkpoint import make_tiny_checkpoint
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.engine_config import EngineSpec
-from gemma_runtime.forward_batch import ForwardBatch
-from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.engine_format.spec import EngineSpec
+from gemma_runtime.model.forward_batch import ForwardBatch
+from gemma_runtime.engine.llm_engine import LLMEngine
 
 # The model is trained on these passages; greedy runs start from each one's first PROMPT_TOKENS tokens
 # and continue NEW_TOKENS tokens inside text the model has learned, where its margins are real.
@@ -136,7 +136,7 @@ def test_fp8_engine_layout(engines):
 def test_loading_in_another_dtype_keeps_fp8_weights_and_their_scales(engines):
     """A runtime dtype override casts every floating tensor (router_scale too, though its name ends in
     _scale) but the e4m3 weights and their float32 scales."""
-    from gemma_runtime.weights import load_weights
+    from gemma_runtime.engine_format.weights import load_weights
 
     spec = EngineSpec.load(engines["fp8"].engine_dir)
     weights = load_weights(engines["fp8"].engine_dir, torch.device("cpu"), torch.float16)

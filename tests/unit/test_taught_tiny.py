@@ -66,7 +66,7 @@ def test_served_engine_writes_the_replies(taught, taught_engine_dir):
     """The runtime, built from the checkpoint, greedy-decodes the same replies from the prompts the server renders."""
     from gemma_runtime.api import GenerateRequest, SamplingParams
     from gemma_runtime.config import RuntimeConfig
-    from gemma_runtime.llm_engine import LLMEngine
+    from gemma_runtime.engine.llm_engine import LLMEngine
 
     ckpt, _, tokenizer = taught
     engine = LLMEngine(taught_engine_dir, RuntimeConfig(max_num_seqs=16))

@@ -14,7 +14,7 @@ import torch
 
 from engine_builder.convert import build_engine
 from engine_builder.errors import BuildError
-from gemma_runtime.engine_config import EngineSpec
+from gemma_runtime.engine_format.spec import EngineSpec
 from tests.unit.builder.conftest import assert_nothing_left, copy_checkpoint, edit_config
 
 

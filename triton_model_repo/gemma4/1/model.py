@@ -57,7 +57,7 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self._import_project(Path(args["model_repository"]))
 
-        from gemma_runtime.async_engine import AsyncEngine
+        from gemma_runtime.engine.async_engine import AsyncEngine
         from server import triton_protocol as protocol
 
         self.protocol = protocol

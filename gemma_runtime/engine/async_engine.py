@@ -17,7 +17,7 @@ from typing import AsyncIterator
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestError, RequestOutput
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.engine.llm_engine import LLMEngine
 
 log = logging.getLogger(__name__)
 

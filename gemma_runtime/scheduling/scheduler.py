@@ -11,8 +11,8 @@ from __future__ import annotations
 from collections import deque
 from dataclasses import dataclass
 
-from gemma_runtime.block_manager import BlockManager
-from gemma_runtime.sequence import Sequence, SequenceStatus
+from gemma_runtime.scheduling.block_manager import BlockManager
+from gemma_runtime.scheduling.sequence import Sequence, SequenceStatus
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 
 import torch
 
-from gemma_runtime.engine_config import LayerType
+from gemma_runtime.engine_format.spec import LayerType
 
 
 @dataclass

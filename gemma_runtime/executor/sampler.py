@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gemma_runtime.device_io import HostCopy, to_device
+from gemma_runtime.executor.device_io import HostCopy, to_device
 
 from gemma_runtime.api import SamplingParams, TokenLogprob
 

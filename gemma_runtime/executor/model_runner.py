@@ -14,15 +14,15 @@ from dataclasses import dataclass
 import torch
 
 from gemma_runtime.api import TokenLogprob
-from gemma_runtime.decode_graphs import DecodeGraphs, graph_batch_sizes
-from gemma_runtime.device_block_tables import DeviceBlockTables
-from gemma_runtime.device_io import HostCopy, to_device
-from gemma_runtime.engine_config import EngineSpec
-from gemma_runtime.forward_batch import ForwardBatch
+from gemma_runtime.executor.decode_graphs import DecodeGraphs, graph_batch_sizes
+from gemma_runtime.executor.device_block_tables import DeviceBlockTables
+from gemma_runtime.executor.device_io import HostCopy, to_device
+from gemma_runtime.engine_format.spec import EngineSpec
+from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.gemma4 import Gemma4TextModel
-from gemma_runtime.sampler import SampledBatch, SamplingInput, sample_on_device
-from gemma_runtime.scheduler import ScheduledSeq
-from gemma_runtime.sequence import Sequence
+from gemma_runtime.executor.sampler import SampledBatch, SamplingInput, sample_on_device
+from gemma_runtime.scheduling.scheduler import ScheduledSeq
+from gemma_runtime.scheduling.sequence import Sequence
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ class ModelRunner:
                                     moe_side_stream)
         self.vision = None
         if spec.vision is not None:
-            from gemma_runtime.vision.encoder import VisionEncoder
+            from gemma_runtime.model.vision_encoder import VisionEncoder
 
             self.vision = VisionEncoder(spec.vision, spec.text.hidden_size, dtype).to(device)
             self.vision.load_state_dict({k[len("vision."):]: v for k, v in weights.items() if k.startswith("vision.")})

@@ -11,8 +11,8 @@ from dataclasses import dataclass
 from PIL import Image
 
 from gemma_runtime.api import GenerateRequest, RequestError
-from gemma_runtime.engine_config import EngineSpec
-from gemma_runtime.sequence import ImageSpan
+from gemma_runtime.engine_format.spec import EngineSpec
+from gemma_runtime.scheduling.sequence import ImageSpan
 
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
 MAX_IMAGE_TOKENS = max(SOFT_TOKEN_BUDGETS) + 2  # one image's span with <|image> and <image|>
@@ -66,7 +66,7 @@ class InputProcessor:
         return PreparedInput(ids, images, spans)
 
     def _preprocess(self, image, budget: int):
-        from gemma_runtime.vision.preprocess import preprocess_image
+        from gemma_runtime.inputs.image_preprocess import preprocess_image
 
         if isinstance(image, (bytes, bytearray)):
             try:

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 import torch
 
 from gemma_runtime.api import SamplingParams
-from gemma_runtime.block_manager import BlockTables
+from gemma_runtime.scheduling.block_manager import BlockTables
 
 
 class SequenceStatus(enum.Enum):

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import torch
 
-from gemma_runtime.forward_batch import ForwardBatch
+from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.gemma4 import Gemma4TextModel
 
 
