@@ -53,7 +53,7 @@ serve: install
 
 triton: install
 	@test -n "$(ENGINE)" || { echo "usage: make triton ENGINE=engines/<name>"; exit 2; }
-	$(PY) -m server.triton_launcher --engine "$(ENGINE)"
+	$(PY) -m triton_bridge.launcher --engine "$(ENGINE)"
 
 bench: install
 	$(PY) bench/run.py $(BENCH_ARGS)

@@ -7,9 +7,8 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from server.chat import ServerContext
+from server.context import Limits, ServerContext
 from server.errors import install_error_handlers
-from server.generation import Limits
 from server.images import ImageFetchPolicy
 from server.logprobs import TokenText
 from server.metrics import ServerMetrics

@@ -77,9 +77,9 @@ class EmbeddedBackend:
 def _triton_factory(uri: str, engine_dir: str | None) -> Backend:
     # Reserved for the Triton client; it lives in its own module so this one never imports tritonclient.
     try:
-        module = importlib.import_module("server.triton_backend")
+        module = importlib.import_module("triton_bridge.client")
     except ModuleNotFoundError as e:
-        raise SystemExit(f"--backend {uri}: the Triton client backend (server/triton_backend.py) is not available: {e}")
+        raise SystemExit(f"--backend {uri}: the Triton client backend (triton_bridge/client.py) is not available: {e}")
     return module.TritonBackend.from_uri(uri, engine_dir=engine_dir)
 
 

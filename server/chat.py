@@ -20,29 +20,18 @@ from typing import AsyncIterator
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from server.chat_template import render_prompt
 from server.errors import APIError, bad_request, sse_error_event
-from server.generation import Limits, check_error, close_all, collect_choices, merge, resolve_max_tokens, sampling_params
-from server.images import ImageError, ImageFetchPolicy, load_image
-from server.logprobs import TokenText, chat_logprobs
-from server.metrics import RequestTimer, ServerMetrics
+from server.context import ServerContext
+from server.images import ImageError, load_image
+from server.logprobs import chat_logprobs
+from server.metrics import RequestTimer
 from server.parsers.output_parser import Gemma4OutputParser, ParsedDelta, ToolCallDelta
+from server.parsers.reasoning import CHANNEL_CLOSE, CHANNEL_OPEN
+from server.parsers.tool_calls import TOOL_CALL_OPEN
 from server.protocol import ChatCompletionRequest, NamedToolChoice
-from server.settings import ServerSettings
+from server.sampling import resolve_max_tokens, sampling_params
+from server.streams import check_error, close_all, collect_choices, merge
 
-TOOL_CALL_PREFIX = "<|tool_call>call:"
-CHANNEL_OPEN, CHANNEL_CLOSE = "<|channel>", "<channel|>"
-
-
-@dataclass(frozen=True)
-class ServerContext:
-    """What request handlers share: built once at startup by the app factory."""
-
-    backend: object
-    settings: ServerSettings
-    model_name: str
-    limits: Limits
-    token_text: TokenText
-    image_policy: ImageFetchPolicy
-    metrics: ServerMetrics | None = None
+TOOL_CALL_PREFIX = TOOL_CALL_OPEN + "call:"  # the form the model is trained on
 
 
 @dataclass(frozen=True)

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from typing import AsyncIterator
 
 from gemma_runtime.api import GenerateRequest, RequestOutput
-from server.chat import DONE, ServerContext, usage_json
+from server.chat import DONE, usage_json
+from server.context import ServerContext
 from server.errors import APIError, bad_request, sse_error_event
-from server.generation import check_error, close_all, collect_choices, merge, resolve_max_tokens, sampling_params
 from server.logprobs import completion_logprobs
 from server.metrics import RequestTimer
 from server.protocol import CompletionRequest
+from server.sampling import resolve_max_tokens, sampling_params
+from server.streams import check_error, close_all, collect_choices, merge
 
 
 @dataclass(frozen=True)

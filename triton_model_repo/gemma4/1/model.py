@@ -25,7 +25,6 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-ENGINE_PATH_FILE = "engine_path.txt"
 WATCH_INTERVAL_S = 0.05
 
 
@@ -58,7 +57,7 @@ class TritonPythonModel:
         self._import_project(Path(args["model_repository"]))
 
         from gemma_runtime.engine.async_engine import AsyncEngine
-        from server import triton_protocol as protocol
+        from triton_bridge import protocol
 
         self.protocol = protocol
         engine_dir = self._engine_dir(params, Path(args["model_repository"]))
@@ -110,6 +109,8 @@ class TritonPythonModel:
 
     @staticmethod
     def _engine_dir(params: dict, model_dir: Path) -> Path:
+        from triton_bridge.protocol import ENGINE_PATH_FILE
+
         path = params.get("engine_dir", "").strip()
         source = "the engine_dir parameter"
         if not path or path.startswith("${"):
@@ -256,7 +257,7 @@ class TritonPythonModel:
             family = pb_utils.MetricFamily(name=metric, description=f"gemma4 runtime {attr.replace('_', ' ')}",
                                            kind=pb_utils.MetricFamily.GAUGE)
             families.append(family)
-            gauges[attr] = family.Metric(labels={"model": "gemma4"})
+            gauges[attr] = family.Metric(labels={"model": self.protocol.MODEL_NAME})
         return families, gauges
 
 

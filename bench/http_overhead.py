@@ -1,7 +1,7 @@
 """HTTP streaming overhead: tokens per second through the OpenAI server against the runtime alone,
 and (--triton) through the translator in front of a real tritonserver.
 
-    python -m server.bench --engine DIR [--streams 32] [--tokens 128] [--triton]
+    python -m bench.http_overhead --engine DIR [--streams 32] [--tokens 128] [--triton]
 
 Both runs use the same engine object, the same prompt and `ignore_eos` so every stream produces
 exactly --tokens tokens; the server runs in this process (uvicorn thread) like `make serve`.
@@ -56,7 +56,7 @@ async def over_http(base_url: str, streams: int, tokens: int) -> tuple[int, floa
 
 
 def main() -> None:
-    p = argparse.ArgumentParser(prog="python -m server.bench")
+    p = argparse.ArgumentParser(prog="python -m bench.http_overhead")
     p.add_argument("--engine", required=True)
     p.add_argument("--streams", type=int, default=32)
     p.add_argument("--tokens", type=int, default=128)
@@ -67,7 +67,7 @@ def main() -> None:
     from server.app import create_app
     from server.backend import EmbeddedBackend
     from server.settings import ServerSettings
-    from server.uvicorn_thread import UvicornThread
+    from bench.uvicorn_thread import UvicornThread
 
     backend = EmbeddedBackend.from_engine_dir(args.engine, RuntimeConfig(device=args.device, max_num_seqs=max(args.streams, 1)))
     prompt = backend.tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
@@ -95,9 +95,9 @@ def through_triton(args) -> tuple[int, float]:
 
     from server.app import create_app
     from server.settings import ServerSettings
-    from server.triton_backend import TritonBackend
-    from server.triton_launcher import TritonPorts, start_triton
-    from server.uvicorn_thread import UvicornThread
+    from triton_bridge.client import TritonBackend
+    from triton_bridge.launcher import TritonPorts, start_triton
+    from bench.uvicorn_thread import UvicornThread
 
     socks = [socket.socket() for _ in range(3)]
     for sock in socks:

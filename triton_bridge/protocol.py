@@ -1,5 +1,5 @@
 """The gemma4 Triton model's tensors, shared by the model (triton_model_repo/gemma4/1/model.py) and the
-client (server/triton_backend.py) so the two sides cannot drift apart.
+client (triton_bridge/client.py) so the two sides cannot drift apart.
 
 Everything here works on plain numpy arrays keyed by tensor name: the model wraps them in
 `pb_utils.Tensor`, the client in `tritonclient` `InferInput`s. See triton_model_repo/README.md.
@@ -19,7 +19,9 @@ import numpy as np
 
 from gemma_runtime.api import GenerateRequest, RequestOutput, SamplingParams, TokenLogprob, Usage
 
-MODEL_NAME = "gemma4"
+MODEL_NAME = "gemma4"  # the model's folder in triton_model_repo/ and its name on the server
+# Beside config.pbtxt: the engine directory the backend loads when config.pbtxt names none (`make triton` writes it).
+ENGINE_PATH_FILE = "engine_path.txt"
 
 # Error messages travel as plain text over ModelStreamInfer (the gRPC status code is lost on the way),
 # so the kind of error rides in a prefix: the client maps it back to RequestError (HTTP 400).

@@ -31,11 +31,11 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from triton_bridge.protocol import ENGINE_PATH_FILE, MODEL_NAME
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPO = REPO_ROOT / "triton_model_repo"
 DEFAULT_BACKEND_DIR = REPO_ROOT / "triton_backends"  # git-ignored: the wheel's backend, set up on demand
-MODEL_NAME = "gemma4"
-ENGINE_PATH_FILE = "engine_path.txt"
 
 
 @dataclass(frozen=True)
@@ -277,7 +277,7 @@ def _load_model(triton: TritonProcess, config_json: str, timeout: float) -> None
 # --- command line ------------------------------------------------------------------------------------
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m server.triton_launcher", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(prog="python -m triton_bridge.launcher", description=__doc__.split("\n")[0])
     p.add_argument("--engine", required=True, help="engine directory built by `make engine`")
     p.add_argument("--model-repo", default=str(DEFAULT_MODEL_REPO))
     p.add_argument("--runtime-config", default=None, help='JSON RuntimeConfig overrides, e.g. {"max_num_seqs": 32}')

@@ -29,7 +29,7 @@ from tritonclient.utils import InferenceServerException
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestError, RequestOutput
 from gemma_runtime.engine_format.spec import EngineSpec, read_generation_defaults
-from server import triton_protocol as protocol
+from triton_bridge import protocol
 
 # Reconnect quickly after Triton restarts (gRPC's default backoff grows to two minutes), and keep the
 # message limits tritonclient sets when it builds the channel itself.
