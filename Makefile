@@ -56,7 +56,7 @@ triton: install
 	$(PY) -m triton_bridge.launcher --engine "$(ENGINE)"
 
 bench: install
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,7 +5,7 @@ matrix instructions the SASS uses (HGMMA is Hopper's warpgroup MMA, HMMA the old
 STL/LDL are spills). Catches compile errors the CPU interpreter cannot see (type mismatches between
 branches, shared-memory overruns) and answers the first performance questions at no device time.
 
-    .venv/bin/python bench/compile_kernels.py
+    .venv/bin/python -m bench.compile_kernels
 """
 
 from __future__ import annotations

@@ -8,7 +8,7 @@ excluded) and every Triton launch is counted, per decoder layer, with the refere
 torch ops per norm, seven more for rope on q and k) and with the fused Triton one (norm, residual add,
 layer scalar and rope in one kernel).
 
-    .venv/bin/python bench/decode_launches.py
+    .venv/bin/python -m bench.decode_launches
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ import torch  # noqa: E402
 import triton.runtime.interpreter as interpreter  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from random_engine import make_random_engine, weights_in_memory  # noqa: E402  bench/ is sys.path[0]
+from bench.random_engine import make_random_engine, weights_in_memory  # noqa: E402
 
 from gemma_runtime.api import GenerateRequest, SamplingParams  # noqa: E402
 from gemma_runtime.config import RuntimeConfig  # noqa: E402

@@ -5,7 +5,7 @@ For B sequences at a context of C tokens, each step decodes one token per sequen
 tensor, every entry every step) against the device mirror (gemma_runtime/executor/device_block_tables.py: only
 the entries that changed), and the model runner's whole batch build (slots, positions, tables).
 
-    .venv/bin/python bench/host_step.py [--batch 256] [--contexts 1024,4096,8192]
+    .venv/bin/python -m bench.host_step [--batch 256] [--contexts 1024,4096,8192]
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from random_engine import make_random_engine  # bench/ is sys.path[0]
+from bench.random_engine import make_random_engine
 
 from gemma_runtime.api import SamplingParams
 from gemma_runtime.scheduling.block_manager import NO_BLOCK, BlockManager

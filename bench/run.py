@@ -11,7 +11,7 @@ bench/results/<gpu>.jsonl.
 Without CUDA, or with --dry-run, the same code runs on the tiny engine on CPU with small sizes, so the
 script itself is tested (tests/unit/test_bench_dry_run.py); those figures mean nothing for speed.
 
-    .venv/bin/python bench/run.py [--dry-run] [--models 26b,31b] [--dtypes bf16,fp8] [--results-dir bench/results]
+    .venv/bin/python -m bench.run [--dry-run] [--models 26b,31b] [--dtypes bf16,fp8] [--results-dir bench/results]
                                   [--decode-graphs auto|on|off] [--overlap auto|on|off]
                                   [--transformers on|off] [--ours on|off]
 
@@ -36,8 +36,8 @@ from pathlib import Path
 
 import torch
 
-from random_engine import MODELS, active_bytes_per_token, make_random_engine, model_config, weights_in_memory  # bench/ is sys.path[0]
-from report import Figure, gpu_name, table, versions
+from bench.random_engine import MODELS, active_bytes_per_token, make_random_engine, model_config, weights_in_memory
+from bench.report import Figure, gpu_name, table, versions
 
 from engine_builder.tiny_tokenizer import make_tiny_tokenizer
 from gemma_runtime.api import GenerateRequest, SamplingParams

@@ -14,7 +14,7 @@ likewise times one or two tokens' experts as one matrix-vector product per route
 turn (`copies`), so a weight smaller than the 50 MB L2 is read from HBM each time, as in a decode
 step (the first H100 run reused one, and the 26B-A4B's linears read up to 3,526 GB/s from L2).
 
-    python bench/tune_kernels.py [--kernels decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,
+    python -m bench.tune_kernels [--kernels decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,
                                            expert-gemv,expert-gemv-switch] [--models 26b,31b]
                                  [--shapes M=16,M=64]
                                  [--results FILE.jsonl] [--dry-run]
@@ -46,9 +46,9 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 
-from random_engine import MODELS, SLIDING_WINDOW  # noqa: E402  (bench/ is sys.path[0])
+from bench.random_engine import MODELS, SLIDING_WINDOW  # noqa: E402
 
-from kernel_inputs import decode_run, linear_run, moe_run, prefill_run, w8a16_run  # noqa: E402
+from bench.kernel_inputs import decode_run, linear_run, moe_run, prefill_run, w8a16_run  # noqa: E402
 
 from gemma_runtime.kernels import fp8_gemm, gemv, moe_gemm, paged_decode, paged_prefill  # noqa: E402
 from gemma_runtime.model import linear  # noqa: E402

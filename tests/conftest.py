@@ -21,18 +21,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def bench_module(name: str):
-    """A script of bench/ imported as a module (the scripts import their neighbours as top-level modules)."""
-    import importlib
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT / "bench"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO_ROOT / "bench"))
 CACHE = REPO_ROOT / ".cache" / "taught-tiny"
 
 
