@@ -26,7 +26,6 @@ import triton.runtime.interpreter as interpreter  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from bench.random_engine import make_random_engine, weights_in_memory  # noqa: E402
-
 from gemma_runtime.api import GenerateRequest, SamplingParams  # noqa: E402
 from gemma_runtime.config import RuntimeConfig  # noqa: E402
 from gemma_runtime.engine.llm_engine import LLMEngine  # noqa: E402

@@ -20,11 +20,10 @@ from pathlib import Path
 import torch
 
 from bench.random_engine import make_random_engine
-
 from gemma_runtime.api import SamplingParams
-from gemma_runtime.scheduling.block_manager import NO_BLOCK, BlockManager
 from gemma_runtime.executor.device_block_tables import DeviceBlockTables
 from gemma_runtime.executor.model_runner import ModelRunner
+from gemma_runtime.scheduling.block_manager import NO_BLOCK, BlockManager
 from gemma_runtime.scheduling.scheduler import ScheduledSeq
 from gemma_runtime.scheduling.sequence import Sequence
 

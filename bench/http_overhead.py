@@ -64,10 +64,10 @@ def main() -> None:
     p.add_argument("--triton", action="store_true", help="also measure the translator in front of tritonserver")
     args = p.parse_args()
 
+    from bench.uvicorn_thread import UvicornThread
     from server.app import create_app
     from server.backend import EmbeddedBackend
     from server.settings import ServerSettings
-    from bench.uvicorn_thread import UvicornThread
 
     backend = EmbeddedBackend.from_engine_dir(args.engine, RuntimeConfig(device=args.device, max_num_seqs=max(args.streams, 1)))
     prompt = backend.tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
@@ -93,11 +93,11 @@ def through_triton(args) -> tuple[int, float]:
     tree as in production: tritonserver with the Python backend, the translator over gRPC streaming)."""
     import socket
 
+    from bench.uvicorn_thread import UvicornThread
     from server.app import create_app
     from server.settings import ServerSettings
     from triton_bridge.client import TritonBackend
     from triton_bridge.launcher import TritonPorts, start_triton
-    from bench.uvicorn_thread import UvicornThread
 
     socks = [socket.socket() for _ in range(3)]
     for sock in socks:

@@ -38,7 +38,6 @@ import torch
 
 from bench.random_engine import MODELS, active_bytes_per_token, make_random_engine, model_config, weights_in_memory
 from bench.report import Figure, gpu_name, table, versions
-
 from engine_builder.tiny_tokenizer import make_tiny_tokenizer
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
@@ -287,7 +286,7 @@ def measure_transformers(model: str, hf_config, sizes: Sizes, device: torch.devi
 
     def timed(ids: torch.Tensor, new: int) -> float:
         start = clock.now()
-        hf.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        hf.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)  # noqa: F821  (deleted after its last call)
         return clock.now() - start
 
     for batch in sizes.hf_batches:
@@ -322,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     if dry:  # a dry run times the tiny engine for every real model named (a 31B would not fit a CPU's memory)
         models = tuple(dict.fromkeys("tiny" if m in MODELS else m for m in models))
     dtypes = tuple(args.dtypes.split(",")) if args.dtypes else sizes.dtypes
-    date, gpu = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), gpu_name(device, dry)
+    date, gpu = dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), gpu_name(device, dry)
     print(f"bench on {gpu} ({versions()}){' [dry run: tiny engine on CPU, not speed figures]' if dry else ''}")
     figures: list[Figure] = []
     results = Path(args.results_dir)

@@ -34,10 +34,10 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
 
 import torch
 
@@ -46,10 +46,8 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 
-from bench.random_engine import MODELS, SLIDING_WINDOW  # noqa: E402
-
 from bench.kernel_inputs import decode_run, linear_run, moe_run, prefill_run, w8a16_run  # noqa: E402
-
+from bench.random_engine import MODELS, SLIDING_WINDOW  # noqa: E402
 from gemma_runtime.kernels import fp8_gemm, gemv, moe_gemm, paged_decode, paged_prefill  # noqa: E402
 from gemma_runtime.model import linear  # noqa: E402
 
@@ -239,7 +237,7 @@ def tune(case: Case, device: torch.device, write) -> None:
     best_us, speedup = (best[1] * 1e3, base / best[1]) if best else (float("nan"), float("nan"))
     print(f"{case.kernel:12} {case.shape:44} now {str(now):22} {base * 1e3:10.1f} us   best {str(best[0]) if best else '-':22} "
           f"{best_us:10.1f} us  {speedup:5.2f}x", flush=True)  # fmt: skip
-    for candidate, ms, status in rows:
+    for candidate, _ms, status in rows:
         if status != "ok":
             print(f"    {str(candidate):22} {status}")
     if case.weight_bytes:  # weight-bound: what each choice reads per second (the H100's copy rate: ~2,960 GB/s)

@@ -8,8 +8,9 @@ client (`triton://HOST:PORT`) registers its own factory under the "triton" schem
 from __future__ import annotations
 
 import importlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestOutput
 from gemma_runtime.engine_format.spec import EngineSpec

@@ -14,13 +14,13 @@ import asyncio
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from server.chat_template import render_prompt
-from server.errors import APIError, bad_request, sse_error_event
 from server.context import ServerContext
+from server.errors import APIError, bad_request, sse_error_event
 from server.images import ImageError, load_image
 from server.logprobs import chat_logprobs
 from server.metrics import RequestTimer

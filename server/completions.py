@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from gemma_runtime.api import GenerateRequest, RequestOutput
 from server.chat import DONE, usage_json

@@ -17,8 +17,8 @@ import asyncio
 import threading
 import time
 import urllib.request
+from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import AsyncIterator
 from urllib.parse import parse_qs, urlsplit
 
 import grpc

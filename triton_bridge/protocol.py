@@ -12,8 +12,9 @@ Triton checks their dtype and shape against config.pbtxt, `/v2/models/gemma4` li
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass, fields
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -11,9 +11,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from tqdm import tqdm
-
 import torch
+from tqdm import tqdm
 
 from gemma_runtime.engine_format.spec import EngineSpec, QuantizationSpec
 from gemma_runtime.model.linear import FP8, scale_name

@@ -11,9 +11,9 @@ import asyncio
 import logging
 import queue
 import threading
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import AsyncIterator
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestError, RequestOutput
 from gemma_runtime.config import RuntimeConfig

@@ -9,16 +9,15 @@ import torch
 from transformers import PreTrainedTokenizerFast
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestOutput, Usage
-from gemma_runtime.scheduling.block_manager import BlockManager
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.inputs.detokenizer import IncrementalDetokenizer, TextStream
 from gemma_runtime.engine_format.spec import EngineSpec, read_generation_defaults
-from gemma_runtime.inputs.processor import MAX_IMAGE_TOKENS, InputProcessor, PreparedInput
+from gemma_runtime.engine_format.weights import DTYPES, load_weights
 from gemma_runtime.executor.model_runner import LaunchedStep, ModelRunner, SampledToken
+from gemma_runtime.inputs.detokenizer import IncrementalDetokenizer, TextStream
+from gemma_runtime.inputs.processor import MAX_IMAGE_TOKENS, InputProcessor, PreparedInput
+from gemma_runtime.scheduling.block_manager import BlockManager
 from gemma_runtime.scheduling.scheduler import Scheduler
 from gemma_runtime.scheduling.sequence import Sequence, SequenceStatus
-from gemma_runtime.engine_format.weights import DTYPES, load_weights
-
 
 DEFAULT_CPU_KV_BYTES = 1 << 30
 

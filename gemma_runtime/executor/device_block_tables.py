@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gemma_runtime.scheduling.block_manager import NO_BLOCK, BlockTables
 from gemma_runtime.executor.device_io import to_device
+from gemma_runtime.scheduling.block_manager import NO_BLOCK, BlockTables
 
 KINDS = ("full", "sliding")
 

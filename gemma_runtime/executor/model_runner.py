@@ -14,13 +14,13 @@ from dataclasses import dataclass
 import torch
 
 from gemma_runtime.api import TokenLogprob
+from gemma_runtime.engine_format.spec import EngineSpec
 from gemma_runtime.executor.decode_graphs import DecodeGraphs, graph_batch_sizes
 from gemma_runtime.executor.device_block_tables import DeviceBlockTables
 from gemma_runtime.executor.device_io import HostCopy, to_device
-from gemma_runtime.engine_format.spec import EngineSpec
+from gemma_runtime.executor.sampler import SampledBatch, SamplingInput, sample_on_device
 from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.gemma4 import Gemma4TextModel
-from gemma_runtime.executor.sampler import SampledBatch, SamplingInput, sample_on_device
 from gemma_runtime.scheduling.scheduler import ScheduledSeq
 from gemma_runtime.scheduling.sequence import Sequence
 

@@ -14,9 +14,8 @@ from dataclasses import dataclass
 
 import torch
 
-from gemma_runtime.executor.device_io import HostCopy, to_device
-
 from gemma_runtime.api import SamplingParams, TokenLogprob
+from gemma_runtime.executor.device_io import HostCopy, to_device
 
 
 @dataclass(frozen=True)

@@ -10,13 +10,18 @@ from __future__ import annotations
 import torch
 
 from gemma_runtime.engine_format.spec import LayerSpec
-from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.kernels.geglu import fused_geglu
 from gemma_runtime.kernels.moe_gemm import fused_experts, routed_experts
 from gemma_runtime.kernels.paged_decode import paged_decode_attention
 from gemma_runtime.kernels.paged_prefill import paged_prefill_attention
-from gemma_runtime.kernels.rms_norm import (fused_ffn_prologue, fused_layer_end, fused_moe_epilogue, fused_qkv_norm,
-                                            fused_rms_norm)
+from gemma_runtime.kernels.rms_norm import (
+    fused_ffn_prologue,
+    fused_layer_end,
+    fused_moe_epilogue,
+    fused_qkv_norm,
+    fused_rms_norm,
+)
+from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.layers import FFNInputs
 from gemma_runtime.model.registry import register
 

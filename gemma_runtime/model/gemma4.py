@@ -9,14 +9,13 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gemma_runtime.engine_format.spec import LayerSpec, TextSpec
-from gemma_runtime.model.forward_batch import ForwardBatch
 import gemma_runtime.model.attention  # noqa: F401  (registers the reference backends)
 import gemma_runtime.model.moe  # noqa: F401
+from gemma_runtime.engine_format.spec import LayerSpec, TextSpec
+from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.layers import rope_cos_sin, rope_inv_freq
 from gemma_runtime.model.linear import expert_weights, linear
 from gemma_runtime.model.registry import create
-
 
 # Decode graphs of up to this many sequences run a MoE layer's dense MLP on the side stream
 # (RuntimeConfig.moe_side_stream). Measured on the H100 (docs/benchmarks.md, 2026-11-26) at batch 1:

@@ -4,7 +4,7 @@ for the device, so the model file never branches on the device."""
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 

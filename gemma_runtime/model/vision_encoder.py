@@ -13,8 +13,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from gemma_runtime.engine_format.spec import VisionSpec
-from gemma_runtime.model.layers import rms_norm
 from gemma_runtime.inputs.image_preprocess import PreprocessedImage
+from gemma_runtime.model.layers import rms_norm
 
 
 class RMSNorm(nn.Module):

@@ -13,8 +13,8 @@ from transformers import Gemma4Config, Gemma4ForConditionalGeneration
 from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
 
 from gemma_runtime.engine_format.spec import VisionSpec
-from gemma_runtime.model.vision_encoder import VisionEncoder
 from gemma_runtime.inputs.image_preprocess import num_soft_tokens_for, preprocess_image
+from gemma_runtime.model.vision_encoder import VisionEncoder
 
 PATCH, POOL = 16, 3
 TEXT_HIDDEN = 64

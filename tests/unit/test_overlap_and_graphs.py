@@ -13,8 +13,8 @@ import torch
 
 from gemma_runtime.api import GenerateRequest, RequestOutput, SamplingParams
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.executor.decode_graphs import graph_batch_sizes
 from gemma_runtime.engine.llm_engine import LLMEngine
+from gemma_runtime.executor.decode_graphs import graph_batch_sizes
 from gemma_runtime.scheduling.scheduler import ScheduledSeq
 
 PROMPTS = [

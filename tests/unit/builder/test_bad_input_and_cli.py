@@ -17,7 +17,6 @@ from engine_builder.errors import BuildError
 from gemma_runtime.engine_format.spec import EngineSpec
 from tests.unit.builder.conftest import assert_nothing_left, copy_checkpoint, edit_config
 
-
 # ---------------------------------------------------------------- bad input
 
 
