@@ -9,10 +9,10 @@ import itertools
 
 import torch
 
+from gemma_runtime.engine_format.fp8 import quantize_per_row
 from gemma_runtime.kernels import fp8_gemm, gemv, paged_decode, paged_prefill
 from gemma_runtime.model import linear
 from gemma_runtime.model.cuda_backends import TritonFusedExperts
-from gemma_runtime.model.linear import quantize_per_row
 
 BLOCK_SIZE = 16  # the runtime's KV page size (RuntimeConfig.block_size)
 

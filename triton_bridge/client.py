@@ -28,6 +28,7 @@ import tritonclient.grpc.aio as aioclient
 from tritonclient.utils import InferenceServerException
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestError, RequestOutput
+from gemma_runtime.engine_format.files import ENGINE_JSON
 from gemma_runtime.engine_format.spec import EngineSpec, read_generation_defaults
 from triton_bridge import protocol
 
@@ -240,7 +241,7 @@ def discover_engine_dir(url: str, model: str = protocol.MODEL_NAME, timeout: flo
     finally:
         client.close()
     path = config.get("parameters", {}).get("engine_dir", {}).get("string_value", "")
-    if not path or not (Path(path) / "engine.json").is_file():
+    if not path or not (Path(path) / ENGINE_JSON).is_file():
         raise SystemExit(
             f"Triton's {model} does not name an engine directory on this machine ({path or 'none set'}): "
             f"pass --engine with a local copy of the engine (the translator needs its tokenizer and chat template)")

@@ -31,6 +31,7 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from gemma_runtime.engine_format.files import ENGINE_JSON
 from triton_bridge.protocol import ENGINE_PATH_FILE, MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -162,7 +163,7 @@ def _path_with_venv() -> str:
 
 def resolve_engine(engine: str | Path) -> Path:
     path = Path(engine).expanduser().resolve()
-    if not (path / "engine.json").is_file():
+    if not (path / ENGINE_JSON).is_file():
         raise SystemExit(f"{engine} is not an engine directory (no engine.json): build one with `make engine`")
     return path
 

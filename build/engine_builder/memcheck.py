@@ -14,6 +14,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
+from gemma_runtime.engine_format.files import GENERATION_CONFIG, WEIGHTS_INDEX
+
 from .tiny_checkpoint import GENERATION_DEFAULTS, tiny_config
 from .tiny_tokenizer import make_tiny_tokenizer
 
@@ -48,7 +50,7 @@ def write_random_checkpoint(
         shapes = {k: tuple(v.shape) for k, v in Gemma4ForConditionalGeneration(config).state_dict().items() if k != "lm_head.weight"}
     config.architectures = ["Gemma4ForConditionalGeneration"]
     config.save_pretrained(str(out))
-    (out / "generation_config.json").write_text(json.dumps(GENERATION_DEFAULTS) + "\n")
+    (out / GENERATION_CONFIG).write_text(json.dumps(GENERATION_DEFAULTS) + "\n")
     g = torch.Generator().manual_seed(seed)
     names = list(shapes)
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -70,7 +72,7 @@ def write_random_checkpoint(
         weight_map.update({n: fname for n in shard})
         del tensors
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-    (out / "model.safetensors.index.json").write_text(json.dumps(index, indent=2) + "\n")
+    (out / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return out, total
 
 

@@ -12,8 +12,8 @@ from dataclasses import dataclass
 
 import torch
 
+from gemma_runtime.engine_format.fp8 import quantize_per_row
 from gemma_runtime.engine_format.spec import TextSpec
-from gemma_runtime.model.linear import quantize_per_row
 
 from .checkpoint import Checkpoint
 from .errors import BuildError

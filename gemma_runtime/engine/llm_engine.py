@@ -10,8 +10,9 @@ from transformers import PreTrainedTokenizerFast
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestOutput, Usage
 from gemma_runtime.config import RuntimeConfig
+from gemma_runtime.engine_format.dtypes import TORCH_DTYPES
 from gemma_runtime.engine_format.spec import EngineSpec, read_generation_defaults
-from gemma_runtime.engine_format.weights import DTYPES, load_weights
+from gemma_runtime.engine_format.weights import load_weights
 from gemma_runtime.executor.model_runner import LaunchedStep, ModelRunner, SampledToken
 from gemma_runtime.inputs.detokenizer import IncrementalDetokenizer, TextStream
 from gemma_runtime.inputs.processor import MAX_IMAGE_TOKENS, InputProcessor, PreparedInput
@@ -37,7 +38,7 @@ class LLMEngine:
         self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(self.engine_dir))
         self.generation_defaults = read_generation_defaults(self.engine_dir)
         self.device = torch.device(self.config.device)
-        self.dtype = DTYPES[self.config.dtype or self.spec.dtype]
+        self.dtype = TORCH_DTYPES[self.config.dtype or self.spec.dtype]
         self.max_model_len = min(self.config.max_model_len or self.spec.max_model_len, self.spec.max_model_len)
         self.stop_token_ids = frozenset(self.spec.stop_token_ids)
 

@@ -7,8 +7,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from gemma_runtime.engine_format.files import ENGINE_JSON, GENERATION_CONFIG
+
 FORMAT_VERSION = 1
-ENGINE_JSON = "engine.json"
 
 LayerType = Literal["sliding", "full"]
 
@@ -138,9 +139,6 @@ class EngineSpec:
 
     def save(self, engine_dir: str | Path) -> None:
         (Path(engine_dir) / ENGINE_JSON).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-
-GENERATION_CONFIG = "generation_config.json"
 
 
 def read_generation_defaults(engine_dir: str | Path) -> dict:

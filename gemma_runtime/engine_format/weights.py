@@ -8,18 +8,18 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+from gemma_runtime.engine_format.files import WEIGHTS_FILE, WEIGHTS_INDEX
 
 
 def weight_files(engine_dir: Path) -> list[Path]:
-    index = engine_dir / "model.safetensors.index.json"
+    index = engine_dir / WEIGHTS_INDEX
     if index.is_file():
         names = sorted(set(json.loads(index.read_text())["weight_map"].values()))
         return [engine_dir / n for n in names]
-    single = engine_dir / "model.safetensors"
+    single = engine_dir / WEIGHTS_FILE
     if single.is_file():
         return [single]
-    raise FileNotFoundError(f"{engine_dir} has no model.safetensors nor model.safetensors.index.json")
+    raise FileNotFoundError(f"{engine_dir} has no {WEIGHTS_FILE} nor {WEIGHTS_INDEX}")
 
 
 def load_weights(engine_dir: str | Path, device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:

@@ -1,7 +1,7 @@
 """Linear layers over plain or FP8 engine weights (engines/README.md, "quantization").
 
 An FP8 engine stores `X.weight` as float8_e4m3fn [N, K] beside a float32 `X.weight_scale` [N] (one
-scale per output row). On CUDA, one row of a small enough FP8 weight goes through the matrix-vector
+scale per output row; engine_format/fp8.py). On CUDA, one row of a small enough FP8 weight goes through the matrix-vector
 kernel (kernels/gemv.py; `takes_gemv`), other decode batches through the W8A16 Triton kernel
 (kernels/fp8_gemm.py: weights widened in registers, activations untouched, one launch), and many rows
 (prefill) through torch._scaled_mm on the FP8 tensor cores with the activations quantized per token on
@@ -14,8 +14,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max  # 448
+from gemma_runtime.engine_format.fp8 import FP8, dequantize, quantize_per_row, scale_name
+
 # Up to this many rows a product is bound by reading the weights, and W8A16 skips quantizing the
 # activations; above it the FP8 tensor cores' compute wins. A starting point for tuning on the GPU.
 W8A16_MAX_ROWS = 64
@@ -33,23 +33,6 @@ GEMV_WEIGHT_DTYPES = (FP8,)
 def takes_gemv(rows: int, w: torch.Tensor) -> bool:
     """Whether a product of `rows` rows with weight w runs through the matrix-vector kernel (on CUDA)."""
     return rows <= GEMV_MAX_ROWS and w.dtype in GEMV_WEIGHT_DTYPES and w.numel() <= GEMV_MAX_WEIGHT
-
-
-def scale_name(name: str) -> str:
-    """`X.weight` -> `X.weight_scale`; expert stacks `layers.i.moe.gate_up_proj` -> `..._scale`."""
-    return name + "_scale"
-
-
-def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [..., K] -> (e4m3 [..., K], float32 scale [...]) with each row's max magnitude mapped to 448."""
-    xf = x.float()
-    scale = xf.abs().amax(dim=-1).clamp(min=1e-12) / FP8_MAX  # [...]
-    q = (xf / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    return q, scale
-
-
-def dequantize(w: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (w.float() * scale.float().unsqueeze(-1)).to(dtype)
 
 
 def _scaled_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:

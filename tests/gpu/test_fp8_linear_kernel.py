@@ -8,9 +8,10 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from gemma_runtime.engine_format.fp8 import dequantize, quantize_per_row  # noqa: E402
 from gemma_runtime.kernels import fp8_gemm  # noqa: E402
 from gemma_runtime.kernels.fp8_gemm import w8a16_linear  # noqa: E402
-from gemma_runtime.model.linear import W8A16_MAX_ROWS, dequantize, fp8_linear, linear, quantize_per_row  # noqa: E402
+from gemma_runtime.model.linear import W8A16_MAX_ROWS, fp8_linear, linear  # noqa: E402
 from tests.gpu.kernel_support import CUDA, DEVICE, DTYPES, TOL, rel_err  # noqa: E402
 
 

@@ -109,6 +109,7 @@ class TritonPythonModel:
 
     @staticmethod
     def _engine_dir(params: dict, model_dir: Path) -> Path:
+        from gemma_runtime.engine_format.files import ENGINE_JSON
         from triton_bridge.protocol import ENGINE_PATH_FILE
 
         path = params.get("engine_dir", "").strip()
@@ -123,7 +124,7 @@ class TritonPythonModel:
         engine_dir = Path(path)
         if not engine_dir.is_absolute():
             engine_dir = (model_dir / engine_dir).resolve()
-        if not (engine_dir / "engine.json").is_file():
+        if not (engine_dir / ENGINE_JSON).is_file():
             raise pb_utils.TritonModelException(
                 f"gemma4: {engine_dir} (from {source}) is not an engine directory: no engine.json "
                 f"(build one with `make engine MODEL=...`)")
