@@ -10,17 +10,15 @@ from transformers import PreTrainedTokenizerFast
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestOutput, Usage
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.engine_format.dtypes import TORCH_DTYPES
+from gemma_runtime.engine.resolve import resolve_config, runtime_dtype
 from gemma_runtime.engine_format.spec import EngineSpec, read_generation_defaults
 from gemma_runtime.engine_format.weights import load_weights
 from gemma_runtime.executor.model_runner import LaunchedStep, ModelRunner, SampledToken
 from gemma_runtime.inputs.detokenizer import IncrementalDetokenizer, TextStream
-from gemma_runtime.inputs.processor import MAX_IMAGE_TOKENS, InputProcessor, PreparedInput
+from gemma_runtime.inputs.processor import InputProcessor, PreparedInput
 from gemma_runtime.scheduling.block_manager import BlockManager
 from gemma_runtime.scheduling.scheduler import Scheduler
 from gemma_runtime.scheduling.sequence import Sequence, SequenceStatus
-
-DEFAULT_CPU_KV_BYTES = 1 << 30
 
 
 @dataclass
@@ -33,67 +31,24 @@ class _RequestState:
 class LLMEngine:
     def __init__(self, engine_dir: str | Path, config: RuntimeConfig | None = None):
         self.engine_dir = Path(engine_dir)
-        self.config = config or RuntimeConfig()
         self.spec = EngineSpec.load(self.engine_dir)
         self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(self.engine_dir))
         self.generation_defaults = read_generation_defaults(self.engine_dir)
-        self.device = torch.device(self.config.device)
-        self.dtype = TORCH_DTYPES[self.config.dtype or self.spec.dtype]
-        self.max_model_len = min(self.config.max_model_len or self.spec.max_model_len, self.spec.max_model_len)
-        self.stop_token_ids = frozenset(self.spec.stop_token_ids)
-
+        config = config or RuntimeConfig()
         # Weights first: on a GPU the KV pages get what memory the weights leave.
-        weights = load_weights(self.engine_dir, self.device, self.dtype)
+        weights = load_weights(self.engine_dir, torch.device(config.device), runtime_dtype(config, self.spec))
+        self.config = c = resolve_config(config, self.spec)
+        self.device, self.dtype, self.max_model_len = c.device, c.dtype, c.max_model_len
+        self.stop_token_ids = frozenset(self.spec.stop_token_ids)
         layer_types = {layer.type for layer in self.spec.text.layers}
-        num_full, num_sliding = self._pool_sizes()
-        self.blocks = BlockManager(self.config.block_size, num_full, num_sliding, self.spec.text.sliding_window,
+        self.blocks = BlockManager(c.block_size, c.num_full_blocks, c.num_sliding_blocks, self.spec.text.sliding_window,
                                    has_full="full" in layer_types, has_sliding="sliding" in layer_types)
-        self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
-        on_cuda = self.device.type == "cuda"
-        graph_max = self.config.decode_graph_max_batch
-        graph_max = min(self.config.max_num_seqs, 256 if graph_max is None and on_cuda else graph_max or 0)
-        side_stream = on_cuda if self.config.moe_side_stream is None else self.config.moe_side_stream
-        self.runner = ModelRunner(self.spec, weights, self.device, self.dtype, self.config.block_size,
-                                  self.blocks.full.num_blocks, self.blocks.sliding.num_blocks, self.config.seed,
-                                  self.max_model_len, self.config.max_num_seqs, graph_max_batch=graph_max,
-                                  capture_graphs=on_cuda, moe_side_stream=side_stream)
-        self.overlap = on_cuda if self.config.overlap_scheduling is None else self.config.overlap_scheduling
+        self.scheduler = Scheduler(self.blocks, c.max_num_seqs, c.max_num_batched_tokens)
+        self.runner = ModelRunner(self.spec, weights, c)
+        self.overlap = c.overlap_scheduling
         self.in_flight: LaunchedStep | None = None  # launched, its tokens not yet read (overlap only)
-        self.inputs = InputProcessor(self.spec, self.tokenizer, self.max_model_len, self.config.default_image_soft_tokens)
+        self.inputs = InputProcessor(self.spec, self.tokenizer, c.max_model_len, c.default_image_soft_tokens)
         self.requests: dict[str, _RequestState] = {}
-
-    def _pool_sizes(self) -> tuple[int, int]:
-        """Pages per pool unless configured. Sliding layers: every sequence's window (plus the page being
-        filled), plus one step's worth of new tokens (the token budget, or one whole image, which is never
-        split). Full layers: every sequence at the full context, capped by kv_cache_bytes (preemption
-        covers the rest). Never fewer than one longest sequence needs."""
-        c = self.config
-        pages = lambda n: -(-n // c.block_size)  # noqa: E731
-        window_pages = pages(self.spec.text.sliding_window) + 2
-        step_pages = pages(max(c.max_num_batched_tokens, MAX_IMAGE_TOKENS))
-        num_sliding = c.num_sliding_blocks or c.max_num_seqs * window_pages + step_pages
-        num_sliding = max(num_sliding, window_pages + step_pages)
-        full_one = pages(self.max_model_len)
-        if c.num_full_blocks:
-            return max(c.num_full_blocks, full_one), num_sliding
-        sliding_bytes = num_sliding * self._block_bytes("sliding")
-        affordable = (self._kv_budget() - sliding_bytes) // max(self._block_bytes("full"), 1)
-        return max(min(full_one * c.max_num_seqs, affordable), full_one), num_sliding
-
-    def _kv_budget(self) -> int:
-        c = self.config
-        if c.kv_cache_bytes is not None:
-            return c.kv_cache_bytes
-        if self.device.type == "cuda":
-            free, total = torch.cuda.mem_get_info(self.device)
-            return max(0, int(free - (1 - c.gpu_memory_utilization) * total))
-        return DEFAULT_CPU_KV_BYTES
-
-    def _block_bytes(self, kind: str) -> int:
-        """Bytes one page takes across all layers of one geometry (K and V)."""
-        element = torch.tensor([], dtype=self.dtype).element_size()
-        return sum(2 * self.config.block_size * l.num_kv_heads * l.head_dim * element
-                   for l in self.spec.text.layers if l.type == kind)
 
     # --- requests ----------------------------------------------------------------------------------
 

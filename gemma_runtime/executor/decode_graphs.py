@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import torch
 
+from gemma_runtime.config import ResolvedConfig
 from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.gemma4 import Gemma4TextModel
 
@@ -31,16 +32,18 @@ def graph_batch_sizes(max_batch: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, text: Gemma4TextModel, kv_caches: list[tuple[torch.Tensor, torch.Tensor]], device: torch.device,
-                 batch_sizes: list[int], max_pages: int, block_size: int, scratch_page: dict[str, int],
-                 pad_token_id: int, capture: bool):
+    def __init__(self, text: Gemma4TextModel, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                 config: ResolvedConfig, pad_token_id: int):
+        """One padded static batch per size of graph_batch_sizes(config.decode_graph_max_batch); padding
+        rows write their K/V to each pool's scratch page, the one past its last."""
         self.text = text
         self.kv_caches = kv_caches
-        self.batch_sizes = sorted(batch_sizes)
+        self.batch_sizes = graph_batch_sizes(config.decode_graph_max_batch)
         self.max_batch = self.batch_sizes[-1]
-        self.block_size = block_size
-        self.scratch_page = scratch_page
+        self.block_size = block_size = config.block_size
+        self.scratch_page = scratch_page = {"full": config.num_full_blocks, "sliding": config.num_sliding_blocks}
         self.pad_token_id = pad_token_id
+        device, max_pages = config.device, config.max_pages_per_seq
         n = self.max_batch
         i64 = dict(dtype=torch.int64, device=device)
         self.input_ids = torch.full((n,), pad_token_id, **i64)
@@ -52,7 +55,7 @@ class DecodeGraphs:
         self.tables = {kind: torch.full((n, max_pages), page, **i64) for kind, page in scratch_page.items()}  # [n, max_pages]
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}  # per captured size, the hidden states a replay writes
-        if capture:
+        if config.capture_graphs:
             self._capture()
 
     def _batch(self, size: int) -> ForwardBatch:

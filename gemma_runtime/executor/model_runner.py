@@ -14,8 +14,9 @@ from dataclasses import dataclass
 import torch
 
 from gemma_runtime.api import TokenLogprob
+from gemma_runtime.config import ResolvedConfig
 from gemma_runtime.engine_format.spec import EngineSpec
-from gemma_runtime.executor.decode_graphs import DecodeGraphs, graph_batch_sizes
+from gemma_runtime.executor.decode_graphs import DecodeGraphs
 from gemma_runtime.executor.device_block_tables import DeviceBlockTables
 from gemma_runtime.executor.device_io import HostCopy, to_device
 from gemma_runtime.executor.sampler import SampledBatch, SamplingInput, sample_on_device
@@ -47,40 +48,34 @@ class LaunchedStep:
 
 
 class ModelRunner:
-    def __init__(self, spec: EngineSpec, weights: dict[str, torch.Tensor], device: torch.device, dtype: torch.dtype,
-                 block_size: int, num_full_blocks: int, num_sliding_blocks: int, seed: int,
-                 max_model_len: int, max_num_seqs: int = 64, graph_max_batch: int = 0, capture_graphs: bool = False,
-                 moe_side_stream: bool = False):
-        """graph_max_batch > 0 runs decode batches up to that size through fixed-size padded buffers,
-        captured as CUDA graphs when capture_graphs (on the CPU they run eagerly, which is how tests
-        check the padding). Each KV pool gets one extra page past its last: the scratch page that
-        padding rows write to, never handed to a sequence."""
+    def __init__(self, spec: EngineSpec, weights: dict[str, torch.Tensor], config: ResolvedConfig):
+        """config.decode_graph_max_batch > 0 runs decode batches up to that size through fixed-size padded
+        buffers, captured as CUDA graphs when config.capture_graphs (on the CPU they run eagerly, which is
+        how tests check the padding). Each KV pool gets one extra page past its last: the scratch page
+        that padding rows write to, never handed to a sequence."""
         self.spec = spec
-        self.device = device
-        self.block_size = block_size
+        self.config = config
+        self.device = device = config.device
+        self.block_size = config.block_size
         text_weights = {k: v for k, v in weights.items() if not k.startswith("vision.")}
         placeholders = spec.multimodal.placeholder_ids if spec.multimodal else ()
         self.text = Gemma4TextModel(spec.text, text_weights, device, placeholders, spec.tokens.pad_token_id,
-                                    moe_side_stream)
+                                    config.moe_side_stream)
         self.vision = None
         if spec.vision is not None:
             from gemma_runtime.model.vision_encoder import VisionEncoder
 
-            self.vision = VisionEncoder(spec.vision, spec.text.hidden_size, dtype).to(device)
+            self.vision = VisionEncoder(spec.vision, spec.text.hidden_size, config.dtype).to(device)
             self.vision.load_state_dict({k[len("vision."):]: v for k, v in weights.items() if k.startswith("vision.")})
-        self.kv_caches = self._allocate_kv(dtype, num_full_blocks, num_sliding_blocks)
-        self.default_generator = torch.Generator(device=device).manual_seed(seed)
+        self.kv_caches = self._allocate_kv(config.dtype, config.num_full_blocks, config.num_sliding_blocks)
+        self.default_generator = torch.Generator(device=device).manual_seed(config.seed)
         # the previous launch's sampled tokens [S] and each sampling sequence's row in them
         self._last_tokens: torch.Tensor | None = None
         self._last_rows: dict[int, int] = {}
-        max_pages = -(-max_model_len // block_size)  # of one sequence
-        self.block_tables = DeviceBlockTables(max_num_seqs, max_pages, device)
+        self.block_tables = DeviceBlockTables(config.max_num_seqs, config.max_pages_per_seq, device)
         self.graphs = None
-        if graph_max_batch > 0:
-            self.graphs = DecodeGraphs(self.text, self.kv_caches, device, graph_batch_sizes(graph_max_batch),
-                                       max_pages=max_pages, block_size=block_size,
-                                       scratch_page={"full": num_full_blocks, "sliding": num_sliding_blocks},
-                                       pad_token_id=spec.tokens.pad_token_id, capture=capture_graphs)
+        if config.decode_graph_max_batch > 0:
+            self.graphs = DecodeGraphs(self.text, self.kv_caches, config, spec.tokens.pad_token_id)
 
     def _allocate_kv(self, dtype, num_full_blocks, num_sliding_blocks) -> list[tuple[torch.Tensor, torch.Tensor]]:
         caches = []
