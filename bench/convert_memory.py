@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from engine_builder.memcheck import measure_conversion, write_random_checkpoint
+from engine_builder.tools.memcheck import measure_conversion, write_random_checkpoint
 
 MB = 1024**2
 

@@ -17,8 +17,8 @@ import torch
 
 from engine_builder.dtypes import engine_dtype
 from engine_builder.spec import text_spec
-from engine_builder.tiny_checkpoint import tiny_config
-from engine_builder.tiny_tokenizer import make_tiny_tokenizer
+from engine_builder.tiny.random_checkpoint import tiny_config
+from engine_builder.tiny.tokenizer import make_tiny_tokenizer
 from engine_builder.weights import is_fp8_linear, quantize_fp8
 from gemma_runtime.engine_format.fp8 import scale_name
 from gemma_runtime.engine_format.spec import EngineSpec, QuantizationSpec, TextSpec, TokenSpec

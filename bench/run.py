@@ -38,7 +38,7 @@ import torch
 
 from bench.random_engine import MODELS, active_bytes_per_token, make_random_engine, model_config, weights_in_memory
 from bench.report import Figure, gpu_name, table, versions
-from engine_builder.tiny_tokenizer import make_tiny_tokenizer
+from engine_builder.tiny.tokenizer import make_tiny_tokenizer
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine

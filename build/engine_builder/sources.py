@@ -37,7 +37,7 @@ def _tiny() -> AbstractContextManager[Path]:
     from contextlib import contextmanager
 
     from .errors import BuildError
-    from .taught_tiny import make_taught_tiny_checkpoint
+    from .tiny.taught import make_taught_tiny_checkpoint
 
     @contextmanager
     def ctx():

@@ -98,7 +98,7 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def image_server(tmp_path_factory):
     """Serves the corpus images under the seed's file names (and a few others) on 127.0.0.1."""
-    from engine_builder.taught_corpus import BLUE_SQUARE, RED_SQUARE
+    from engine_builder.tiny.taught_corpus import BLUE_SQUARE, RED_SQUARE
 
     root = tmp_path_factory.mktemp("images")
     files = {

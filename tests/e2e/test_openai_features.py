@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from engine_builder.taught_corpus import BLUE_SQUARE, MATH_QUESTION, RED_SQUARE, WEATHER_TOOL
+from engine_builder.tiny.taught_corpus import BLUE_SQUARE, MATH_QUESTION, RED_SQUARE, WEATHER_TOOL
 from tests.e2e.conftest import API_KEY, MAX_IMAGES
 from tests.e2e.openai_helpers import (
     GREEDY,

@@ -179,8 +179,8 @@ def test_taught_replies_in_bf16_through_the_fast_decode_path(taught_checkpoint_d
     replies: the taught model's top-1 margins are far above bf16 rounding."""
     from transformers import AutoTokenizer
 
-    from engine_builder.taught_corpus import TAUGHT_CONVERSATIONS
-    from engine_builder.taught_tiny import render_prompt
+    from engine_builder.tiny.taught_corpus import TAUGHT_CONVERSATIONS
+    from engine_builder.tiny.taught import render_prompt
 
     tokenizer = AutoTokenizer.from_pretrained(taught_checkpoint_dir)
     engine = LLMEngine(taught_engine_dir, RuntimeConfig(device=DEVICE.type, dtype="bfloat16", max_num_seqs=16,

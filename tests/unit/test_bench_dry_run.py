@@ -15,7 +15,7 @@ import torch
 from safetensors import safe_open
 
 from engine_builder.convert import build_engine
-from engine_builder.tiny_checkpoint import make_tiny_checkpoint
+from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 
 SCHEMA = {"date", "gpu", "model", "dtype", "system", "metric", "batch", "value", "unit"}
 OURS_METRICS = {

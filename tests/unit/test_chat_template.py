@@ -16,7 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from transformers import AutoTokenizer
 
-from engine_builder.tiny_tokenizer import (
+from engine_builder.tiny.tokenizer import (
     CHAT_TEMPLATE_PATH,
     SPECIAL_TOKENS,
     TINY_VOCAB_SIZE,

@@ -23,7 +23,7 @@ import torch
 from safetensors import safe_open
 
 from engine_builder.convert import build_engine
-from engine_builder.tiny_checkpoint import make_tiny_checkpoint
+from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine

@@ -9,8 +9,8 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Gemma4ForConditionalGeneration
 
-from engine_builder.taught_corpus import TAUGHT_CONVERSATIONS
-from engine_builder.taught_tiny import (
+from engine_builder.tiny.taught_corpus import TAUGHT_CONVERSATIONS
+from engine_builder.tiny.taught import (
     TAUGHT_IMAGE_SOFT_TOKENS,
     encode,
     greedy_reply,

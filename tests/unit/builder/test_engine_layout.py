@@ -13,8 +13,8 @@ from safetensors import safe_open
 
 from engine_builder.convert import build_engine
 from engine_builder.errors import BuildError
-from engine_builder.tiny_checkpoint import make_tiny_checkpoint
-from engine_builder.tiny_tokenizer import TINY_VOCAB_SIZE
+from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
+from engine_builder.tiny.tokenizer import TINY_VOCAB_SIZE
 from gemma_runtime.engine_format.spec import EngineSpec
 from tests.unit.builder.conftest import (
     DTYPES,

@@ -22,8 +22,8 @@ from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.inputs.image_preprocess import preprocess_image
 
 from .taught_corpus import TAUGHT_CONVERSATIONS
-from .tiny_checkpoint import perturb_, tiny_config
-from .tiny_tokenizer import load_chat_template, make_tiny_tokenizer, save_tiny_tokenizer
+from .random_checkpoint import perturb_, tiny_config
+from .tokenizer import load_chat_template, make_tiny_tokenizer, save_tiny_tokenizer
 
 # Images are expanded at the runtime's default budget, so a request without image_max_soft_tokens
 # gives the served model the prompt it was trained on.

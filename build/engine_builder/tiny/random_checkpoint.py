@@ -15,7 +15,7 @@ from typing import Literal
 
 import torch
 
-from .tiny_tokenizer import TINY_VOCAB_SIZE, load_chat_template, make_tiny_tokenizer
+from .tokenizer import TINY_VOCAB_SIZE, load_chat_template, make_tiny_tokenizer
 
 TINY_TEXT = dict(
     vocab_size=TINY_VOCAB_SIZE, hidden_size=64, intermediate_size=96, num_attention_heads=4,

@@ -16,7 +16,7 @@ from transformers import PreTrainedTokenizerFast
 # A model built for this tokenizer needs vocab_size >= TINY_VOCAB_SIZE.
 TINY_VOCAB_SIZE = 512
 
-CHAT_TEMPLATE_PATH = Path(__file__).parent / "assets" / "chat_template.jinja"
+CHAT_TEMPLATE_PATH = Path(__file__).parent.parent / "assets" / "chat_template.jinja"
 
 # <pad>/<eos>/<bos> keep Gemma's ids 0/1/2 (and Gemma 3's unk/mask 3/4); the rest follow in order.
 BASE_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")

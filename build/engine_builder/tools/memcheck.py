@@ -16,8 +16,8 @@ from safetensors.torch import save_file
 
 from gemma_runtime.engine_format.files import GENERATION_CONFIG, WEIGHTS_INDEX
 
-from .tiny_checkpoint import GENERATION_DEFAULTS, tiny_config
-from .tiny_tokenizer import make_tiny_tokenizer
+from ..tiny.random_checkpoint import GENERATION_DEFAULTS, tiny_config
+from ..tiny.tokenizer import make_tiny_tokenizer
 
 
 def write_random_checkpoint(
