@@ -1,12 +1,14 @@
 """Linear layers over plain or FP8 engine weights (engines/README.md, "quantization").
 
 An FP8 engine stores `X.weight` as float8_e4m3fn [N, K] beside a float32 `X.weight_scale` [N] (one
-scale per output row; engine_format/fp8.py). On CUDA, one row of a small enough FP8 weight goes through the matrix-vector
-kernel (kernels/gemv.py; `takes_gemv`), other decode batches through the W8A16 Triton kernel
-(kernels/fp8_gemm.py: weights widened in registers, activations untouched, one launch), and many rows
-(prefill) through torch._scaled_mm on the FP8 tensor cores with the activations quantized per token on
-the fly. Elsewhere the _scaled_mm arithmetic is emulated in floating point (activations rounded to e4m3
-per token, weights dequantized), so the CPU path shows the quality of the coarser of the two.
+scale per output row; engine_format/fp8.py). The backend comes from the registry like the others:
+on CUDA (model/cuda_backends.py TritonLinear), one row of a small enough FP8 weight goes through the
+matrix-vector kernel (kernels/gemv.py; `takes_gemv`), other decode batches through the W8A16 Triton
+kernel (kernels/fp8_gemm.py: weights widened in registers, activations untouched, one launch), and many
+rows (prefill) through torch._scaled_mm on the FP8 tensor cores with the activations quantized per token
+on the fly. The reference here emulates the _scaled_mm arithmetic in floating point (activations rounded
+to e4m3 per token, weights dequantized), so the CPU path shows the quality of the coarser of the two.
+This module keeps the measured policy (which kernel takes which product) that the CUDA backend reads.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from gemma_runtime.engine_format.fp8 import FP8, dequantize, quantize_per_row, scale_name
+from gemma_runtime.model.registry import register
 
 # Up to this many rows a product is bound by reading the weights, and W8A16 skips quantizing the
 # activations; above it the FP8 tensor cores' compute wins. A starting point for tuning on the GPU.
@@ -35,36 +38,24 @@ def takes_gemv(rows: int, w: torch.Tensor) -> bool:
     return rows <= GEMV_MAX_ROWS and w.dtype in GEMV_WEIGHT_DTYPES and w.numel() <= GEMV_MAX_WEIGHT
 
 
-def _scaled_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
-    # rowwise-scaled FP8 GEMMs need a CUDA device, a bf16 output and K, N multiples of 16
-    return x.is_cuda and x.dtype == torch.bfloat16 and w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0
-
-
-def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ w[N, K]^T with w e4m3 and per-row w_scale [N]; dynamic per-token activation scales."""
+def emulated_fp8_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ w[N, K]^T with w e4m3 and per-row w_scale [N], as torch._scaled_mm computes it with
+    dynamic per-token activation scales, in floating point."""
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-    if x.is_cuda and x2.shape[0] <= W8A16_MAX_ROWS:
-        from gemma_runtime.kernels.fp8_gemm import w8a16_linear  # triton: imported only where CUDA runs
-
-        return w8a16_linear(x, w, w_scale)
     xq, x_scale = quantize_per_row(x2)  # [M, K] e4m3, [M]
-    if _scaled_mm_ok(x, w):
-        out = torch._scaled_mm(xq, w.t(), scale_a=x_scale[:, None], scale_b=w_scale.float()[None, :], out_dtype=x.dtype)
-    else:
-        out = F.linear(dequantize(xq, x_scale, torch.float32), dequantize(w, w_scale, torch.float32)).to(x.dtype)
+    out = F.linear(dequantize(xq, x_scale, torch.float32), dequantize(w, w_scale, torch.float32)).to(x.dtype)
     return out.view(*x.shape[:-1], w.shape[0])  # [..., N]
 
 
-def linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+@register("linear", "cpu")
+class TorchLinear:
     """x @ weights[name]^T, whether the engine stored that weight plainly or in FP8 with row scales."""
-    w = weights[name]
-    if x.is_cuda and takes_gemv(x.numel() // x.shape[-1], w):
-        from gemma_runtime.kernels.gemv import gemv_linear  # triton: imported only where CUDA runs
 
-        return gemv_linear(x, w, weights[scale_name(name)] if w.dtype == FP8 else None)
-    if w.dtype == FP8:
-        return fp8_linear(x, w, weights[scale_name(name)])
-    return F.linear(x, w)
+    def __call__(self, x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        w = weights[name]
+        if w.dtype == FP8:
+            return emulated_fp8_linear(x, w, weights[scale_name(name)])
+        return F.linear(x, w)
 
 
 def expert_weights(backend, weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -12,7 +12,7 @@ from gemma_runtime.engine_format.fp8 import FP8, dequantize, quantize_per_row  #
 from gemma_runtime.kernels.fp8_gemm import w8a16_linear  # noqa: E402
 from gemma_runtime.kernels.gemv import MAX_ROWS, gemv_linear  # noqa: E402
 from gemma_runtime.model import linear as linear_module  # noqa: E402
-from gemma_runtime.model.linear import linear  # noqa: E402
+from gemma_runtime.model.registry import create  # noqa: E402
 from tests.gpu.kernel_support import CUDA, DEVICE, DTYPES, TOL, rel_err  # noqa: E402
 
 
@@ -66,6 +66,7 @@ def test_linear_sends_what_takes_gemv_says_to_the_kernel():
     g = torch.Generator().manual_seed(1)
     w, w_scale, _ = weights(True, 4096, 2816, g)
     named = {"w": w, "w_scale": w_scale}
+    linear = create("linear", DEVICE)
     one = torch.randn(1, 2816, generator=g).to(DEVICE, torch.bfloat16)
     assert torch.equal(linear(one, named, "w"), gemv_linear(one, w, w_scale))  # the same kernel, deterministic
     two = torch.randn(2, 2816, generator=g).to(DEVICE, torch.bfloat16)

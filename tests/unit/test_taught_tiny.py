@@ -9,7 +9,6 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Gemma4ForConditionalGeneration
 
-from engine_builder.tiny.taught_corpus import TAUGHT_CONVERSATIONS
 from engine_builder.tiny.taught import (
     TAUGHT_IMAGE_SOFT_TOKENS,
     encode,
@@ -19,6 +18,7 @@ from engine_builder.tiny.taught import (
     stop_token_ids,
     weights_digest,
 )
+from engine_builder.tiny.taught_corpus import TAUGHT_CONVERSATIONS
 
 NAMES = [c["name"] for c in TAUGHT_CONVERSATIONS]
 

@@ -21,8 +21,8 @@ import torch
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.inputs.image_preprocess import preprocess_image
 
-from .taught_corpus import TAUGHT_CONVERSATIONS
 from .random_checkpoint import perturb_, tiny_config
+from .taught_corpus import TAUGHT_CONVERSATIONS
 from .tokenizer import load_chat_template, make_tiny_tokenizer, save_tiny_tokenizer
 
 # Images are expanded at the runtime's default budget, so a request without image_max_soft_tokens
