@@ -1,3 +1,4 @@
 """The models: `gemma4` (the decoder) and `vision_encoder` (the vision tower), the batch they read
-(`forward_batch`), and their backends: reference `attention`, `moe`, `layers` (norms, GEGLU) for any
-device, `cuda_backends` (Triton kernels), chosen by device through `registry`; `linear` (plain or FP8)."""
+(`forward_batch`), and their backends, chosen by device through `registry`: reference `attention`, `moe`,
+`layers` (norms, GEGLU), `kv_write` (the q/k/v step that writes the KV cache) and `linear` (plain or FP8)
+for any device; `cuda_backends` (the Triton kernels) for CUDA."""
