@@ -18,7 +18,7 @@ TINY_ENGINE := engines/gemma-4-tiny-it-float32
 # The tiny demo also answers to the NIM's model names, so the NIM's examples run against it as written.
 DEMO_ALIASES := --model-alias google/gemma-4-26b-a4b-it --model-alias google/gemma-4-31b-it
 
-.PHONY: install test serve engine triton bench clean
+.PHONY: install test lint serve engine triton bench clean
 
 install: $(STAMP)
 
@@ -27,11 +27,16 @@ install: $(STAMP)
 $(STAMP): pyproject.toml
 	@test -x $(PY) || python3 -m venv $(VENV)
 	@$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "torch==2.13.0"
-	$(PY) -m pip install -q -e ".[test,triton]"
+	$(PY) -m pip install -q -e ".[test,triton,lint]"
 	@touch $(STAMP)
 
 test: install
 	$(PY) -m pytest -q -ra tests
+
+# ruff's settings are in pyproject.toml (it reads build/ too, which it would skip by default)
+lint: install
+	$(PY) -m ruff check .
+	$(PY) -m ruff format --check .
 
 engine: install
 	$(PY) -m engine_builder --model $(MODEL) $(if $(DTYPE),--dtype $(DTYPE)) --out-dir engines
@@ -53,10 +58,10 @@ serve: install
 
 triton: install
 	@test -n "$(ENGINE)" || { echo "usage: make triton ENGINE=engines/<name>"; exit 2; }
-	$(PY) -m server.triton_launcher --engine "$(ENGINE)"
+	$(PY) -m triton_bridge.launcher --engine "$(ENGINE)"
 
 bench: install
-	$(PY) bench/run.py $(BENCH_ARGS)
+	$(PY) -m bench.run $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -5,7 +5,7 @@ matrix instructions the SASS uses (HGMMA is Hopper's warpgroup MMA, HMMA the old
 STL/LDL are spills). Catches compile errors the CPU interpreter cannot see (type mismatches between
 branches, shared-memory overruns) and answers the first performance questions at no device time.
 
-    .venv/bin/python bench/compile_kernels.py
+    .venv/bin/python -m bench.compile_kernels
 """
 
 from __future__ import annotations
@@ -19,7 +19,17 @@ import triton
 from triton.backends.compiler import GPUTarget
 from triton.compiler import ASTSource
 
-from gemma_runtime.kernels import fp8_gemm, geglu, gemv, moe_gemm, moe_routing, paged_decode, paged_prefill, rms_norm
+from gemma_runtime.kernels import (
+    fp8_gemm,
+    geglu,
+    gemv,
+    kv_write,
+    moe_gemm,
+    moe_routing,
+    paged_decode,
+    paged_prefill,
+    rms_norm,
+)
 
 TARGET = GPUTarget("cuda", 90, 32)
 SMEM_LIMIT = 227 * 1024
@@ -111,7 +121,7 @@ def configs():
                    {"x_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "out_ptr": BF16},
                    dict(BLOCK_M=rows, BLOCK_N=bn, BLOCK_K=bk, HAS_SCALE=wname == "fp8"), warps, 3)  # fmt: skip
     for d, nq, nkv, k_eq_v in ((256, 16, 8, False), (512, 16, 2, True)):  # the 26B-A4B's sliding and full layers
-        yield (f"qkv norm+rope+cache write d={d}", rms_norm._qkv_norm_kernel,
+        yield (f"qkv norm+rope+cache write d={d}", kv_write._qkv_norm_kernel,
                {"qkv_ptr": BF16, "q_w_ptr": BF16, "k_w_ptr": BF16, "cos_ptr": F32, "sin_ptr": F32, "q_out_ptr": BF16,
                 "k_cache_ptr": BF16, "v_cache_ptr": BF16, "slots_ptr": I64, "eps": "fp32"},
                dict(NQ=nq, NKV=nkv, D=d, K_EQ_V=k_eq_v, BLOCK=d), min(16, max(1, d // 256)), 1)  # fmt: skip

@@ -4,7 +4,7 @@ Prints build time, checkpoint size and the converting process's peak RSS (and it
 post-import baseline). The checkpoint has HF tensor names, a valid config.json and the tiny tokenizer;
 tensors are written shard by shard, no model is ever instantiated.
 
-    .venv/bin/python bench/convert_memory.py [--layers 15] [--dtype bfloat16] [--keep DIR]
+    .venv/bin/python -m bench.convert_memory [--layers 15] [--dtype bfloat16] [--keep DIR]
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from engine_builder.memcheck import measure_conversion, write_random_checkpoint
+from engine_builder.tools.memcheck import measure_conversion, write_random_checkpoint
 
 MB = 1024**2
 

@@ -8,7 +8,7 @@ excluded) and every Triton launch is counted, per decoder layer, with the refere
 torch ops per norm, seven more for rope on q and k) and with the fused Triton one (norm, residual add,
 layer scalar and rope in one kernel).
 
-    .venv/bin/python bench/decode_launches.py
+    .venv/bin/python -m bench.decode_launches
 """
 
 from __future__ import annotations
@@ -25,12 +25,18 @@ import torch  # noqa: E402
 import triton.runtime.interpreter as interpreter  # noqa: E402
 from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
-from random_engine import make_random_engine, weights_in_memory  # noqa: E402  bench/ is sys.path[0]
-
+from bench.random_engine import make_random_engine, weights_in_memory  # noqa: E402
 from gemma_runtime.api import GenerateRequest, SamplingParams  # noqa: E402
 from gemma_runtime.config import RuntimeConfig  # noqa: E402
-from gemma_runtime.llm_engine import LLMEngine  # noqa: E402
-from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonGEGLU, TritonPagedAttention, TritonRMSNorm  # noqa: E402
+from gemma_runtime.engine.llm_engine import LLMEngine  # noqa: E402
+from gemma_runtime.model.cuda_backends import (  # noqa: E402
+    TritonFusedExperts,
+    TritonGEGLU,
+    TritonKVWrite,
+    TritonPagedAttention,
+    TritonRMSNorm,
+)
+from gemma_runtime.model.kv_write import TorchKVWrite  # noqa: E402
 from gemma_runtime.model.layers import TorchGEGLU, TorchRMSNorm  # noqa: E402
 
 # ops that only make a new view or read metadata: no kernel on a GPU
@@ -91,11 +97,14 @@ def main() -> int:
         layers = len(made.spec.text.layers)
         print(f"tiny random MoE engine: {layers} layers, one decode step at batch 4, CUDA backends (interpreted)")
         rows = []
-        for label, norm, geglu in (("reference", TorchRMSNorm(), TorchGEGLU()), ("fused Triton", TritonRMSNorm(), TritonGEGLU())):
+        backends = (("reference", TorchRMSNorm(), TorchKVWrite(), TorchGEGLU()),
+                    ("fused Triton", TritonRMSNorm(), TritonKVWrite(), TritonGEGLU()))
+        for label, norm, kv_write, geglu in backends:
             with weights_in_memory(made.weights):
                 engine = LLMEngine(made.engine_dir, RuntimeConfig(block_size=4, max_model_len=64))
             text = engine.runner.text
-            text.attention, text.experts, text.norm, text.geglu = TritonPagedAttention(), TritonFusedExperts(), norm, geglu
+            text.attention, text.experts, text.geglu = TritonPagedAttention(), TritonFusedExperts(), geglu
+            text.norm, text.kv_write = norm, kv_write
             for i in range(4):
                 engine.add_request(GenerateRequest(f"r{i}", [2, 10 + i, 20 + i], SamplingParams(max_tokens=8)))
             while not all(s.output_token_ids for s in engine.scheduler.running) or engine.scheduler.waiting:

@@ -8,9 +8,9 @@
 #
 #   bench/gpu_session.sh wheels            # HERE, with internet: the wheels into .whl/ (git-ignored)
 #   bench/gpu_session.sh check             # THERE: versions, then tests/gpu with the kernels compiled
-#   bench/gpu_session.sh bench ARGS...     # THERE: bench/run.py ARGS, its JSON lines into $OUT
-#   bench/gpu_session.sh tune ARGS...      # THERE: bench/tune_kernels.py ARGS
-#   bench/gpu_session.sh profile ARGS...   # THERE: bench/profile_decode.py ARGS
+#   bench/gpu_session.sh bench ARGS...     # THERE: python -m bench.run ARGS, its JSON lines into $OUT
+#   bench/gpu_session.sh tune ARGS...      # THERE: python -m bench.tune_kernels ARGS
+#   bench/gpu_session.sh profile ARGS...   # THERE: python -m bench.profile_decode ARGS
 #   bench/gpu_session.sh session SECONDS [PLAN]  # THERE: a plan's steps (bench, decode, owed, tiles), each capped
 #
 # Several steps chain in one device call (a fresh machine costs minutes):
@@ -70,15 +70,15 @@ case "$step" in
     ;;
   bench)
     prepare
-    "$PYTHON" bench/run.py --results-dir "$OUT" "$@" 2>&1 | tee -a "$OUT/bench.log"
+    "$PYTHON" -m bench.run --results-dir "$OUT" "$@" 2>&1 | tee -a "$OUT/bench.log"
     ;;
   tune)
     prepare
-    "$PYTHON" bench/tune_kernels.py --results "$OUT/tune.jsonl" "$@" 2>&1 | tee -a "$OUT/tune.log"
+    "$PYTHON" -m bench.tune_kernels --results "$OUT/tune.jsonl" "$@" 2>&1 | tee -a "$OUT/tune.log"
     ;;
   profile)
     prepare
-    "$PYTHON" bench/profile_decode.py --out "$OUT" "$@" 2>&1 | tee -a "$OUT/profile.log"
+    "$PYTHON" -m bench.profile_decode --out "$OUT" "$@" 2>&1 | tee -a "$OUT/profile.log"
     ;;
   session)
     # One device call for a short lease: each step runs in its own process under a cap (a hang or a

@@ -9,7 +9,7 @@ one token per step by a random allowed token; per step we time (median over the 
 No Gemma tokenizer is reachable offline, so a byte-level BPE of --train-vocab tokens is trained on
 Python's own sources (seconds) and the mask is sized to Gemma 4's vocabulary (--vocab, 262144).
 
-    .venv/bin/python bench/grammar_mask.py [--batches 1,64] [--steps 40] [--device cpu]
+    .venv/bin/python -m bench.grammar_mask [--batches 1,64] [--steps 40] [--device cpu]
 """
 
 from __future__ import annotations
@@ -25,13 +25,11 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from gemma_runtime.grammar.compiler import GrammarCompiler  # noqa: E402
-from gemma_runtime.grammar.logits import apply_token_mask, unpack_bitmask  # noqa: E402
-from gemma_runtime.grammar.spec import StructuredOutput  # noqa: E402
-from gemma_runtime.grammar.step import GrammarStep  # noqa: E402
-from tests.unit.structured_schemas import generated_schemas  # noqa: E402
+from gemma_runtime.grammar.compiler import GrammarCompiler
+from gemma_runtime.grammar.logits import apply_token_mask, unpack_bitmask
+from gemma_runtime.grammar.spec import StructuredOutput
+from gemma_runtime.grammar.step import GrammarStep
+from tests.unit.structured_schemas import generated_schemas
 
 SPECIALS = ["<pad>", "<eos>", "<bos>", "<|channel>", "<channel|>", "<turn|>"]
 

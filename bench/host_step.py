@@ -2,10 +2,10 @@
 
 For B sequences at a context of C tokens, each step decodes one token per sequence. Measured per step
 (median over the steps, CPU): the block tables made the old way (padded Python lists turned into a
-tensor, every entry every step) against the device mirror (gemma_runtime/device_block_tables.py: only
+tensor, every entry every step) against the device mirror (gemma_runtime/executor/device_block_tables.py: only
 the entries that changed), and the model runner's whole batch build (slots, positions, tables).
 
-    .venv/bin/python bench/host_step.py [--batch 256] [--contexts 1024,4096,8192]
+    .venv/bin/python -m bench.host_step [--batch 256] [--contexts 1024,4096,8192]
 """
 
 from __future__ import annotations
@@ -19,14 +19,14 @@ from pathlib import Path
 
 import torch
 
-from random_engine import make_random_engine  # bench/ is sys.path[0]
-
+from bench.random_engine import make_random_engine
 from gemma_runtime.api import SamplingParams
-from gemma_runtime.block_manager import NO_BLOCK, BlockManager
-from gemma_runtime.device_block_tables import DeviceBlockTables
-from gemma_runtime.model_runner import ModelRunner
-from gemma_runtime.scheduler import ScheduledSeq
-from gemma_runtime.sequence import Sequence
+from gemma_runtime.config import ResolvedConfig
+from gemma_runtime.executor.device_block_tables import DeviceBlockTables
+from gemma_runtime.executor.model_runner import ModelRunner
+from gemma_runtime.scheduling.block_manager import NO_BLOCK, BlockManager
+from gemma_runtime.scheduling.scheduler import ScheduledSeq
+from gemma_runtime.scheduling.sequence import Sequence
 
 BLOCK = 16
 
@@ -41,7 +41,12 @@ def measure(spec, weights: dict[str, torch.Tensor], batch: int, context: int, st
     pages = batch * (-(-(context + steps) // BLOCK) + 1)
     blocks = BlockManager(BLOCK, pages, pages, spec.text.sliding_window)
     # the runner only builds batches here: one KV page per pool is enough, the forward never runs
-    runner = ModelRunner(spec, weights, torch.device("cpu"), torch.bfloat16, BLOCK, 1, 1, seed=0, max_model_len=context + steps + 1, max_num_seqs=batch)
+    config = ResolvedConfig(device=torch.device("cpu"), dtype=torch.bfloat16, block_size=BLOCK, num_full_blocks=1,
+                            num_sliding_blocks=1, max_num_seqs=batch, max_num_batched_tokens=batch,
+                            max_model_len=context + steps + 1, default_image_soft_tokens=280, seed=0,
+                            decode_graph_max_batch=0, capture_graphs=False, overlap_scheduling=False,
+                            moe_side_stream=False)
+    runner = ModelRunner(spec, weights, config)
     seqs = []
     for i in range(batch):
         seq = Sequence(f"s{i}", [1] * context, SamplingParams(), frozenset())

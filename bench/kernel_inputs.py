@@ -9,10 +9,11 @@ import itertools
 
 import torch
 
+from gemma_runtime.engine_format.fp8 import quantize_per_row
 from gemma_runtime.kernels import fp8_gemm, gemv, paged_decode, paged_prefill
 from gemma_runtime.model import linear
-from gemma_runtime.model.cuda_backends import TritonFusedExperts
-from gemma_runtime.model.linear import quantize_per_row
+from gemma_runtime.model.cuda_backends import TritonFusedExperts, fp8_linear
+from gemma_runtime.model.registry import create
 
 BLOCK_SIZE = 16  # the runtime's KV page size (RuntimeConfig.block_size)
 
@@ -99,7 +100,8 @@ def moe_run(tokens: int, hidden: int, experts: int, top_k: int, inter: int, fp8:
 
 
 def w8a16_run(rows: int, n: int, k: int, path=None):
-    """path None: the W8A16 kernel itself; else linear.fp8_linear (whichever path the row limit picks)."""
+    """path None: the W8A16 kernel itself; else the CUDA backend's fp8_linear (whichever path the row limit
+    picks; the reference emulation elsewhere)."""
 
     def make(device: torch.device):
         x = torch.randn(rows, k, device=device, dtype=torch.bfloat16)  # [M, K]
@@ -107,13 +109,14 @@ def w8a16_run(rows: int, n: int, k: int, path=None):
         weight = in_turn([w] + [w.clone() for _ in range(copies(w.numel(), device) - 1)])
         if path is None:
             return lambda: fp8_gemm.w8a16_linear(x, weight(), scale)
-        return lambda: linear.fp8_linear(x, weight(), scale)
+        fp8 = fp8_linear if device.type == "cuda" else linear.emulated_fp8_linear
+        return lambda: fp8(x, weight(), scale)
 
     return make
 
 
 def linear_run(rows: int, n: int, k: int, fp8: bool, kernel: bool = False):
-    """linear.linear as the decoder calls it (kernel: the matrix-vector kernel itself), on a bf16 or an
+    """The device's linear backend as the decoder calls it (kernel: the matrix-vector kernel itself), on a bf16 or an
     FP8 weight [N, K]."""
 
     def make(device: torch.device):
@@ -123,12 +126,13 @@ def linear_run(rows: int, n: int, k: int, fp8: bool, kernel: bool = False):
         else:
             w, scale = torch.randn(n, k, device=device, dtype=torch.bfloat16) * k**-0.5, None
         weight = in_turn([w] + [w.clone() for _ in range(copies(w.nbytes, device) - 1)])
+        backend = create("linear", device)
 
         def run():
             w_now = weight()
             if kernel:
                 return gemv.gemv_linear(x, w_now, scale)
-            return linear.linear(x, {"w": w_now, "w_scale": scale} if fp8 else {"w": w_now}, "w")
+            return backend(x, {"w": w_now, "w_scale": scale} if fp8 else {"w": w_now}, "w")
 
         return run
 

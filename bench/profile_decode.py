@@ -6,7 +6,7 @@ step (their difference is time the GPU waited for the host), the kernel time by 
 (attention, experts, GEMMs, norms, sampling...), and the top kernels; writes a Chrome trace (open in
 ui.perfetto.dev; gzipped) next to the JSON summary.
 
-    python bench/profile_decode.py [--model 26b] [--dtype bf16] [--batch 1] [--steps 20]
+    python -m bench.profile_decode [--model 26b] [--dtype bf16] [--batch 1] [--steps 20]
                                    [--decode-graphs auto|on|off] [--overlap auto|on|off] [--gemv on|off]
                                    [--moe-side-stream on|off] [--trace on|off] [--out DIR] [--dry-run]
 
@@ -32,11 +32,10 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
-from random_engine import make_random_engine, weights_in_memory  # bench/ is sys.path[0]
-from run import DRY_SIZES, GPU_SIZES, SWITCH, Clock, greedy, prompt_ids, run_until_first_tokens, runtime_config
-
+from bench.random_engine import make_random_engine, weights_in_memory
+from bench.run import DRY_SIZES, GPU_SIZES, SWITCH, Clock, greedy, prompt_ids, run_until_first_tokens, runtime_config
 from gemma_runtime.api import GenerateRequest
-from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.engine.llm_engine import LLMEngine
 from gemma_runtime.model import gemma4
 from gemma_runtime.model import linear as linear_module
 

@@ -15,13 +15,13 @@ from pathlib import Path
 
 import torch
 
-from engine_builder.dtypes import base_dtype, quantization_method
+from engine_builder.dtypes import engine_dtype
 from engine_builder.spec import text_spec
-from engine_builder.tiny_checkpoint import tiny_config
-from engine_builder.tiny_tokenizer import make_tiny_tokenizer
+from engine_builder.tiny.random_checkpoint import tiny_config
+from engine_builder.tiny.tokenizer import make_tiny_tokenizer
 from engine_builder.weights import is_fp8_linear, quantize_fp8
-from gemma_runtime.engine_config import EngineSpec, QuantizationSpec, TextSpec, TokenSpec
-from gemma_runtime.model.linear import scale_name
+from gemma_runtime.engine_format.fp8 import scale_name
+from gemma_runtime.engine_format.spec import EngineSpec, QuantizationSpec, TextSpec, TokenSpec
 
 
 def _layer_types(n: int) -> list[str]:
@@ -93,9 +93,9 @@ def make_random_engine(model: str, dtype: str, device: torch.device, out_dir: Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tiny_tokenizer(out_dir)  # prompts are token ids; unknown ids decode to nothing
     config = model_config(model, tokenizer)
-    text = text_spec(config.to_dict(), base_dtype(dtype))
-    target = getattr(torch, base_dtype(dtype))
-    quantized = quantization_method(dtype) is not None
+    parsed = engine_dtype(dtype)
+    text = text_spec(config.to_dict(), parsed.base)
+    target, quantized = parsed.torch_dtype, parsed.quantization is not None
     g = torch.Generator(device=device).manual_seed(seed)
     weights: dict[str, torch.Tensor] = {}
     for name, shape in weight_shapes(text).items():
@@ -107,10 +107,10 @@ def make_random_engine(model: str, dtype: str, device: torch.device, out_dir: Pa
         del w
     ids = tokenizer.convert_tokens_to_ids(["<bos>", "<eos>", "<pad>"])
     spec = EngineSpec(
-        model_name=f"random-{model}", architecture="Gemma4ForConditionalGeneration", dtype=base_dtype(dtype),
+        model_name=f"random-{model}", architecture="Gemma4ForConditionalGeneration", dtype=parsed.base,
         max_model_len=min(config.text_config.max_position_embeddings, 65536), text=text,
         tokens=TokenSpec(bos_token_id=ids[0], eos_token_id=ids[1], pad_token_id=ids[2]), stop_token_ids=(ids[1],),
-        quantization=QuantizationSpec(quantization_method(dtype), "per_channel",
+        quantization=QuantizationSpec(parsed.quantization, "per_channel",
                                       tuple(n for n in weights if is_fp8_linear(n))) if quantized else None,
         source={"checkpoint": f"random weights at {model} dimensions"},
     )  # fmt: skip
@@ -121,7 +121,7 @@ def make_random_engine(model: str, dtype: str, device: torch.device, out_dir: Pa
 @contextmanager
 def weights_in_memory(weights: dict[str, torch.Tensor]):
     """LLMEngine reads weights from the engine folder; here they are already on the device."""
-    import gemma_runtime.llm_engine as llm_engine
+    import gemma_runtime.engine.llm_engine as llm_engine
 
     real = llm_engine.load_weights
     llm_engine.load_weights = lambda engine_dir, device, dtype=None: weights

@@ -12,7 +12,7 @@ With --dry-run, the same code runs on the tiny engine on CPU with small sizes, s
 tested (tests/unit/test_bench_dry_run.py); those figures mean nothing for speed. Without CUDA and without
 --dry-run it stops with one line saying so (bench_checks.py checks the flags the same way).
 
-    .venv/bin/python bench/run.py [--dry-run] [--models 26b,31b] [--dtypes bf16,fp8] [--results-dir bench/results]
+    .venv/bin/python -m bench.run [--dry-run] [--models 26b,31b] [--dtypes bf16,fp8] [--results-dir bench/results]
                                   [--decode-graphs auto|on|off] [--overlap auto|on|off]
                                   [--transformers on|off] [--ours on|off]
 
@@ -36,14 +36,13 @@ from pathlib import Path
 
 import torch
 
-from bench_checks import check_bench_args, check_model  # bench/ is sys.path[0]
-from random_engine import MODELS, active_bytes_per_token, make_random_engine, model_config, weights_in_memory  # bench/ is sys.path[0]
-from report import Figure, gpu_name, table, versions
-
-from engine_builder.tiny_tokenizer import make_tiny_tokenizer
+from bench.bench_checks import check_bench_args, check_model
+from bench.random_engine import MODELS, active_bytes_per_token, make_random_engine, model_config, weights_in_memory
+from bench.report import Figure, gpu_name, table, versions
+from engine_builder.tiny.tokenizer import make_tiny_tokenizer
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.engine.llm_engine import LLMEngine
 from server.cli_errors import OneLineParser
 
 GB = 1e9
@@ -289,7 +288,7 @@ def measure_transformers(model: str, hf_config, sizes: Sizes, device: torch.devi
 
     def timed(ids: torch.Tensor, new: int) -> float:
         start = clock.now()
-        hf.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)
+        hf.generate(ids, max_new_tokens=new, min_new_tokens=new, do_sample=False)  # noqa: F821  (deleted after its last call)
         return clock.now() - start
 
     for batch in sizes.hf_batches:
@@ -325,7 +324,7 @@ def main(argv: list[str] | None = None) -> int:
     if dry:  # a dry run times the tiny engine for every real model named (a 31B would not fit a CPU's memory)
         models = tuple(dict.fromkeys("tiny" if m in MODELS else m for m in models))
     dtypes = tuple(args.dtypes.split(",")) if args.dtypes else sizes.dtypes
-    date, gpu = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"), gpu_name(device, dry)
+    date, gpu = dt.datetime.now(dt.UTC).isoformat(timespec="seconds"), gpu_name(device, dry)
     print(f"bench on {gpu} ({versions()}){' [dry run: tiny engine on CPU, not speed figures]' if dry else ''}")
     figures: list[Figure] = []
     results = Path(args.results_dir)

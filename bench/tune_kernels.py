@@ -14,7 +14,7 @@ likewise times one or two tokens' experts as one matrix-vector product per route
 turn (`copies`), so a weight smaller than the 50 MB L2 is read from HBM each time, as in a decode
 step (the first H100 run reused one, and the 26B-A4B's linears read up to 3,526 GB/s from L2).
 
-    python bench/tune_kernels.py [--kernels decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,
+    python -m bench.tune_kernels [--kernels decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,
                                            expert-gemv,expert-gemv-switch] [--models 26b,31b]
                                  [--shapes M=16,M=64]
                                  [--results FILE.jsonl] [--dry-run]
@@ -34,10 +34,10 @@ import os
 import statistics
 import sys
 import time
+from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Callable
 
 import torch
 
@@ -46,10 +46,9 @@ if not torch.cuda.is_available():
 
 import triton  # noqa: E402
 
-from random_engine import MODELS, SLIDING_WINDOW  # noqa: E402  (bench/ is sys.path[0])
-
-from kernel_inputs import decode_run, linear_run, moe_run, prefill_run, w8a16_run  # noqa: E402
-
+from bench.kernel_inputs import decode_run, linear_run, moe_run, prefill_run, w8a16_run  # noqa: E402
+from bench.random_engine import MODELS, SLIDING_WINDOW  # noqa: E402
+from gemma_runtime.engine_format.fp8 import FP8  # noqa: E402
 from gemma_runtime.kernels import fp8_gemm, gemv, moe_gemm, paged_decode, paged_prefill  # noqa: E402
 from gemma_runtime.model import linear  # noqa: E402
 
@@ -141,7 +140,7 @@ def model_cases(model: str, kernels: set[str]) -> list[Case]:
             for fp8 in (False, True):
                 # False: the row-tile layout and the 16-row tile kernels; True: a matrix-vector product per routed row
                 read = tokens * k * 3 * ie * h * (1 if fp8 else 2)  # at most T*k experts' gate, up and down rows
-                stack = torch.empty((e, 2 * ie, h), dtype=linear.FP8 if fp8 else torch.bfloat16, device="meta")
+                stack = torch.empty((e, 2 * ie, h), dtype=FP8 if fp8 else torch.bfloat16, device="meta")
                 cases.append(Case("expert-gemv-switch", f"{model} {'fp8' if fp8 else 'bf16'} experts T={tokens}", moe_gemm,
                                   "takes_expert_gemv", (False, True), moe_run(tokens, h, e, k, ie, fp8),
                                   (tokens * k, stack), weight_bytes=read))
@@ -171,7 +170,7 @@ def model_cases(model: str, kernels: set[str]) -> list[Case]:
             for fp8 in (False, True):
                 for name, (n, kk) in layers.items():
                     # False: cuBLAS (bf16) or W8A16 (FP8); True: the matrix-vector kernel
-                    w = torch.empty((n, kk), dtype=linear.FP8 if fp8 else torch.bfloat16, device="meta")
+                    w = torch.empty((n, kk), dtype=FP8 if fp8 else torch.bfloat16, device="meta")
                     cases.append(Case("gemv-switch", f"{model} {'fp8' if fp8 else 'bf16'} {name} [{n}x{kk}] M={rows}",
                                       linear, "takes_gemv", (False, True), linear_run(rows, n, kk, fp8), (rows, w),
                                       weight_bytes=n * kk * (1 if fp8 else 2)))
@@ -202,14 +201,14 @@ def dry_cases(kernels: set[str]) -> list[Case]:
                           ((4, 64, 4), (2, 32, 2)), moe_run(2, 64, 8, 2, 32, False), 2))
     if "expert-gemv-switch" in kernels:
         cases.append(Case("expert-gemv-switch", "tiny fp8 experts T=1", moe_gemm, "takes_expert_gemv", (False, True),
-                          moe_run(1, 64, 8, 2, 32, True), (2, torch.empty((8, 64, 64), dtype=linear.FP8, device="meta")),
+                          moe_run(1, 64, 8, 2, 32, True), (2, torch.empty((8, 64, 64), dtype=FP8, device="meta")),
                           weight_bytes=2 * 3 * 32 * 64))
     if "gemv" in kernels:
         cases.append(Case("gemv", "tiny fp8 [96x128] M=3", gemv, "gemv_tiles", ((4, 64, 4), (2, 128, 2)),
                           linear_run(3, 96, 128, True, kernel=True), (3, 1)))
     if "gemv-switch" in kernels:
         cases.append(Case("gemv-switch", "tiny fp8 [96x128] M=1", linear, "takes_gemv", (False, True),
-                          linear_run(1, 96, 128, True), (1, torch.empty((96, 128), dtype=linear.FP8, device="meta")),
+                          linear_run(1, 96, 128, True), (1, torch.empty((96, 128), dtype=FP8, device="meta")),
                           weight_bytes=96 * 128))
     return cases
 
@@ -239,7 +238,7 @@ def tune(case: Case, device: torch.device, write) -> None:
     best_us, speedup = (best[1] * 1e3, base / best[1]) if best else (float("nan"), float("nan"))
     print(f"{case.kernel:12} {case.shape:44} now {str(now):22} {base * 1e3:10.1f} us   best {str(best[0]) if best else '-':22} "
           f"{best_us:10.1f} us  {speedup:5.2f}x", flush=True)  # fmt: skip
-    for candidate, ms, status in rows:
+    for candidate, _ms, status in rows:
         if status != "ok":
             print(f"    {str(candidate):22} {status}")
     if case.weight_bytes:  # weight-bound: what each choice reads per second (the H100's copy rate: ~2,960 GB/s)

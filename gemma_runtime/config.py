@@ -1,8 +1,14 @@
-"""Runtime settings: one frozen dataclass, built by whoever starts the engine (never read at import)."""
+"""Runtime settings: RuntimeConfig, built by whoever starts the engine (never read at import), where None
+means "decide for me"; and ResolvedConfig, what the engine decided (engine/resolve.py), passed whole to
+the floors below. No torch at import: the server's Triton translator imports this without a GPU stack."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import torch
 
 
 @dataclass(frozen=True)
@@ -49,3 +55,27 @@ def default_device() -> str:
     import torch  # here, not at the top: the server's Triton translator imports this module without a GPU stack
 
     return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+@dataclass(frozen=True)
+class ResolvedConfig:
+    """A RuntimeConfig with every None decided for one engine on one device (engine/resolve.py)."""
+
+    device: torch.device
+    dtype: torch.dtype  # of the activations, the unquantized weights and the KV cache
+    block_size: int
+    num_full_blocks: int  # KV pages of the full-attention layers' pool
+    num_sliding_blocks: int  # KV pages of the sliding layers' pool
+    max_num_seqs: int
+    max_num_batched_tokens: int
+    max_model_len: int  # never above the engine's
+    default_image_soft_tokens: int
+    seed: int
+    decode_graph_max_batch: int  # 0: off
+    capture_graphs: bool  # replay the padded decode buffers as CUDA graphs (else run them eagerly)
+    overlap_scheduling: bool
+    moe_side_stream: bool
+
+    @property
+    def max_pages_per_seq(self) -> int:
+        return -(-self.max_model_len // self.block_size)

@@ -8,10 +8,9 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from server.admission import Admission, AdmissionConfig, AdmissionMiddleware, engine_batch
-from server.chat import ServerContext
+from server.context import Limits, ServerContext
 from server.errors import install_error_handlers
 from server.fault_barrier import FaultBarrier
-from server.generation import Limits
 from server.images import ImageFetchPolicy
 from server.limits import RequestGuard, body_cap_bytes
 from server.logprobs import TokenText

@@ -8,11 +8,12 @@ client (`triton://HOST:PORT`) registers its own factory under the "triton" schem
 from __future__ import annotations
 
 import importlib
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
-from typing import AsyncIterator, Callable, Protocol, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestOutput
-from gemma_runtime.engine_config import EngineSpec
+from gemma_runtime.engine_format.spec import EngineSpec
 
 
 @runtime_checkable
@@ -48,7 +49,7 @@ class EmbeddedBackend:
     @classmethod
     def from_engine_dir(cls, engine_dir: str | Path, config=None) -> EmbeddedBackend:
         """`config`: a gemma_runtime.config.RuntimeConfig (None: the runtime's defaults)."""
-        from gemma_runtime.async_engine import AsyncEngine
+        from gemma_runtime.engine.async_engine import AsyncEngine
 
         return cls(AsyncEngine.from_engine_dir(engine_dir, config))
 
@@ -77,9 +78,9 @@ class EmbeddedBackend:
 def _triton_factory(uri: str, engine_dir: str | None) -> Backend:
     # Reserved for the Triton client; it lives in its own module so this one never imports tritonclient.
     try:
-        module = importlib.import_module("server.triton_backend")
+        module = importlib.import_module("triton_bridge.client")
     except ModuleNotFoundError as e:
-        raise SystemExit(f"--backend {uri}: the Triton client backend (server/triton_backend.py) is not available: {e}")
+        raise SystemExit(f"--backend {uri}: the Triton client backend (triton_bridge/client.py) is not available: {e}")
     return module.TritonBackend.from_uri(uri, engine_dir=engine_dir)
 
 

@@ -14,44 +14,29 @@ from __future__ import annotations
 import asyncio
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from server.admission import Admission
 from server.chat_template import render_prompt
+from server.context import ServerContext
 from server.errors import APIError, bad_request, sse_error_event
-from server.generation import Limits, check_error, close_all, collect_choices, merge, resolve_max_tokens, sampling_params
-from server.images import ImageError, ImageFetchPolicy, load_image
-from server.limits import RequestGuard
-from server.logprobs import TokenText, chat_logprobs
-from server.metrics import RequestTimer, ServerMetrics
+from server.images import ImageError, load_image
+from server.logprobs import chat_logprobs
+from server.metrics import RequestTimer
 from server.parsers.output_parser import Gemma4OutputParser, ParsedDelta, ToolCallDelta
-from server.prompt_work import PromptWorkers, offload
+from server.parsers.reasoning import CHANNEL_CLOSE, CHANNEL_OPEN
+from server.parsers.tool_calls import TOOL_CALL_OPEN
+from server.prompt_work import offload
 from server.protocol import ChatCompletionRequest, NamedToolChoice
+from server.sampling import resolve_max_tokens, sampling_params
 from server.served_names import echoed_model
-from server.settings import ServerSettings
-from server.structured import chat_output
 from server.sse_json import sse_event
+from server.streams import check_error, close_all, collect_choices, merge
+from server.structured import chat_output
 
-TOOL_CALL_PREFIX = "<|tool_call>call:"
-CHANNEL_OPEN, CHANNEL_CLOSE = "<|channel>", "<channel|>"
-
-
-@dataclass(frozen=True)
-class ServerContext:
-    """What request handlers share: built once at startup by the app factory."""
-
-    backend: object
-    settings: ServerSettings
-    model_name: str
-    limits: Limits
-    token_text: TokenText
-    image_policy: ImageFetchPolicy
-    metrics: ServerMetrics | None = None
-    guard: RequestGuard | None = None  # per-request caps (server/limits.py)
-    workers: PromptWorkers | None = None  # rendering and tokenizing off the loop (server/prompt_work.py)
-    admission: Admission | None = None  # requests in flight, draining (server/admission.py)
+TOOL_CALL_PREFIX = TOOL_CALL_OPEN + "call:"  # the form the model is trained on
 
 
 @dataclass(frozen=True)

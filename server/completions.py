@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from gemma_runtime.api import GenerateRequest, RequestOutput
-from server.chat import DONE, ServerContext, usage_json
+from server.chat import DONE, usage_json
+from server.context import ServerContext
 from server.errors import APIError, bad_request, sse_error_event
-from server.generation import check_error, close_all, collect_choices, merge, resolve_max_tokens, sampling_params
 from server.logprobs import completion_logprobs
 from server.metrics import RequestTimer
 from server.protocol import CompletionRequest
-from server.structured import response_format_output
+from server.sampling import resolve_max_tokens, sampling_params
 from server.served_names import echoed_model
 from server.sse_json import sse_event
+from server.streams import check_error, close_all, collect_choices, merge
+from server.structured import response_format_output
 
 
 @dataclass(frozen=True)

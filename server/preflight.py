@@ -11,7 +11,8 @@ import struct
 import time
 from pathlib import Path
 
-from gemma_runtime.engine_config import ENGINE_JSON, FORMAT_VERSION
+from gemma_runtime.engine_format.files import ENGINE_JSON
+from gemma_runtime.engine_format.spec import FORMAT_VERSION
 from server.cli_errors import UserError
 
 BUILD_HINT = "build one with `make engine MODEL=26b` (or 31b, tiny)"
@@ -117,7 +118,7 @@ def check_device(device: str) -> None:
 def check_triton_reachable(uri: str, wait_s: float = 3.0) -> None:
     """The translator needs a Triton server to ask for its engine: fail now, in one line, when nothing
     listens at the URI's gRPC address (rather than after a 30 s discovery timeout with a traceback)."""
-    from server.triton_backend import parse_uri
+    from triton_bridge.client import parse_uri
 
     try:
         grpc_url, _, _ = parse_uri(uri)

@@ -1,6 +1,6 @@
 """One SSE event from a JSON object, serialised with orjson: streaming writes one event per token per
 stream, and the standard library's encoder was a visible share of the server's CPU time per token
-(`python -m server.bench`). orjson keeps non-ASCII text as UTF-8, as `ensure_ascii=False` did."""
+(`python -m bench.http_overhead`). orjson keeps non-ASCII text as UTF-8, as `ensure_ascii=False` did."""
 
 from __future__ import annotations
 

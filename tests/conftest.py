@@ -21,18 +21,6 @@ if not torch.cuda.is_available():
     os.environ.setdefault("TRITON_INTERPRET", "1")
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
-
-
-def bench_module(name: str):
-    """A script of bench/ imported as a module (the scripts import their neighbours as top-level modules)."""
-    import importlib
-    import sys
-
-    sys.path.insert(0, str(REPO_ROOT / "bench"))
-    try:
-        return importlib.import_module(name)
-    finally:
-        sys.path.remove(str(REPO_ROOT / "bench"))
 CACHE = REPO_ROOT / ".cache" / "taught-tiny"
 
 
@@ -49,7 +37,7 @@ def _taught_fingerprint() -> str:
 @pytest.fixture(scope="session")
 def taught_checkpoint_dir() -> Path:
     """The Hugging Face checkpoint of the taught tiny model (what `make engine MODEL=tiny` trains)."""
-    from engine_builder.taught_tiny import make_taught_tiny_checkpoint
+    from engine_builder.tiny.taught import make_taught_tiny_checkpoint
 
     folder = CACHE / _taught_fingerprint() / "gemma-4-tiny-it"
     if not (folder / "config.json").is_file():
@@ -75,7 +63,7 @@ def taught_engine_dir(taught_checkpoint_dir, tmp_path_factory) -> Path:
 def random_tiny_dense_engine_dir(tmp_path_factory) -> Path:
     """A tiny random dense engine (the 31B's layer structure), text only."""
     from engine_builder.convert import build_engine
-    from engine_builder.tiny_checkpoint import make_tiny_checkpoint
+    from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("random-tiny-dense")
     ckpt = make_tiny_checkpoint(root / "ckpt", kind="dense", seed=4, sliding_window=8, with_vision=False)
@@ -86,7 +74,7 @@ def random_tiny_dense_engine_dir(tmp_path_factory) -> Path:
 def random_tiny_engine_dir(tmp_path_factory) -> Path:
     """A tiny random MoE engine with a vision tower: seconds to build, for tests that need no sense."""
     from engine_builder.convert import build_engine
-    from engine_builder.tiny_checkpoint import make_tiny_checkpoint
+    from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 
     root = tmp_path_factory.mktemp("random-tiny")
     ckpt = make_tiny_checkpoint(root / "ckpt", kind="moe", seed=3, sliding_window=8)

@@ -10,12 +10,12 @@ from pathlib import Path
 import torch
 from safetensors import safe_open
 
+from gemma_runtime.engine_format.files import WEIGHTS_FILE, WEIGHTS_INDEX
+
 from .errors import BuildError
-from .writer import INDEX_FILE
 
 ARCHITECTURE = "Gemma4ForConditionalGeneration"
 MODEL_TYPE = "gemma4"
-SINGLE_FILE = "model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -49,19 +49,19 @@ def load_config(folder: Path) -> dict:
 
 def weight_files(folder: Path) -> list[str]:
     """The safetensors files the checkpoint names, checked to exist."""
-    index = folder / INDEX_FILE
+    index = folder / WEIGHTS_INDEX
     if index.is_file():
         weight_map = _read_json(index, "weight index").get("weight_map")
         if not isinstance(weight_map, dict) or not weight_map:
             raise BuildError(f"{index} has no weight_map")
         files = sorted(set(weight_map.values()))
-    elif (folder / SINGLE_FILE).is_file():
-        files = [SINGLE_FILE]
+    elif (folder / WEIGHTS_FILE).is_file():
+        files = [WEIGHTS_FILE]
     else:
-        raise BuildError(f"{folder} has no {SINGLE_FILE} nor {INDEX_FILE}: no weights to convert")
+        raise BuildError(f"{folder} has no {WEIGHTS_FILE} nor {WEIGHTS_INDEX}: no weights to convert")
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
-        raise BuildError(f"{folder}: shard {missing[0]} named in {INDEX_FILE} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise BuildError(f"{folder}: shard {missing[0]} named in {WEIGHTS_INDEX} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
     return files
 
 

@@ -11,15 +11,15 @@ import shutil
 import tempfile
 from pathlib import Path
 
+import torch
 from tqdm import tqdm
 
-import torch
-
-from gemma_runtime.engine_config import EngineSpec, QuantizationSpec
-from gemma_runtime.model.linear import FP8, scale_name
+from gemma_runtime.engine_format.dtypes import EngineDtype
+from gemma_runtime.engine_format.fp8 import FP8, scale_name
+from gemma_runtime.engine_format.spec import EngineSpec, QuantizationSpec
 
 from .checkpoint import ARCHITECTURE, Checkpoint
-from .dtypes import base_dtype, canonical_dtype, quantization_method, torch_dtype
+from .dtypes import engine_dtype
 from .engine_files import read_tokenizer, write_engine_files
 from .errors import BuildError
 from .sources import Source, resolve
@@ -28,8 +28,8 @@ from .weights import OutTensor, is_fp8_linear, materialize, plan_weights, quanti
 from .writer import DEFAULT_MAX_SHARD_BYTES, Entry, total_bytes, write_sharded
 
 
-def _entries(ckpt: Checkpoint, plan: list[OutTensor], dtype: str) -> list[Entry]:
-    target, quantized = torch_dtype(dtype), quantization_method(dtype) is not None
+def _entries(ckpt: Checkpoint, plan: list[OutTensor], dtype: EngineDtype) -> list[Entry]:
+    target, quantized = dtype.torch_dtype, dtype.quantization is not None
     entries = []
     for t in plan:
         if quantized and is_fp8_linear(t.name):  # the scale follows its weight: both come from one read
@@ -56,8 +56,8 @@ def _producer(ckpt: Checkpoint, plan: list[OutTensor]):
     return produce
 
 
-def _quantization(dtype: str, entries: list[Entry]) -> QuantizationSpec | None:
-    method = quantization_method(dtype)
+def _quantization(dtype: EngineDtype, entries: list[Entry]) -> QuantizationSpec | None:
+    method = dtype.quantization
     if method is None:
         return None
     return QuantizationSpec(method, "per_channel", tuple(e.name for e in entries if e.dtype == FP8))
@@ -93,7 +93,7 @@ def convert_folder(
     out_dir: Path,
     *,
     engine_name: str,
-    dtype: str,
+    dtype: str | EngineDtype,
     model_name: str,
     checkpoint_id: str,
     max_model_len: int | None = None,
@@ -101,9 +101,10 @@ def convert_folder(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
 ) -> Path:
     """Convert one local checkpoint folder into out_dir/engine_name."""
+    dtype = engine_dtype(dtype)
     ckpt = Checkpoint(folder)
     config = ckpt.config
-    text = text_spec(config, base_dtype(dtype))
+    text = text_spec(config, dtype.base)
     vision = vision_spec(config)
     info = read_tokenizer(folder)
     plan = plan_weights(ckpt, text, with_vision=vision is not None)
@@ -111,7 +112,7 @@ def convert_folder(
     spec = EngineSpec(
         model_name=model_name,
         architecture=ARCHITECTURE,
-        dtype=base_dtype(dtype),
+        dtype=dtype.base,
         max_model_len=_max_model_len(config, max_model_len),
         text=text,
         tokens=info.tokens,
@@ -157,8 +158,8 @@ def build_engine(
     Bad input raises BuildError (a SystemExit carrying one line).
     """
     src: Source = resolve(str(source))
-    dtype = canonical_dtype(dtype or src.default_dtype)
-    engine_name = name or f"{src.base_name}-{dtype}"
+    dtype = engine_dtype(dtype or src.default_dtype)
+    engine_name = name or f"{src.base_name}-{dtype.name}"
     with src.open() as folder:
         return convert_folder(
             Path(folder), Path(out_dir), engine_name=engine_name, dtype=dtype, model_name=src.model_name,

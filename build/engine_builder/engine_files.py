@@ -7,14 +7,12 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
-from gemma_runtime.engine_config import TokenSpec
+from gemma_runtime.engine_format.files import CHAT_TEMPLATE, GENERATION_CONFIG, TOKENIZER_FILES
+from gemma_runtime.engine_format.spec import TokenSpec
 
 from .errors import BuildError
 
-TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 EXTRA_FILES = ("processor_config.json", "preprocessor_config.json")  # image preprocessing settings, when shipped
-CHAT_TEMPLATE = "chat_template.jinja"
-GENERATION_CONFIG = "generation_config.json"
 # Gemma 4 ends a model turn with <turn|> and hands control to a tool with <|tool_response>
 EXTRA_STOP_TOKENS = ("<turn|>", "<|tool_response>")
 SAMPLING_DEFAULTS = {"do_sample": True, "temperature": 1.0, "top_p": 0.95, "top_k": 64}

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from .errors import BuildError
 
@@ -37,7 +37,7 @@ def _tiny() -> AbstractContextManager[Path]:
     from contextlib import contextmanager
 
     from .errors import BuildError
-    from .taught_tiny import make_taught_tiny_checkpoint
+    from .tiny.taught import make_taught_tiny_checkpoint
 
     @contextmanager
     def ctx():

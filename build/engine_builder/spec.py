@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
-from gemma_runtime.engine_config import LayerSpec, MoESpec, MultimodalSpec, TextSpec, VisionSpec
 from transformers import Gemma4TextConfig, Gemma4VisionConfig
+
+from gemma_runtime.engine_format.spec import LayerSpec, MoESpec, MultimodalSpec, TextSpec, VisionSpec
 
 from .dtypes import rounded_embed_scale
 from .errors import BuildError

@@ -7,13 +7,13 @@ and then stream tensor by tensor.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
-from gemma_runtime.engine_config import TextSpec
-from gemma_runtime.model.linear import quantize_per_row
+from gemma_runtime.engine_format.fp8 import quantize_per_row
+from gemma_runtime.engine_format.spec import TextSpec
 
 from .checkpoint import Checkpoint
 from .errors import BuildError

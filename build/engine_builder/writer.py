@@ -8,11 +8,13 @@ from __future__ import annotations
 
 import json
 import struct
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable
 
 import torch
+
+from gemma_runtime.engine_format.files import WEIGHTS_INDEX, shard_names
 
 SAFETENSORS_DTYPES = {
     torch.float32: "F32", torch.bfloat16: "BF16", torch.float16: "F16", torch.float64: "F64",
@@ -20,7 +22,6 @@ SAFETENSORS_DTYPES = {
     torch.int64: "I64", torch.int32: "I32", torch.int16: "I16", torch.int8: "I8", torch.uint8: "U8", torch.bool: "BOOL",
 }
 DEFAULT_MAX_SHARD_BYTES = 2 * 1024**3
-INDEX_FILE = "model.safetensors.index.json"
 
 
 @dataclass(frozen=True)
@@ -60,12 +61,6 @@ def _header(entries: list[Entry]) -> bytes:
     return struct.pack("<Q", len(raw)) + raw
 
 
-def _shard_names(n: int) -> list[str]:
-    if n == 1:
-        return ["model.safetensors"]
-    return [f"model-{k + 1:05d}-of-{n:05d}.safetensors" for k in range(n)]
-
-
 def write_sharded(
     folder: Path,
     entries: list[Entry],
@@ -75,7 +70,7 @@ def write_sharded(
 ) -> list[str]:
     """Write `entries` in order, calling `produce` for each; returns the shard file names."""
     shards = split_shards(entries, max_shard_bytes)
-    names = _shard_names(len(shards))
+    names = shard_names(len(shards))
     weight_map: dict[str, str] = {}
     for fname, shard in zip(names, shards):
         with open(folder / fname, "wb") as f:
@@ -91,7 +86,7 @@ def write_sharded(
                 del t
     if len(names) > 1:
         index = {"metadata": {"total_size": sum(e.nbytes for e in entries)}, "weight_map": weight_map}
-        (folder / INDEX_FILE).write_text(json.dumps(index, indent=2) + "\n")
+        (folder / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return names
 
 

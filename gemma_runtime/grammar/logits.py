@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gemma_runtime.device_io import to_device
+from gemma_runtime.executor.device_io import to_device
 
 
 @dataclass(frozen=True)

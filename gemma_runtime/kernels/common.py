@@ -9,7 +9,7 @@ import triton
 import triton.language as tl
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def num_sms(device: torch.device) -> int:
     """Streaming multiprocessors to fill. Under the interpreter a small 8, so that tests see the
     split paths (split-K, split keys) taken."""

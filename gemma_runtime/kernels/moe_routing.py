@@ -11,7 +11,6 @@ import triton
 import triton.language as tl
 
 
-
 @triton.jit
 def _route_kernel(
     logits_ptr, weights_ptr, ids_ptr, rows_ptr, tile_expert_ptr, stride_l, num_rows,  # logits [T, E]; weights, ids [T, TOP_K]

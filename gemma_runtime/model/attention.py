@@ -11,8 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gemma_runtime.engine_config import LayerSpec
-from gemma_runtime.forward_batch import ForwardBatch
+from gemma_runtime.engine_format.spec import LayerSpec
+from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.registry import register
 
 

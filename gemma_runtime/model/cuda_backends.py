@@ -1,5 +1,5 @@
-"""The CUDA attention and MoE backends: the Triton kernels behind the same call signatures as the
-reference backends (model/attention.py, model/moe.py). gemma4.py imports this module only when CUDA is
+"""The CUDA backends: the Triton kernels behind the same call signatures as the reference backends
+(model/attention.py, model/moe.py, model/layers.py, model/kv_write.py, model/linear.py). gemma4.py imports this module only when CUDA is
 available, so importing triton never happens on a CPU-only install.
 
 The classes themselves are device-agnostic: tests run them on CPU tensors under TRITON_INTERPRET=1.
@@ -8,15 +8,25 @@ The classes themselves are device-agnostic: tests run them on CPU tensors under 
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
-from gemma_runtime.engine_config import LayerSpec
-from gemma_runtime.forward_batch import ForwardBatch
+from gemma_runtime.engine_format.fp8 import FP8, quantize_per_row, scale_name
+from gemma_runtime.engine_format.spec import LayerSpec
+from gemma_runtime.kernels.fp8_gemm import w8a16_linear
 from gemma_runtime.kernels.geglu import fused_geglu
+from gemma_runtime.kernels.gemv import gemv_linear
+from gemma_runtime.kernels.kv_write import fused_qkv_norm_kv_write
 from gemma_runtime.kernels.moe_gemm import fused_experts, routed_experts
 from gemma_runtime.kernels.paged_decode import paged_decode_attention
 from gemma_runtime.kernels.paged_prefill import paged_prefill_attention
-from gemma_runtime.kernels.rms_norm import (fused_ffn_prologue, fused_layer_end, fused_moe_epilogue, fused_qkv_norm,
-                                            fused_rms_norm)
+from gemma_runtime.kernels.rms_norm import (
+    fused_ffn_prologue,
+    fused_layer_end,
+    fused_moe_epilogue,
+    fused_rms_norm,
+)
+from gemma_runtime.model import linear as policy
+from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.layers import FFNInputs
 from gemma_runtime.model.registry import register
 
@@ -88,7 +98,7 @@ class TritonFusedExperts:
 @register("norm", "cuda")
 class TritonRMSNorm:
     """((residual +) rms_norm(x) * weight) (* scale), or rope(rms_norm(x) * weight), in one kernel,
-    rounding where the reference does; `qkv` does a layer's q, k and v norms and K/V writes in one."""
+    rounding where the reference does."""
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
                  scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -111,12 +121,16 @@ class TritonRMSNorm:
         """TorchRMSNorm.layer_end in one kernel."""
         return fused_layer_end(m, residual, w_post, layer_scalar, w_next, eps)
 
-    def qkv(self, qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, k_eq_v: bool,
-            q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, rope: tuple[torch.Tensor, torch.Tensor],
-            kv_cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
-        """TorchRMSNorm.qkv in one kernel: the q, k and v norms, rope, and the K/V cache writes."""
-        return fused_qkv_norm(qkv, num_q_heads, num_kv_heads, head_dim, k_eq_v, q_weight, k_weight, eps, rope,
-                              kv_cache[0], kv_cache[1], slots)
+
+@register("kv_write", "cuda")
+class TritonKVWrite:
+    """TorchKVWrite in one kernel: the q, k and v norms, rope, and the K/V cache writes."""
+
+    def __call__(self, qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, k_eq_v: bool,
+                 q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, rope: tuple[torch.Tensor, torch.Tensor],
+                 kv_cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
+        return fused_qkv_norm_kv_write(qkv, num_q_heads, num_kv_heads, head_dim, k_eq_v, q_weight, k_weight, eps,
+                                       rope, kv_cache[0], kv_cache[1], slots)
 
 
 @register("geglu", "cuda")
@@ -125,3 +139,34 @@ class TritonGEGLU:
 
     def __call__(self, gate_up: torch.Tensor) -> torch.Tensor:
         return fused_geglu(gate_up)
+
+
+def _scaled_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
+    # rowwise-scaled FP8 GEMMs need a CUDA device, a bf16 output and K, N multiples of 16
+    return x.is_cuda and x.dtype == torch.bfloat16 and w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0
+
+
+def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ w[N, K]^T with w e4m3 and per-row w_scale [N]: W8A16 up to policy.W8A16_MAX_ROWS rows,
+    else torch._scaled_mm with dynamic per-token activation scales (emulated where it cannot run)."""
+    x2 = x.reshape(-1, x.shape[-1])  # [M, K]
+    if x2.shape[0] <= policy.W8A16_MAX_ROWS:
+        return w8a16_linear(x, w, w_scale)
+    if not _scaled_mm_ok(x, w):
+        return policy.emulated_fp8_linear(x, w, w_scale)
+    xq, x_scale = quantize_per_row(x2)  # [M, K] e4m3, [M]
+    out = torch._scaled_mm(xq, w.t(), scale_a=x_scale[:, None], scale_b=w_scale.float()[None, :], out_dtype=x.dtype)
+    return out.view(*x.shape[:-1], w.shape[0])  # [..., N]
+
+
+@register("linear", "cuda")
+class TritonLinear:
+    """TorchLinear with the kernel each product takes on CUDA (policy: model/linear.py)."""
+
+    def __call__(self, x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        w = weights[name]
+        if policy.takes_gemv(x.numel() // x.shape[-1], w):
+            return gemv_linear(x, w, weights[scale_name(name)] if w.dtype == FP8 else None)
+        if w.dtype == FP8:
+            return fp8_linear(x, w, weights[scale_name(name)])
+        return F.linear(x, w)

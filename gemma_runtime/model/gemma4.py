@@ -9,14 +9,14 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from gemma_runtime.engine_config import LayerSpec, TextSpec
-from gemma_runtime.forward_batch import ForwardBatch
 import gemma_runtime.model.attention  # noqa: F401  (registers the reference backends)
+import gemma_runtime.model.kv_write  # noqa: F401
 import gemma_runtime.model.moe  # noqa: F401
+from gemma_runtime.engine_format.spec import LayerSpec, TextSpec
+from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.layers import rope_cos_sin, rope_inv_freq
-from gemma_runtime.model.linear import expert_weights, linear
+from gemma_runtime.model.linear import expert_weights
 from gemma_runtime.model.registry import create
-
 
 # Decode graphs of up to this many sequences run a MoE layer's dense MLP on the side stream
 # (RuntimeConfig.moe_side_stream). Measured on the H100 (docs/benchmarks.md, 2026-11-26) at batch 1:
@@ -35,6 +35,8 @@ class Gemma4TextModel:
         self.device = device
         self.attention = create("attention", device)
         self.norm = create("norm", device)
+        self.kv_write = create("kv_write", device)
+        self.linear = create("linear", device)
         self.geglu = create("geglu", device)
         self.experts = create("moe", device) if spec.moe else None
         # where a MoE layer's dense MLP runs beside its experts (RuntimeConfig.moe_side_stream)
@@ -105,7 +107,7 @@ class Gemma4TextModel:
         return norm.layer_end(m, residual, self.w[p + "post_ffn_norm.weight"], self.w[p + "layer_scalar"], w_next, eps)
 
     def _mlp(self, p: str, x: torch.Tensor) -> torch.Tensor:
-        return linear(self.geglu(linear(x, self.w, p + "mlp.gate_up_proj.weight")), self.w, p + "mlp.down_proj.weight")
+        return self.linear(self.geglu(self.linear(x, self.w, p + "mlp.gate_up_proj.weight")), self.w, p + "mlp.down_proj.weight")
 
     def _mlp_and_experts(self, p: str, ffn) -> tuple[torch.Tensor, torch.Tensor]:
         """The dense MLP and the experts run side by side from the same residual, each post-normed. The
@@ -132,9 +134,9 @@ class Gemma4TextModel:
 
     def _attention(self, p, layer: LayerSpec, h, cos_sin, batch, kv_cache) -> torch.Tensor:
         nq, nkv, d = self.spec.num_attention_heads, layer.num_kv_heads, layer.head_dim
-        qkv = linear(h, self.w, p + "attn.qkv_proj.weight")  # [T, (nq + 2nkv) d] or [T, (nq + nkv) d] on K=V layers
+        qkv = self.linear(h, self.w, p + "attn.qkv_proj.weight")  # [T, (nq + 2nkv) d] or [T, (nq + nkv) d] on K=V layers
         # q and k normed and rotated, v normed; k and v go straight into this layer's cache pages
-        q = self.norm.qkv(qkv, nq, nkv, d, layer.k_eq_v, self.w[p + "attn.q_norm.weight"], self.w[p + "attn.k_norm.weight"],
+        q = self.kv_write(qkv, nq, nkv, d, layer.k_eq_v, self.w[p + "attn.q_norm.weight"], self.w[p + "attn.k_norm.weight"],
                           self.spec.rms_norm_eps, cos_sin, kv_cache, batch.slot_mapping[layer.type])  # [T, nq, d]
         o = self.attention(q, kv_cache, batch, layer, self.spec.sliding_window)  # [T, nq, d]
-        return linear(o.reshape(o.shape[0], nq * d), self.w, p + "attn.o_proj.weight")  # [T, H]
+        return self.linear(o.reshape(o.shape[0], nq * d), self.w, p + "attn.o_proj.weight")  # [T, H]

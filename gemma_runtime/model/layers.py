@@ -37,8 +37,8 @@ class FFNInputs:
 @register("norm", "cpu")
 class TorchRMSNorm:
     """The decoder's norms with what follows them: ((residual +) rms_norm(x) * weight) (* scale), or
-    apply_rope(rms_norm(x) * weight, cos, sin) for q and k; `qkv` is a layer's whole q/k/v step with the
-    K/V cache writes. The CUDA backend does each in one kernel (kernels/rms_norm.py)."""
+    apply_rope(rms_norm(x) * weight, cos, sin) for q and k. The CUDA backend does each in one kernel
+    (kernels/rms_norm.py)."""
 
     def __call__(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
                  scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
@@ -78,24 +78,6 @@ class TorchRMSNorm:
         """The end of a layer: x = (residual + post_ffn_norm(m)) * layer_scalar, and x's norm with w_next."""
         x = self(m, w_post, eps, residual=residual, scale=layer_scalar)
         return x, self(x, w_next, eps)
-
-    def qkv(self, qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, k_eq_v: bool,
-            q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, rope: tuple[torch.Tensor, torch.Tensor],
-            kv_cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
-        """The fused QKV projection [T, (nq + 2 nkv) d] -> q [T, nq, d]: q and k normed and rotated, v normed
-        without a weight, k and v written into the layer's cache at `slots` (one kernel on CUDA)."""
-        nq, nkv, d = num_q_heads, num_kv_heads, head_dim
-        q = qkv[:, : nq * d].view(-1, nq, d)  # [T, nq, d]
-        k = qkv[:, nq * d : (nq + nkv) * d].view(-1, nkv, d)  # [T, nkv, d]
-        # On K=V layers V is the raw (pre-norm, un-rotated) K projection.
-        v = k if k_eq_v else qkv[:, (nq + nkv) * d :].view(-1, nkv, d)  # [T, nkv, d]
-        q = self(q, q_weight, eps, rope=rope)
-        k = self(k, k_weight, eps, rope=rope)
-        v = self(v, None, eps)
-        k_cache, v_cache = kv_cache
-        k_cache.index_copy_(0, slots, k.to(k_cache.dtype))
-        v_cache.index_copy_(0, slots, v.to(v_cache.dtype))
-        return q
 
 
 def gelu_tanh(x: torch.Tensor) -> torch.Tensor:

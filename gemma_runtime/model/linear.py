@@ -1,12 +1,14 @@
 """Linear layers over plain or FP8 engine weights (engines/README.md, "quantization").
 
 An FP8 engine stores `X.weight` as float8_e4m3fn [N, K] beside a float32 `X.weight_scale` [N] (one
-scale per output row). On CUDA, one row of a small enough FP8 weight goes through the matrix-vector
-kernel (kernels/gemv.py; `takes_gemv`), other decode batches through the W8A16 Triton kernel
-(kernels/fp8_gemm.py: weights widened in registers, activations untouched, one launch), and many rows
-(prefill) through torch._scaled_mm on the FP8 tensor cores with the activations quantized per token on
-the fly. Elsewhere the _scaled_mm arithmetic is emulated in floating point (activations rounded to e4m3
-per token, weights dequantized), so the CPU path shows the quality of the coarser of the two.
+scale per output row; engine_format/fp8.py). The backend comes from the registry like the others:
+on CUDA (model/cuda_backends.py TritonLinear), one row of a small enough FP8 weight goes through the
+matrix-vector kernel (kernels/gemv.py; `takes_gemv`), other decode batches through the W8A16 Triton
+kernel (kernels/fp8_gemm.py: weights widened in registers, activations untouched, one launch), and many
+rows (prefill) through torch._scaled_mm on the FP8 tensor cores with the activations quantized per token
+on the fly. The reference here emulates the _scaled_mm arithmetic in floating point (activations rounded
+to e4m3 per token, weights dequantized), so the CPU path shows the quality of the coarser of the two.
+This module keeps the measured policy (which kernel takes which product) that the CUDA backend reads.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-FP8 = torch.float8_e4m3fn
-FP8_MAX = torch.finfo(FP8).max  # 448
+from gemma_runtime.engine_format.fp8 import FP8, dequantize, quantize_per_row, scale_name
+from gemma_runtime.model.registry import register
+
 # Up to this many rows a product is bound by reading the weights, and W8A16 skips quantizing the
 # activations; above it the FP8 tensor cores' compute wins. A starting point for tuning on the GPU.
 W8A16_MAX_ROWS = 64
@@ -35,53 +38,24 @@ def takes_gemv(rows: int, w: torch.Tensor) -> bool:
     return rows <= GEMV_MAX_ROWS and w.dtype in GEMV_WEIGHT_DTYPES and w.numel() <= GEMV_MAX_WEIGHT
 
 
-def scale_name(name: str) -> str:
-    """`X.weight` -> `X.weight_scale`; expert stacks `layers.i.moe.gate_up_proj` -> `..._scale`."""
-    return name + "_scale"
-
-
-def quantize_per_row(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """x [..., K] -> (e4m3 [..., K], float32 scale [...]) with each row's max magnitude mapped to 448."""
-    xf = x.float()
-    scale = xf.abs().amax(dim=-1).clamp(min=1e-12) / FP8_MAX  # [...]
-    q = (xf / scale.unsqueeze(-1)).clamp(-FP8_MAX, FP8_MAX).to(FP8)
-    return q, scale
-
-
-def dequantize(w: torch.Tensor, scale: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    return (w.float() * scale.float().unsqueeze(-1)).to(dtype)
-
-
-def _scaled_mm_ok(x: torch.Tensor, w: torch.Tensor) -> bool:
-    # rowwise-scaled FP8 GEMMs need a CUDA device, a bf16 output and K, N multiples of 16
-    return x.is_cuda and x.dtype == torch.bfloat16 and w.shape[0] % 16 == 0 and w.shape[1] % 16 == 0
-
-
-def fp8_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
-    """x [..., K] @ w[N, K]^T with w e4m3 and per-row w_scale [N]; dynamic per-token activation scales."""
+def emulated_fp8_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor) -> torch.Tensor:
+    """x [..., K] @ w[N, K]^T with w e4m3 and per-row w_scale [N], as torch._scaled_mm computes it with
+    dynamic per-token activation scales, in floating point."""
     x2 = x.reshape(-1, x.shape[-1])  # [M, K]
-    if x.is_cuda and x2.shape[0] <= W8A16_MAX_ROWS:
-        from gemma_runtime.kernels.fp8_gemm import w8a16_linear  # triton: imported only where CUDA runs
-
-        return w8a16_linear(x, w, w_scale)
     xq, x_scale = quantize_per_row(x2)  # [M, K] e4m3, [M]
-    if _scaled_mm_ok(x, w):
-        out = torch._scaled_mm(xq, w.t(), scale_a=x_scale[:, None], scale_b=w_scale.float()[None, :], out_dtype=x.dtype)
-    else:
-        out = F.linear(dequantize(xq, x_scale, torch.float32), dequantize(w, w_scale, torch.float32)).to(x.dtype)
+    out = F.linear(dequantize(xq, x_scale, torch.float32), dequantize(w, w_scale, torch.float32)).to(x.dtype)
     return out.view(*x.shape[:-1], w.shape[0])  # [..., N]
 
 
-def linear(x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+@register("linear", "cpu")
+class TorchLinear:
     """x @ weights[name]^T, whether the engine stored that weight plainly or in FP8 with row scales."""
-    w = weights[name]
-    if x.is_cuda and takes_gemv(x.numel() // x.shape[-1], w):
-        from gemma_runtime.kernels.gemv import gemv_linear  # triton: imported only where CUDA runs
 
-        return gemv_linear(x, w, weights[scale_name(name)] if w.dtype == FP8 else None)
-    if w.dtype == FP8:
-        return fp8_linear(x, w, weights[scale_name(name)])
-    return F.linear(x, w)
+    def __call__(self, x: torch.Tensor, weights: dict[str, torch.Tensor], name: str) -> torch.Tensor:
+        w = weights[name]
+        if w.dtype == FP8:
+            return emulated_fp8_linear(x, w, weights[scale_name(name)])
+        return F.linear(x, w)
 
 
 def expert_weights(backend, weights: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:

@@ -1,14 +1,15 @@
-"""Backend registries: the model asks for "attention", "moe", "norm" or "geglu" and gets the implementation registered
-for the device, so the model file never branches on the device."""
+"""Backend registries: the model asks for "attention", "moe", "norm", "kv_write" (the q/k/v step that writes
+the KV cache), "geglu" or "linear" and gets the implementation registered for the device, so neither the
+model file nor a backend branches on the device."""
 
 from __future__ import annotations
 
 import importlib
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
-_REGISTRIES: dict[str, dict[str, Callable]] = {"attention": {}, "moe": {}, "norm": {}, "geglu": {}}
+_REGISTRIES: dict[str, dict[str, Callable]] = {kind: {} for kind in ("attention", "moe", "norm", "kv_write", "geglu", "linear")}
 
 
 def register(kind: str, device_type: str):

@@ -15,9 +15,10 @@ from typing import AsyncIterator
 
 from pydantic import ValidationError
 
-from server.chat import ChatPlan, ChoiceParser, ServerContext, prepare_chat
+from server.chat import ChatPlan, ChoiceParser, prepare_chat
+from server.context import ServerContext
 from server.errors import APIError, bad_request
-from server.generation import check_error, close_all, merge, start_all
+from server.streams import check_error, close_all, merge, start_all
 from server.metrics import RequestTimer
 from server.protocol import ChatCompletionRequest
 from server.responses.assembler import ResponseAssembler

@@ -5,13 +5,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
-from server.chat import ServerContext, chat_completion, chat_stream, prepare_chat
+from server.chat import chat_completion, chat_stream, prepare_chat
 from server.completions import completion, completion_stream, prepare_completion
+from server.context import ServerContext
 from server.errors import APIError
-from server.generation import start_all, until_disconnect
 from server.prompt_work import offload
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.sse import SSEResponse
+from server.streams import start_all, until_disconnect
 
 router = APIRouter()
 

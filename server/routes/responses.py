@@ -8,7 +8,7 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from server.errors import APIError
-from server.generation import start_all, until_disconnect
+from server.streams import start_all, until_disconnect
 from server.responses.protocol import ResponsesRequest
 from server.responses.service import prepare_response, response_events, run_to_end
 from server.responses.store import ResponseStore

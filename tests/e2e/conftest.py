@@ -16,7 +16,7 @@ from pathlib import Path
 import openai
 import pytest
 
-from server.uvicorn_thread import UvicornThread
+from bench.uvicorn_thread import UvicornThread
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SEED_MODEL = "google/gemma-4-26b-a4b-it"  # the seed's requests name this model: the server answers to it
@@ -49,7 +49,7 @@ def free_ports(n: int) -> list[int]:
 @pytest.fixture(scope="session")
 def triton_server(taught_engine_dir, tmp_path_factory):
     """One real tritonserver for the session, started by the same code as `make triton`."""
-    from server.triton_launcher import TritonPorts, start_triton
+    from triton_bridge.launcher import TritonPorts, start_triton
 
     if not (shutil.which("tritonserver") or importlib.util.find_spec("pytriton")):
         pytest.skip("no tritonserver on PATH and nvidia-pytriton is not installed")
@@ -67,7 +67,7 @@ def _backend(kind: str, engine_dir: Path, request):
 
     if kind == "embedded":
         return EmbeddedBackend.from_engine_dir(engine_dir, RuntimeConfig(**RUNTIME))
-    from server.triton_backend import TritonBackend
+    from triton_bridge.client import TritonBackend
 
     triton = request.getfixturevalue("triton_server")
     return TritonBackend.from_uri(triton.backend_uri, engine_dir=engine_dir)
@@ -98,7 +98,7 @@ class _QuietHandler(SimpleHTTPRequestHandler):
 @pytest.fixture(scope="session")
 def image_server(tmp_path_factory):
     """Serves the corpus images under the seed's file names (and a few others) on 127.0.0.1."""
-    from engine_builder.taught_corpus import BLUE_SQUARE, RED_SQUARE
+    from engine_builder.tiny.taught_corpus import BLUE_SQUARE, RED_SQUARE
 
     root = tmp_path_factory.mktemp("images")
     files = {

@@ -8,7 +8,7 @@ import json
 import httpx
 import openai
 
-from engine_builder.taught_corpus import IMAGE_QUESTION
+from engine_builder.tiny.taught_corpus import IMAGE_QUESTION
 from tests.e2e.conftest import SEED_MODEL
 
 MODEL = SEED_MODEL

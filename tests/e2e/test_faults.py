@@ -21,7 +21,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from server.uvicorn_thread import UvicornThread, free_port
+from bench.uvicorn_thread import UvicornThread, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 USER = [{"role": "user", "content": "Hello"}]

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 from schemathesis.specs.openapi.checks import content_type_conformance, response_schema_conformance, status_code_conformance  # noqa: E402
 
-from server.uvicorn_thread import UvicornThread  # noqa: E402
+from bench.uvicorn_thread import UvicornThread  # noqa: E402
 
 EXAMPLES = 25  # per operation
 

@@ -7,7 +7,7 @@ import httpx
 import openai
 import pytest
 
-from server.uvicorn_thread import UvicornThread
+from bench.uvicorn_thread import UvicornThread
 from tests.e2e.openai_helpers import HELLO
 
 KEY = "scope-secret"

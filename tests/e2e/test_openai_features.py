@@ -13,11 +13,24 @@ import httpx
 import openai
 import pytest
 
-from engine_builder.taught_corpus import BLUE_SQUARE, MATH_QUESTION, RED_SQUARE, WEATHER_TOOL
+from engine_builder.tiny.taught_corpus import BLUE_SQUARE, MATH_QUESTION, RED_SQUARE, WEATHER_TOOL
 from tests.e2e.conftest import API_KEY, MAX_IMAGES
+from tests.e2e.openai_helpers import (
+    GREEDY,
+    HELLO,
+    HELLO_REPLY,
+    MATH_ANSWER,
+    MATH_REASONING,
+    MODEL,
+    THINKING,
+    WEATHER_Q,
+    assert_envelope,
+    async_client,
+    data_url,
+    image_messages,
+    post,
+)
 from tests.fault_injection import FAULT, fail_on_step
-from tests.e2e.openai_helpers import GREEDY, HELLO, HELLO_REPLY, MATH_ANSWER, MATH_REASONING, MODEL, THINKING, WEATHER_Q, assert_envelope, async_client, data_url, image_messages, post
-
 
 # == 2. features, greedy: the taught replies come back exactly ====================================
 

@@ -10,9 +10,8 @@ import httpx
 import openai
 import pytest
 
-from engine_builder.taught_corpus import DGX_ANSWER, ITINERARY_QUESTION, RED_SQUARE
+from engine_builder.tiny.taught_corpus import DGX_ANSWER, ITINERARY_QUESTION, RED_SQUARE
 from tests.e2e.openai_helpers import MODEL, assert_chat_completion, data_url, image_messages, post
-
 
 # == 1. the seed's requests as written ============================================================
 

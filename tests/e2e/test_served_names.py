@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from server.uvicorn_thread import UvicornThread
+from bench.uvicorn_thread import UvicornThread
 from tests.e2e.conftest import free_ports
 
 SERVED = "gemma-demo"
@@ -30,8 +30,8 @@ def _backend(kind: str, engine_dir, stack):
         return EmbeddedBackend.from_engine_dir(engine_dir, RuntimeConfig(**RUNTIME))
     if not (shutil.which("tritonserver") or importlib.util.find_spec("pytriton")):
         pytest.skip("no tritonserver on PATH and nvidia-pytriton is not installed")
-    from server.triton_backend import TritonBackend
-    from server.triton_launcher import TritonPorts, start_triton
+    from triton_bridge.client import TritonBackend
+    from triton_bridge.launcher import TritonPorts, start_triton
 
     triton = start_triton(engine_dir, TritonPorts(*free_ports(3)), runtime_config=RUNTIME, timeout=300, record_engine_path=False)
     stack.append(triton.stop)

@@ -17,7 +17,7 @@ import pytest
 
 import openai
 
-from server.uvicorn_thread import UvicornThread
+from bench.uvicorn_thread import UvicornThread
 from tests.e2e.openai_helpers import GREEDY, post
 from tests.unit.structured_schemas import generated_schemas
 
@@ -42,8 +42,8 @@ def _triton_backend(engine_dir, tmp_path_factory):
     import importlib.util
     import shutil
 
-    from server.triton_backend import TritonBackend
-    from server.triton_launcher import TritonPorts, start_triton
+    from triton_bridge.client import TritonBackend
+    from triton_bridge.launcher import TritonPorts, start_triton
     from tests.e2e.conftest import RUNTIME, free_ports
 
     if not (shutil.which("tritonserver") or importlib.util.find_spec("pytriton")):

@@ -1,7 +1,7 @@
 """The gemma4 model behind a real tritonserver (started by the same code as `make triton`), tiny engine.
 
 Triton's own protocols (gRPC ModelStreamInfer from tritonclient, HTTP generate_stream SSE) and the
-translator's client (server.triton_backend) are checked against the runtime run in this process:
+translator's client (triton_bridge.client) are checked against the runtime run in this process:
 same tokens, same text deltas, same finish reasons and usage. One tritonserver for the session.
 """
 
@@ -26,10 +26,10 @@ tritonclient_grpc = pytest.importorskip("tritonclient.grpc")
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
 from gemma_runtime.api import GenerateRequest, RequestError, SamplingParams  # noqa: E402
-from server import triton_protocol as protocol  # noqa: E402
-from server.triton_backend import TritonBackend, TritonUnavailable, numpy_inputs_to_grpc, parse_uri  # noqa: E402
 from tests.e2e.conftest import RUNTIME, free_ports  # noqa: E402
-from server.triton_launcher import DEFAULT_MODEL_REPO, TritonPorts, model_config_json, start_triton  # noqa: E402
+from triton_bridge import protocol  # noqa: E402
+from triton_bridge.client import TritonBackend, TritonUnavailable, numpy_inputs_to_grpc, parse_uri  # noqa: E402
+from triton_bridge.launcher import DEFAULT_MODEL_REPO, TritonPorts, model_config_json, start_triton  # noqa: E402
 
 PROMPTS = ["Hello world", "The quick brown fox", "<|turn>user\nWhat is two plus two?<turn|>\n<|turn>model\n",
            "a b c d e f g", "Once upon a time", "Tell me about Triton"]
@@ -43,8 +43,8 @@ def engine_dir(taught_engine_dir):
 @pytest.fixture(scope="session")
 def embedded(engine_dir):
     """The in-process runtime: the reference every Triton path must reproduce."""
-    from gemma_runtime.async_engine import AsyncEngine
     from gemma_runtime.config import RuntimeConfig
+    from gemma_runtime.engine.async_engine import AsyncEngine
 
     engine = AsyncEngine.from_engine_dir(engine_dir, RuntimeConfig(**RUNTIME))
     engine.start()
@@ -157,9 +157,9 @@ def test_translator_survives_triton_going_down_and_coming_back(engine_dir, tmp_p
     """The OpenAI translator in front of a Triton that is down, comes up, goes down, comes back on the
     same ports: not ready and 503 in the OpenAI envelope while down, service again when it is back,
     with the same translator process and client all along."""
+    from bench.uvicorn_thread import UvicornThread
     from server.app import create_app
     from server.settings import ServerSettings
-    from server.uvicorn_thread import UvicornThread
 
     ports = TritonPorts(*free_ports(3))
     backend = TritonBackend.from_uri(f"triton://127.0.0.1:{ports.grpc}?metrics_port={ports.metrics}", engine_dir=engine_dir)

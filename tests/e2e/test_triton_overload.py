@@ -16,14 +16,14 @@ import httpx
 import pytest
 import uvicorn
 
-from server.uvicorn_thread import UvicornThread, free_port
+from bench.uvicorn_thread import UvicornThread, free_port
 
 USER = [{"role": "user", "content": "Hello"}]
 
 
 @pytest.fixture(scope="module")
 def triton(random_tiny_engine_dir, tmp_path_factory):
-    from server.triton_launcher import TritonPorts, start_triton
+    from triton_bridge.launcher import TritonPorts, start_triton
 
     if not (shutil.which("tritonserver") or importlib.util.find_spec("pytriton")):
         pytest.skip("no tritonserver on PATH and nvidia-pytriton is not installed")
@@ -40,7 +40,7 @@ def triton(random_tiny_engine_dir, tmp_path_factory):
 def translator(triton, engine_dir, **settings):
     from server.app import create_app
     from server.settings import ServerSettings
-    from server.triton_backend import TritonBackend
+    from triton_bridge.client import TritonBackend
 
     backend = TritonBackend.from_uri(triton.backend_uri, engine_dir=engine_dir)
     return create_app(ServerSettings(**settings), backend)

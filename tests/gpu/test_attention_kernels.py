@@ -9,11 +9,11 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from gemma_runtime.engine_config import LayerSpec  # noqa: E402
-from gemma_runtime.forward_batch import ForwardBatch  # noqa: E402
+from gemma_runtime.engine_format.spec import LayerSpec  # noqa: E402
 from gemma_runtime.kernels.paged_decode import paged_decode_attention  # noqa: E402
 from gemma_runtime.model.attention import TorchPagedAttention  # noqa: E402
 from gemma_runtime.model.cuda_backends import TritonPagedAttention  # noqa: E402
+from gemma_runtime.model.forward_batch import ForwardBatch  # noqa: E402
 from tests.gpu.kernel_support import DEVICE, DTYPES, HEAD_DIMS, TOL, rel_err  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def make_step(new_tokens: list[int], past: list[int], hq: int, hkv: int, d: int,
     num_slots = (len(perm)) * block_size
     k_cache = torch.full((num_slots, hkv, d), float("nan"), dtype=dtype)
     v_cache = torch.full((num_slots, hkv, d), float("nan"), dtype=dtype)
-    for b, c in enumerate(ctx):  # the past tokens' K/V that are still in the cache
+    for b in range(len(ctx)):  # the past tokens' K/V that are still in the cache
         for pos in range(past[b]):
             page = tables[b][pos // block_size]
             if page >= 0:

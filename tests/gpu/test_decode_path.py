@@ -25,8 +25,14 @@ triton = pytest.importorskip("triton")
 
 from gemma_runtime.api import GenerateRequest, SamplingParams  # noqa: E402
 from gemma_runtime.config import RuntimeConfig  # noqa: E402
-from gemma_runtime.llm_engine import LLMEngine  # noqa: E402
-from gemma_runtime.model.cuda_backends import TritonFusedExperts, TritonGEGLU, TritonPagedAttention, TritonRMSNorm  # noqa: E402
+from gemma_runtime.engine.llm_engine import LLMEngine  # noqa: E402
+from gemma_runtime.model.cuda_backends import (  # noqa: E402
+    TritonFusedExperts,
+    TritonGEGLU,
+    TritonKVWrite,
+    TritonPagedAttention,
+    TritonRMSNorm,
+)
 
 DEVICE = torch.device("cuda" if CUDA else "cpu")
 RUNTIME = str(Path(__import__("gemma_runtime").__file__).parent)
@@ -82,6 +88,7 @@ def engine_on_device(engine_dir, **kwargs) -> LLMEngine:
         engine.runner.text.attention = TritonPagedAttention()
         engine.runner.text.experts = TritonFusedExperts()
         engine.runner.text.norm = TritonRMSNorm()
+        engine.runner.text.kv_write = TritonKVWrite()
         engine.runner.text.geglu = TritonGEGLU()
     return engine
 
@@ -179,8 +186,8 @@ def test_taught_replies_in_bf16_through_the_fast_decode_path(taught_checkpoint_d
     replies: the taught model's top-1 margins are far above bf16 rounding."""
     from transformers import AutoTokenizer
 
-    from engine_builder.taught_corpus import TAUGHT_CONVERSATIONS
-    from engine_builder.taught_tiny import render_prompt
+    from engine_builder.tiny.taught import render_prompt
+    from engine_builder.tiny.taught_corpus import TAUGHT_CONVERSATIONS
 
     tokenizer = AutoTokenizer.from_pretrained(taught_checkpoint_dir)
     engine = LLMEngine(taught_engine_dir, RuntimeConfig(device=DEVICE.type, dtype="bfloat16", max_num_seqs=16,

@@ -8,9 +8,11 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from gemma_runtime.engine_format.fp8 import dequantize, quantize_per_row  # noqa: E402
 from gemma_runtime.kernels import fp8_gemm  # noqa: E402
 from gemma_runtime.kernels.fp8_gemm import w8a16_linear  # noqa: E402
-from gemma_runtime.model.linear import W8A16_MAX_ROWS, dequantize, fp8_linear, linear, quantize_per_row  # noqa: E402
+from gemma_runtime.model.linear import W8A16_MAX_ROWS, emulated_fp8_linear  # noqa: E402
+from gemma_runtime.model.registry import create  # noqa: E402
 from tests.gpu.kernel_support import CUDA, DEVICE, DTYPES, TOL, rel_err  # noqa: E402
 
 
@@ -41,10 +43,11 @@ def test_fp8_linear_takes_w8a16_for_few_rows_and_scaled_mm_for_many():
     w_q, w_s = quantize_per_row(torch.randn(4096, 2816, generator=g) / 50)
     w_q, w_s = w_q.to(DEVICE), w_s.to(DEVICE)
     exact = lambda x: x.float() @ dequantize(w_q, w_s, torch.float32).t()  # noqa: E731
+    linear = create("linear", DEVICE)
     few = torch.randn(W8A16_MAX_ROWS, 2816, generator=g).to(DEVICE, torch.bfloat16)
     assert rel_err(linear(few, {"w": w_q, "w_scale": w_s}, "w"), exact(few)) < TOL[torch.bfloat16]  # W8A16
     many = torch.randn(W8A16_MAX_ROWS + 37, 2816, generator=g).to(DEVICE, torch.bfloat16)
     out = linear(many, {"w": w_q, "w_scale": w_s}, "w")  # the torch._scaled_mm path
-    emulated = fp8_linear(many.cpu(), w_q.cpu(), w_s.cpu())  # the CPU emulation of the same arithmetic
+    emulated = emulated_fp8_linear(many.cpu(), w_q.cpu(), w_s.cpu())  # the CPU emulation of the same arithmetic
     assert rel_err(out.cpu(), emulated) < TOL[torch.bfloat16]
     assert rel_err(out, exact(many)) < 0.05  # per-token e4m3 activations: a few percent, never more

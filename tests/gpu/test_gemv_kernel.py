@@ -8,10 +8,11 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from gemma_runtime.engine_format.fp8 import FP8, dequantize, quantize_per_row  # noqa: E402
 from gemma_runtime.kernels.fp8_gemm import w8a16_linear  # noqa: E402
 from gemma_runtime.kernels.gemv import MAX_ROWS, gemv_linear  # noqa: E402
 from gemma_runtime.model import linear as linear_module  # noqa: E402
-from gemma_runtime.model.linear import dequantize, linear, quantize_per_row  # noqa: E402
+from gemma_runtime.model.registry import create  # noqa: E402
 from tests.gpu.kernel_support import CUDA, DEVICE, DTYPES, TOL, rel_err  # noqa: E402
 
 
@@ -52,7 +53,7 @@ def test_gemv_keeps_leading_dims_and_refuses_more_rows_than_its_tile():
 def test_the_kernel_takes_one_row_of_a_small_fp8_weight_and_nothing_else():
     """The measured policy (model/linear.py): one row, e4m3, at most 2^25 values (the 26B-A4B's linears,
     not the 31B's); bf16 weights and more rows stay with cuBLAS and W8A16."""
-    meta = lambda n, k, dtype=linear_module.FP8: torch.empty((n, k), dtype=dtype, device="meta")  # noqa: E731
+    meta = lambda n, k, dtype=FP8: torch.empty((n, k), dtype=dtype, device="meta")  # noqa: E731
     assert linear_module.takes_gemv(1, meta(8192, 2816))  # 26B-A4B qkv
     assert not linear_module.takes_gemv(2, meta(8192, 2816))
     assert not linear_module.takes_gemv(1, meta(8192, 2816, torch.bfloat16))
@@ -65,6 +66,7 @@ def test_linear_sends_what_takes_gemv_says_to_the_kernel():
     g = torch.Generator().manual_seed(1)
     w, w_scale, _ = weights(True, 4096, 2816, g)
     named = {"w": w, "w_scale": w_scale}
+    linear = create("linear", DEVICE)
     one = torch.randn(1, 2816, generator=g).to(DEVICE, torch.bfloat16)
     assert torch.equal(linear(one, named, "w"), gemv_linear(one, w, w_scale))  # the same kernel, deterministic
     two = torch.randn(2, 2816, generator=g).to(DEVICE, torch.bfloat16)

@@ -9,11 +9,11 @@ import torch
 
 triton = pytest.importorskip("triton")
 
+from gemma_runtime.engine_format.fp8 import dequantize, quantize_per_row  # noqa: E402
 from gemma_runtime.kernels import moe_gemm  # noqa: E402
 from gemma_runtime.kernels.moe_gemm import align_by_expert  # noqa: E402
 from gemma_runtime.kernels.moe_routing import topk_softmax, topk_softmax_row_tiles  # noqa: E402
 from gemma_runtime.model.cuda_backends import TritonFusedExperts  # noqa: E402
-from gemma_runtime.model.linear import dequantize, quantize_per_row  # noqa: E402
 from gemma_runtime.model.moe import TorchGroupedExperts, route_hidden  # noqa: E402
 from tests.gpu.kernel_support import DEVICE, DTYPES, TOL, rel_err  # noqa: E402
 

@@ -10,7 +10,8 @@ import torch
 triton = pytest.importorskip("triton")
 
 from gemma_runtime.kernels.rms_norm import fused_rms_norm  # noqa: E402
-from gemma_runtime.model.cuda_backends import TritonGEGLU, TritonRMSNorm  # noqa: E402
+from gemma_runtime.model.cuda_backends import TritonGEGLU, TritonKVWrite, TritonRMSNorm  # noqa: E402
+from gemma_runtime.model.kv_write import TorchKVWrite  # noqa: E402
 from gemma_runtime.model.layers import TorchGEGLU, TorchRMSNorm, rope_cos_sin, rope_inv_freq  # noqa: E402
 from tests.gpu.kernel_support import CUDA, DEVICE, DTYPES, assert_as_accurate  # noqa: E402
 
@@ -120,7 +121,7 @@ def test_layer_end_in_one_launch_matches_the_reference(dtype, slots):
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
 @pytest.mark.parametrize("d, k_eq_v", [(256, False), (512, True), (32, False)], ids=["sliding 256", "K=V 512", "tiny"])
 def test_fused_qkv_norm_writes_the_cache_and_returns_q_like_the_reference(dtype, d, k_eq_v):
-    """One launch for a layer's q/k/v norms, rope and K/V cache writes, against TorchRMSNorm.qkv (three
+    """One launch for a layer's q/k/v norms, rope and K/V cache writes, against TorchKVWrite (three
     norms and two index_copy writes). Slots are scattered; every slot not written must keep its NaN."""
     g = torch.Generator().manual_seed(d)
     T, nq, nkv, slots_total = 5, 4, 2, 40
@@ -131,17 +132,17 @@ def test_fused_qkv_norm_writes_the_cache_and_returns_q_like_the_reference(dtype,
     slots = torch.tensor([17, 3, 38, 0, 22], device=DEVICE)
     caches = {name: [torch.full((slots_total, nkv, d), float("nan"), dtype=dtype, device=DEVICE) for _ in range(2)]
               for name in ("ref", "out")}  # fmt: skip
-    ref_q = TorchRMSNorm().qkv(qkv, nq, nkv, d, k_eq_v, q_w, k_w, 1e-6, rope, caches["ref"], slots)
-    out_q = TritonRMSNorm().qkv(qkv, nq, nkv, d, k_eq_v, q_w, k_w, 1e-6, rope, caches["out"], slots)
+    ref_q = TorchKVWrite()(qkv, nq, nkv, d, k_eq_v, q_w, k_w, 1e-6, rope, caches["ref"], slots)
+    out_q = TritonKVWrite()(qkv, nq, nkv, d, k_eq_v, q_w, k_w, 1e-6, rope, caches["out"], slots)
     assert out_q.shape == ref_q.shape == (T, nq, d) and out_q.dtype == dtype
     untouched = torch.ones(slots_total, dtype=torch.bool, device=DEVICE)
     untouched[slots] = False
-    for ref, out in zip(caches["ref"], caches["out"]):
+    for out in caches["out"]:
         assert out[untouched].isnan().all() and not out[slots].isnan().any()
     # the same rounding allowance as the single norms above (sum of squares in another order)
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2**-7, atol=2**-4)
     truth_cache = [torch.zeros(slots_total, nkv, d, dtype=torch.float64, device=DEVICE) for _ in range(2)]
-    truth_q = TorchRMSNorm().qkv(f64(qkv), nq, nkv, d, k_eq_v, f64(q_w), f64(k_w), 1e-6, f64(rope), truth_cache, slots)
+    truth_q = TorchKVWrite()(f64(qkv), nq, nkv, d, k_eq_v, f64(q_w), f64(k_w), 1e-6, f64(rope), truth_cache, slots)
     for ref, out, truth in [(ref_q, out_q, truth_q),
                             *((r[slots], o[slots], t[slots]) for r, o, t in zip(caches["ref"], caches["out"], truth_cache))]:
         torch.testing.assert_close(out, ref, **tol)

@@ -7,7 +7,7 @@ import torch
 from transformers import Gemma4ForConditionalGeneration
 
 from engine_builder.convert import build_engine
-from engine_builder.tiny_checkpoint import make_tiny_checkpoint
+from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 
 SLIDING_WINDOW = 8
 

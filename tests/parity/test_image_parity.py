@@ -9,7 +9,7 @@ from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImagePr
 
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.engine.llm_engine import LLMEngine
 from tests.parity.conftest import hf_greedy
 
 BUDGET = 70

@@ -8,7 +8,7 @@ import torch
 
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.engine.llm_engine import LLMEngine
 from tests.parity.conftest import SLIDING_WINDOW, hf_greedy
 
 NEW_TOKENS = 48
@@ -49,8 +49,8 @@ def test_all_prefill_logits_match(tiny):
     _, _, engine_dir, hf = tiny
     engine = LLMEngine(engine_dir, RuntimeConfig(block_size=4))
     prompt = random_prompt(3 * SLIDING_WINDOW + 5, seed=3, vocab=engine.spec.text.vocab_size)
-    from gemma_runtime.scheduler import ScheduledSeq
-    from gemma_runtime.sequence import Sequence
+    from gemma_runtime.scheduling.scheduler import ScheduledSeq
+    from gemma_runtime.scheduling.sequence import Sequence
 
     seq = Sequence("x", prompt, greedy(), frozenset())
     engine.blocks.allocate(seq.block_tables, 0, len(prompt))

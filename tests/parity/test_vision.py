@@ -12,9 +12,9 @@ from PIL import Image
 from transformers import Gemma4Config, Gemma4ForConditionalGeneration
 from transformers.models.gemma4.image_processing_pil_gemma4 import Gemma4ImageProcessorPil
 
-from gemma_runtime.engine_config import VisionSpec
-from gemma_runtime.vision.encoder import VisionEncoder
-from gemma_runtime.vision.preprocess import num_soft_tokens_for, preprocess_image
+from gemma_runtime.engine_format.spec import VisionSpec
+from gemma_runtime.inputs.image_preprocess import num_soft_tokens_for, preprocess_image
+from gemma_runtime.model.vision_encoder import VisionEncoder
 
 PATCH, POOL = 16, 3
 TEXT_HIDDEN = 64

@@ -7,9 +7,9 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass, field
 
-from engine_builder.tiny_tokenizer import make_tiny_tokenizer
+from engine_builder.tiny.tokenizer import make_tiny_tokenizer
 from gemma_runtime.api import EngineStats, GenerateRequest, RequestError, RequestOutput, TokenLogprob, Usage
-from gemma_runtime.engine_config import EngineSpec, LayerSpec, MultimodalSpec, TextSpec, TokenSpec, VisionSpec
+from gemma_runtime.engine_format.spec import EngineSpec, LayerSpec, MultimodalSpec, TextSpec, TokenSpec, VisionSpec
 
 _TOKENIZER = None
 

@@ -7,8 +7,8 @@ import asyncio
 import pytest
 
 from gemma_runtime.api import GenerateRequest, RequestError, SamplingParams
-from gemma_runtime.async_engine import AsyncEngine
 from gemma_runtime.config import RuntimeConfig
+from gemma_runtime.engine.async_engine import AsyncEngine
 from tests.fault_injection import FAULT, fail_on_step
 
 PROMPT = "<bos><|turn>user\nHi there<turn|>\n<|turn>model\n"

@@ -3,6 +3,7 @@ engines' layout checked against what the builder writes for the same geometry.""
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
 import subprocess
@@ -14,10 +15,8 @@ import torch
 from safetensors import safe_open
 
 from engine_builder.convert import build_engine
-from engine_builder.tiny_checkpoint import make_tiny_checkpoint
-from tests.conftest import REPO_ROOT, bench_module
+from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 
-BENCH = REPO_ROOT / "bench"
 SCHEMA = {"date", "gpu", "model", "dtype", "system", "metric", "batch", "value", "unit"}
 OURS_METRICS = {
     "bandwidth_floor_tokens_per_s", "ttft_ms", "prefill_32_tokens_per_s", "prefill_96_tokens_per_s",
@@ -30,7 +29,7 @@ def test_dry_run_prints_the_table_and_appends_json_lines(tmp_path):
     (results).mkdir()
     (results / "cpu-dry-run.jsonl").write_text('{"earlier": "run"}\n')  # appended to, never overwritten
     # the decode path a GPU takes (graphs and overlap; the graphs run eagerly on the CPU)
-    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--dry-run", "--results-dir", str(results),
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--dry-run", "--results-dir", str(results),
                            "--decode-graphs", "on", "--overlap", "on"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -53,7 +52,7 @@ def test_dry_run_prints_the_table_and_appends_json_lines(tmp_path):
 def test_ablation_figures_name_what_was_off_and_land_before_a_failure(tmp_path):
     """--decode-graphs off / --overlap off mark their figures' system, so they never pass for the default
     run's; each figure is written when measured, so a run that dies later keeps what it measured."""
-    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--dry-run", "--results-dir", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--dry-run", "--results-dir", str(tmp_path),
                            "--models", "tiny,no-such-model", "--dtypes", "bf16", "--decode-graphs", "off",
                            "--overlap", "off", "--transformers", "off"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
@@ -65,7 +64,7 @@ def test_ablation_figures_name_what_was_off_and_land_before_a_failure(tmp_path):
 
 def test_ours_off_times_only_transformers(tmp_path):
     """--ours off catches transformers up where a run was cut off before it (the 31B's arrivals run is long)."""
-    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--dry-run", "--results-dir", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--dry-run", "--results-dir", str(tmp_path),
                            "--ours", "off"], cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = [json.loads(line) for line in (tmp_path / "cpu-dry-run.jsonl").read_text().splitlines()]
@@ -78,7 +77,7 @@ def test_ours_off_times_only_transformers(tmp_path):
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
 def test_random_engine_layout_matches_the_builder(tmp_path, dtype):
-    made = bench_module("random_engine").make_random_engine("tiny", dtype, torch.device("cpu"), tmp_path / "random")
+    made = importlib.import_module("bench.random_engine").make_random_engine("tiny", dtype, torch.device("cpu"), tmp_path / "random")
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", kind="moe", sliding_window=8, with_vision=False)
     built = build_engine(str(ckpt), tmp_path / "engines", dtype=dtype, progress=False)
     with safe_open(str(Path(built) / "model.safetensors"), framework="pt") as f:
@@ -86,14 +85,14 @@ def test_random_engine_layout_matches_the_builder(tmp_path, dtype):
     got = {k: (tuple(v.shape), {torch.float8_e4m3fn: "F8_E4M3", torch.float32: "F32", torch.bfloat16: "BF16"}[v.dtype])
            for k, v in made.weights.items()}  # fmt: skip
     assert got == expected
-    from gemma_runtime.engine_config import EngineSpec
+    from gemma_runtime.engine_format.spec import EngineSpec
 
     assert made.spec.text == EngineSpec.load(built).text
     assert made.spec.quantization == EngineSpec.load(built).quantization
 
 
 def test_host_step_benchmark_runs(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH / "host_step.py"), "--batch", "4", "--contexts", "64,128", "--steps", "4"],
+    proc = subprocess.run([sys.executable, "-m", "bench.host_step", "--batch", "4", "--contexts", "64,128", "--steps", "4"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split() for line in proc.stdout.splitlines()[2:]]
@@ -102,7 +101,7 @@ def test_host_step_benchmark_runs(tmp_path):
 
 
 def test_decode_launch_count_drops_with_the_fused_norms(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH / "decode_launches.py")], cwd=tmp_path, capture_output=True,
+    proc = subprocess.run([sys.executable, "-m", "bench.decode_launches"], cwd=tmp_path, capture_output=True,
                           text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[-2:]}
@@ -113,7 +112,7 @@ def test_decode_launch_count_drops_with_the_fused_norms(tmp_path):
 def test_a_dry_run_names_of_real_models_time_the_tiny_engine(tmp_path):
     """`bench --dry-run --models 31b` (a GPU session's step rehearsed on a CPU) must not build a 62 GB
     engine in host memory: each real model stands for the tiny one, once."""
-    proc = subprocess.run([sys.executable, str(BENCH / "run.py"), "--dry-run", "--results-dir", str(tmp_path),
+    proc = subprocess.run([sys.executable, "-m", "bench.run", "--dry-run", "--results-dir", str(tmp_path),
                            "--models", "26b,31b", "--dtypes", "bf16", "--transformers", "off"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

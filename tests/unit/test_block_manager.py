@@ -1,4 +1,4 @@
-from gemma_runtime.block_manager import NO_BLOCK, BlockManager, BlockTables
+from gemma_runtime.scheduling.block_manager import NO_BLOCK, BlockManager, BlockTables
 
 
 def manager(full=100, sliding=100, window=8, block=4) -> BlockManager:

@@ -1,6 +1,6 @@
 """A user's mistakes in every command end in one line on stderr that names the problem and the fix,
 a non-zero exit and no traceback (tracebacks stay for our own bugs). Each case runs the command as a
-user would, in a subprocess: `python -m server` (make serve), `python -m server.triton_launcher`
+user would, in a subprocess: `python -m server` (make serve), `python -m triton_bridge.launcher`
 (make triton), `python -m engine_builder` (make engine), `bench/run.py` (make bench)."""
 
 from __future__ import annotations
@@ -145,7 +145,7 @@ def test_serve_malformed_backend(uri, expected):
 
 
 def test_triton_missing_engine(tmp_path):
-    line = one_line_error(["-m", "server.triton_launcher", "--engine", str(tmp_path / "nope")])
+    line = one_line_error(["-m", "triton_bridge.launcher", "--engine", str(tmp_path / "nope")])
     assert "nope does not exist" in line and "make engine" in line
 
 
@@ -154,12 +154,12 @@ def test_triton_port_in_use(engine_copy, busy_port):
         s.bind(("127.0.0.1", 0))
         free = [s.getsockname()[1]]
     env = {"TRITON_HTTP_PORT": str(free[0]), "TRITON_GRPC_PORT": str(busy_port), "TRITON_METRICS_PORT": str(free[0])}
-    line = one_line_error(["-m", "server.triton_launcher", "--engine", str(engine_copy)], env=env)
+    line = one_line_error(["-m", "triton_bridge.launcher", "--engine", str(engine_copy)], env=env)
     assert f"port {busy_port}" in line and "already in use" in line and "TRITON_GRPC_PORT=" in line
 
 
 def test_triton_bad_runtime_config(engine_copy):
-    line = one_line_error(["-m", "server.triton_launcher", "--engine", str(engine_copy), "--runtime-config", "{max_num_seqs: 4"])
+    line = one_line_error(["-m", "triton_bridge.launcher", "--engine", str(engine_copy), "--runtime-config", "{max_num_seqs: 4"])
     assert "--runtime-config is not JSON" in line
 
 

@@ -7,8 +7,8 @@ import random
 
 import torch
 
-from gemma_runtime.block_manager import NO_BLOCK, BlockManager, BlockTables
-from gemma_runtime.device_block_tables import DeviceBlockTables
+from gemma_runtime.executor.device_block_tables import DeviceBlockTables
+from gemma_runtime.scheduling.block_manager import NO_BLOCK, BlockManager, BlockTables
 
 
 def expected(tables: list[BlockTables], kind: str) -> torch.Tensor:

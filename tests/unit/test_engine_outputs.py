@@ -6,7 +6,8 @@ import pytest
 
 from gemma_runtime.api import GenerateRequest, RequestError, SamplingParams
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.engine.kv_sizing import block_bytes
+from gemma_runtime.engine.llm_engine import LLMEngine
 
 PROMPT = "<bos><|turn>user\nTell me a story about the sea.<turn|>\n<|turn>model\n"
 
@@ -100,5 +101,5 @@ def test_full_layer_pages_are_capped_by_the_kv_budget(random_tiny_engine_dir):
     e = engine(1)
     assert e.blocks.full.num_blocks == one_sequence
     # What the sliding pool leaves of the budget goes to full-layer pages.
-    sliding_bytes = e.blocks.sliding.num_blocks * e._block_bytes("sliding")
-    assert engine(sliding_bytes + 100 * e._block_bytes("full")).blocks.full.num_blocks == 100
+    sliding_bytes = e.blocks.sliding.num_blocks * block_bytes(e.spec, 4, e.dtype, "sliding")
+    assert engine(sliding_bytes + 100 * block_bytes(e.spec, 4, e.dtype, "full")).blocks.full.num_blocks == 100

@@ -17,8 +17,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from gemma_runtime.engine_config import EngineSpec
-from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.engine.llm_engine import LLMEngine
+from gemma_runtime.engine_format.spec import EngineSpec
 
 from .fp8_quality import NEW_TOKENS, build_engines, continuations, greedy, perplexity, teacher_forced_agreement
 
@@ -57,7 +57,7 @@ def test_fp8_engine_layout(engines):
 def test_loading_in_another_dtype_keeps_fp8_weights_and_their_scales(engines):
     """A runtime dtype override casts every floating tensor (router_scale too, though its name ends in
     _scale) but the e4m3 weights and their float32 scales."""
-    from gemma_runtime.weights import load_weights
+    from gemma_runtime.engine_format.weights import load_weights
 
     spec = EngineSpec.load(engines["fp8"].engine_dir)
     weights = load_weights(engines["fp8"].engine_dir, torch.device("cpu"), torch.float16)

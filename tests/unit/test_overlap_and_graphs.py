@@ -13,9 +13,9 @@ import torch
 
 from gemma_runtime.api import GenerateRequest, RequestOutput, SamplingParams
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.decode_graphs import graph_batch_sizes
-from gemma_runtime.llm_engine import LLMEngine
-from gemma_runtime.scheduler import ScheduledSeq
+from gemma_runtime.engine.llm_engine import LLMEngine
+from gemma_runtime.executor.decode_graphs import graph_batch_sizes
+from gemma_runtime.scheduling.scheduler import ScheduledSeq
 
 PROMPTS = [
     "<bos><|turn>user\nTell me a story about the sea.<turn|>\n<|turn>model\n",

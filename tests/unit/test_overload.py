@@ -19,7 +19,7 @@ import uvicorn
 from server.app import create_app
 from server.drain import DrainingServer
 from server.settings import ServerSettings
-from server.uvicorn_thread import UvicornThread, free_port
+from bench.uvicorn_thread import UvicornThread, free_port
 
 try:
     from ._server_fakes import FakeBackend, Script

@@ -162,7 +162,7 @@ class Case:
 
 WEATHER = f"<|tool_call>call:get_weather{{location:{Q}Paris{Q},days:2}}<tool_call|>"
 TIME = f"<|tool_call>call:get_time{{tz:{Q}Europe/Paris{Q}}}<tool_call|>"
-TRICKY_STRING = f"a, b: {{c}} [d] \"e\" 'f'\nnew line <b> Zürich 東京 🚀 call:x{{}}"
+TRICKY_STRING = "a, b: {c} [d] \"e\" 'f'\nnew line <b> Zürich 東京 🚀 call:x{}"
 
 CASES = [
     Case("plain", "Hello, world!", None, "Hello, world!"),

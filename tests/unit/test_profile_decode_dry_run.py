@@ -4,6 +4,7 @@ overlap on, as on a GPU) and writes a Chrome trace and a summary whose parts add
 from __future__ import annotations
 
 import gzip
+import importlib
 import json
 import math
 import subprocess
@@ -11,13 +12,9 @@ import sys
 
 import pytest
 
-from tests.conftest import REPO_ROOT, bench_module
-
-BENCH = REPO_ROOT / "bench"
-
 
 def test_dry_run_writes_a_trace_and_a_summary_that_adds_up(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH / "profile_decode.py"), "--dry-run", "--batch", "2",
+    proc = subprocess.run([sys.executable, "-m", "bench.profile_decode", "--dry-run", "--batch", "2",
                            "--decode-graphs", "on", "--overlap", "on", "--out", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -35,7 +32,7 @@ def test_dry_run_writes_a_trace_and_a_summary_that_adds_up(tmp_path):
 
 @pytest.fixture
 def profile_decode():
-    return bench_module("profile_decode")
+    return importlib.import_module("bench.profile_decode")
 
 
 @pytest.mark.parametrize("kernel, part", [
@@ -60,7 +57,7 @@ def test_cuda_kernel_names_land_in_their_part(profile_decode, kernel, part):
 
 
 def test_a_run_without_the_matrix_vector_kernels_is_named_so_and_can_skip_its_trace(tmp_path):
-    proc = subprocess.run([sys.executable, str(BENCH / "profile_decode.py"), "--dry-run", "--gemv", "off",
+    proc = subprocess.run([sys.executable, "-m", "bench.profile_decode", "--dry-run", "--gemv", "off",
                            "--trace", "off", "--steps", "2", "--out", str(tmp_path)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from gemma_runtime.api import SamplingParams
-from gemma_runtime.sampler import SamplingInput, sample
+from gemma_runtime.executor.sampler import SamplingInput, sample
 
 
 def rows(params: SamplingParams, n=1, outputs=(), seed=None):

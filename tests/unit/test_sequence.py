@@ -1,5 +1,5 @@
 from gemma_runtime.api import SamplingParams
-from gemma_runtime.sequence import Sequence
+from gemma_runtime.scheduling.sequence import Sequence
 
 
 def test_sequence_token_slices_cross_the_prompt_boundary():

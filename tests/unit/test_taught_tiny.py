@@ -9,8 +9,7 @@ import pytest
 import torch
 from transformers import AutoTokenizer, Gemma4ForConditionalGeneration
 
-from engine_builder.taught_corpus import TAUGHT_CONVERSATIONS
-from engine_builder.taught_tiny import (
+from engine_builder.tiny.taught import (
     TAUGHT_IMAGE_SOFT_TOKENS,
     encode,
     greedy_reply,
@@ -19,6 +18,7 @@ from engine_builder.taught_tiny import (
     stop_token_ids,
     weights_digest,
 )
+from engine_builder.tiny.taught_corpus import TAUGHT_CONVERSATIONS
 
 NAMES = [c["name"] for c in TAUGHT_CONVERSATIONS]
 
@@ -66,7 +66,7 @@ def test_served_engine_writes_the_replies(taught, taught_engine_dir):
     """The runtime, built from the checkpoint, greedy-decodes the same replies from the prompts the server renders."""
     from gemma_runtime.api import GenerateRequest, SamplingParams
     from gemma_runtime.config import RuntimeConfig
-    from gemma_runtime.llm_engine import LLMEngine
+    from gemma_runtime.engine.llm_engine import LLMEngine
 
     ckpt, _, tokenizer = taught
     engine = LLMEngine(taught_engine_dir, RuntimeConfig(max_num_seqs=16))

@@ -13,7 +13,7 @@ import xgrammar as xgr
 from gemma_runtime.api import GenerateRequest, RequestError, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.grammar.spec import StructuredOutput
-from gemma_runtime.llm_engine import LLMEngine
+from gemma_runtime.engine.llm_engine import LLMEngine
 from server.parsers import parse_output
 
 PROMPT = "<bos><|turn>user\nDo it.<turn|>\n<|turn>model\n"

@@ -3,6 +3,7 @@ a candidate with a wrong output or a compile failure is reported and never chose
 
 from __future__ import annotations
 
+import importlib
 import json
 import subprocess
 import sys
@@ -11,14 +12,10 @@ import types
 import pytest
 import torch
 
-from tests.conftest import REPO_ROOT, bench_module
-
-BENCH = REPO_ROOT / "bench"
-
 
 def test_dry_run_swaps_every_kernels_tiles_and_writes_json_lines(tmp_path):
     results = tmp_path / "tune.jsonl"
-    proc = subprocess.run([sys.executable, str(BENCH / "tune_kernels.py"), "--dry-run", "--results", str(results)],
+    proc = subprocess.run([sys.executable, "-m", "bench.tune_kernels", "--dry-run", "--results", str(results)],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in results.read_text().splitlines()]
@@ -35,7 +32,7 @@ def test_dry_run_swaps_every_kernels_tiles_and_writes_json_lines(tmp_path):
 
 @pytest.fixture
 def tune_kernels():
-    return bench_module("tune_kernels")
+    return importlib.import_module("bench.tune_kernels")
 
 
 def test_wrong_and_failing_candidates_are_reported_not_chosen(tune_kernels, capsys):
@@ -71,7 +68,7 @@ def test_timed_runs_take_enough_weight_copies_in_turn_to_miss_l2(monkeypatch):
     from types import SimpleNamespace
 
     monkeypatch.setattr(torch.cuda, "get_device_properties", lambda device: SimpleNamespace(L2_cache_size=50 << 20))
-    kernel_inputs = bench_module("kernel_inputs")
+    kernel_inputs = importlib.import_module("bench.kernel_inputs")
     cuda = torch.device("cuda")
     assert kernel_inputs.copies(2816 * 4096, cuda) == 19  # the 26B-A4B's o_proj in e4m3: 11.5 MB
     assert kernel_inputs.copies(43008 * 5376 * 2, cuda) == 1  # the 31B's gate_up in bf16: 462 MB
@@ -83,7 +80,7 @@ def test_timed_runs_take_enough_weight_copies_in_turn_to_miss_l2(monkeypatch):
 
 def test_shapes_keeps_only_the_cases_it_names(tmp_path):
     results = tmp_path / "tune.jsonl"
-    proc = subprocess.run([sys.executable, str(BENCH / "tune_kernels.py"), "--dry-run", "--results", str(results),
+    proc = subprocess.run([sys.executable, "-m", "bench.tune_kernels", "--dry-run", "--results", str(results),
                            "--kernels", "w8a16,gemv", "--shapes", "M=5,M=9"],
                           cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-3000:]

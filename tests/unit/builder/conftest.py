@@ -13,7 +13,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from engine_builder.convert import build_engine
-from engine_builder.tiny_checkpoint import make_tiny_checkpoint
+from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 LM = "model.language_model."

@@ -14,9 +14,8 @@ import torch
 
 from engine_builder.convert import build_engine
 from engine_builder.errors import BuildError
-from gemma_runtime.engine_config import EngineSpec
+from gemma_runtime.engine_format.spec import EngineSpec
 from tests.unit.builder.conftest import assert_nothing_left, copy_checkpoint, edit_config
-
 
 # ---------------------------------------------------------------- bad input
 
@@ -126,7 +125,7 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
 
 @pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs to reset peak RSS")
 def test_conversion_peak_memory_is_bounded(tmp_path):
-    from engine_builder.memcheck import measure_conversion, write_random_checkpoint
+    from engine_builder.tools.memcheck import measure_conversion, write_random_checkpoint
 
     # ~46 MB float32 checkpoint, largest tensor 2 MB: holding the checkpoint (or a shard of it) would show
     folder, size = write_random_checkpoint(tmp_path / "ckpt", num_layers=8, dtype=torch.float32, shard_bytes=16 * 1024**2)

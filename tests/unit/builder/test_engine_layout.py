@@ -13,11 +13,20 @@ from safetensors import safe_open
 
 from engine_builder.convert import build_engine
 from engine_builder.errors import BuildError
-from engine_builder.tiny_checkpoint import make_tiny_checkpoint
-from engine_builder.tiny_tokenizer import TINY_VOCAB_SIZE
-from gemma_runtime.engine_config import EngineSpec
-from tests.unit.builder.conftest import DTYPES, LM, assert_nothing_left, copy_checkpoint, edit_config, engine_tensors, expected_engine_tensors, hf_tensors, tokenizer_id
-
+from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
+from engine_builder.tiny.tokenizer import TINY_VOCAB_SIZE
+from gemma_runtime.engine_format.spec import EngineSpec
+from tests.unit.builder.conftest import (
+    DTYPES,
+    LM,
+    assert_nothing_left,
+    copy_checkpoint,
+    edit_config,
+    engine_tensors,
+    expected_engine_tensors,
+    hf_tensors,
+    tokenizer_id,
+)
 
 # ---------------------------------------------------------------- tiny checkpoints
 

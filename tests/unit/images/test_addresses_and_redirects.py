@@ -13,7 +13,6 @@ from server.images import ImageFetchPolicy, load_image
 from server.images.addresses import is_address_allowed
 from tests.unit.images.conftest import IMAGES, LOCAL, PINNED, RecordingTransport, expect_error, make_image
 
-
 # ---------------------------------------------------------------------------------------------------
 # addresses: refused ones see no traffic
 

@@ -13,7 +13,6 @@ import server.images.addresses as addresses
 from server.images import ImageError, ImageFetchPolicy, check_image_bytes, load_image
 from tests.unit.images.conftest import IMAGES, LOCAL, expect_error, gif_with_huge_second_frame, make_image, png_claiming
 
-
 # ---------------------------------------------------------------------------------------------------
 # formats by content
 

@@ -26,7 +26,6 @@ from pathlib import Path
 
 import triton_python_backend_utils as pb_utils
 
-ENGINE_PATH_FILE = "engine_path.txt"
 WATCH_INTERVAL_S = 0.05
 
 
@@ -58,8 +57,8 @@ class TritonPythonModel:
         params = {k: v.get("string_value", "") for k, v in config.get("parameters", {}).items()}
         self._import_project(Path(args["model_repository"]))
 
-        from gemma_runtime.async_engine import AsyncEngine
-        from server import triton_protocol as protocol
+        from gemma_runtime.engine.async_engine import AsyncEngine
+        from triton_bridge import protocol
 
         self.protocol = protocol
         engine_dir = self._engine_dir(params, Path(args["model_repository"]))
@@ -118,6 +117,9 @@ class TritonPythonModel:
 
     @staticmethod
     def _engine_dir(params: dict, model_dir: Path) -> Path:
+        from gemma_runtime.engine_format.files import ENGINE_JSON
+        from triton_bridge.protocol import ENGINE_PATH_FILE
+
         path = params.get("engine_dir", "").strip()
         source = "the engine_dir parameter"
         if not path or path.startswith("${"):
@@ -130,7 +132,7 @@ class TritonPythonModel:
         engine_dir = Path(path)
         if not engine_dir.is_absolute():
             engine_dir = (model_dir / engine_dir).resolve()
-        if not (engine_dir / "engine.json").is_file():
+        if not (engine_dir / ENGINE_JSON).is_file():
             raise pb_utils.TritonModelException(
                 f"gemma4: {engine_dir} (from {source}) is not an engine directory: no engine.json "
                 f"(build one with `make engine MODEL=...`)")
@@ -270,7 +272,7 @@ class TritonPythonModel:
             family = pb_utils.MetricFamily(name=metric, description=f"gemma4 runtime {attr.replace('_', ' ')}",
                                            kind=pb_utils.MetricFamily.GAUGE)
             families.append(family)
-            gauges[attr] = family.Metric(labels={"model": "gemma4"})
+            gauges[attr] = family.Metric(labels={"model": self.protocol.MODEL_NAME})
         return families, gauges
 
 

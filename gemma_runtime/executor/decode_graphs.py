@@ -1,0 +1,111 @@
+"""Decode steps through fixed-size buffers, replayed as CUDA graphs.
+
+A decode step of the 26B-A4B launches a few hundred small kernels (30 layers of norms, projections,
+attention, routing and experts); at batch 1 launching them costs more host time than the GPU needs to
+run them. A CUDA graph records the launches once per batch size and replays them with one call.
+
+A graph replays on the same memory it was captured on, so every decode input lives in a static buffer
+sized for the largest captured batch, and a batch of n sequences runs on the smallest captured size
+B >= n. Rows n..B-1 are padding: token <pad> at position 0 with one key in the cache, whose K/V go to
+the scratch page (the page past the last in each pool, never given to a sequence), so they read and
+write nothing that belongs to anyone. Everything the forward decides on the host (grid sizes, split
+counts, MoE tile counts) depends only on B, which is what makes it capturable.
+
+Without capture (on the CPU) `run` executes the same padded buffers eagerly: tests use that to check
+padding and buffer handling where no GPU is present.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gemma_runtime.config import ResolvedConfig
+from gemma_runtime.model.forward_batch import ForwardBatch
+from gemma_runtime.model.gemma4 import Gemma4TextModel
+
+
+def graph_batch_sizes(max_batch: int) -> list[int]:
+    """1, 2, 4, 8, then every multiple of 16 up to max_batch (and max_batch itself): padding wastes at
+    most 15 rows, and the graphs share one memory pool, so many sizes cost little memory."""
+    sizes = [b for b in (1, 2, 4, 8) if b < max_batch] + list(range(16, max_batch, 16))
+    return sorted(set(sizes + [max_batch]))
+
+
+class DecodeGraphs:
+    def __init__(self, text: Gemma4TextModel, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+                 config: ResolvedConfig, pad_token_id: int):
+        """One padded static batch per size of graph_batch_sizes(config.decode_graph_max_batch); padding
+        rows write their K/V to each pool's scratch page, the one past its last."""
+        self.text = text
+        self.kv_caches = kv_caches
+        self.batch_sizes = graph_batch_sizes(config.decode_graph_max_batch)
+        self.max_batch = self.batch_sizes[-1]
+        self.block_size = block_size = config.block_size
+        self.scratch_page = scratch_page = {"full": config.num_full_blocks, "sliding": config.num_sliding_blocks}
+        self.pad_token_id = pad_token_id
+        device, max_pages = config.device, config.max_pages_per_seq
+        n = self.max_batch
+        i64 = dict(dtype=torch.int64, device=device)
+        self.input_ids = torch.full((n,), pad_token_id, **i64)
+        self.positions = torch.zeros(n, **i64)
+        self.context_lens = torch.ones(n, **i64)
+        self.query_start = torch.arange(n + 1, **i64)  # one query per sequence
+        self.logits_indices = torch.arange(n, **i64)
+        self.slots = {kind: torch.full((n,), page * block_size, **i64) for kind, page in scratch_page.items()}
+        self.tables = {kind: torch.full((n, max_pages), page, **i64) for kind, page in scratch_page.items()}  # [n, max_pages]
+        self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self.outputs: dict[int, torch.Tensor] = {}  # per captured size, the hidden states a replay writes
+        if config.capture_graphs:
+            self._capture()
+
+    def _batch(self, size: int) -> ForwardBatch:
+        """The first `size` rows of the static buffers as a ForwardBatch (views: no copies)."""
+        return ForwardBatch(
+            input_ids=self.input_ids[:size],
+            positions=self.positions[:size],
+            query_start=self.query_start[: size + 1],
+            context_lens=self.context_lens[:size],
+            slot_mapping={kind: s[:size] for kind, s in self.slots.items()},
+            block_tables={kind: t[:size] for kind, t in self.tables.items()},
+            block_size=self.block_size,
+            logits_indices=self.logits_indices[:size],
+            max_query_len=1,
+        )
+
+    @torch.inference_mode()
+    def _capture(self) -> None:
+        pool = torch.cuda.graph_pool_handle()
+        # largest first: the smaller graphs fit inside the memory the largest one reserved in the pool
+        for size in reversed(self.batch_sizes):
+            batch = self._batch(size)
+            self.text.forward(batch, self.kv_caches)  # warm-up outside the capture: Triton compiles here
+            torch.cuda.synchronize()
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, pool=pool):
+                self.outputs[size] = self.text.forward(batch, self.kv_caches)  # [size, H]
+            self.graphs[size] = graph
+        torch.cuda.synchronize()
+
+    def bucket(self, n: int) -> int:
+        return next(size for size in self.batch_sizes if size >= n)
+
+    def run(self, batch: ForwardBatch) -> torch.Tensor:
+        """A decode batch (one query per sequence) -> final-normed hidden states [n, H]."""
+        n = batch.num_seqs
+        size = self.bucket(n)
+        self.input_ids[:n].copy_(batch.input_ids)
+        self.positions[:n].copy_(batch.positions)
+        self.context_lens[:n].copy_(batch.context_lens)
+        self.input_ids[n:size].fill_(self.pad_token_id)
+        self.positions[n:size].zero_()
+        self.context_lens[n:size].fill_(1)
+        for kind, page in self.scratch_page.items():
+            self.slots[kind][:n].copy_(batch.slot_mapping[kind])
+            self.slots[kind][n:size].fill_(page * self.block_size)
+            table = batch.block_tables[kind]  # [n, w]: columns past w are stale but past every row's last key
+            self.tables[kind][:n, : table.shape[1]].copy_(table)
+            self.tables[kind][n:size, 0].fill_(page)
+        if size in self.graphs:
+            self.graphs[size].replay()
+            return self.outputs[size][:n]
+        return self.text.forward(self._batch(size), self.kv_caches)[:n]

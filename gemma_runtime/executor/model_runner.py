@@ -1,0 +1,217 @@
+"""The only place that turns scheduled sequences into tensors: builds the ForwardBatch, runs the vision
+tower for new images, the decoder (through a captured CUDA graph for decode batches), and the sampler.
+
+A step is launched and resolved separately. `launch` queues all of its device work and returns at once,
+its sampled tokens still on the device; `resolve` reads them on the host. Between the two the engine
+may schedule and launch the next step: a sequence's newest token then goes into the next batch straight
+from the previous step's token tensor (a device gather), never through the host.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gemma_runtime.api import TokenLogprob
+from gemma_runtime.config import ResolvedConfig
+from gemma_runtime.engine_format.spec import EngineSpec
+from gemma_runtime.executor.decode_graphs import DecodeGraphs
+from gemma_runtime.executor.device_block_tables import DeviceBlockTables
+from gemma_runtime.executor.device_io import HostCopy, to_device
+from gemma_runtime.executor.sampler import SampledBatch, SamplingInput, sample_on_device
+from gemma_runtime.model.forward_batch import ForwardBatch
+from gemma_runtime.grammar.logits import TokenMask
+from gemma_runtime.model.gemma4 import Gemma4TextModel
+from gemma_runtime.scheduling.scheduler import ScheduledSeq
+from gemma_runtime.scheduling.sequence import Sequence
+
+
+@dataclass(frozen=True)
+class SampledToken:
+    seq: Sequence
+    token_id: int
+    logprob: TokenLogprob | None
+
+
+@dataclass
+class LaunchedStep:
+    """A step whose device work is queued: the sequences that sample, in row order, and their samples."""
+
+    seqs: list[Sequence]
+    sampled: SampledBatch | None
+    host_copy: HostCopy | None
+    unsampled: tuple | None = None  # (logits, rows) of a step whose sampling waits for its token mask
+
+    @property
+    def awaiting_sample(self) -> bool:
+        return self.unsampled is not None
+
+    @property
+    def needs_host_tokens(self) -> bool:
+        """Penalties count a sequence's generated tokens on the host, so its next step needs them resolved."""
+        return any(s.sampling.presence_penalty or s.sampling.frequency_penalty for s in self.seqs)
+
+
+class ModelRunner:
+    def __init__(self, spec: EngineSpec, weights: dict[str, torch.Tensor], config: ResolvedConfig):
+        """config.decode_graph_max_batch > 0 runs decode batches up to that size through fixed-size padded
+        buffers, captured as CUDA graphs when config.capture_graphs (on the CPU they run eagerly, which is
+        how tests check the padding). Each KV pool gets one extra page past its last: the scratch page
+        that padding rows write to, never handed to a sequence."""
+        self.spec = spec
+        self.config = config
+        self.device = device = config.device
+        self.block_size = config.block_size
+        text_weights = {k: v for k, v in weights.items() if not k.startswith("vision.")}
+        placeholders = spec.multimodal.placeholder_ids if spec.multimodal else ()
+        self.text = Gemma4TextModel(spec.text, text_weights, device, placeholders, spec.tokens.pad_token_id,
+                                    config.moe_side_stream)
+        self.vision = None
+        if spec.vision is not None:
+            from gemma_runtime.model.vision_encoder import VisionEncoder
+
+            self.vision = VisionEncoder(spec.vision, spec.text.hidden_size, config.dtype).to(device)
+            self.vision.load_state_dict({k[len("vision."):]: v for k, v in weights.items() if k.startswith("vision.")})
+        self.kv_caches = self._allocate_kv(config.dtype, config.num_full_blocks, config.num_sliding_blocks)
+        self.default_generator = torch.Generator(device=device).manual_seed(config.seed)
+        self.constraints = None  # set by the engine: lags(scheduled) and mask(seqs) of constrained decoding
+        # the previous launch's sampled tokens [S] and each sampling sequence's row in them
+        self._last_tokens: torch.Tensor | None = None
+        self._last_rows: dict[int, int] = {}
+        self.block_tables = DeviceBlockTables(config.max_num_seqs, config.max_pages_per_seq, device)
+        self.graphs = None
+        if config.decode_graph_max_batch > 0:
+            self.graphs = DecodeGraphs(self.text, self.kv_caches, config, spec.tokens.pad_token_id)
+
+    def _allocate_kv(self, dtype, num_full_blocks, num_sliding_blocks) -> list[tuple[torch.Tensor, torch.Tensor]]:
+        caches = []
+        for layer in self.spec.text.layers:
+            blocks = (num_full_blocks if layer.type == "full" else num_sliding_blocks) + 1  # + the scratch page
+            shape = (blocks * self.block_size, layer.num_kv_heads, layer.head_dim)  # [slots, kv_heads, head_dim]
+            caches.append((torch.zeros(shape, dtype=dtype, device=self.device),
+                           torch.zeros(shape, dtype=dtype, device=self.device)))
+        return caches
+
+    @torch.inference_mode()
+    def launch(self, scheduled: list[ScheduledSeq]) -> LaunchedStep:
+        """Queues the step's forward and sampling; returns without waiting for the device. With
+        `constraints` (the engine's StructuredDecoding) the sampling rows get the grammar's token mask;
+        when a constrained row's newest token is still unread, only the forward is queued and the
+        caller finishes the step with `sample` once it has read that token."""
+        batch = self._build_batch(scheduled)
+        if self.graphs is not None and batch.is_decode_only and batch.num_seqs <= self.graphs.max_batch:
+            hidden = self.graphs.run(batch)
+        else:
+            hidden = self.text.forward(batch, self.kv_caches)
+        seqs = [s.seq for s in scheduled if s.completes_prompt]
+        if not seqs:
+            self._last_tokens, self._last_rows = None, {}
+            return LaunchedStep([], None, None)
+        logits = self.text.logits(hidden)  # [S, V]
+        rows = [SamplingInput(seq.sampling, seq.output_token_ids, seq.generator) for seq in seqs]
+        step = LaunchedStep(seqs, None, None, unsampled=(logits, rows))
+        if self.constraints is None:
+            self.sample(step)
+        elif not self.constraints.lags(scheduled):
+            self.sample(step, self.constraints.mask(seqs))
+        return step
+
+    @torch.inference_mode()
+    def sample(self, step: LaunchedStep, mask: TokenMask | None = None) -> None:
+        """Queues the sampling of a launched step (with the grammar's mask) and its copy to the host."""
+        (logits, rows), step.unsampled = step.unsampled, None
+        sampled = sample_on_device(logits, rows, self.default_generator, mask)
+        self._last_tokens, self._last_rows = sampled.tokens, {id(seq): i for i, seq in enumerate(step.seqs)}
+        step.sampled, step.host_copy = sampled, sampled.start_host_copy()
+
+    def resolve(self, step: LaunchedStep) -> list[SampledToken]:
+        """Waits for the step's samples and returns them on the host."""
+        if step.sampled is None:
+            return []
+        tokens, logprobs = step.sampled.to_host(step.host_copy)
+        return [SampledToken(seq, t, lp) for seq, t, lp in zip(step.seqs, tokens, logprobs)]
+
+    def release(self, seq: Sequence) -> None:
+        """The sequence is done: its row of the device block tables goes to the next one."""
+        self.block_tables.release(seq.request_id)
+
+    # --- batch construction ------------------------------------------------------------------------
+
+    def _build_batch(self, scheduled: list[ScheduledSeq]) -> ForwardBatch:
+        bs = self.block_size
+        input_ids, positions, query_start, context_lens, logits_indices = [], [], [0], [], []
+        slots = {"full": [], "sliding": []}
+        mm_embeds, mm_rows, spans, span_bounds = [], [], [], []
+        pending_at, pending_from = [], []  # batch rows whose token is still on the device, and where it is
+        for item in scheduled:
+            seq, lo = item.seq, item.seq.num_computed
+            hi = lo + item.num_new
+            known = seq.num_resolved_tokens
+            input_ids.extend(seq.tokens(lo, min(hi, known)))
+            for _ in range(max(lo, known), hi):
+                pending_at.append(len(input_ids))
+                pending_from.append(self._pending_row(seq))
+                input_ids.append(self.spec.tokens.pad_token_id)
+            positions.extend(range(lo, hi))
+            for kind in ("full", "sliding"):
+                table = getattr(seq.block_tables, kind)
+                slots[kind].extend(table[p // bs] * bs + p % bs if table else -1 for p in range(lo, hi))
+            query_start.append(query_start[-1] + item.num_new)
+            context_lens.append(hi)
+            if item.completes_prompt:
+                logits_indices.append(query_start[-1] - 1)
+            seq_rows, seq_spans = self._images_in_chunk(seq, lo, hi, mm_embeds)
+            mm_rows.extend(query_start[-2] + r for r in seq_rows)
+            spans.append(seq_spans)
+            span_bounds.extend(next(((a, b) for a, b in seq_spans if a <= p < b), (0, 0)) for p in range(lo, hi))
+
+        def as_tensor(values):
+            return to_device(values, torch.int64, self.device)
+
+        ids = as_tensor(input_ids)
+        if pending_at:
+            ids.index_copy_(0, as_tensor(pending_at), self._last_tokens.index_select(0, as_tensor(pending_from)))
+        return ForwardBatch(
+            input_ids=ids,
+            positions=as_tensor(positions),
+            query_start=as_tensor(query_start),
+            context_lens=as_tensor(context_lens),
+            slot_mapping={k: as_tensor(v) for k, v in slots.items()},
+            block_tables=self.block_tables.gather([i.seq.request_id for i in scheduled],
+                                                  [i.seq.block_tables for i in scheduled]),
+            block_size=bs,
+            logits_indices=as_tensor(logits_indices),
+            mm_embeds=torch.cat(mm_embeds) if mm_embeds else None,
+            mm_rows=as_tensor(mm_rows) if mm_embeds else None,
+            bidirectional_spans=spans,
+            span_bounds=as_tensor(span_bounds) if any(spans) else None,  # [T, 2]
+            max_query_len=max(item.num_new for item in scheduled),
+        )
+
+    def _pending_row(self, seq: Sequence) -> int:
+        # a pending token was always sampled by the launch just before: the engine resolves every step's
+        # tokens before it schedules the step after next
+        row = self._last_rows.get(id(seq))
+        if row is None:
+            raise RuntimeError(f"request {seq.request_id!r} has a pending token the last step did not sample")
+        return row
+
+    def _images_in_chunk(self, seq: Sequence, lo: int, hi: int, mm_embeds: list) -> tuple[list[int], list[tuple[int, int]]]:
+        """Soft-token rows for the image tokens in [lo, hi) (appended to mm_embeds), their offsets in the
+        chunk, and the image spans the chunk touches."""
+        rows: list[int] = []
+        touched = [(s.start, s.end) for s in seq.image_spans if s.start < hi and s.end > lo]
+        if not touched:
+            return rows, []
+        if seq.image_embeds is None:
+            # Encoded once per request and kept: a preempted request is re-prefilled without re-encoding.
+            seq.image_embeds = torch.cat(self.vision(seq.images))  # [all image tokens, H]
+        offset = 0
+        for span in seq.image_spans:
+            a, b = max(span.start, lo), min(span.end, hi)
+            if a < b:
+                mm_embeds.append(seq.image_embeds[offset + a - span.start : offset + b - span.start])
+                rows.extend(range(a - lo, b - lo))
+            offset += span.end - span.start
+        return rows, touched
