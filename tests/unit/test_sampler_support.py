@@ -78,3 +78,11 @@ def test_penalties_count_only_the_penalised_token():
     assert greedy_after([1, 1, 1, 1, 0], presence_penalty=0.3) == 0
     assert greedy_after([1, 1, 1, 0], frequency_penalty=0.3) == 0
     assert greedy_after([1, 1, 1], presence_penalty=0.6) == 0  # only token 1 penalised
+
+
+def test_min_p_is_relative_to_the_most_likely_token():
+    # Flat top: min_p 0.4 of the top probability 0.3 keeps everything from 0.12 up; an absolute 0.4
+    # cut-off would keep nothing.
+    logits = torch.log(torch.tensor([0.3, 0.25, 0.2, 0.15, 0.1]))
+    assert support(logits, SamplingParams(temperature=1.0, min_p=0.4)) == {0, 1, 2, 3}
+    assert support(logits, SamplingParams(temperature=1.0, min_p=0.6)) == {0, 1, 2}  # cut at 0.18
