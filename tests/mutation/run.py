@@ -38,7 +38,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 class Outcome:
     name: str
     issue20: bool
-    result: str  # caught, timeout (caught), survived, no tests
+    result: str  # caught, survived, timeout, no tests
     seconds: float
     tests: tuple[str, ...]
 
