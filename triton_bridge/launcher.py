@@ -32,6 +32,7 @@ from pathlib import Path
 
 from gemma_runtime.engine_format.files import ENGINE_JSON
 from triton_bridge.protocol import ENGINE_PATH_FILE, MODEL_NAME
+from triton_bridge.process_group import end_process_group
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPO = REPO_ROOT / "triton_model_repo"
@@ -98,7 +99,8 @@ class TritonProcess:
             return ""
 
     def stop(self, timeout: float = 15.0) -> int | None:
-        """SIGTERM, then SIGKILL if Triton has not exited within `timeout` seconds."""
+        """SIGTERM, then SIGKILL if Triton has not exited within `timeout` seconds; then the rest of its
+        process group (a Python backend stub outlives a server that died, and ignores SIGTERM)."""
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
             try:
@@ -106,6 +108,7 @@ class TritonProcess:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait(5)
+        end_process_group(self.process.pid)
         return self.process.returncode
 
 

@@ -1,0 +1,1 @@
+"""The mutation run (run.py) and its list of mutants (mutations.py)."""
