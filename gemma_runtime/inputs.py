@@ -12,6 +12,7 @@ from PIL import Image
 
 from gemma_runtime.api import GenerateRequest, RequestError
 from gemma_runtime.engine_config import EngineSpec
+from gemma_runtime.prefix_cache import image_content_hash
 from gemma_runtime.sequence import ImageSpan
 
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
@@ -23,6 +24,7 @@ class PreparedInput:
     token_ids: list[int]
     images: list  # PreprocessedImage, one per image, in prompt order
     image_spans: list[ImageSpan]  # where each image's soft tokens sit in token_ids
+    image_hashes: tuple[bytes, ...] = ()  # each image's content hash: names its pages in the prefix cache
 
 
 class InputProcessor:
@@ -63,7 +65,8 @@ class InputProcessor:
         if total > self.max_model_len:
             raise RequestError(f"the prompt ({len(ids)} tokens) plus max_tokens ({request.sampling.max_tokens}) "
                                f"exceeds this engine's maximum context of {self.max_model_len} tokens")
-        return PreparedInput(ids, images, spans)
+        # hashed here, off the engine loop: the pixels of a large image take milliseconds
+        return PreparedInput(ids, images, spans, tuple(image_content_hash(im.pixel_values) for im in images))
 
     def _preprocess(self, image, budget: int):
         from gemma_runtime.vision.preprocess import preprocess_image

@@ -15,6 +15,7 @@ from gemma_runtime.detokenizer import IncrementalDetokenizer, TextStream
 from gemma_runtime.engine_config import EngineSpec, read_generation_defaults
 from gemma_runtime.inputs import MAX_IMAGE_TOKENS, InputProcessor, PreparedInput
 from gemma_runtime.model_runner import LaunchedStep, ModelRunner, SampledToken
+from gemma_runtime.prefix_cache import CachingBlockPool
 from gemma_runtime.scheduler import Scheduler
 from gemma_runtime.sequence import Sequence, SequenceStatus
 from gemma_runtime.weights import DTYPES, load_weights
@@ -47,7 +48,8 @@ class LLMEngine:
         layer_types = {layer.type for layer in self.spec.text.layers}
         num_full, num_sliding = self._pool_sizes()
         self.blocks = BlockManager(self.config.block_size, num_full, num_sliding, self.spec.text.sliding_window,
-                                   has_full="full" in layer_types, has_sliding="sliding" in layer_types)
+                                   has_full="full" in layer_types, has_sliding="sliding" in layer_types,
+                                   pool=CachingBlockPool if self.config.enable_prefix_caching else None)
         self.scheduler = Scheduler(self.blocks, self.config.max_num_seqs, self.config.max_num_batched_tokens)
         on_cuda = self.device.type == "cuda"
         graph_max = self.config.decode_graph_max_batch
@@ -71,7 +73,9 @@ class LLMEngine:
         pages = lambda n: -(-n // c.block_size)  # noqa: E731
         window_pages = pages(self.spec.text.sliding_window) + 2
         step_pages = pages(max(c.max_num_batched_tokens, MAX_IMAGE_TOKENS))
-        num_sliding = c.num_sliding_blocks or c.max_num_seqs * window_pages + step_pages
+        # with prefix caching, room for as many finished sequences' last windows again (prefix_cache.py)
+        keep = 2 if c.enable_prefix_caching else 1
+        num_sliding = c.num_sliding_blocks or keep * c.max_num_seqs * window_pages + step_pages
         num_sliding = max(num_sliding, window_pages + step_pages)
         full_one = pages(self.max_model_len)
         if c.num_full_blocks:
@@ -110,6 +114,7 @@ class LLMEngine:
         seq = Sequence(request.request_id, prepared.token_ids, p,
                        stop_token_ids=frozenset() if p.ignore_eos else self.stop_token_ids | set(p.stop_token_ids),
                        images=prepared.images, image_spans=prepared.image_spans, generator=generator,
+                       image_hashes=list(prepared.image_hashes),
                        max_total_tokens=min(len(prepared.token_ids) + p.max_tokens, self.max_model_len))
         detok = IncrementalDetokenizer(self.tokenizer, prepared.token_ids, p.skip_special_tokens)
         self.requests[request.request_id] = _RequestState(seq, detok, TextStream(p.stop, p.include_stop_str_in_output))
@@ -128,8 +133,10 @@ class LLMEngine:
         return self.scheduler.has_work() or self.in_flight is not None
 
     def stats(self) -> EngineStats:
+        prefix = self.scheduler.prefix.stats if self.scheduler.prefix is not None else None
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
-                           self.blocks.num_total, self.blocks.num_free)
+                           self.blocks.num_total, self.blocks.num_free,
+                           prefix.queries if prefix else 0, prefix.hits if prefix else 0)
 
     # --- the step ----------------------------------------------------------------------------------
 
@@ -209,7 +216,7 @@ class LLMEngine:
 
     @staticmethod
     def _usage(seq: Sequence) -> Usage:
-        return Usage(seq.num_prompt_tokens, len(seq.output_token_ids))
+        return Usage(seq.num_prompt_tokens, len(seq.output_token_ids), seq.num_cached_tokens or 0)
 
     def generate(self, requests: list[GenerateRequest]) -> dict[str, list[int]]:
         """Offline helper: runs the requests to completion, returns each one's output token ids."""
