@@ -42,15 +42,17 @@ def image_content_hash(pixel_values) -> bytes:
 
 
 def page_hashes(tokens: list[int], block_size: int, image_spans, image_hashes, start: list[bytes]) -> list[bytes]:
-    """Extends the hash chain `start` (hashes of the first len(start) pages) over every full page of
-    `tokens`. A page's hash covers the previous one, its token ids and the images whose spans touch it.
+    """Extends the hash chain `start` (hashes of the first len(start) pages) over the full pages of
+    `tokens`, the sequence's token ids from page len(start) on (the pages already hashed are not copied
+    again). A page's hash covers the previous one, its token ids and the images whose spans touch it.
     The chain stops at a page with an image of unknown content: such a page is never shared."""
     out = list(start)
+    first = len(out)
     known = list(image_hashes) + [None] * (len(image_spans) - len(image_hashes))
-    for page in range(len(out), len(tokens) // block_size):
+    for page in range(first, first + len(tokens) // block_size):
         lo, hi = page * block_size, (page + 1) * block_size
         h = hashlib.blake2b(out[-1] if out else b"root", digest_size=16)
-        h.update(np.asarray(tokens[lo:hi], dtype=np.int64).tobytes())
+        h.update(np.asarray(tokens[lo - first * block_size : hi - first * block_size], dtype=np.int64).tobytes())
         for span, image_hash in zip(image_spans, known):
             if span.start < hi and span.end > lo:
                 if image_hash is None:
@@ -142,8 +144,8 @@ class PrefixCache:
     def hashes(self, seq) -> list[bytes]:
         """The hash chain over seq's full pages of resolved tokens, extended incrementally."""
         if len(seq.page_hashes) < seq.num_resolved_tokens // self.block_size:
-            seq.page_hashes = page_hashes(seq.tokens(0, seq.num_resolved_tokens), self.block_size,
-                                          seq.image_spans, seq.image_hashes, seq.page_hashes)
+            tail = seq.tokens(len(seq.page_hashes) * self.block_size, seq.num_resolved_tokens)
+            seq.page_hashes = page_hashes(tail, self.block_size, seq.image_spans, seq.image_hashes, seq.page_hashes)
         return seq.page_hashes
 
     def _usable_pages(self, seq) -> int:

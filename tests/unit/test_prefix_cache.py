@@ -63,7 +63,8 @@ def test_hash_chain_covers_the_whole_prefix_and_the_images():
     span = [ImageSpan(9, 15)]
     one, other = page_hashes(tokens, BS, span, [b"i1"], []), page_hashes(tokens, BS, span, [b"i2"], [])
     assert one[:2] == other[:2] and all(x != y for x, y in zip(one[2:], other[2:]))
-    assert page_hashes(tokens, BS, [], [], base[:2]) == base  # extends a chain already started
+    assert page_hashes(tokens[2 * BS :], BS, [], [], base[:2]) == base  # extends a chain already started
+    assert page_hashes(tokens[2 * BS :], BS, span, [b"i1"], one[:2]) == one
 
 
 def test_a_finished_prompt_is_found_in_both_geometries():
