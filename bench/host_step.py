@@ -45,7 +45,7 @@ def measure(spec, weights: dict[str, torch.Tensor], batch: int, context: int, st
                             num_sliding_blocks=1, max_num_seqs=batch, max_num_batched_tokens=batch,
                             max_model_len=context + steps + 1, default_image_soft_tokens=280, seed=0,
                             decode_graph_max_batch=0, capture_graphs=False, overlap_scheduling=False,
-                            moe_side_stream=False)
+                            moe_side_stream=False, enable_prefix_caching=False)
     runner = ModelRunner(spec, weights, config)
     seqs = []
     for i in range(batch):

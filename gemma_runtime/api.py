@@ -79,6 +79,7 @@ class TokenLogprob:
 class Usage:
     prompt_tokens: int
     completion_tokens: int
+    cached_tokens: int = 0  # prompt tokens whose KV came from the prefix cache
 
     @property
     def total_tokens(self) -> int:
@@ -105,7 +106,9 @@ class EngineStats:
     num_running: int
     num_waiting: int
     kv_blocks_total: int
-    kv_blocks_free: int
+    kv_blocks_free: int  # cached pages no sequence holds count as free: they are evicted on demand
+    prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
+    prefix_cache_hits: int = 0  # of which found
 
     @property
     def kv_usage(self) -> float:

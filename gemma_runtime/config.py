@@ -40,6 +40,9 @@ class RuntimeConfig:
     # where the H100 measured it (docs/benchmarks.md). None: on for CUDA. Dense models and the CPU
     # ignore it.
     moe_side_stream: bool | None = None
+    # Full pages are shared between sequences with the same prefix and kept after they end (evictable);
+    # a next turn or a shared system prompt then starts where the cached prefix ends (scheduling/prefix_cache.py).
+    enable_prefix_caching: bool = True
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
@@ -75,6 +78,7 @@ class ResolvedConfig:
     capture_graphs: bool  # replay the padded decode buffers as CUDA graphs (else run them eagerly)
     overlap_scheduling: bool
     moe_side_stream: bool
+    enable_prefix_caching: bool
 
     @property
     def max_pages_per_seq(self) -> int:

@@ -46,6 +46,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rt.add_argument("--enforce-eager", action="store_true", help="decode without CUDA graphs")
     rt.add_argument("--disable-overlap-schedule", action="store_true",
                     help="read each step's tokens before scheduling the next (overlap is on by default on CUDA)")
+    rt.add_argument("--no-prefix-caching", action="store_true",
+                    help="recompute every prompt (prefix caching of shared prompt pages is on by default)")
     add_limit_args(p)
     return p.parse_args(argv)
 
@@ -58,6 +60,7 @@ def runtime_config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "decode_graph_max_batch": 0 if args.enforce_eager else None,
         "overlap_scheduling": False if args.disable_overlap_schedule else None,
+        "enable_prefix_caching": False if args.no_prefix_caching else None,
     }
     return RuntimeConfig(device=args.device or default_device(), **{k: v for k, v in given.items() if v is not None})
 

@@ -176,8 +176,10 @@ def _add_reasoning(target: dict, reasoning: str | None, req: ChatCompletionReque
         target["reasoning_content"] = reasoning
 
 
-def usage_json(prompt_tokens: int, completion_tokens: int) -> dict:
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens}
+def usage_json(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
+    """OpenAI's usage object; cached_tokens: prompt tokens whose KV came from the prefix cache."""
+    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens,
+            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
 
 
 # -- non-streaming ---------------------------------------------------------------------------------
@@ -185,7 +187,7 @@ def usage_json(prompt_tokens: int, completion_tokens: int) -> dict:
 
 async def chat_completion(ctx: ServerContext, req: ChatCompletionRequest, plan: ChatPlan) -> dict:
     collected = await collect_choices(ctx.backend, ctx.metrics, plan.runtime_requests())
-    choices, prompt_tokens, completion_tokens = [], len(plan.prompt_ids), 0
+    choices, prompt_tokens, completion_tokens, cached_tokens = [], len(plan.prompt_ids), 0, 0
     for i, got in enumerate(collected):
         final = got.final
         parser = ChoiceParser(plan, req)
@@ -207,13 +209,15 @@ async def chat_completion(ctx: ServerContext, req: ChatCompletionRequest, plan: 
         if final is not None and final.usage is not None:
             prompt_tokens = final.usage.prompt_tokens
             completion_tokens += final.usage.completion_tokens
+            if i == 0:  # the n choices share one prompt: the first one's lookup is the prompt's
+                cached_tokens = final.usage.cached_tokens
     return {
         "id": plan.request_id,
         "object": "chat.completion",
         "created": plan.created,
         "model": echoed_model(ctx, req.model),
         "choices": choices,
-        "usage": usage_json(prompt_tokens, completion_tokens),
+        "usage": usage_json(prompt_tokens, completion_tokens, cached_tokens),
     }
 
 
@@ -279,7 +283,7 @@ async def chat_stream(ctx: ServerContext, req: ChatCompletionRequest, plan: Chat
     alias = ctx.settings.reasoning_content_alias
     parsers = [ChoiceParser(plan, req) for _ in streams]
     timers = [RequestTimer(ctx.metrics) for _ in streams]
-    prompt_tokens, completion_tokens = len(plan.prompt_ids), 0
+    prompt_tokens, completion_tokens, cached_tokens = len(plan.prompt_ids), 0, 0
     merged = merge(streams)
     try:
         for i, p in enumerate(parsers):
@@ -303,11 +307,13 @@ async def chat_stream(ctx: ServerContext, req: ChatCompletionRequest, plan: Chat
                 if out.usage is not None:
                     prompt_tokens = out.usage.prompt_tokens
                     completion_tokens += out.usage.completion_tokens
+                    if i == 0:
+                        cached_tokens = out.usage.cached_tokens
                 timers[i].done(prompt_tokens)
             elif delta or logprobs:
                 yield from_deltas(writer, i, delta, logprobs)
         if req.include_usage:
-            yield writer.usage(usage_json(prompt_tokens, completion_tokens))
+            yield writer.usage(usage_json(prompt_tokens, completion_tokens, cached_tokens))
     except APIError as e:
         yield sse_error_event(e)
     except Exception as e:  # noqa: BLE001 - the status line is already sent; report in-band

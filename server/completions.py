@@ -70,7 +70,7 @@ def _prompt_tokens(plan: CompletionPlan) -> int:
 
 async def completion(ctx: ServerContext, req: CompletionRequest, plan: CompletionPlan) -> dict:
     collected = await collect_choices(ctx.backend, ctx.metrics, list(plan.requests))
-    choices, completion_tokens = [], 0
+    choices, completion_tokens, cached_tokens = [], 0, 0
     for i, got in enumerate(collected):
         final = got.final
         echo = plan.prompt_texts[i // req.n] if req.echo else ""
@@ -85,13 +85,14 @@ async def completion(ctx: ServerContext, req: CompletionRequest, plan: Completio
         )
         if final is not None and final.usage is not None:
             completion_tokens += final.usage.completion_tokens
+            cached_tokens += final.usage.cached_tokens if i % req.n == 0 else 0  # one lookup per prompt
     return {
         "id": plan.request_id,
         "object": "text_completion",
         "created": plan.created,
         "model": echoed_model(ctx, req.model),
         "choices": choices,
-        "usage": usage_json(_prompt_tokens(plan), completion_tokens),
+        "usage": usage_json(_prompt_tokens(plan), completion_tokens, cached_tokens),
     }
 
 
@@ -104,7 +105,7 @@ async def completion_stream(ctx: ServerContext, req: CompletionRequest, plan: Co
 
     timers = [RequestTimer(ctx.metrics) for _ in streams]
     offsets = [0] * len(streams)
-    completion_tokens = 0
+    completion_tokens, cached_tokens = 0, 0
     merged = merge(streams)
     try:
         if req.echo:
@@ -123,8 +124,9 @@ async def completion_stream(ctx: ServerContext, req: CompletionRequest, plan: Co
             if out.finished:
                 timers[i].done(out.usage.prompt_tokens if out.usage else 0)
                 completion_tokens += out.usage.completion_tokens if out.usage else 0
+                cached_tokens += out.usage.cached_tokens if out.usage and i % req.n == 0 else 0
         if req.include_usage:
-            yield sse_event({**head, "choices": [], "usage": usage_json(_prompt_tokens(plan), completion_tokens)})
+            yield sse_event({**head, "choices": [], "usage": usage_json(_prompt_tokens(plan), completion_tokens, cached_tokens)})
     except APIError as e:
         yield sse_error_event(e)
     except Exception as e:  # noqa: BLE001

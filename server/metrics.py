@@ -11,6 +11,8 @@ import time
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
+from server.prefix_cache_metrics import PrefixCacheCollector
+
 _LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
 _ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
 
@@ -38,11 +40,13 @@ class ServerMetrics:
         self.generation_tokens = Counter("gemma_generation_tokens", "Tokens generated", ["model_name"], registry=self.registry).labels(**labels)
         running = Gauge("gemma_num_requests_running", "Requests the engine is running", ["model_name"], registry=self.registry)
         waiting = Gauge("gemma_num_requests_waiting", "Requests waiting for the engine", ["model_name"], registry=self.registry)
+        # cached pages no request holds count as free: they are evicted on demand
         kv = Gauge("gemma_kv_cache_usage_perc", "Fraction of KV cache blocks in use (0 to 1)", ["model_name"], registry=self.registry)
         running.labels(**labels).set_function(lambda: self._stat("num_running"))
         waiting.labels(**labels).set_function(lambda: self._stat("num_waiting"))
         kv.labels(**labels).set_function(lambda: self._stat("kv_usage"))
         self._model_name = model_name
+        self.registry.register(PrefixCacheCollector(backend, model_name))
 
     def _stat(self, name: str) -> float:
         try:

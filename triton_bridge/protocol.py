@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gemma_runtime.api import GenerateRequest, RequestOutput, SamplingParams, TokenLogprob, Usage
-from server import triton_structured
+from triton_bridge import structured as triton_structured
 
 MODEL_NAME = "gemma4"  # the model's folder in triton_model_repo/ and its name on the server
 # Beside config.pbtxt: the engine directory the backend loads when config.pbtxt names none (`make triton` writes it).
@@ -37,6 +37,8 @@ STATS_METRICS = {
     "num_waiting": "gemma4_num_waiting",
     "kv_blocks_total": "gemma4_kv_blocks_total",
     "kv_blocks_free": "gemma4_kv_blocks_free",
+    "prefix_cache_queries": "gemma4_prefix_cache_queries",
+    "prefix_cache_hits": "gemma4_prefix_cache_hits",
 }
 
 
@@ -76,7 +78,7 @@ SAMPLING_INPUTS = (
     TensorSpec("min_tokens", "INT32", (1,), "stop ids and strings are ignored before this many tokens"),
 )
 
-# constrained decoding and logit bias (server/triton_structured.py)
+# constrained decoding and logit bias (triton_bridge/structured.py)
 STRUCTURED_INPUTS = (
     TensorSpec("structured_output", "BYTES", (1,), 'JSON {"kind": json_schema|json_object|tool_calls, "source", "thought"}'),
     TensorSpec("logit_bias_ids", "INT32", (-1,), "token ids whose logits get a bias"),
@@ -95,6 +97,7 @@ OUTPUTS = (
     TensorSpec("stop_string", "BYTES", (1,), "last response: the stop string that ended it, else ''"),
     TensorSpec("prompt_tokens", "INT32", (1,), "last response only: usage"),
     TensorSpec("completion_tokens", "INT32", (1,), "last response only: usage"),
+    TensorSpec("cached_tokens", "INT32", (1,), "last response only: prompt tokens served from the prefix cache"),
     TensorSpec("output_log_probs", "FP32", (-1,), "with logprobs: each output token's logprob"),
     TensorSpec("top_logprobs", "BYTES", (1,), "with logprobs: JSON [[[token_id, logprob], ...] per output token]"),
 )
@@ -216,6 +219,7 @@ def encode_output(out: RequestOutput) -> dict[str, np.ndarray]:
     if out.usage is not None:
         tensors["prompt_tokens"] = np.array([out.usage.prompt_tokens], dtype=np.int32)
         tensors["completion_tokens"] = np.array([out.usage.completion_tokens], dtype=np.int32)
+        tensors["cached_tokens"] = np.array([out.usage.cached_tokens], dtype=np.int32)
     if out.logprobs is not None:
         tensors["output_log_probs"] = np.array([lp.logprob for lp in out.logprobs], dtype=np.float32)
         tops = [[[t, lp] for t, lp in item.top] for item in out.logprobs]
@@ -240,7 +244,8 @@ def decode_output(request_id: str, get: Callable[[str], np.ndarray | None], fina
     usage = None
     prompt_tokens, completion_tokens = get("prompt_tokens"), get("completion_tokens")
     if prompt_tokens is not None and completion_tokens is not None:
-        usage = Usage(int(_first(prompt_tokens)), int(_first(completion_tokens)))
+        cached = get("cached_tokens")
+        usage = Usage(int(_first(prompt_tokens)), int(_first(completion_tokens)), int(_first(cached)) if cached is not None else 0)
     logprobs = None
     lps = get("output_log_probs")
     if lps is not None:

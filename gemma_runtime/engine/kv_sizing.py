@@ -39,7 +39,9 @@ def kv_pool_sizes(config: RuntimeConfig, spec: EngineSpec, dtype: torch.dtype, d
     pages = lambda n: -(-n // config.block_size)  # noqa: E731
     window_pages = pages(spec.text.sliding_window) + 2
     step_pages = pages(max(config.max_num_batched_tokens, MAX_IMAGE_TOKENS))
-    num_sliding = config.num_sliding_blocks or config.max_num_seqs * window_pages + step_pages
+    # with prefix caching, room for as many finished sequences' last windows again (scheduling/prefix_cache.py)
+    keep = 2 if config.enable_prefix_caching else 1
+    num_sliding = config.num_sliding_blocks or keep * config.max_num_seqs * window_pages + step_pages
     num_sliding = max(num_sliding, window_pages + step_pages)
     full_one = pages(max_model_len)
     if config.num_full_blocks:

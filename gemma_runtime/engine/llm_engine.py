@@ -18,6 +18,7 @@ from gemma_runtime.executor.model_runner import LaunchedStep, ModelRunner, Sampl
 from gemma_runtime.inputs.detokenizer import IncrementalDetokenizer, TextStream
 from gemma_runtime.inputs.processor import InputProcessor, PreparedInput
 from gemma_runtime.scheduling.block_manager import BlockManager
+from gemma_runtime.scheduling.prefix_cache import CachingBlockPool
 from gemma_runtime.scheduling.scheduler import Scheduler
 from gemma_runtime.scheduling.sequence import Sequence, SequenceStatus
 
@@ -43,7 +44,8 @@ class LLMEngine:
         self.stop_token_ids = frozenset(self.spec.stop_token_ids)
         layer_types = {layer.type for layer in self.spec.text.layers}
         self.blocks = BlockManager(c.block_size, c.num_full_blocks, c.num_sliding_blocks, self.spec.text.sliding_window,
-                                   has_full="full" in layer_types, has_sliding="sliding" in layer_types)
+                                   has_full="full" in layer_types, has_sliding="sliding" in layer_types,
+                                   pool=CachingBlockPool if c.enable_prefix_caching else None)
         self.scheduler = Scheduler(self.blocks, c.max_num_seqs, c.max_num_batched_tokens)
         self.runner = ModelRunner(self.spec, weights, c)
         self.overlap = c.overlap_scheduling
@@ -70,6 +72,7 @@ class LLMEngine:
         seq = Sequence(request.request_id, prepared.token_ids, p,
                        stop_token_ids=frozenset() if p.ignore_eos else self.stop_token_ids | set(p.stop_token_ids),
                        images=prepared.images, image_spans=prepared.image_spans, generator=generator,
+                       image_hashes=list(prepared.image_hashes),
                        max_total_tokens=min(len(prepared.token_ids) + p.max_tokens, self.max_model_len))
         self.structured.attach(seq, request, prepared.grammar)
         detok = IncrementalDetokenizer(self.tokenizer, prepared.token_ids, p.skip_special_tokens)
@@ -89,8 +92,10 @@ class LLMEngine:
         return self.scheduler.has_work() or self.in_flight is not None
 
     def stats(self) -> EngineStats:
+        prefix = self.scheduler.prefix.stats if self.scheduler.prefix is not None else None
         return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
-                           self.blocks.num_total, self.blocks.num_free)
+                           self.blocks.num_total, self.blocks.num_free,
+                           prefix.queries if prefix else 0, prefix.hits if prefix else 0)
 
     # --- the step ----------------------------------------------------------------------------------
 
@@ -176,7 +181,7 @@ class LLMEngine:
 
     @staticmethod
     def _usage(seq: Sequence) -> Usage:
-        return Usage(seq.num_prompt_tokens, len(seq.output_token_ids))
+        return Usage(seq.num_prompt_tokens, len(seq.output_token_ids), seq.num_cached_tokens or 0)
 
     def generate(self, requests: list[GenerateRequest]) -> dict[str, list[int]]:
         """Offline helper: runs the requests to completion, returns each one's output token ids."""

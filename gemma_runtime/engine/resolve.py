@@ -48,4 +48,5 @@ def resolve_config(config: RuntimeConfig, spec: EngineSpec) -> ResolvedConfig:
         capture_graphs=on_cuda,
         overlap_scheduling=on_cuda_unless(config.overlap_scheduling),
         moe_side_stream=on_cuda_unless(config.moe_side_stream),
+        enable_prefix_caching=config.enable_prefix_caching,
     )

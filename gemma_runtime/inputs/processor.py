@@ -12,6 +12,7 @@ from PIL import Image
 
 from gemma_runtime.api import GenerateRequest, RequestError
 from gemma_runtime.engine_format.spec import EngineSpec
+from gemma_runtime.scheduling.prefix_cache import image_content_hash
 from gemma_runtime.scheduling.sequence import ImageSpan
 
 SOFT_TOKEN_BUDGETS = (70, 140, 280, 560, 1120)
@@ -24,6 +25,7 @@ class PreparedInput:
     images: list  # PreprocessedImage, one per image, in prompt order
     image_spans: list[ImageSpan]  # where each image's soft tokens sit in token_ids
     grammar: object | None = None  # the compiled grammar of a constrained request (gemma_runtime/grammar)
+    image_hashes: tuple[bytes, ...] = ()  # each image's content hash: names its pages in the prefix cache
 
 
 class InputProcessor:
@@ -64,7 +66,8 @@ class InputProcessor:
         if total > self.max_model_len:
             raise RequestError(f"the prompt ({len(ids)} tokens) plus max_tokens ({request.sampling.max_tokens}) "
                                f"exceeds this engine's maximum context of {self.max_model_len} tokens")
-        return PreparedInput(ids, images, spans)
+        # hashed here, off the engine loop: the pixels of a large image take milliseconds
+        return PreparedInput(ids, images, spans, image_hashes=tuple(image_content_hash(im.pixel_values) for im in images))
 
     def _preprocess(self, image, budget: int):
         from gemma_runtime.inputs.image_preprocess import preprocess_image

@@ -22,6 +22,8 @@ class BlockTables:
 
 
 class BlockPool:
+    caching = False  # pages are never shared nor kept
+
     def __init__(self, num_blocks: int):
         self.num_blocks = num_blocks
         self._free: deque[int] = deque(range(num_blocks))
@@ -36,14 +38,22 @@ class BlockPool:
     def give_back(self, block: int) -> None:
         self._free.append(block)
 
+    def frees_on_give_back(self, block: int) -> bool:
+        """Whether giving this block back makes it free (a shared page stays with its other owners)."""
+        return True
+
 
 class BlockManager:
     def __init__(self, block_size: int, num_full_blocks: int, num_sliding_blocks: int, sliding_window: int,
-                 has_full: bool = True, has_sliding: bool = True):
+                 has_full: bool = True, has_sliding: bool = True, pool: type[BlockPool] | None = None):
+        """pool: the page pool class of both geometries; prefix_cache.CachingBlockPool shares pages
+        between sequences and keeps them after they end."""
         self.block_size = block_size
         self.window = sliding_window
-        self.full = BlockPool(num_full_blocks if has_full else 0)
-        self.sliding = BlockPool(num_sliding_blocks if has_sliding else 0)
+        pool = pool or BlockPool
+        self.prefix_caching = pool.caching
+        self.full = pool(num_full_blocks if has_full else 0)
+        self.sliding = pool(num_sliding_blocks if has_sliding else 0)
         self.has_full = has_full
         self.has_sliding = has_sliding
 
@@ -78,7 +88,8 @@ class BlockManager:
 
     def reclaimable_sliding(self, tables: BlockTables, num_computed: int) -> int:
         first = self._first_live_page(num_computed)
-        return sum(1 for b in tables.sliding[tables.sliding_reclaimed : first] if b != NO_BLOCK)
+        return sum(1 for b in tables.sliding[tables.sliding_reclaimed : first]
+                   if b != NO_BLOCK and self.sliding.frees_on_give_back(b))
 
     def allocate(self, tables: BlockTables, num_computed: int, num_new: int) -> None:
         """Reclaims sliding pages behind the window, then maps every page the new tokens touch."""
@@ -100,9 +111,10 @@ class BlockManager:
                 tables.full.append(self.full.take())
 
     def free(self, tables: BlockTables) -> None:
-        for b in tables.full:
+        # last page first: with prefix caching the LRU then evicts a prefix's tail before its head
+        for b in reversed(tables.full):
             self.full.give_back(b)
-        for b in tables.sliding:
+        for b in reversed(tables.sliding):
             if b != NO_BLOCK:
                 self.sliding.give_back(b)
         tables.full.clear()

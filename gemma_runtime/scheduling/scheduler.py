@@ -12,6 +12,7 @@ from collections import deque
 from dataclasses import dataclass
 
 from gemma_runtime.scheduling.block_manager import BlockManager
+from gemma_runtime.scheduling.prefix_cache import PrefixCache
 from gemma_runtime.scheduling.sequence import Sequence, SequenceStatus
 
 
@@ -43,6 +44,7 @@ class Scheduler:
         self.budget = max_num_batched_tokens
         self.waiting: deque[Sequence] = deque()
         self.running: list[Sequence] = []
+        self.prefix = PrefixCache(block_manager) if block_manager.prefix_caching else None
 
     def add(self, seq: Sequence) -> None:
         self.waiting.append(seq)
@@ -53,7 +55,13 @@ class Scheduler:
             self.running.remove(seq)
         elif seq in self.waiting:
             self.waiting.remove(seq)
+        self._publish(seq)
         self.blocks.free(seq.block_tables)
+
+    def _publish(self, seq: Sequence) -> None:
+        """Prefix caching: names the pages seq has completely computed, before they are freed or reclaimed."""
+        if self.prefix is not None:
+            self.prefix.publish(seq)
 
     def has_work(self) -> bool:
         return bool(self.waiting or self.running)
@@ -81,6 +89,7 @@ class Scheduler:
             if seq.finishes_when_resolved:  # its last token is still on the device; it ends when read
                 i += 1
                 continue
+            self._publish(seq)
             num_new = self._chunk(seq, budget)
             while not self.blocks.can_allocate(seq.block_tables, seq.num_computed, num_new):
                 victim = self.running[-1]
@@ -101,9 +110,16 @@ class Scheduler:
             seq = self.waiting[0]
             if seq.finishes_when_resolved:
                 break
+            if self.prefix is not None:
+                self.prefix.admit(seq)  # starts seq after its cached prefix, those pages mapped
             num_new = self._chunk(seq, budget)
             if num_new == 0 or not self.blocks.can_allocate(seq.block_tables, seq.num_computed, num_new):
+                if seq.num_computed:  # give the mapped prefix back: it stays cached for the next try
+                    self.blocks.free(seq.block_tables)
+                    seq.num_computed = 0
                 break
+            if self.prefix is not None:
+                self.prefix.count(seq)
             self.waiting.popleft()
             self.blocks.allocate(seq.block_tables, seq.num_computed, num_new)
             seq.status = SequenceStatus.RUNNING
@@ -114,6 +130,7 @@ class Scheduler:
 
     def _preempt(self, seq: Sequence) -> None:
         self.running.remove(seq)
+        self._publish(seq)
         self.blocks.free(seq.block_tables)
         seq.num_computed = 0
         seq.num_preemptions += 1

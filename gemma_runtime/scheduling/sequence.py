@@ -47,6 +47,12 @@ class Sequence:
     arrival_time: float = field(default_factory=time.monotonic)
     num_preemptions: int = 0
     grammar: object | None = None  # GrammarState (gemma_runtime/grammar) of a constrained request
+    # prefix caching (scheduling/prefix_cache.py): the images' content hashes, the hash chain over full pages, how
+    # many of this sequence's pages are named in the cache, and the prompt tokens its first admission found
+    image_hashes: list[bytes] = field(default_factory=list)
+    page_hashes: list[bytes] = field(default_factory=list)
+    pages_published: int = 0
+    num_cached_tokens: int | None = None
 
     @property
     def token_ids(self) -> list[int]:

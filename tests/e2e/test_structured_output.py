@@ -3,7 +3,7 @@
 streaming and not, all parse, validate with `jsonschema` and finish with `stop`; required and named
 `tool_choice` give calls whose arguments validate; unsupported schema features are a 400 naming them;
 `logit_bias` moves tokens on chat and text completions. (The thought-channel gate is checked in
-tests/unit/test_tool_call_grammar.py; the Triton tensors in tests/unit/test_triton_structured.py.)
+tests/unit/test_tool_call_grammar.py; the Triton tensors in tests/unit/test_triton_structured.py (triton_bridge/structured.py).)
 """
 
 from __future__ import annotations

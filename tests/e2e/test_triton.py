@@ -294,6 +294,12 @@ async def test_backend_bad_requests_raise_request_error(triton):
 
 @session_loop
 async def test_many_concurrent_streams(triton, embedded):
+    # prefix caching: both engines see every prompt first, so each request's cached tokens (in usage) do
+    # not depend on how the concurrent requests happen to arrive
+    for i, prompt in enumerate(PROMPTS):
+        warm = GenerateRequest(f"warm{i}", prompt, SamplingParams(max_tokens=1))
+        await _collect(embedded.generate(warm))
+        await _collect(triton.backend.generate(warm))
     requests = [GenerateRequest(f"c{i}", PROMPTS[i % len(PROMPTS)], SamplingParams(max_tokens=4 + i % 9, ignore_eos=True))
                 for i in range(32)]
     expected = await asyncio.gather(*[_collect(embedded.generate(r)) for r in requests])

@@ -120,8 +120,10 @@ def test_workload_has_a_stop_inside_min_tokens(reference):
 
 @pytest.mark.parametrize("mode", ["overlap", "overlap+graphs"])
 def test_preemption_under_overlap(random_tiny_engine_dir, mode):
-    """Few full-layer pages: sequences are preempted (some with a token still pending) and recomputed."""
-    tight = dict(num_full_blocks=40, max_num_batched_tokens=32)
+    """Few full-layer pages: sequences are preempted (some with a token still pending) and recomputed.
+    Prefix caching off: its shared pages spare this workload every preemption (the parity tests preempt
+    with shared pages)."""
+    tight = dict(num_full_blocks=40, max_num_batched_tokens=32, enable_prefix_caching=False)
     ref = engine_for(random_tiny_engine_dir, **tight)
     want = summary(run_workload(ref))
     engine = engine_for(random_tiny_engine_dir, **tight, **MODES[mode])
@@ -133,7 +135,8 @@ def test_preemption_really_happens_with_the_tight_pool(random_tiny_engine_dir, m
     """Guards the test above: with 40 full pages this workload does preempt, also while tokens are pending.
     (Without the penalties request: while it runs, each step's tokens are read before the next is
     scheduled, as its penalties need them, so nothing is pending when the scheduler preempts.)"""
-    engine = engine_for(random_tiny_engine_dir, num_full_blocks=40, max_num_batched_tokens=32, overlap_scheduling=True)
+    engine = engine_for(random_tiny_engine_dir, num_full_blocks=40, max_num_batched_tokens=32, overlap_scheduling=True,
+                        enable_prefix_caching=False)
     seen = []
     real = engine.scheduler._preempt
     monkeypatch.setattr(engine.scheduler, "_preempt", lambda seq: (seen.append((seq.request_id, seq.num_pending)), real(seq)))

@@ -10,7 +10,7 @@ import pytest
 
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.grammar.spec import StructuredOutput
-from server import triton_protocol as protocol
+from triton_bridge import protocol
 
 
 def test_round_trip():

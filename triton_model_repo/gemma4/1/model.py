@@ -62,7 +62,7 @@ class TritonPythonModel:
 
         self.protocol = protocol
         engine_dir = self._engine_dir(params, Path(args["model_repository"]))
-        runtime_config = self._runtime_config(params.get("runtime_config") or "{}")
+        runtime_config = self._runtime_config(params.get("runtime_config") or "{}", params.get("enable_prefix_caching", ""))
         pb_utils.Logger.log_info(f"gemma4: loading engine {engine_dir} ({runtime_config})")
         self.engine = AsyncEngine.from_engine_dir(engine_dir, runtime_config)
         self.engine.start()
@@ -139,7 +139,7 @@ class TritonPythonModel:
         return engine_dir
 
     @staticmethod
-    def _runtime_config(text: str):
+    def _runtime_config(text: str, prefix_caching: str = ""):
         import torch
 
         from gemma_runtime.config import RuntimeConfig
@@ -149,6 +149,11 @@ class TritonPythonModel:
         except json.JSONDecodeError as e:
             raise pb_utils.TritonModelException(f"gemma4: runtime_config parameter is not JSON: {e}")
         overrides.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
+        switch = {"true": True, "false": False, "": None}.get(prefix_caching.strip().lower(), "bad")
+        if switch == "bad":
+            raise pb_utils.TritonModelException(f"gemma4: enable_prefix_caching must be true or false, not {prefix_caching!r}")
+        if switch is not None:
+            overrides.setdefault("enable_prefix_caching", switch)
         try:
             return RuntimeConfig(**overrides)
         except (TypeError, ValueError) as e:
