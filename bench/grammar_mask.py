@@ -18,7 +18,6 @@ import argparse
 import json
 import random
 import statistics
-import sys
 import sysconfig
 import time
 from pathlib import Path

@@ -11,10 +11,10 @@ from gemma_runtime.config import RuntimeConfig, default_device
 from server.app import create_app
 from server.backend import create_backend
 from server.cli_errors import OneLineParser, UserError
-from server.key_scope import SCOPES
-from server.preflight import check_device, check_engine_dir, check_port_free, check_triton_reachable
 from server.drain import DrainingServer
+from server.key_scope import SCOPES
 from server.limit_flags import add_limit_args, limit_overrides
+from server.preflight import check_device, check_engine_dir, check_port_free, check_triton_reachable
 from server.settings import ServerSettings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")

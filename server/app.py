@@ -16,9 +16,9 @@ from server.limits import RequestGuard, body_cap_bytes
 from server.logprobs import TokenText
 from server.metrics import ServerMetrics
 from server.middleware import GatewayMiddleware
-from server.responses.store import ResponseStore, StoreConfig
 from server.openapi_doc import install_openapi
 from server.prompt_work import PromptWorkers
+from server.responses.store import ResponseStore, StoreConfig
 from server.routes import openai as openai_routes
 from server.routes import ops as ops_routes
 from server.routes import responses as responses_routes

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 from gemma_runtime.api import GenerateRequest, SamplingParams
-from server.admission import Admission
 from server.chat_template import render_prompt
 from server.context import ServerContext
 from server.errors import APIError, bad_request, sse_error_event

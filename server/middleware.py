@@ -7,8 +7,8 @@ import json
 import secrets
 
 from server.errors import APIError
-from server.key_scope import needs_key
 from server.fault_barrier import was_disconnected
+from server.key_scope import needs_key
 
 # Paths counted by their own label; anything else is "other" (bounded label cardinality).
 COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v1/models")

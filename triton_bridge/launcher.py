@@ -31,8 +31,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from gemma_runtime.engine_format.files import ENGINE_JSON
-from triton_bridge.protocol import ENGINE_PATH_FILE, MODEL_NAME
 from triton_bridge.process_group import end_process_group
+from triton_bridge.protocol import ENGINE_PATH_FILE, MODEL_NAME
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_MODEL_REPO = REPO_ROOT / "triton_model_repo"

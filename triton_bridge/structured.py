@@ -9,8 +9,9 @@ The tensor declarations are in server/triton_protocol.py with the others.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import asdict
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -13,8 +13,8 @@ from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.resolve import resolve_config, runtime_dtype
 from gemma_runtime.engine_format.spec import EngineSpec, read_generation_defaults
 from gemma_runtime.engine_format.weights import load_weights
-from gemma_runtime.grammar.engine_hooks import StructuredDecoding
 from gemma_runtime.executor.model_runner import LaunchedStep, ModelRunner, SampledToken
+from gemma_runtime.grammar.engine_hooks import StructuredDecoding
 from gemma_runtime.inputs.detokenizer import IncrementalDetokenizer, TextStream
 from gemma_runtime.inputs.processor import InputProcessor, PreparedInput
 from gemma_runtime.scheduling.block_manager import BlockManager

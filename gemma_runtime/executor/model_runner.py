@@ -20,8 +20,8 @@ from gemma_runtime.executor.decode_graphs import DecodeGraphs
 from gemma_runtime.executor.device_block_tables import DeviceBlockTables
 from gemma_runtime.executor.device_io import HostCopy, to_device
 from gemma_runtime.executor.sampler import SampledBatch, SamplingInput, sample_on_device
-from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.grammar.logits import TokenMask
+from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.gemma4 import Gemma4TextModel
 from gemma_runtime.scheduling.scheduler import ScheduledSeq
 from gemma_runtime.scheduling.sequence import Sequence

@@ -19,7 +19,6 @@ from gemma_runtime.grammar.spec import StructuredOutput
 from gemma_runtime.grammar.state import GrammarState, ThoughtTokens
 from gemma_runtime.grammar.tool_calls import tool_call_grammar, tool_call_structural_tag
 
-
 # xgrammar 0.2.8 writes the characters of a length-bounded string as [^"\\\r\n]: raw control characters
 # pass (invalid JSON) and escapes cannot. Its unbounded strings use the right class; so do we.
 _BOUNDED_STRING_CHAR = r'[^\"\\\r\n]'

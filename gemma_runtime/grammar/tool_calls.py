@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from gemma_runtime.grammar.value_rules import CALL_CLOSE, CALL_OPEN, RuleWriter, literal
 
-
 CALL_OPEN_TEXT, CALL_CLOSE_TEXT = "<|tool_call>", "<tool_call|>"
 
 

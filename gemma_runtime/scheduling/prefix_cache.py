@@ -31,7 +31,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gemma_runtime.scheduling.block_manager import NO_BLOCK, BlockPool, BlockTables
+from gemma_runtime.scheduling.block_manager import NO_BLOCK, BlockPool
 
 
 def image_content_hash(pixel_values) -> bytes:

@@ -9,7 +9,8 @@ safe fetcher as chat completions.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 from server.errors import bad_request
 

@@ -8,7 +8,7 @@ output parser. A prompt that leaves the channel open starts inside.
 
 from __future__ import annotations
 
-from typing import Iterable
+from collections.abc import Iterable
 
 from server.parsers.reasoning import CHANNEL_CLOSE, CHANNEL_OPEN
 from server.parsers.tool_calls import TOOL_CALL_OPEN

@@ -6,7 +6,7 @@ removes its check here and nothing else changes.
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 from server.errors import APIError, bad_request
 from server.responses.protocol import NamedToolChoiceParam, ResponsesRequest

@@ -10,23 +10,23 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import AsyncIterator
 
 from pydantic import ValidationError
 
 from server.chat import ChatPlan, ChoiceParser, prepare_chat
 from server.context import ServerContext
 from server.errors import APIError, bad_request
-from server.streams import check_error, close_all, merge, start_all
 from server.metrics import RequestTimer
 from server.protocol import ChatCompletionRequest
 from server.responses.assembler import ResponseAssembler
 from server.responses.items import normalize_input, to_chat_messages
 from server.responses.protocol import NamedToolChoiceParam, ResponsesRequest
-from server.responses.refusals import check_supported
 from server.responses.reasoning_tokens import ReasoningTokenCounter
+from server.responses.refusals import check_supported
 from server.responses.store import ResponseStore
+from server.streams import check_error, close_all, merge, start_all
 
 # Chat sampling fields a Responses request may carry as extensions (vLLM accepts the same ones).
 _PASSTHROUGH = ("seed", "top_k", "min_p", "stop", "presence_penalty", "frequency_penalty", "ignore_eos")

@@ -8,12 +8,12 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from server.errors import APIError
-from server.streams import start_all, until_disconnect
 from server.responses.protocol import ResponsesRequest
 from server.responses.service import prepare_response, response_events, run_to_end
 from server.responses.store import ResponseStore
 from server.routes.openai import check_model
 from server.sse import SSEResponse
+from server.streams import start_all, until_disconnect
 
 router = APIRouter()
 

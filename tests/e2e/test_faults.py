@@ -71,7 +71,7 @@ async def read_stream(client: httpx.AsyncClient, body: dict, leave_after_s: floa
     else:
         try:
             await asyncio.wait_for(consume(), leave_after_s)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pass
     return rec
 
@@ -180,7 +180,7 @@ def test_slow_header_clients_do_not_stop_normal_requests(engine_backend):
             s.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHo")
             socks.append(s)
         try:
-            for i in range(3):
+            for _ in range(3):
                 for s in socks:
                     s.sendall(b"s")  # a byte a second, never finishing the headers
                 t0 = time.perf_counter()

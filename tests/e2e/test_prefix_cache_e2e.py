@@ -12,8 +12,8 @@ import httpx
 import openai
 import pytest
 
-from tests.e2e.conftest import RUNTIME, SEED_MODEL, free_ports
 from bench.uvicorn_thread import UvicornThread
+from tests.e2e.conftest import RUNTIME, SEED_MODEL, free_ports
 
 MODEL = SEED_MODEL
 

@@ -12,7 +12,14 @@ import httpx
 import openai
 import pytest
 
-from engine_builder.tiny.taught_corpus import BLUE_SQUARE, IMAGE_QUESTION, MATH_QUESTION, PARIS_RESULT, RED_SQUARE, WEATHER_TOOL
+from engine_builder.tiny.taught_corpus import (
+    BLUE_SQUARE,
+    IMAGE_QUESTION,
+    MATH_QUESTION,
+    PARIS_RESULT,
+    RED_SQUARE,
+    WEATHER_TOOL,
+)
 from tests.e2e.openai_helpers import HELLO_REPLY, MATH_ANSWER, MATH_REASONING, MODEL, async_client, data_url
 
 GREEDY = {"temperature": 0}

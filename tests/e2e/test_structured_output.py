@@ -13,9 +13,8 @@ import json
 
 import httpx
 import jsonschema
-import pytest
-
 import openai
+import pytest
 
 from bench.uvicorn_thread import UvicornThread
 from tests.e2e.openai_helpers import GREEDY, post
@@ -42,9 +41,9 @@ def _triton_backend(engine_dir, tmp_path_factory):
     import importlib.util
     import shutil
 
+    from tests.e2e.conftest import RUNTIME, free_ports
     from triton_bridge.client import TritonBackend
     from triton_bridge.launcher import TritonPorts, start_triton
-    from tests.e2e.conftest import RUNTIME, free_ports
 
     if not (shutil.which("tritonserver") or importlib.util.find_spec("pytriton")):
         pytest.skip("no tritonserver on PATH and nvidia-pytriton is not installed")

@@ -12,8 +12,8 @@ import time
 
 import pytest
 
-from triton_bridge.process_group import group_members
 from tests.e2e.conftest import RUNTIME, free_ports
+from triton_bridge.process_group import group_members
 
 pytestmark = pytest.mark.skipif(not (shutil.which("tritonserver") or importlib.util.find_spec("pytriton")),
                                 reason="no tritonserver on PATH and nvidia-pytriton is not installed")

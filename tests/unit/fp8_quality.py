@@ -28,8 +28,8 @@ import torch
 
 from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 from gemma_runtime.api import GenerateRequest, SamplingParams
-from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.engine.llm_engine import LLMEngine
+from gemma_runtime.model.forward_batch import ForwardBatch
 
 # The model is trained on these passages; greedy runs start from each one's first PROMPT_TOKENS tokens
 # and continue NEW_TOKENS tokens inside text the model has learned, where its margins are real.

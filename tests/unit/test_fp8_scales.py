@@ -19,8 +19,8 @@ from safetensors.torch import load_file, save_file
 from engine_builder.convert import build_engine
 from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 from engine_builder.weights import quantize_fp8
-from gemma_runtime.engine_format.spec import EngineSpec
 from gemma_runtime.engine_format.fp8 import FP8, dequantize
+from gemma_runtime.engine_format.spec import EngineSpec
 from gemma_runtime.model.linear import emulated_fp8_linear as fp8_linear
 
 ROW_ERROR = 0.04  # relative RMS error of one weight row: e4m3's rounding gives ~2-3% on Gaussian rows

@@ -16,10 +16,10 @@ import httpx
 import pytest
 import uvicorn
 
+from bench.uvicorn_thread import UvicornThread, free_port
 from server.app import create_app
 from server.drain import DrainingServer
 from server.settings import ServerSettings
-from bench.uvicorn_thread import UvicornThread, free_port
 
 try:
     from ._server_fakes import FakeBackend, Script

@@ -210,7 +210,7 @@ CASES = [
     Case("parenthesised_arguments", f"<|tool_call>call:get_weather(location:{Q}Rome (IT){Q},days:2)<tool_call|>", None, None,
          (("get_weather", {"location": "Rome (IT)", "days": 2}),)),
     Case("bare_colon_parenthesised", f"<|tool_call>:f()<tool_call|>{TIME}", None, None, (("f", {}), ("get_time", {"tz": "Europe/Paris"}))),
-    Case("parenthesised_unclosed", f"<|tool_call>call:f(a:1<tool_call|>x", None, "<|tool_call>call:f(a:1<tool_call|>x"),
+    Case("parenthesised_unclosed", "<|tool_call>call:f(a:1<tool_call|>x", None, "<|tool_call>call:f(a:1<tool_call|>x"),
     Case("parenthesised_mismatched", "<|tool_call>call:f(a:1}<tool_call|>", None, "<|tool_call>call:f(a:1}<tool_call|>"),
     Case("double_colon_is_text", "<|tool_call>::f{a:1}<tool_call|>", None, "<|tool_call>::f{a:1}<tool_call|>"),
     Case("content_after_call", WEATHER + "Anything else?", None, "Anything else?",

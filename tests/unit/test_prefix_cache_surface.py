@@ -7,10 +7,10 @@ from prometheus_client import generate_latest
 
 from gemma_runtime.api import EngineStats, RequestOutput, Usage
 from gemma_runtime.config import RuntimeConfig
-from triton_bridge import protocol
 from server.__main__ import parse_args, runtime_config_from_args
 from server.chat import usage_json
 from server.metrics import ServerMetrics
+from triton_bridge import protocol
 
 
 def test_no_prefix_caching_flag():

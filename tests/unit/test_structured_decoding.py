@@ -14,8 +14,8 @@ import pytest
 
 from gemma_runtime.api import GenerateRequest, RequestError, SamplingParams
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.grammar.spec import StructuredOutput
 from gemma_runtime.engine.llm_engine import LLMEngine
+from gemma_runtime.grammar.spec import StructuredOutput
 from tests.unit.structured_schemas import ALL_FEATURES, features, generated_schemas
 
 PROMPT = "<bos><|turn>user\nReply in JSON.<turn|>\n<|turn>model\n"

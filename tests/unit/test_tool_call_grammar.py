@@ -12,8 +12,8 @@ import xgrammar as xgr
 
 from gemma_runtime.api import GenerateRequest, RequestError, SamplingParams
 from gemma_runtime.config import RuntimeConfig
-from gemma_runtime.grammar.spec import StructuredOutput
 from gemma_runtime.engine.llm_engine import LLMEngine
+from gemma_runtime.grammar.spec import StructuredOutput
 from server.parsers import parse_output
 
 PROMPT = "<bos><|turn>user\nDo it.<turn|>\n<|turn>model\n"
@@ -124,7 +124,7 @@ def test_auto_with_a_strict_tool_holds_every_opened_call(engine):
         structured=StructuredOutput("tool_calls", json.dumps(source)))) for i in range(4)]
     got = run(engine, requests)
     seen = 0
-    for rid, (text, _) in got.items():
+    for text, _ in got.values():
         msg = parse_output(text)
         for call in msg.tool_calls:
             seen += 1
