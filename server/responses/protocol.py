@@ -38,7 +38,25 @@ class ReasoningParam(_Model):
 
 
 class TextFormatParam(_Model):
+    """`text`, `json_object`, or `json_schema` with the schema beside the type (the Responses API's flat form)."""
+
     type: str = "text"
+    name: str | None = None
+    description: str | None = None
+    schema_: dict[str, Any] | None = Field(None, alias="schema")  # `schema` shadows a BaseModel attribute
+    strict: bool | None = None
+
+    def as_response_format(self) -> dict | None:
+        """The chat request's `response_format` for this format (None for plain text)."""
+        if self.type == "json_object":
+            return {"type": "json_object"}
+        if self.type == "json_schema":
+            spec = {"name": self.name, "description": self.description, "schema": self.schema_, "strict": self.strict}
+            return {"type": "json_schema", "json_schema": {k: v for k, v in spec.items() if v is not None}}
+        return None
+
+    def as_json(self) -> dict:
+        return self.model_dump(by_alias=True, exclude_none=True, include={"type", "name", "description", "schema_", "strict"})
 
 
 class TextParam(_Model):

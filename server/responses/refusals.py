@@ -21,9 +21,11 @@ def _background(req: ResponsesRequest) -> APIError | None:
 
 def _text_format(req: ResponsesRequest) -> APIError | None:
     fmt = req.text.format if req.text is not None else None
-    if fmt is not None and fmt.type != "text":
-        return bad_request(f"text.format type {fmt.type!r} is not supported yet (structured output is not served): "
-                           "only 'text'", param="text.format.type", code="unsupported_parameter")
+    if fmt is not None and fmt.type not in ("text", "json_object", "json_schema"):
+        return bad_request(f"text.format type {fmt.type!r} is not supported: use 'text', 'json_object' or 'json_schema'",
+                           param="text.format.type", code="unsupported_parameter")
+    if fmt is not None and fmt.type == "json_schema" and fmt.schema_ is None:
+        return bad_request("text.format json_schema needs `schema`", param="text.format.schema")
     return None
 
 

@@ -68,6 +68,9 @@ def to_chat_request(req: ResponsesRequest, messages: list[dict]) -> ChatCompleti
         **_chat_tools(req),
         **extras,
     }
+    fmt = req.text.format if req.text is not None else None
+    if fmt is not None and fmt.as_response_format() is not None:
+        body["response_format"] = fmt.as_response_format()  # enforced by the runtime's grammar (server/structured.py)
     try:
         return ChatCompletionRequest.model_validate(body)
     except ValidationError as e:
@@ -103,7 +106,7 @@ def skeleton(req: ResponsesRequest, model: str) -> dict:
         "reasoning": {"effort": req.reasoning.effort if req.reasoning else None, "summary": None},
         "store": req.stores,
         "temperature": req.temperature,
-        "text": {"format": {"type": "text"}},
+        "text": {"format": req.text.format.as_json() if req.text is not None and req.text.format is not None else {"type": "text"}},
         "tool_choice": choice.model_dump(exclude_none=True) if isinstance(choice, NamedToolChoiceParam) else choice,
         "tools": [_tool_json(t) for t in req.tools or ()],
         "top_p": req.top_p,

@@ -173,3 +173,18 @@ def test_logit_bias_on_chat_and_completions(client, random_tiny_dense_engine_dir
     chat = client.chat.completions.create(model=MODEL, messages=WEATHER_Q, max_tokens=3, logit_bias={str(token): 100},
                                           extra_body={"ignore_eos": True}, **GREEDY)
     assert chat.choices[0].message.content == tokenizer.decode([token] * 3)
+
+
+@pytest.mark.parametrize("stream", [False, True])
+def test_responses_text_format_json_schema(client, stream):
+    """/v1/responses' `text.format` (the flat json_schema form) is held to the schema by the same grammar."""
+    schema = SCHEMAS[1]
+    fmt = {"type": "json_schema", "name": "thing", "schema": schema, "strict": True}
+    kwargs = dict(model=MODEL, input="Describe a thing as JSON.", text={"format": fmt}, max_output_tokens=300, temperature=0)
+    if stream:
+        with client.responses.stream(**kwargs) as events:
+            resp = events.get_final_response()
+    else:
+        resp = client.responses.create(**kwargs)
+    assert resp.status == "completed" and resp.text.format.type == "json_schema"
+    jsonschema.validate(json.loads(resp.output_text), schema)

@@ -138,7 +138,8 @@ def test_engine_failure_fails_the_response():
 
 @pytest.mark.parametrize("body, status, param", [
     ({"input": "Hi", "background": True}, 400, "background"),
-    ({"input": "Hi", "text": {"format": {"type": "json_schema", "name": "x", "schema": {}}}}, 400, "text.format.type"),
+    ({"input": "Hi", "text": {"format": {"type": "grammar", "syntax": "lark"}}}, 400, "text.format.type"),
+    ({"input": "Hi", "text": {"format": {"type": "json_schema", "name": "x"}}}, 400, "text.format.schema"),
     ({"input": "Hi", "tools": [{"type": "web_search"}]}, 400, "tools.0.type"),
     ({"input": "Hi", "tools": [TOOL], "tool_choice": {"type": "function", "name": "nope"}}, 400, "tool_choice.name"),
     ({"input": [{"type": "item_reference", "id": "x"}]}, 400, "input.0.type"),
