@@ -59,7 +59,8 @@ MUTATIONS: tuple[Mutation, ...] = (
              SCHEDULER_TESTS),
     Mutation("waiting prefill not charged", SC, "            scheduled.append(ScheduledSeq(seq, num_new))\n            budget -= num_new\n        return",
              "            scheduled.append(ScheduledSeq(seq, num_new))\n            budget -= 1\n        return", SCHEDULER_TESTS),
-    Mutation("preempted sequence keeps its progress", SC, "        seq.num_computed = 0\n", "", SCHEDULER_TESTS),
+    Mutation("preempted sequence keeps its progress", SC, "        seq.num_computed = 0\n        seq.num_preemptions += 1\n",
+             "        seq.num_preemptions += 1\n", SCHEDULER_TESTS),
     # -- block manager ------------------------------------------------------------------------------
     Mutation("sliding page reclaimed one token early", BM, "first_query_pos - self.window + 1", "first_query_pos - self.window + 2",
              BLOCK_TESTS),

@@ -3,10 +3,22 @@
 The CPU path emulates the GPU's FP8 arithmetic (model/linear.py: activations rounded to e4m3 per token,
 e4m3 weights with per-channel scales), so these figures are the quality the FP8 engine will have.
 
-Every bound that matters is asserted on figures no CPU kernel can move (fp8_quality.py says how: a model
-trained in float64, and bf16 / fp8 weights run in float32 arithmetic), so the suite passes or fails the
-same on every x86 CPU, whether its bf16 matmuls go through AMX, AVX512-BF16 or AVX2 (issue 12).
-SPREAD_MEASURED below is what `python -m tests.unit.fp8_quality` printed across those paths.
+The bounds that matter are asserted on figures no bf16 kernel can move (fp8_quality.py says how: a model
+trained in float64, and bf16 / fp8 weights run in float32 arithmetic), and every bound was set from the
+spread measured across the CPU's kernel paths (issue 12), `python -m tests.unit.fp8_quality` on an AMX
+Xeon (2026-12-01), each path at 1 and 2 threads (thread count changed nothing past the 4th digit):
+
+| figure                      | AMX / AVX512-BF16 | AVX512 without bf16 | AVX2 (oneDNN, ATen, MKL) | bound        |
+| perplexity fp32             | 1.9425            | 1.9425              | 1.9728                   |              |
+| bf16 weights vs fp32        | +0.51%            | +0.51%              | +0.31%                   | < 2%         |
+| fp8 vs bf16 weights         | +9.82%            | +9.82%              | +9.69%                   | < +20%       |
+| fp8 agreement with bf16     | 99.5%             | 99.5%               | 91.1%                    | >= 85%       |
+| native bf16 arithmetic      | -1.07%, 100%      | -1.07%, 100%        | -2.02%, 91.1%            | < 4%, >= 85% |
+| native fp8 arithmetic       | +12.85%, 99.0%    | +12.85%, 99.0%      | +11.2%, 90.1%            | < 20%, >= 85%|
+
+AVX2 trains a different model from the same seed (its float64 GEMMs round differently, and the router's
+top-k turns a last-bit difference into another expert): float64 takes the bf16 kernels out of training,
+not every kernel, so the bounds hold for both models with room.
 """
 
 from __future__ import annotations
@@ -25,8 +37,8 @@ from .fp8_quality import NEW_TOKENS, build_engines, continuations, greedy, perpl
 MIN_AGREEMENT = 0.85
 MAX_PPL_CHANGE = 0.20
 BF16_WEIGHTS_PPL_CHANGE = 0.02
-NATIVE_BF16_PPL_CHANGE = 0.03
-NATIVE_BF16_MIN_AGREEMENT = 0.95
+NATIVE_BF16_PPL_CHANGE = 0.04
+NATIVE_BF16_MIN_AGREEMENT = MIN_AGREEMENT
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +110,7 @@ def test_fp8_perplexity_close_to_bf16(engines):
 
 def test_native_bf16_arithmetic_stays_within_the_kernels_spread(engines, bf16_continuations):
     """The engines as served on this CPU (bf16 activations through whichever bf16 kernels it has) stay
-    within bounds set from the spread measured across kernel paths (SPREAD_MEASURED), with room: a broken
+    within bounds set from the spread measured across kernel paths (the table above), with room: a broken
     bf16 path (a wrong cast, a lost scale) moves these figures by far more than any kernel does."""
     ppl = {k: perplexity(engines[k]) for k in ("bf16", "bf16-native", "fp8-native")}
     native_bf16 = abs(ppl["bf16-native"] - ppl["bf16"]) / ppl["bf16"]
