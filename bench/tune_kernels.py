@@ -1,7 +1,7 @@
 """Time every Triton kernel's tile candidates at the 26B-A4B's and the 31B's real shapes; print the fastest.
 
 Each kernel takes its tiles from one small function (paged_decode.decode_tiles, paged_prefill.prefill_tiles,
-moe_gemm.expert_tiles, moe_gemm.expert_gemv_tiles, fp8_gemm.w8a16_tiles, gemv.gemv_tiles). For every shape below this script swaps in each candidate,
+moe_gemm.expert_tiles, moe_gemv.expert_gemv_tiles, fp8_gemm.w8a16_tiles, gemv.gemv_tiles). For every shape below this script swaps in each candidate,
 runs the kernel once (Triton compiles it), checks the output against the current tiles' output (a wrong
 candidate is reported, never chosen), then times it: on CUDA through a CUDA graph
 (triton.testing.do_bench_cudagraph), so the GPU time is measured and not the host's launch cost.
@@ -10,7 +10,7 @@ torch._scaled_mm) over the row counts around linear.W8A16_MAX_ROWS; the `gemv-sw
 linear() at one and four rows with and without the matrix-vector kernel (linear.takes_gemv; without it,
 cuBLAS for bf16 weights, W8A16 for FP8 ones), each with what it reads per second; `expert-gemv-switch`
 likewise times one or two tokens' experts as one matrix-vector product per routed row against the
-16-row tiles (moe_gemm.takes_expert_gemv). The timed runs take identical copies of the weights in
+16-row tiles (moe_gemv.takes_expert_gemv). The timed runs take identical copies of the weights in
 turn (`copies`), so a weight smaller than the 50 MB L2 is read from HBM each time, as in a decode
 step (the first H100 run reused one, and the 26B-A4B's linears read up to 3,526 GB/s from L2).
 
@@ -49,7 +49,7 @@ import triton  # noqa: E402
 from bench.kernel_inputs import decode_run, linear_run, moe_run, prefill_run, w8a16_run  # noqa: E402
 from bench.random_engine import MODELS, SLIDING_WINDOW  # noqa: E402
 from gemma_runtime.engine_format.fp8 import FP8  # noqa: E402
-from gemma_runtime.kernels import fp8_gemm, gemv, moe_gemm, paged_decode, paged_prefill  # noqa: E402
+from gemma_runtime.kernels import fp8_gemm, gemv, moe_gemm, moe_gemv, paged_decode, paged_prefill  # noqa: E402
 from gemma_runtime.model import linear  # noqa: E402
 
 
@@ -130,9 +130,9 @@ def model_cases(model: str, kernels: set[str]) -> list[Case]:
             for fp8 in (False, True):
                 cases.append(Case("moe", f"{model} {'fp8' if fp8 else 'bf16'} experts T={tokens}", moe_gemm,
                                   "expert_tiles", tiles, moe_run(tokens, h, e, k, ie, fp8), tokens))
-    if "expert-gemv" in kernels and MODELS[model]["kind"] == "moe":  # e4m3 only, as moe_gemm.takes_expert_gemv
+    if "expert-gemv" in kernels and MODELS[model]["kind"] == "moe":  # e4m3 only, as moe_gemv.takes_expert_gemv
         e, k, ie = t["num_experts"], t["top_k_experts"], t["moe_intermediate_size"]
-        cases.append(Case("expert-gemv", f"{model} fp8 one-row experts T=1", moe_gemm, "expert_gemv_tiles",
+        cases.append(Case("expert-gemv", f"{model} fp8 one-row experts T=1", moe_gemv, "expert_gemv_tiles",
                           grid((2, 4, 8, 16), (256, 512, 1024), (2, 4, 8)), moe_run(1, h, e, k, ie, True), 1))
     if "expert-gemv-switch" in kernels and MODELS[model]["kind"] == "moe":
         e, k, ie = t["num_experts"], t["top_k_experts"], t["moe_intermediate_size"]
@@ -197,7 +197,7 @@ def dry_cases(kernels: set[str]) -> list[Case]:
         cases.append(Case("w8a16-switch", "tiny [96x128] M=20", linear, "W8A16_MAX_ROWS", (0, 1 << 30),
                           w8a16_run(20, 96, 128, path="fp8_linear"), tolerance=0.1))
     if "expert-gemv" in kernels:
-        cases.append(Case("expert-gemv", "tiny bf16 one-row experts T=2", moe_gemm, "expert_gemv_tiles",
+        cases.append(Case("expert-gemv", "tiny bf16 one-row experts T=2", moe_gemv, "expert_gemv_tiles",
                           ((4, 64, 4), (2, 32, 2)), moe_run(2, 64, 8, 2, 32, False), 2))
     if "expert-gemv-switch" in kernels:
         cases.append(Case("expert-gemv-switch", "tiny fp8 experts T=1", moe_gemm, "takes_expert_gemv", (False, True),
