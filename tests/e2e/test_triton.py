@@ -27,7 +27,6 @@ from triton_bridge import protocol  # noqa: E402
 from triton_bridge.client import TritonBackend, TritonUnavailable, parse_uri  # noqa: E402
 from triton_bridge.launcher import DEFAULT_MODEL_REPO, TritonPorts, model_config_json, start_triton  # noqa: E402
 
-
 # --- no server needed ---------------------------------------------------------------------------------
 
 def test_config_pbtxt_declares_the_protocol_tensors():
