@@ -24,7 +24,9 @@ from gemma_runtime.kernels import (
     geglu,
     gemv,
     kv_write,
+    moe_align,
     moe_gemm,
+    moe_gemv,
     moe_routing,
     paged_decode,
     paged_prefill,
@@ -82,10 +84,10 @@ def configs():
                {"logits_ptr": BF16, "weights_ptr": F32, "ids_ptr": I64, "rows_ptr": I64, "tile_expert_ptr": I64},
                dict(E=128, E_PAD=128, TOP_K=8, ROW_TILES=row_tiles), 1, 2)  # fmt: skip
     I32 = "*i32"
-    yield ("moe align: layout", moe_gemm._expert_layout_kernel,
+    yield ("moe align: layout", moe_align._expert_layout_kernel,
            {"ids_ptr": I64, "run_start_ptr": I32, "fill_ptr": I32, "tile_expert_ptr": I64, "rows_ptr": I64},
            dict(E=128, E_PAD=128, BLOCK_M=16, IDS=1024, TILES=32, SLOTS=1024), 4, 1)  # fmt: skip
-    yield ("moe align: scatter", moe_gemm._scatter_rows_kernel,
+    yield ("moe align: scatter", moe_align._scatter_rows_kernel,
            {"ids_ptr": I64, "run_start_ptr": I32, "fill_ptr": I32, "rows_ptr": I64}, dict(BLOCK=256), 4, 1)
     for tokens in (1, 512):
         bm, bn, bk, warps, stages = moe_gemm.expert_tiles(tokens)
@@ -100,11 +102,11 @@ def configs():
                    dict(HAS_SCALE=scaled, BLOCK_M=bm, BLOCK_N=bn, BLOCK_K=bk, F32_DOT=False), warps, stages)  # fmt: skip
 
     for wname, wtype in (("bf16", BF16), ("fp8", FP8)):  # one routed row per program (batches of one or two)
-        bn, bk, warps = moe_gemm.expert_gemv_tiles(2 if wname == "bf16" else 1)
-        yield (f"moe gate_up one-row {wname}", moe_gemm._gate_up_gemv_kernel,
+        bn, bk, warps = moe_gemv.expert_gemv_tiles(2 if wname == "bf16" else 1)
+        yield (f"moe gate_up one-row {wname}", moe_gemv._gate_up_gemv_kernel,
                {"x_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "h_ptr": BF16, "ids_ptr": I64},
                dict(TOP_K=8, HAS_SCALE=wname == "fp8", BLOCK_N=bn, BLOCK_K=bk), warps, 3)  # fmt: skip
-        yield (f"moe down one-row {wname}", moe_gemm._down_gemv_kernel,
+        yield (f"moe down one-row {wname}", moe_gemv._down_gemv_kernel,
                {"h_ptr": BF16, "w_ptr": wtype, "scale_ptr": F32, "out_ptr": F32, "ids_ptr": I64, "routing_ptr": F32},
                dict(HAS_SCALE=wname == "fp8", BLOCK_N=bn, BLOCK_K=bk), warps, 3)  # fmt: skip
     for rows, weight in ((1, 1 << 26), (64, 1 << 26), (64, 1 << 23)):  # the 64-row tiles of large and small weights

@@ -32,8 +32,9 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from bench.measure import run_until_first_tokens
 from bench.random_engine import make_random_engine, weights_in_memory
-from bench.run import DRY_SIZES, GPU_SIZES, SWITCH, Clock, greedy, prompt_ids, run_until_first_tokens, runtime_config
+from bench.run_config import DRY_SIZES, GPU_SIZES, SWITCH, Clock, greedy, prompt_ids, runtime_config
 from gemma_runtime.api import GenerateRequest
 from gemma_runtime.engine.llm_engine import LLMEngine
 from gemma_runtime.model import gemma4
@@ -83,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--overlap", choices=SWITCH, default="auto")
     p.add_argument("--out", default="bench/results/profiles", help="folder for the trace and the summary")
     p.add_argument("--gemv", choices=("on", "off"), default="on",
-                   help="the matrix-vector kernels where linear.takes_gemv and moe_gemm.takes_expert_gemv take "
+                   help="the matrix-vector kernels where linear.takes_gemv and moe_gemv.takes_expert_gemv take "
                         "them; off: cuBLAS, W8A16 and the 16-row expert tiles at every batch, to measure what they give")
     p.add_argument("--moe-side-stream", choices=SWITCH, default="auto",
                    help="a MoE layer's dense MLP on a second stream beside its experts in the decode graphs "
@@ -107,9 +108,9 @@ def main(argv: list[str] | None = None) -> int:
     if args.moe_side_stream == "on":  # read at each call, so the graphs captured below take it
         gemma4.SIDE_STREAM_MAX_ROWS = 1 << 30
     if args.gemv == "off":  # both are read at each call, so the graphs captured below take them too
-        from gemma_runtime.kernels import moe_gemm  # triton: imported only when asked for
+        from gemma_runtime.kernels import moe_gemv  # triton: imported only when asked for
 
-        linear_module.GEMV_MAX_ROWS = moe_gemm.EXPERT_GEMV_MAX_ROWS = 0
+        linear_module.GEMV_MAX_ROWS = moe_gemv.EXPERT_GEMV_MAX_ROWS = 0
 
     with tempfile.TemporaryDirectory(prefix="gemma4-profile-") as tmp:
         made = make_random_engine(model, args.dtype, device, Path(tmp) / name)

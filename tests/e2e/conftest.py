@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import SimpleNamespace
 
 import openai
 import pytest
@@ -132,3 +133,36 @@ def base(live_server) -> str:
 @pytest.fixture(scope="module")
 def client(base):
     return openai.OpenAI(base_url=base, api_key="not-used", max_retries=0, timeout=120)
+
+
+# -- the Triton tests (test_triton*.py): the session's tritonserver against the runtime in this process
+
+
+@pytest.fixture(scope="session")
+def engine_dir(taught_engine_dir):
+    return taught_engine_dir
+
+
+@pytest.fixture(scope="session")
+def embedded(engine_dir):
+    """The in-process runtime: the reference every Triton path must reproduce."""
+    from gemma_runtime.config import RuntimeConfig
+    from gemma_runtime.engine.async_engine import AsyncEngine
+
+    engine = AsyncEngine.from_engine_dir(engine_dir, RuntimeConfig(**RUNTIME))
+    engine.start()
+    yield engine
+    engine.shutdown()
+
+
+@pytest.fixture(scope="session")
+def triton(engine_dir, triton_server):
+    """The session's tritonserver and a translator-side client made for it."""
+    from triton_bridge.client import TritonBackend
+
+    uri = triton_server.backend_uri
+    backend = TritonBackend.from_uri(uri, engine_dir=engine_dir)
+    backend.poll_interval = 0.1
+    backend.start()
+    yield SimpleNamespace(server=triton_server, backend=backend, uri=uri)
+    backend.shutdown()

@@ -10,8 +10,8 @@ import torch
 triton = pytest.importorskip("triton")
 
 from gemma_runtime.engine_format.fp8 import dequantize, quantize_per_row  # noqa: E402
-from gemma_runtime.kernels import moe_gemm  # noqa: E402
-from gemma_runtime.kernels.moe_gemm import align_by_expert  # noqa: E402
+from gemma_runtime.kernels import moe_gemm, moe_gemv  # noqa: E402
+from gemma_runtime.kernels.moe_align import align_by_expert  # noqa: E402
 from gemma_runtime.kernels.moe_routing import topk_softmax, topk_softmax_row_tiles  # noqa: E402
 from gemma_runtime.model.cuda_backends import TritonFusedExperts  # noqa: E402
 from gemma_runtime.model.moe import TorchGroupedExperts, route_hidden  # noqa: E402
@@ -108,17 +108,17 @@ def test_one_row_expert_kernels_match_the_reference(dtype, fp8, tokens):
     dense = (lambda w, s: dequantize(w, s, dtype)) if fp8 else (lambda w, s: w)
     ref = TorchGroupedExperts()(x, weights, ids, dense(gate_up, scales.get("gate_up_scale")),
                                 dense(down, scales.get("down_scale")))
-    per_slot = moe_gemm.experts_gemv(x, weights, ids, gate_up, down, **scales)
+    per_slot = moe_gemv.experts_gemv(x, weights, ids, gate_up, down, **scales)
     assert per_slot.shape == (tokens, k, H) and per_slot.dtype == torch.float32
     assert rel_err(per_slot.sum(1).to(dtype), ref) < TOL[dtype]
 
 
 def test_the_one_row_expert_kernels_take_one_or_two_tokens_of_fp8_experts():
-    """The measured policy (kernels/moe_gemm.py): e4m3 stacks at up to 16 routed rows; bf16 keeps the tiles."""
+    """The measured policy (kernels/moe_gemv.py): e4m3 stacks at up to 16 routed rows; bf16 keeps the tiles."""
     stack = lambda dtype: torch.empty((128, 1408, 2816), dtype=dtype, device="meta")  # noqa: E731
-    assert moe_gemm.takes_expert_gemv(8, stack(torch.float8_e4m3fn)) and moe_gemm.takes_expert_gemv(16, stack(torch.float8_e4m3fn))
-    assert not moe_gemm.takes_expert_gemv(24, stack(torch.float8_e4m3fn))
-    assert not moe_gemm.takes_expert_gemv(8, stack(torch.bfloat16))
+    assert moe_gemv.takes_expert_gemv(8, stack(torch.float8_e4m3fn)) and moe_gemv.takes_expert_gemv(16, stack(torch.float8_e4m3fn))
+    assert not moe_gemv.takes_expert_gemv(24, stack(torch.float8_e4m3fn))
+    assert not moe_gemv.takes_expert_gemv(8, stack(torch.bfloat16))
 
 
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16 experts", "fp8 experts"])

@@ -27,7 +27,8 @@ BLOCK_TESTS = ("tests/unit/test_block_manager.py", "tests/unit/test_block_manage
 DETOK_TESTS = ("tests/unit/test_detokenizer_unicode.py", "tests/unit/test_engine_outputs.py")
 ENGINE_TESTS = ("tests/unit/test_min_tokens_boundary.py", "tests/unit/test_engine_outputs.py",
                 "tests/unit/test_overlap_and_graphs.py")
-SERVER_TESTS = ("tests/unit/test_parsers.py", "tests/unit/test_server_http.py", "tests/unit/test_server_outcomes.py",
+SERVER_TESTS = ("tests/unit/test_parsers.py", "tests/unit/test_parsers_streaming.py", "tests/unit/test_parsers_tool_calls.py",
+                "tests/unit/test_server_http.py", "tests/unit/test_server_http_errors.py", "tests/unit/test_server_outcomes.py",
                 "tests/unit/test_server_template.py")
 FP8_TESTS = ("tests/unit/test_fp8_scales.py", "tests/unit/test_fp8.py")
 TRITON_TESTS = ("tests/e2e/test_triton_cleanup.py",)

@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
         root = Path(tmp) / "repo"
         copy_tree(REPO_ROOT, root, args.tests_from)
-        # tests read reference files from the folder beside the checkout (tests/unit/test_parsers.py)
+        # tests read reference files from the folder beside the checkout (tests/unit/test_parsers_tool_calls.py)
         if (REPO_ROOT.parent / "shared").is_dir():
             (Path(tmp) / "shared").symlink_to(REPO_ROOT.parent / "shared")
         check_imports(root, args.python)

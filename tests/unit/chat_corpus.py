@@ -2,125 +2,24 @@
 
 Each entry: {"name", "messages", "tools" (list or None), "kwargs" (extra apply_chat_template kwargs,
 always with add_generation_prompt; enable_thinking only when the case sets it)}. Reused by the
-chat-template conformance test and by anything else that needs realistic prompts.
+chat-template conformance test and by anything else that needs realistic prompts. The tools they
+declare: chat_tools.py.
 """
 
 from __future__ import annotations
 
 import copy
 
-# ---------------------------------------------------------------- tools
+from tests.unit.chat_tools import (
+    CALCULATOR_TOOL,
+    FLIGHTS_TOOL,
+    ODD_SCHEMA_TOOL,
+    TIME_TOOL,
+    UNTYPED_PARAMS_TOOL,
+    WEATHER_TOOL,
+)
 
-WEATHER_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "get_weather",
-        "description": "Get the current weather",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "location": {"type": "string", "description": "City name"},
-                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
-                "days": {"type": "integer"},
-            },
-            "required": ["location"],
-        },
-    },
-}
-
-TIME_TOOL = {"type": "function", "function": {"name": "get_time", "description": "The current UTC time"}}
-
-FLIGHTS_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "search_flights",
-        "description": "Search flights between two airports.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "origin": {"type": "string", "description": "IATA code of the departure airport"},
-                "destination": {"type": "string", "description": "IATA code of the arrival airport"},
-                "passengers": {
-                    "type": "array",
-                    "description": "Who travels",
-                    "items": {
-                        "type": "object",
-                        "properties": {
-                            "name": {"type": "string"},
-                            "age": {"type": "integer", "description": "Age in years"},
-                            "seat": {"type": "string", "enum": ["aisle", "window", "middle"]},
-                        },
-                        "required": ["name"],
-                    },
-                },
-                "filters": {
-                    "type": "object",
-                    "description": "Optional filters",
-                    "properties": {
-                        "max_price": {"type": "number", "description": "In euros"},
-                        "airlines": {"type": "array", "items": {"type": "string"}},
-                        "nonstop": {"type": "boolean", "nullable": True},
-                    },
-                    "required": ["max_price"],
-                },
-                "flexible": {"type": "boolean", "nullable": True, "description": "Dates may move"},
-            },
-            "required": ["origin", "destination", "passengers"],
-        },
-        "response": {"type": "object", "description": "Matching flights"},
-    },
-}
-
-CALCULATOR_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "calculate",
-        "description": "Evaluate an arithmetic expression.",
-        "parameters": {
-            "type": "object",
-            "properties": {"expression": {"type": "string", "description": "For example 2*(3+4)"}},
-            "required": ["expression"],
-        },
-    },
-}
-
-# Schema corners that real clients send: type lists, free-form objects, arrays of arrays, item enums,
-# a property literally named "type", a parameters object without "type", a non-object response.
-ODD_SCHEMA_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "odd_schema",
-        "description": "Exercises rare JSON-schema shapes.",
-        "parameters": {
-            "type": "object",
-            "properties": {
-                "maybe_text": {"type": ["string", "null"], "description": "A union type"},
-                "config": {"type": "object", "description": "Free-form", "additionalProperties": False},
-                "matrix": {"type": "array", "items": {"type": "array", "items": {"type": "number"}}},
-                "tags": {
-                    "type": "array",
-                    "items": {"type": "string", "enum": ["a", "b"], "description": "One tag"},
-                },
-                "type": {"type": "string", "description": "Shadowed by the schema keyword"},
-                "Zeta": {"type": "STRING"},
-                "alpha": {"type": "Integer", "enum": [1, 2]},
-                "union_items": {"type": "array", "items": {"type": ["string", "integer"]}},
-                "null_in_items": {"type": "array", "items": {"type": "string", "format": None}},
-            },
-            "required": ["matrix"],
-        },
-    },
-}
-
-UNTYPED_PARAMS_TOOL = {
-    "type": "function",
-    "function": {
-        "name": "untyped",
-        "description": "Parameters without a type, and a string response.",
-        "parameters": {"properties": {"q": {"type": "string"}}, "required": ["q"]},
-        "response": {"type": "string", "description": "Plain text"},
-    },
-}
+# ---------------------------------------------------------------- message helpers
 
 
 def _call(call_id: str, name: str, arguments) -> dict:

@@ -23,7 +23,8 @@ from engine_builder.tiny.tokenizer import (
     load_chat_template,
     make_tiny_tokenizer,
 )
-from tests.unit.chat_corpus import CHAT_CORPUS, FLIGHTS_TOOL, WEATHER_TOOL
+from tests.unit.chat_corpus import CHAT_CORPUS
+from tests.unit.chat_tools import FLIGHTS_TOOL, WEATHER_TOOL
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 OFFICIAL_TEMPLATE = REPO_ROOT.parent / "shared" / "reference" / "gemma4_chat_template.official.jinja"

@@ -12,10 +12,10 @@ import pytest
 
 try:
     from ._server_fakes import Script
-    from .test_server_http import CALL_TEXT, MODEL, THINK_TEXT, make, pieces
+    from ._server_http_support import CALL_TEXT, MODEL, THINK_TEXT, make, pieces
 except ImportError:
     from _server_fakes import Script
-    from test_server_http import CALL_TEXT, MODEL, THINK_TEXT, make, pieces
+    from _server_http_support import CALL_TEXT, MODEL, THINK_TEXT, make, pieces
 
 TOOL = {"type": "function", "name": "get_weather", "description": "Weather",
         "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}  # fmt: skip

@@ -1,65 +1,45 @@
 """The HTTP layer with a scripted backend: OpenAI streaming chunk rules, reasoning and tool-call
-translation, sampling parameters, error envelopes. Driven by the real `openai` SDK where it can be."""
+translation, sampling parameters, and the other endpoints (models, health, metrics, completions). Driven
+by the real `openai` SDK where it can be. Error statuses and envelopes: test_server_http_errors.py."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 
 import openai
 import pytest
-from fastapi.testclient import TestClient
-from PIL import Image
-
-from server.app import create_app
-from server.settings import ServerSettings
 
 try:
-    from ._server_fakes import FakeBackend, Script, tiny_spec
+    from ._server_fakes import Script
+    from ._server_http_support import (
+        CALL_TEXT,
+        MODEL,
+        THINK_TEXT,
+        TOOLS,
+        USER,
+        assert_envelope,
+        pieces,
+        scripted_server,
+        sse_events,
+    )
 except ImportError:
-    from _server_fakes import FakeBackend, Script, tiny_spec
-
-MODEL = "google/gemma-4-tiny-it"
-USER = [{"role": "user", "content": "What is the weather in Paris?"}]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
-    {"type": "function", "function": {"name": "get_time", "description": "Time", "parameters": {"type": "object", "properties": {}}}}]  # fmt: skip
-CALL_TEXT = '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>'
-THINK_TEXT = "<|channel>thought\nThe user asks. I answer.<channel|>It is sunny."
-
-
-def pieces(text: str, size: int = 3) -> list[str]:
-    return [text[i : i + size] for i in range(0, len(text), size)]
-
-
-def make(script: Script, **settings):
-    backend = FakeBackend(script)
-    app = create_app(ServerSettings(**settings), backend)
-    return backend, TestClient(app)
+    from _server_fakes import Script
+    from _server_http_support import (
+        CALL_TEXT,
+        MODEL,
+        THINK_TEXT,
+        TOOLS,
+        USER,
+        assert_envelope,
+        pieces,
+        scripted_server,
+        sse_events,
+    )
 
 
 @pytest.fixture
 def server(request):
-    script, settings = request.param if isinstance(request.param, tuple) else (request.param, {})
-    backend, client = make(script, **settings)
-    with client:
-        yield backend, client, openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=client, max_retries=0)
-
-
-def sse_events(client: TestClient, body: dict) -> list:
-    """Raw SSE data payloads, in order ('[DONE]' kept as a string)."""
-    with client.stream("POST", "/v1/chat/completions", json=body) as r:
-        assert r.status_code == 200
-        assert r.headers["content-type"].startswith("text/event-stream")
-        raw = r.read().decode()
-    events = []
-    for block in raw.split("\n\n"):
-        if block.strip():
-            assert block.startswith("data: ")
-            data = block[len("data: ") :]
-            events.append(data if data == "[DONE]" else json.loads(data))
-    return events
+    yield from scripted_server(request.param)
 
 
 # -- streaming chunk rules (reference/openai_servers.md section (a)) --------------------------------
@@ -225,138 +205,6 @@ def test_sampling_params_reach_the_runtime(server):
     sdk.chat.completions.create(model=MODEL, messages=USER)
     prompt_len = len(backend.requests[-1].prompt)
     assert backend.requests[-1].sampling.max_tokens == 256 - prompt_len  # whatever room the context leaves
-
-
-# -- errors: status and envelope --------------------------------------------------------------------
-
-
-def assert_envelope(r, status: int, *, contains: str = "", param: str | None = None) -> dict:
-    assert r.status_code == status, r.text
-    err = r.json()["error"]
-    assert set(err) == {"message", "type", "param", "code"}
-    assert contains in err["message"]
-    if param is not None:
-        assert err["param"] == param
-    return err
-
-
-BAD_BODIES = [
-    ({"messages": USER, "stream_options": {"include_usage": True}}, "stream_options"),
-    ({"messages": [{"role": "wizard", "content": "x"}]}, "messages.0.role"),
-    ({"messages": []}, "messages"),
-    ({"messages": USER, "n": 0}, "n"),
-    ({"messages": USER, "temperature": 5}, "temperature"),
-    ({"messages": USER, "top_logprobs": 2}, "top_logprobs"),
-    ({"messages": USER, "tool_choice": "required"}, "tools"),
-    ({"messages": USER, "tools": TOOLS, "tool_choice": {"type": "function", "function": {"name": "nope"}}}, "nope"),
-    ({"messages": USER, "response_format": {"type": "json_schema"}}, "response_format"),
-    ({"messages": USER, "max_tokens": 0}, "max_tokens"),
-    ({"messages": USER, "continue_final_message": True}, "continue_final_message"),
-]
-
-
-@pytest.mark.parametrize("server", [Script(["x"])], indirect=True)
-def test_validation_errors_are_400_envelopes(server):
-    _, client, _ = server
-    for body, needle in BAD_BODIES:
-        err = assert_envelope(client.post("/v1/chat/completions", json=body), 400)
-        assert needle in err["message"] or needle == err["param"], (body, err)
-        assert err["type"] == "invalid_request_error"
-    assert_envelope(client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
-    assert_envelope(client.post("/v1/completions", json={"prompt": [99999]}), 400, contains="token ids")
-
-
-@pytest.mark.parametrize("server", [Script(["x"])], indirect=True)
-def test_context_length_and_runtime_refusal(server):
-    backend, client, sdk = server
-    err = assert_envelope(client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 1000}), 400, param="max_completion_tokens")
-    assert err["code"] == "context_length_exceeded"
-    long_prompt = [{"role": "user", "content": "word " * 400}]
-    assert assert_envelope(client.post("/v1/chat/completions", json={"messages": long_prompt}), 400)["code"] == "context_length_exceeded"
-    assert_envelope(client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1000}), 400, param="max_tokens")
-    backend.script = Script(["x"], refuse="image too large for the engine")
-    assert_envelope(client.post("/v1/chat/completions", json={"messages": USER, "stream": True}), 400, contains="image too large")
-    with pytest.raises(openai.BadRequestError):
-        sdk.chat.completions.create(model=MODEL, messages=USER)
-
-
-@pytest.mark.parametrize("server", [Script(["x"])], indirect=True)
-def test_unknown_model_404(server):
-    _, client, sdk = server
-    with pytest.raises(openai.NotFoundError) as e:
-        sdk.chat.completions.create(model="gpt-4", messages=USER)
-    assert "gpt-4" in e.value.message
-    assert_envelope(client.post("/v1/completions", json={"model": "nope", "prompt": "hi"}), 404)
-
-
-@pytest.mark.parametrize("server", [(Script(["hello"]), {"model_aliases": ("google/gemma-4-26b-a4b-it",)})], indirect=True)
-def test_model_aliases_are_listed_and_answered(server):
-    _, client, sdk = server
-    ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
-    assert ids[1:] == ["google/gemma-4-26b-a4b-it"] and ids[0] != ids[1]
-    assert client.get("/v1/models/google/gemma-4-26b-a4b-it").json()["id"] == "google/gemma-4-26b-a4b-it"
-    r = sdk.chat.completions.create(model="google/gemma-4-26b-a4b-it", messages=USER)
-    assert r.choices[0].message.content == "hello"
-    with pytest.raises(openai.NotFoundError):
-        sdk.chat.completions.create(model="google/gemma-4-31b-it", messages=USER)
-
-
-@pytest.mark.parametrize("server", [(Script(["x"]), {"api_key": "sekret"})], indirect=True)
-def test_api_key(server):
-    _, client, _ = server
-    assert_envelope(client.post("/v1/chat/completions", json={"messages": USER}), 401)
-    assert_envelope(client.get("/v1/models", headers={"Authorization": "Bearer wrong"}), 401)
-    assert client.get("/v1/models", headers={"Authorization": "Bearer sekret"}).status_code == 200
-    assert client.get("/v1/health/ready").status_code == 200  # health and metrics stay open
-    assert client.get("/metrics").status_code == 200
-    with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url="http://testserver/v1", api_key="wrong", http_client=client).models.list()
-
-
-@pytest.mark.parametrize("server", [(Script(["x"]), {"max_request_bytes": 2000})], indirect=True)
-def test_body_over_limit_is_413(server):
-    _, client, _ = server
-    big = [{"role": "user", "content": "x" * 5000}]
-    assert_envelope(client.post("/v1/chat/completions", json={"messages": big}), 413, contains="too large")
-
-    def chunked():  # no Content-Length: the limit is enforced while reading
-        yield json.dumps({"messages": big}).encode()
-
-    assert_envelope(client.post("/v1/chat/completions", content=chunked(), headers={"content-type": "application/json"}), 413)
-    assert client.post("/v1/chat/completions", json={"messages": USER}).status_code == 200
-
-
-def png_data_url(fmt: str = "PNG") -> str:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 8), (255, 0, 0)).save(buf, format=fmt)
-    mime = {"PNG": "png", "BMP": "bmp", "GIF": "gif", "JPEG": "jpeg"}[fmt]
-    return f"data:image/{mime};base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def image_message(*urls: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "text", "text": "What is this?"}] + [{"type": "image_url", "image_url": {"url": u}} for u in urls]}]
-
-
-@pytest.mark.parametrize("server", [(Script(["A red square."]), {"max_images_per_prompt": 2})], indirect=True)
-def test_images_reach_the_runtime_and_limits(server):
-    backend, client, _ = server
-    for fmt in ("PNG", "GIF", "JPEG"):
-        r = client.post("/v1/chat/completions", json={"messages": image_message(png_data_url(fmt))})
-        assert r.status_code == 200, r.text
-        assert backend.requests[-1].images[0] == base64.b64decode(png_data_url(fmt).split(",", 1)[1])
-    assert backend.tokenizer.decode(backend.requests[-1].prompt).count("<|image|>") == 1
-    err = assert_envelope(client.post("/v1/chat/completions", json={"messages": image_message(*[png_data_url()] * 3)}), 400)
-    assert "At most 2 image(s)" in err["message"]
-    err = assert_envelope(client.post("/v1/chat/completions", json={"messages": image_message(png_data_url("BMP"))}), 400)
-    assert "BMP" in err["message"]
-    assert_envelope(client.post("/v1/chat/completions", json={"messages": image_message("file:///etc/passwd")}), 400, contains="file")
-    assert_envelope(client.post("/v1/chat/completions", json={"messages": image_message("http://127.0.0.1:1/x.png")}), 400)
-
-
-def test_text_only_engine_refuses_images():
-    backend = FakeBackend(Script(["x"]), spec=tiny_spec(vision=False))
-    with TestClient(create_app(ServerSettings(), backend)) as client:
-        assert_envelope(client.post("/v1/chat/completions", json={"messages": image_message(png_data_url())}), 400, contains="does not accept images")
 
 
 # -- other endpoints --------------------------------------------------------------------------------
