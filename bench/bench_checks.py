@@ -15,7 +15,7 @@ def check_model(name: str, models: dict) -> None:
 
 
 def _listed(value: str | None, known, flag: str) -> None:
-    for name in (value.split(",") if value else ()):
+    for name in value.split(",") if value else ():
         if name not in known:
             raise UserError(f"{flag} {value!r}: unknown {name!r}; use a comma-separated list of {', '.join(known)}")
 
@@ -24,8 +24,10 @@ def check_bench_args(args, cuda_available: bool) -> None:
     """`args` from bench/run.py's parser. The models are checked one by one as the run reaches them
     (check_model): the figures of the models before a misspelt one are measured and kept."""
     if not args.dry_run and not cuda_available:
-        raise UserError("no CUDA GPU is visible: make bench measures a GPU; on this machine run "
-                        "make bench BENCH_ARGS=--dry-run (the tiny engine on CPU: checks the script, not speed)")
+        raise UserError(
+            "no CUDA GPU is visible: make bench measures a GPU; on this machine run "
+            "make bench BENCH_ARGS=--dry-run (the tiny engine on CPU: checks the script, not speed)"
+        )
     _listed(args.dtypes, DTYPES, "--dtypes")
     if args.ours == "off" and args.transformers == "off":
         raise UserError("--ours off --transformers off measures nothing: leave one of them on")

@@ -35,17 +35,28 @@ def main() -> None:
     try:
         start = time.perf_counter()
         folder, size = write_random_checkpoint(
-            root / "ckpt", hidden_size=1024, intermediate_size=2048, num_layers=args.layers, num_experts=32,
-            moe_intermediate_size=256, head_dim=128, dtype=torch.bfloat16, shard_bytes=args.shard_mb * MB,
-        )  # fmt: skip
-        print(f"checkpoint: {size / MB:,.0f} MiB in {len(list(folder.glob('*.safetensors')))} shards (written in {time.perf_counter() - start:.1f} s)")
+            root / "ckpt",
+            hidden_size=1024,
+            intermediate_size=2048,
+            num_layers=args.layers,
+            num_experts=32,
+            moe_intermediate_size=256,
+            head_dim=128,
+            dtype=torch.bfloat16,
+            shard_bytes=args.shard_mb * MB,
+        )
+        print(
+            f"checkpoint: {size / MB:,.0f} MiB in {len(list(folder.glob('*.safetensors')))} shards (written in {time.perf_counter() - start:.1f} s)"
+        )
         r = measure_conversion(folder, root / "engines", dtype=args.dtype, shard_bytes=args.out_shard_mb * MB)
         engine = Path(r["engine"])
         out_size = sum(f.stat().st_size for f in engine.glob("*.safetensors"))
         print(f"engine:     {engine.name}, {out_size / MB:,.0f} MiB")
         print(f"build time: {r['seconds']:.1f} s ({size / MB / r['seconds']:,.0f} MiB/s)")
-        print(f"peak RSS:   {r['peak_rss'] / MB:,.0f} MiB (baseline after imports {r['baseline_rss'] / MB:,.0f} MiB, "
-              f"growth {r['peak_growth'] / MB:,.0f} MiB = {100 * r['peak_growth'] / size:.1f}% of the checkpoint)")  # fmt: skip
+        print(
+            f"peak RSS:   {r['peak_rss'] / MB:,.0f} MiB (baseline after imports {r['baseline_rss'] / MB:,.0f} MiB, "
+            f"growth {r['peak_growth'] / MB:,.0f} MiB = {100 * r['peak_growth'] / size:.1f}% of the checkpoint)"
+        )
     finally:
         if not args.keep:
             shutil.rmtree(root, ignore_errors=True)

@@ -40,10 +40,40 @@ from gemma_runtime.model.kv_write import TorchKVWrite  # noqa: E402
 from gemma_runtime.model.layers import TorchGEGLU, TorchRMSNorm  # noqa: E402
 
 # ops that only make a new view or read metadata: no kernel on a GPU
-NO_KERNEL = {"view", "_unsafe_view", "slice", "select", "expand", "as_strided", "t", "transpose", "detach", "alias",
-             "unsqueeze", "squeeze", "permute", "split", "split_with_sizes", "chunk", "unbind", "reshape", "empty",
-             "empty_like", "empty_strided", "lift_fresh", "sym_size", "sym_stride", "is_same_size", "resolve_conj",
-             "resolve_neg", "_reshape_alias", "new_empty", "new_empty_strided", "flatten", "detach_"}
+NO_KERNEL = {
+    "view",
+    "_unsafe_view",
+    "slice",
+    "select",
+    "expand",
+    "as_strided",
+    "t",
+    "transpose",
+    "detach",
+    "alias",
+    "unsqueeze",
+    "squeeze",
+    "permute",
+    "split",
+    "split_with_sizes",
+    "chunk",
+    "unbind",
+    "reshape",
+    "empty",
+    "empty_like",
+    "empty_strided",
+    "lift_fresh",
+    "sym_size",
+    "sym_stride",
+    "is_same_size",
+    "resolve_conj",
+    "resolve_neg",
+    "_reshape_alias",
+    "new_empty",
+    "new_empty_strided",
+    "flatten",
+    "detach_",
+}
 
 
 class LaunchCounter(TorchDispatchMode):
@@ -64,7 +94,9 @@ class LaunchCounter(TorchDispatchMode):
         """A no-op conversion (.to, type_as to the same dtype) hands back its input: no kernel."""
         if name.endswith("_") or not isinstance(out, torch.Tensor):
             return False
-        return any(isinstance(a, torch.Tensor) and a.data_ptr() == out.data_ptr() and a.shape == out.shape for a in args)
+        return any(
+            isinstance(a, torch.Tensor) and a.data_ptr() == out.data_ptr() and a.shape == out.shape for a in args
+        )
 
 
 def count_decode_step(engine: LLMEngine) -> Counter[str]:
@@ -97,8 +129,10 @@ def main() -> int:
         layers = len(made.spec.text.layers)
         print(f"tiny random MoE engine: {layers} layers, one decode step at batch 4, CUDA backends (interpreted)")
         rows = []
-        backends = (("reference", TorchRMSNorm(), TorchKVWrite(), TorchGEGLU()),
-                    ("fused Triton", TritonRMSNorm(), TritonKVWrite(), TritonGEGLU()))
+        backends = (
+            ("reference", TorchRMSNorm(), TorchKVWrite(), TorchGEGLU()),
+            ("fused Triton", TritonRMSNorm(), TritonKVWrite(), TritonGEGLU()),
+        )
         for label, norm, kv_write, geglu in backends:
             with weights_in_memory(made.weights):
                 engine = LLMEngine(made.engine_dir, RuntimeConfig(block_size=4, max_model_len=64))

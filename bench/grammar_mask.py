@@ -41,8 +41,12 @@ def train_tokenizer(vocab: int):
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train([str(f) for f in files], trainers.BpeTrainer(vocab_size=vocab, special_tokens=SPECIALS,
-                                                           initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    tok.train(
+        [str(f) for f in files],
+        trainers.BpeTrainer(
+            vocab_size=vocab, special_tokens=SPECIALS, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+        ),
+    )
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<eos>", pad_token="<pad>", bos_token="<bos>")
 
 

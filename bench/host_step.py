@@ -41,11 +41,23 @@ def measure(spec, weights: dict[str, torch.Tensor], batch: int, context: int, st
     pages = batch * (-(-(context + steps) // BLOCK) + 1)
     blocks = BlockManager(BLOCK, pages, pages, spec.text.sliding_window)
     # the runner only builds batches here: one KV page per pool is enough, the forward never runs
-    config = ResolvedConfig(device=torch.device("cpu"), dtype=torch.bfloat16, block_size=BLOCK, num_full_blocks=1,
-                            num_sliding_blocks=1, max_num_seqs=batch, max_num_batched_tokens=batch,
-                            max_model_len=context + steps + 1, default_image_soft_tokens=280, seed=0,
-                            decode_graph_max_batch=0, capture_graphs=False, overlap_scheduling=False,
-                            moe_side_stream=False, enable_prefix_caching=False)
+    config = ResolvedConfig(
+        device=torch.device("cpu"),
+        dtype=torch.bfloat16,
+        block_size=BLOCK,
+        num_full_blocks=1,
+        num_sliding_blocks=1,
+        max_num_seqs=batch,
+        max_num_batched_tokens=batch,
+        max_model_len=context + steps + 1,
+        default_image_soft_tokens=280,
+        seed=0,
+        decode_graph_max_batch=0,
+        capture_graphs=False,
+        overlap_scheduling=False,
+        moe_side_stream=False,
+        enable_prefix_caching=False,
+    )
     runner = ModelRunner(spec, weights, config)
     seqs = []
     for i in range(batch):
@@ -71,7 +83,9 @@ def measure(spec, weights: dict[str, torch.Tensor], batch: int, context: int, st
         for seq in seqs:  # the token is computed and a new one sampled
             seq.num_computed += 1
             seq.output_token_ids.append(1)
-    out = {k: 1e3 * statistics.median(v[len(v) // 4 :]) for k, v in times.items()}  # first steps: the mirror's rows fill
+    out = {
+        k: 1e3 * statistics.median(v[len(v) // 4 :]) for k, v in times.items()
+    }  # first steps: the mirror's rows fill
     out["lists_ms"] *= 2  # both geometries
     return out
 

@@ -39,7 +39,14 @@ async def runtime_alone(backend, prompt_ids: list[int], streams: int, tokens: in
 
 
 async def over_http(base_url: str, streams: int, tokens: int) -> tuple[int, float]:
-    body = {"messages": PROMPT, "max_tokens": tokens, "ignore_eos": True, "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    body = {
+        "messages": PROMPT,
+        "max_tokens": tokens,
+        "ignore_eos": True,
+        "temperature": 0,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+    }
 
     async def one(client: httpx.AsyncClient) -> int:
         n = 0
@@ -82,8 +89,12 @@ def main() -> None:
     p.add_argument("--device", default="cpu")
     p.add_argument("--triton", action="store_true", help="also measure the translator in front of tritonserver")
     p.add_argument("--repeat", type=int, default=1, help="runtime-alone / HTTP pairs to measure, one after the other")
-    p.add_argument("--client", choices=("separate", "shared"), default="separate",
-                   help="run the HTTP clients in a process of their own (default) or in the server's")
+    p.add_argument(
+        "--client",
+        choices=("separate", "shared"),
+        default="separate",
+        help="run the HTTP clients in a process of their own (default) or in the server's",
+    )
     args = p.parse_args()
 
     from bench.uvicorn_thread import UvicornThread
@@ -91,7 +102,9 @@ def main() -> None:
     from server.backend import EmbeddedBackend
     from server.settings import ServerSettings
 
-    backend = EmbeddedBackend.from_engine_dir(args.engine, RuntimeConfig(device=args.device, max_num_seqs=max(args.streams, 1)))
+    backend = EmbeddedBackend.from_engine_dir(
+        args.engine, RuntimeConfig(device=args.device, max_num_seqs=max(args.streams, 1))
+    )
     prompt = backend.tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
     prompt_ids = backend.tokenizer.encode(prompt, add_special_tokens=False)
     print(f"{args.streams} streams x {args.tokens} tokens, engine {args.engine}, HTTP clients: {args.client} process")
@@ -105,15 +118,22 @@ def main() -> None:
             n_http, t_http = http_load(server.base_url, args.streams, args.tokens, args.client)
             cpu_http = time.process_time() - cpu
             rt, http = n_rt / t_rt, n_http / t_http
-            print(f"runtime alone          : {n_rt} tokens in {t_rt:.2f} s = {rt:.0f} tok/s, "
-                  f"{1e3 * cpu_rt / n_rt:.3f} CPU ms/token")
-            print(f"HTTP, embedded         : {n_http} tokens in {t_http:.2f} s = {http:.0f} tok/s "
-                  f"({100 * http / rt:.1f}% of the runtime alone), {1e3 * cpu_http / n_http:.3f} CPU ms/token in the server's process", flush=True)
+            print(
+                f"runtime alone          : {n_rt} tokens in {t_rt:.2f} s = {rt:.0f} tok/s, "
+                f"{1e3 * cpu_rt / n_rt:.3f} CPU ms/token"
+            )
+            print(
+                f"HTTP, embedded         : {n_http} tokens in {t_http:.2f} s = {http:.0f} tok/s "
+                f"({100 * http / rt:.1f}% of the runtime alone), {1e3 * cpu_http / n_http:.3f} CPU ms/token in the server's process",
+                flush=True,
+            )
     if args.triton:
         n_tr, t_tr = through_triton(args)
         tr = n_tr / t_tr
-        print(f"HTTP, translator+Triton: {n_tr} tokens in {t_tr:.2f} s = {tr:.0f} tok/s "
-              f"({100 * (1 - tr / http):.1f}% fewer than embedded)")
+        print(
+            f"HTTP, translator+Triton: {n_tr} tokens in {t_tr:.2f} s = {tr:.0f} tok/s "
+            f"({100 * (1 - tr / http):.1f}% fewer than embedded)"
+        )
 
 
 def through_triton(args) -> tuple[int, float]:
@@ -133,8 +153,12 @@ def through_triton(args) -> tuple[int, float]:
     ports = TritonPorts(*(sock.getsockname()[1] for sock in socks))
     for sock in socks:
         sock.close()
-    triton = start_triton(args.engine, ports, runtime_config={"device": args.device, "max_num_seqs": max(args.streams, 1)},
-                          record_engine_path=False)
+    triton = start_triton(
+        args.engine,
+        ports,
+        runtime_config={"device": args.device, "max_num_seqs": max(args.streams, 1)},
+        record_engine_path=False,
+    )
     try:
         backend = TritonBackend.from_uri(triton.backend_uri, engine_dir=args.engine)
         with UvicornThread(create_app(ServerSettings(), backend)) as server:

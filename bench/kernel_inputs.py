@@ -44,7 +44,9 @@ def prefill_run(tokens: int, heads: int, kv_heads: int, head_dim: int, window: i
         k, v, tables = paged_kv(1, tokens, kv_heads, head_dim, device)
         starts = torch.tensor([0, tokens], device=device, dtype=torch.int64)
         positions = torch.arange(tokens, device=device, dtype=torch.int64)
-        return lambda: paged_prefill.paged_prefill_attention(q, k, v, tables, starts, positions, tokens, BLOCK_SIZE, window)
+        return lambda: paged_prefill.paged_prefill_attention(
+            q, k, v, tables, starts, positions, tokens, BLOCK_SIZE, window
+        )
 
     return make
 

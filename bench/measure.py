@@ -33,7 +33,9 @@ def drain(engine: LLMEngine) -> None:
         engine.step()
 
 
-def measure_decode(engine: LLMEngine, batch: int, sizes: Sizes, clock: Clock, rng: random.Random) -> tuple[float, float]:
+def measure_decode(
+    engine: LLMEngine, batch: int, sizes: Sizes, clock: Clock, rng: random.Random
+) -> tuple[float, float]:
     """(tokens/s per user, tokens/s in total) over decode steps with `batch` sequences all running."""
     n = decode_max_tokens(sizes, batch)
     ids = {f"decode-{batch}-{i}" for i in range(batch)}
@@ -49,7 +51,9 @@ def measure_decode(engine: LLMEngine, batch: int, sizes: Sizes, clock: Clock, rn
     elapsed = clock.now() - start
     drain(engine)
     if produced != batch * sizes.decode_steps:
-        raise RuntimeError(f"decode batch {batch}: {produced} tokens in {sizes.decode_steps} steps (the batch did not stay whole)")
+        raise RuntimeError(
+            f"decode batch {batch}: {produced} tokens in {sizes.decode_steps} steps (the batch did not stay whole)"
+        )
     return sizes.decode_steps / elapsed, produced / elapsed
 
 
@@ -66,9 +70,14 @@ def time_one_request(engine: LLMEngine, prompt: list[int], clock: Clock) -> floa
 
 def measure_arrivals(engine: LLMEngine, sizes: Sizes, clock: Clock, rng: random.Random) -> float:
     """Output tokens/s while requests keep arriving faster than they finish (the engine stays full)."""
-    pending = [GenerateRequest(f"arrive-{i}", prompt_ids(sizes.arrival_prompt, rng),
-                               greedy(rng.randint(sizes.arrival_output // 2, sizes.arrival_output)))
-               for i in range(sizes.arrivals)]  # fmt: skip
+    pending = [
+        GenerateRequest(
+            f"arrive-{i}",
+            prompt_ids(sizes.arrival_prompt, rng),
+            greedy(rng.randint(sizes.arrival_output // 2, sizes.arrival_output)),
+        )
+        for i in range(sizes.arrivals)
+    ]
     produced = 0
     start = clock.now()
     while pending or engine.has_unfinished():
@@ -98,8 +107,17 @@ def peak_memory_gb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GB  # CPU: the process's peak RSS
 
 
-def measure_ours(model: str, dtype: str, sizes: Sizes, device: torch.device, workdir: Path, bandwidth: float,
-                 record, graphs: bool | None = None, overlap: bool | None = None) -> None:  # fmt: skip
+def measure_ours(
+    model: str,
+    dtype: str,
+    sizes: Sizes,
+    device: torch.device,
+    workdir: Path,
+    bandwidth: float,
+    record,
+    graphs: bool | None = None,
+    overlap: bool | None = None,
+) -> None:
     """Runs every measurement on one random engine."""
     clock, rng = Clock(device), random.Random(0)
     system = system_name(graphs, overlap)
@@ -110,24 +128,56 @@ def measure_ours(model: str, dtype: str, sizes: Sizes, device: torch.device, wor
     config = runtime_config(made.spec, sizes, device, graphs, overlap)
     with weights_in_memory(made.weights):
         engine = LLMEngine(made.engine_dir, config)
-    print(f"  {model} {dtype}: decode graphs {engine.runner.graphs.batch_sizes if engine.runner.graphs else 'off'}, "
-          f"overlap {'on' if engine.overlap else 'off'}", flush=True)
+    print(
+        f"  {model} {dtype}: decode graphs {engine.runner.graphs.batch_sizes if engine.runner.graphs else 'off'}, "
+        f"overlap {'on' if engine.overlap else 'off'}",
+        flush=True,
+    )
     made = None  # the engine holds the weights now
 
     record(model, dtype, system, "bandwidth_floor_tokens_per_s", 1, floor, "tok/s")
-    record(model, dtype, system, "ttft_ms", 1, 1e3 * statistics.median(
-        [time_one_request(engine, prompt_ids(sizes.ttft_prompt, rng), clock) for _ in range(6)][1:]), "ms")  # first: warm-up
+    record(
+        model,
+        dtype,
+        system,
+        "ttft_ms",
+        1,
+        1e3
+        * statistics.median(
+            [time_one_request(engine, prompt_ids(sizes.ttft_prompt, rng), clock) for _ in range(6)][1:]
+        ),
+        "ms",
+    )  # first: warm-up
     for n in sizes.prefill_lens:
         time_one_request(engine, prompt_ids(n, rng), clock)  # warm-up at this length (kernel tiles, allocator)
-        record(model, dtype, system, f"prefill_{n}_tokens_per_s", 1, n / time_one_request(engine, prompt_ids(n, rng), clock), "tok/s")
+        record(
+            model,
+            dtype,
+            system,
+            f"prefill_{n}_tokens_per_s",
+            1,
+            n / time_one_request(engine, prompt_ids(n, rng), clock),
+            "tok/s",
+        )
     for batch in sizes.batches:
         if batch > config.max_num_seqs:
-            print(f"  skip {model} {dtype} decode batch {batch}: the KV budget holds {config.max_num_seqs} sequences", file=sys.stderr)
+            print(
+                f"  skip {model} {dtype} decode batch {batch}: the KV budget holds {config.max_num_seqs} sequences",
+                file=sys.stderr,
+            )
             continue
         per_user, total = measure_decode(engine, batch, sizes, clock, rng)
         record(model, dtype, system, "decode_tokens_per_s_per_user", batch, per_user, "tok/s")
         record(model, dtype, system, "decode_tokens_per_s_total", batch, total, "tok/s")
-    record(model, dtype, system, "peak_output_tokens_per_s", config.max_num_seqs, measure_arrivals(engine, sizes, clock, rng), "tok/s")
+    record(
+        model,
+        dtype,
+        system,
+        "peak_output_tokens_per_s",
+        config.max_num_seqs,
+        measure_arrivals(engine, sizes, clock, rng),
+        "tok/s",
+    )
     record(model, dtype, system, "peak_memory_gb", 0, peak_memory_gb(device), "GB")
     del engine
     release(device)

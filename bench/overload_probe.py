@@ -145,7 +145,9 @@ class Probe:
 
     async def thousand_at_once(self) -> None:
         # Health is polled from a process of its own: this one is busy with the 1,000 clients.
-        poller = subprocess.Popen([sys.executable, "-c", _HEALTH_POLLER, self.base, "30"], stdout=subprocess.PIPE, text=True)
+        poller = subprocess.Popen(
+            [sys.executable, "-c", _HEALTH_POLLER, self.base, "30"], stdout=subprocess.PIPE, text=True
+        )
         t0 = time.perf_counter()
 
         async def one():
@@ -185,8 +187,25 @@ class Probe:
     async def fuzz(self, count: int = 300) -> None:
         rng = random.Random(13)
         weird = [True, None, "\ud800", 2**64, -(2**63) - 1, 1e308, -1, 0, "x" * 10000, [], {}, [1] * 100, 2**63 - 1]
-        fields = ["model", "temperature", "top_p", "top_k", "seed", "n", "max_tokens", "stop", "logprobs", "top_logprobs",
-                  "min_p", "presence_penalty", "stream", "messages", "tools", "tool_choice", "chat_template_kwargs"]  # fmt: skip
+        fields = [
+            "model",
+            "temperature",
+            "top_p",
+            "top_k",
+            "seed",
+            "n",
+            "max_tokens",
+            "stop",
+            "logprobs",
+            "top_logprobs",
+            "min_p",
+            "presence_penalty",
+            "stream",
+            "messages",
+            "tools",
+            "tool_choice",
+            "chat_template_kwargs",
+        ]
         fivexx, dropped = 0, 0
         for _ in range(count):
             body = {"messages": USER, "max_tokens": 2}
@@ -194,7 +213,9 @@ class Probe:
                 body[rng.choice(fields)] = rng.choice(weird)
             raw = json.dumps(body, ensure_ascii=True).encode()
             try:
-                r = await self.client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
+                r = await self.client.post(
+                    "/v1/chat/completions", content=raw, headers={"content-type": "application/json"}
+                )
                 fivexx += r.status_code >= 500
             except httpx.HTTPError:
                 dropped += 1
@@ -222,9 +243,16 @@ class Probe:
 async def run(args, proc: subprocess.Popen, base: str) -> None:
     probe = Probe(base)
     wanted = set(args.only.split(",")) if args.only else None
-    steps = [("giant", lambda: probe.giant_prompt(5, proc.pid)), ("giant30", lambda: probe.giant_prompt(30, proc.pid)),
-             ("thousand", probe.thousand_at_once), ("template", probe.template_injection), ("stop", probe.stop_strings),
-             ("n", probe.n_amplification), ("fuzz", probe.fuzz), ("sigterm", lambda: probe.sigterm(proc))]  # fmt: skip
+    steps = [
+        ("giant", lambda: probe.giant_prompt(5, proc.pid)),
+        ("giant30", lambda: probe.giant_prompt(30, proc.pid)),
+        ("thousand", probe.thousand_at_once),
+        ("template", probe.template_injection),
+        ("stop", probe.stop_strings),
+        ("n", probe.n_amplification),
+        ("fuzz", probe.fuzz),
+        ("sigterm", lambda: probe.sigterm(proc)),
+    ]
     for name, step in steps:
         if wanted is None or name in wanted:
             await step()
@@ -236,13 +264,29 @@ def main() -> None:
     p.add_argument("--code-root", default=".", help="the checkout whose server runs")
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--server-args", default="")
-    p.add_argument("--only", default="", help="comma-separated steps: giant,giant30,thousand,template,stop,n,fuzz,sigterm")
+    p.add_argument(
+        "--only", default="", help="comma-separated steps: giant,giant30,thousand,template,stop,n,fuzz,sigterm"
+    )
     args = p.parse_args()
     port = free_port()
     root = os.path.abspath(args.code_root)
     env = {**os.environ, "PYTHONPATH": f"{root}:{root}/build", "OMP_NUM_THREADS": "1"}
-    cmd = [args.python, "-m", "server", "--engine", os.path.abspath(args.engine), "--host", "127.0.0.1", "--port", str(port),
-           "--log-level", "warning", "--device", "cpu", *shlex.split(args.server_args)]  # fmt: skip
+    cmd = [
+        args.python,
+        "-m",
+        "server",
+        "--engine",
+        os.path.abspath(args.engine),
+        "--host",
+        "127.0.0.1",
+        "--port",
+        str(port),
+        "--log-level",
+        "warning",
+        "--device",
+        "cpu",
+        *shlex.split(args.server_args),
+    ]
     proc = subprocess.Popen(cmd, cwd=root, env=env)
     base = f"http://127.0.0.1:{port}"
     try:

@@ -26,9 +26,17 @@ from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
 
-TOOLS = [{"type": "function", "function": {"name": f"tool_{i}", "description": f"Does step {i} of a task: " + "x " * 40,
-                                           "parameters": {"type": "object", "properties": {"arg": {"type": "string"}}}}}
-         for i in range(12)]
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": f"tool_{i}",
+            "description": f"Does step {i} of a task: " + "x " * 40,
+            "parameters": {"type": "object", "properties": {"arg": {"type": "string"}}},
+        },
+    }
+    for i in range(12)
+]
 
 
 @dataclass
@@ -116,25 +124,37 @@ def main() -> None:
             engine_dir = build_engine(str(ckpt), Path(tmp) / "engines", dtype="float32", progress=False)
         results = {}
         for label, on in (("on", True), ("off", False)):
-            config = RuntimeConfig(device=args.device, enable_prefix_caching=on, max_num_seqs=args.conversations,
-                                   max_num_batched_tokens=args.max_num_batched_tokens)
+            config = RuntimeConfig(
+                device=args.device,
+                enable_prefix_caching=on,
+                max_num_seqs=args.conversations,
+                max_num_batched_tokens=args.max_num_batched_tokens,
+            )
             t0 = time.perf_counter()
             results[label] = run(engine_dir, config, args)
             print(f"cache {label}: {time.perf_counter() - t0:.1f} s wall", flush=True)
-    print(f"\n{args.conversations} conversations x {args.turns} turns, system prompt {args.system_tokens} tokens, "
-          f"user {args.user_tokens}, answer {args.answer_tokens}\n")
-    print("| turn | TTFT on (ms, mean) | TTFT off (ms, mean) | prefill computed on | prefill computed off | from cache on |")
+    print(
+        f"\n{args.conversations} conversations x {args.turns} turns, system prompt {args.system_tokens} tokens, "
+        f"user {args.user_tokens}, answer {args.answer_tokens}\n"
+    )
+    print(
+        "| turn | TTFT on (ms, mean) | TTFT off (ms, mean) | prefill computed on | prefill computed off | from cache on |"
+    )
     print("| --- | --- | --- | --- | --- | --- |")
     for turn in range(1, args.turns + 1):
         on, off = results["on"][turn], results["off"][turn]
-        print(f"| {turn} | {1e3 * statistics.mean(on.ttft):.1f} | {1e3 * statistics.mean(off.ttft):.1f} | "
-              f"{on.prompt_tokens - on.cached_tokens} | {off.prompt_tokens - off.cached_tokens} | "
-              f"{on.cached_tokens / on.prompt_tokens:.1%} |")
+        print(
+            f"| {turn} | {1e3 * statistics.mean(on.ttft):.1f} | {1e3 * statistics.mean(off.ttft):.1f} | "
+            f"{on.prompt_tokens - on.cached_tokens} | {off.prompt_tokens - off.cached_tokens} | "
+            f"{on.cached_tokens / on.prompt_tokens:.1%} |"
+        )
     later = [results["on"][t] for t in range(2, args.turns + 1)]
     share = sum(f.cached_tokens for f in later) / max(sum(f.prompt_tokens for f in later), 1)
     last_on, last_off = (statistics.mean(results[k][args.turns].ttft) for k in ("on", "off"))
-    print(f"\nturn {args.turns} TTFT: {1e3 * last_on:.1f} ms with the cache, {1e3 * last_off:.1f} ms without "
-          f"({last_off / last_on:.1f}x); prompt tokens from cache on turns 2-{args.turns}: {share:.1%}")
+    print(
+        f"\nturn {args.turns} TTFT: {1e3 * last_on:.1f} ms with the cache, {1e3 * last_off:.1f} ms without "
+        f"({last_off / last_on:.1f}x); prompt tokens from cache on turns 2-{args.turns}: {share:.1%}"
+    )
 
 
 if __name__ == "__main__":

@@ -44,7 +44,10 @@ from gemma_runtime.model import linear as linear_module
 PARTS: tuple[tuple[str, str], ...] = (
     (r"_decode_split|_decode_merge|_prefill_kernel|attention|index_copy|index_put", "attention (+KV writes)"),
     (r"_gate_up|_down_kernel|_expert_layout|_scatter_rows|_route", "MoE experts and routing"),
-    (r"_w8a16|gemm|gemv|cutlass|xmma|sm90|nvjet|aten::mm|aten::addmm|aten::linear|scaled_mm", "GEMMs (projections, LM head)"),
+    (
+        r"_w8a16|gemm|gemv|cutlass|xmma|sm90|nvjet|aten::mm|aten::addmm|aten::linear|scaled_mm",
+        "GEMMs (projections, LM head)",
+    ),
     (r"_rms_norm|_qkv_norm|_ffn_prologue|_moe_epilogue|rms|norm", "norms and rope"),
     (r"softmax|topk|sort|multinomial|argmax|exponential|cumsum|sampl", "sampling"),
     (r"geglu|gelu|tanh|mul|add|copy|fill|cat|index|gather|where", "elementwise and copies"),
@@ -83,12 +86,20 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-graphs", choices=SWITCH, default="auto")
     p.add_argument("--overlap", choices=SWITCH, default="auto")
     p.add_argument("--out", default="bench/results/profiles", help="folder for the trace and the summary")
-    p.add_argument("--gemv", choices=("on", "off"), default="on",
-                   help="the matrix-vector kernels where linear.takes_gemv and moe_gemv.takes_expert_gemv take "
-                        "them; off: cuBLAS, W8A16 and the 16-row expert tiles at every batch, to measure what they give")
-    p.add_argument("--moe-side-stream", choices=SWITCH, default="auto",
-                   help="a MoE layer's dense MLP on a second stream beside its experts in the decode graphs "
-                        "(RuntimeConfig.moe_side_stream); on: in graphs of every size, auto: the runtime's choice")
+    p.add_argument(
+        "--gemv",
+        choices=("on", "off"),
+        default="on",
+        help="the matrix-vector kernels where linear.takes_gemv and moe_gemv.takes_expert_gemv take "
+        "them; off: cuBLAS, W8A16 and the 16-row expert tiles at every batch, to measure what they give",
+    )
+    p.add_argument(
+        "--moe-side-stream",
+        choices=SWITCH,
+        default="auto",
+        help="a MoE layer's dense MLP on a second stream beside its experts in the decode graphs "
+        "(RuntimeConfig.moe_side_stream); on: in graphs of every size, auto: the runtime's choice",
+    )
     p.add_argument("--trace", choices=("on", "off"), default="on", help="also write the gzipped Chrome trace")
     p.add_argument("--dry-run", action="store_true", help="the tiny engine on CPU (tests the script)")
     args = p.parse_args(argv)
@@ -98,13 +109,17 @@ def main(argv: list[str] | None = None) -> int:
     model = "tiny" if dry else args.model
     steps = min(args.steps, 3) if dry else args.steps
     warmup = 2 if dry else 8
-    sizes = dataclasses.replace(DRY_SIZES if dry else GPU_SIZES, batches=(args.batch,),
-                                decode_steps=warmup + 2 * steps + 4, prefill_lens=(64,))  # fmt: skip
+    sizes = dataclasses.replace(
+        DRY_SIZES if dry else GPU_SIZES, batches=(args.batch,), decode_steps=warmup + 2 * steps + 4, prefill_lens=(64,)
+    )
     clock, rng = Clock(device), random.Random(0)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    name = (f"{model}-{args.dtype}-batch{args.batch}" + ("-no-gemv" if args.gemv == "off" else "")
-            + {"auto": "", "on": "-side-stream", "off": "-no-side-stream"}[args.moe_side_stream])
+    name = (
+        f"{model}-{args.dtype}-batch{args.batch}"
+        + ("-no-gemv" if args.gemv == "off" else "")
+        + {"auto": "", "on": "-side-stream", "off": "-no-side-stream"}[args.moe_side_stream]
+    )
     if args.moe_side_stream == "on":  # read at each call, so the graphs captured below take it
         gemma4.SIDE_STREAM_MAX_ROWS = 1 << 30
     if args.gemv == "off":  # both are read at each call, so the graphs captured below take them too
@@ -114,8 +129,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory(prefix="gemma4-profile-") as tmp:
         made = make_random_engine(model, args.dtype, device, Path(tmp) / name)
-        config = runtime_config(made.spec, sizes, device, SWITCH[args.decode_graphs], SWITCH[args.overlap],
-                                moe_side_stream=SWITCH[args.moe_side_stream])
+        config = runtime_config(
+            made.spec,
+            sizes,
+            device,
+            SWITCH[args.decode_graphs],
+            SWITCH[args.overlap],
+            moe_side_stream=SWITCH[args.moe_side_stream],
+        )
         if config.max_num_seqs < args.batch:
             print(f"batch {args.batch} does not fit the KV budget ({config.max_num_seqs} sequences)", file=sys.stderr)
             return 2
@@ -151,10 +172,14 @@ def main(argv: list[str] | None = None) -> int:
 
     what = "GPU kernel" if device.type == "cuda" else "CPU operator"
     side = f"up to {gemma4.SIDE_STREAM_MAX_ROWS} rows" if engine.runner.text.side_stream else "off"
-    print(f"{name}: graphs {'on' if engine.runner.graphs else 'off'}, overlap {'on' if engine.overlap else 'off'}, "
-          f"MoE side stream {side}")
-    print(f"wall per step {plain_ms:.3f} ms ({args.batch * 1e3 / plain_ms:.1f} tok/s); profiled {wall_ms:.3f} ms, of which "
-          f"{what} time {per_step_ms:.3f} ms ({100 * per_step_ms / wall_ms:.0f}%) in {launches / steps:.0f} {what}s")  # fmt: skip
+    print(
+        f"{name}: graphs {'on' if engine.runner.graphs else 'off'}, overlap {'on' if engine.overlap else 'off'}, "
+        f"MoE side stream {side}"
+    )
+    print(
+        f"wall per step {plain_ms:.3f} ms ({args.batch * 1e3 / plain_ms:.1f} tok/s); profiled {wall_ms:.3f} ms, of which "
+        f"{what} time {per_step_ms:.3f} ms ({100 * per_step_ms / wall_ms:.0f}%) in {launches / steps:.0f} {what}s"
+    )
     print(f"\n{'part':32} {'ms/step':>9} {'share':>6}")
     for part, ms in sorted(parts.items(), key=lambda kv: -kv[1]):
         print(f"{part:32} {ms:9.3f} {100 * ms / per_step_ms:5.1f}%")
@@ -165,13 +190,24 @@ def main(argv: list[str] | None = None) -> int:
     trace = out / f"{name}.trace.json.gz"  # gzipped: a GPU trace runs to tens of MB
     if args.trace == "on":
         prof.export_chrome_trace(str(trace))
-    summary = dict(model=model, dtype=args.dtype, batch=args.batch, steps=steps, device=str(device),
-                   graphs=bool(engine.runner.graphs), overlap=engine.overlap, gemv=args.gemv,
-                   moe_side_stream=bool(engine.runner.text.side_stream),
-                   side_stream_max_rows=gemma4.SIDE_STREAM_MAX_ROWS,
-                   wall_ms_per_step=plain_ms, profiled_wall_ms_per_step=wall_ms,
-                   kernel_ms_per_step=per_step_ms, kernels_per_step=launches / steps, parts_ms_per_step=dict(parts),
-                   top_kernels_us_per_step={k: us / steps for k, us in top})  # fmt: skip
+    summary = dict(
+        model=model,
+        dtype=args.dtype,
+        batch=args.batch,
+        steps=steps,
+        device=str(device),
+        graphs=bool(engine.runner.graphs),
+        overlap=engine.overlap,
+        gemv=args.gemv,
+        moe_side_stream=bool(engine.runner.text.side_stream),
+        side_stream_max_rows=gemma4.SIDE_STREAM_MAX_ROWS,
+        wall_ms_per_step=plain_ms,
+        profiled_wall_ms_per_step=wall_ms,
+        kernel_ms_per_step=per_step_ms,
+        kernels_per_step=launches / steps,
+        parts_ms_per_step=dict(parts),
+        top_kernels_us_per_step={k: us / steps for k, us in top},
+    )
     (out / f"{name}.summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     print(f"\ntrace: {trace}" if args.trace == "on" else "")
     return 0

@@ -31,16 +31,43 @@ def _layer_types(n: int) -> list[str]:
 
 # Gemma4TextConfig overrides on top of the tiny config (reference/gemma4.md, section 1.1)
 MODELS: dict[str, dict] = {
-    "26b": dict(kind="moe", num_layers=30, text=dict(
-        vocab_size=262144, hidden_size=2816, intermediate_size=2112, num_attention_heads=16, num_key_value_heads=8,
-        head_dim=256, global_head_dim=512, num_global_key_value_heads=2, num_experts=128, top_k_experts=8,
-        moe_intermediate_size=704, max_position_embeddings=262144, layer_types=_layer_types(30))),
-    "31b": dict(kind="dense", num_layers=60, text=dict(
-        vocab_size=262144, hidden_size=5376, intermediate_size=21504, num_attention_heads=32, num_key_value_heads=16,
-        head_dim=256, global_head_dim=512, num_global_key_value_heads=4, max_position_embeddings=262144,
-        layer_types=_layer_types(60))),
+    "26b": dict(
+        kind="moe",
+        num_layers=30,
+        text=dict(
+            vocab_size=262144,
+            hidden_size=2816,
+            intermediate_size=2112,
+            num_attention_heads=16,
+            num_key_value_heads=8,
+            head_dim=256,
+            global_head_dim=512,
+            num_global_key_value_heads=2,
+            num_experts=128,
+            top_k_experts=8,
+            moe_intermediate_size=704,
+            max_position_embeddings=262144,
+            layer_types=_layer_types(30),
+        ),
+    ),
+    "31b": dict(
+        kind="dense",
+        num_layers=60,
+        text=dict(
+            vocab_size=262144,
+            hidden_size=5376,
+            intermediate_size=21504,
+            num_attention_heads=32,
+            num_key_value_heads=16,
+            head_dim=256,
+            global_head_dim=512,
+            num_global_key_value_heads=4,
+            max_position_embeddings=262144,
+            layer_types=_layer_types(60),
+        ),
+    ),
     "tiny": dict(kind="moe", num_layers=6, text={}),  # the tests' tiny MoE geometry
-}  # fmt: skip
+}
 SLIDING_WINDOW = {"26b": 1024, "31b": 1024, "tiny": 8}
 
 
@@ -57,24 +84,40 @@ def weight_shapes(spec: TextSpec) -> dict[str, tuple[int, ...]]:
     shapes: dict[str, tuple[int, ...]] = {"embed_tokens.weight": (V, H), "norm.weight": (H,)}
     for i, layer in enumerate(spec.layers):
         p, d, nkv = f"layers.{i}.", layer.head_dim, layer.num_kv_heads
-        shapes.update({
-            p + "attn.qkv_proj.weight": ((nq + (1 if layer.k_eq_v else 2) * nkv) * d, H),
-            p + "attn.q_norm.weight": (d,), p + "attn.k_norm.weight": (d,), p + "attn.o_proj.weight": (H, nq * d),
-            p + "input_norm.weight": (H,), p + "post_attn_norm.weight": (H,), p + "pre_ffn_norm.weight": (H,),
-            p + "post_ffn_norm.weight": (H,), p + "layer_scalar": (1,),
-            p + "mlp.gate_up_proj.weight": (2 * I, H), p + "mlp.down_proj.weight": (H, I),
-        })  # fmt: skip
+        shapes.update(
+            {
+                p + "attn.qkv_proj.weight": ((nq + (1 if layer.k_eq_v else 2) * nkv) * d, H),
+                p + "attn.q_norm.weight": (d,),
+                p + "attn.k_norm.weight": (d,),
+                p + "attn.o_proj.weight": (H, nq * d),
+                p + "input_norm.weight": (H,),
+                p + "post_attn_norm.weight": (H,),
+                p + "pre_ffn_norm.weight": (H,),
+                p + "post_ffn_norm.weight": (H,),
+                p + "layer_scalar": (1,),
+                p + "mlp.gate_up_proj.weight": (2 * I, H),
+                p + "mlp.down_proj.weight": (H, I),
+            }
+        )
         if spec.moe is not None:
             E, Ie = spec.moe.num_experts, spec.moe.intermediate_size
-            shapes.update({
-                p + "moe.router_proj.weight": (E, H), p + "moe.router_scale": (H,),
-                p + "moe.gate_up_proj": (E, 2 * Ie, H), p + "moe.down_proj": (E, H, Ie),
-                p + "moe.pre_norm.weight": (H,), p + "moe.post_norm_dense.weight": (H,), p + "moe.post_norm_experts.weight": (H,),
-            })  # fmt: skip
+            shapes.update(
+                {
+                    p + "moe.router_proj.weight": (E, H),
+                    p + "moe.router_scale": (H,),
+                    p + "moe.gate_up_proj": (E, 2 * Ie, H),
+                    p + "moe.down_proj": (E, H, Ie),
+                    p + "moe.pre_norm.weight": (H,),
+                    p + "moe.post_norm_dense.weight": (H,),
+                    p + "moe.post_norm_experts.weight": (H,),
+                }
+            )
     return shapes
 
 
-def _random(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, g: torch.Generator) -> torch.Tensor:
+def _random(
+    name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch.device, g: torch.Generator
+) -> torch.Tensor:
     if len(shape) == 1:  # norms, scales, layer scalars: around 1, as trained ones are
         return (1.0 + 0.1 * torch.randn(shape, generator=g, device=device)).to(dtype)
     # std 1/sqrt(fan_in) keeps activations O(1) through every layer, so no NaN/inf path skews timings
@@ -84,8 +127,14 @@ def _random(name: str, shape: tuple[int, ...], dtype: torch.dtype, device: torch
 def model_config(model: str, tokenizer) -> object:
     """The Gemma4Config of a model's text dimensions (no vision tower), over the tiny tokenizer."""
     m = MODELS[model]
-    return tiny_config(tokenizer, m["kind"], sliding_window=SLIDING_WINDOW[model], num_layers=m["num_layers"],
-                       with_vision=False, text_overrides=m["text"])  # fmt: skip
+    return tiny_config(
+        tokenizer,
+        m["kind"],
+        sliding_window=SLIDING_WINDOW[model],
+        num_layers=m["num_layers"],
+        with_vision=False,
+        text_overrides=m["text"],
+    )
 
 
 def make_random_engine(model: str, dtype: str, device: torch.device, out_dir: Path, seed: int = 0) -> RandomEngine:
@@ -107,13 +156,18 @@ def make_random_engine(model: str, dtype: str, device: torch.device, out_dir: Pa
         del w
     ids = tokenizer.convert_tokens_to_ids(["<bos>", "<eos>", "<pad>"])
     spec = EngineSpec(
-        model_name=f"random-{model}", architecture="Gemma4ForConditionalGeneration", dtype=parsed.base,
-        max_model_len=min(config.text_config.max_position_embeddings, 65536), text=text,
-        tokens=TokenSpec(bos_token_id=ids[0], eos_token_id=ids[1], pad_token_id=ids[2]), stop_token_ids=(ids[1],),
-        quantization=QuantizationSpec(parsed.quantization, "per_channel",
-                                      tuple(n for n in weights if is_fp8_linear(n))) if quantized else None,
+        model_name=f"random-{model}",
+        architecture="Gemma4ForConditionalGeneration",
+        dtype=parsed.base,
+        max_model_len=min(config.text_config.max_position_embeddings, 65536),
+        text=text,
+        tokens=TokenSpec(bos_token_id=ids[0], eos_token_id=ids[1], pad_token_id=ids[2]),
+        stop_token_ids=(ids[1],),
+        quantization=QuantizationSpec(parsed.quantization, "per_channel", tuple(n for n in weights if is_fp8_linear(n)))
+        if quantized
+        else None,
         source={"checkpoint": f"random weights at {model} dimensions"},
-    )  # fmt: skip
+    )
     spec.save(out_dir)
     return RandomEngine(out_dir, spec, weights)
 

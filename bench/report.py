@@ -16,7 +16,9 @@ class Figure:
     gpu: str
     model: str
     dtype: str
-    system: str  # "ours" | "transformers"; an ablation run names what it turned off: "ours-no-graphs", "ours-no-overlap"
+    system: (
+        str  # "ours" | "transformers"; an ablation run names what it turned off: "ours-no-graphs", "ours-no-overlap"
+    )
     metric: str
     batch: int
     value: float
@@ -34,20 +36,30 @@ def table(figures: list[Figure]) -> str:
     """ours | transformers (bf16) | ratio | floor, one row per model, dtype, metric and batch."""
     hf = {(f.model, f.metric, f.batch): f.value for f in figures if f.system == "transformers"}
     floors = {(f.model, f.dtype): f.value for f in figures if f.metric == "bandwidth_floor_tokens_per_s"}
-    lines = [f"{'model':6} {'dtype':5} {'metric':46} {'batch':>5} {'ours':>11} {'transformers':>12} {'ratio':>7} {'floor':>9}"]
+    lines = [
+        f"{'model':6} {'dtype':5} {'metric':46} {'batch':>5} {'ours':>11} {'transformers':>12} {'ratio':>7} {'floor':>9}"
+    ]
     ours = {(f.model, f.metric, f.batch) for f in figures if f.system != "transformers"}
     for f in figures:
         # transformers alone: a run with --ours off, or a batch ours skipped
         if f.system == "transformers" and (f.model, f.metric, f.batch) not in ours:
-            lines.append(f"{f.model:6} {f.dtype:5} {f.metric:46} {f.batch:>5} {'':>11} {f.value:>12.2f} {'':>7} {'':>9}")
+            lines.append(
+                f"{f.model:6} {f.dtype:5} {f.metric:46} {f.batch:>5} {'':>11} {f.value:>12.2f} {'':>7} {'':>9}"
+            )
         if f.system == "transformers" or f.metric == "bandwidth_floor_tokens_per_s":
             continue
         other = hf.get((f.model, f.metric, f.batch))
         ratio = f"{f.value / other:6.1f}x" if other else ""
-        floor = f"{floors[(f.model, f.dtype)]:9.1f}" if f.metric == "decode_tokens_per_s_per_user" and f.batch == 1 else ""
-        metric = f.metric if f.system == "ours" else f"{f.metric} [{f.system[5:]}]"  # an ablation says what it turned off
-        lines.append(f"{f.model:6} {f.dtype:5} {metric:46} {f.batch:>5} {f.value:>9.2f} {f.unit:<1} "
-                     f"{(f'{other:.2f}' if other else ''):>12} {ratio:>7} {floor:>9}")  # fmt: skip
+        floor = (
+            f"{floors[(f.model, f.dtype)]:9.1f}" if f.metric == "decode_tokens_per_s_per_user" and f.batch == 1 else ""
+        )
+        metric = (
+            f.metric if f.system == "ours" else f"{f.metric} [{f.system[5:]}]"
+        )  # an ablation says what it turned off
+        lines.append(
+            f"{f.model:6} {f.dtype:5} {metric:46} {f.batch:>5} {f.value:>9.2f} {f.unit:<1} "
+            f"{(f'{other:.2f}' if other else ''):>12} {ratio:>7} {floor:>9}"
+        )
     return "\n".join(lines)
 
 

@@ -48,9 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--results-dir", default=str(Path(__file__).resolve().parent / "results"))
     p.add_argument("--decode-graphs", choices=SWITCH, default="auto", help="decode batches through CUDA graphs")
     p.add_argument("--overlap", choices=SWITCH, default="auto", help="schedule the next step while this one runs")
-    p.add_argument("--transformers", choices=("on", "off"), default="on", help="also time transformers (batch 1 and 32)")
-    p.add_argument("--ours", choices=("on", "off"), default="on",
-                   help="off: only transformers (a run cut off before it, at the 31B's size, catches up)")
+    p.add_argument(
+        "--transformers", choices=("on", "off"), default="on", help="also time transformers (batch 1 and 32)"
+    )
+    p.add_argument(
+        "--ours",
+        choices=("on", "off"),
+        default="on",
+        help="off: only transformers (a run cut off before it, at the 31B's size, catches up)",
+    )
     args = p.parse_args(argv)
     check_bench_args(args, torch.cuda.is_available())
 
@@ -83,8 +89,17 @@ def main(argv: list[str] | None = None) -> int:
                 check_model(model, MODELS)
                 hf_config = model_config(model, make_tiny_tokenizer(Path(tmp) / model))
                 for dtype in dtypes if args.ours == "on" else ():
-                    measure_ours(model, dtype, sizes, device, Path(tmp), bandwidth, record,
-                                 SWITCH[args.decode_graphs], SWITCH[args.overlap])
+                    measure_ours(
+                        model,
+                        dtype,
+                        sizes,
+                        device,
+                        Path(tmp),
+                        bandwidth,
+                        record,
+                        SWITCH[args.decode_graphs],
+                        SWITCH[args.overlap],
+                    )
                 if args.transformers == "on":
                     measure_transformers(model, hf_config, sizes, device, record)
     finally:

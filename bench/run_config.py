@@ -36,15 +36,38 @@ class Sizes:
 
 
 GPU_SIZES = Sizes(
-    models=("26b", "31b"), dtypes=("bf16", "fp8"), batches=(1, 8, 32, 64, 256), prompt=64, warmup_steps=4,
-    decode_steps=64, ttft_prompt=16, prefill_lens=(2048, 32768), arrivals=1024, arrivals_per_step=32,
-    arrival_prompt=128, arrival_output=128, hf_batches=(1, 32), hf_new_tokens=32,
-)  # fmt: skip
+    models=("26b", "31b"),
+    dtypes=("bf16", "fp8"),
+    batches=(1, 8, 32, 64, 256),
+    prompt=64,
+    warmup_steps=4,
+    decode_steps=64,
+    ttft_prompt=16,
+    prefill_lens=(2048, 32768),
+    arrivals=1024,
+    arrivals_per_step=32,
+    arrival_prompt=128,
+    arrival_output=128,
+    hf_batches=(1, 32),
+    hf_new_tokens=32,
+)
 DRY_SIZES = Sizes(
-    models=("tiny",), dtypes=("bf16", "fp8"), batches=(1, 4), prompt=8, warmup_steps=1, decode_steps=3,
-    ttft_prompt=8, prefill_lens=(32, 96), arrivals=8, arrivals_per_step=2, arrival_prompt=8, arrival_output=6,
-    hf_batches=(1, 4), hf_new_tokens=3, block_size=4,
-)  # fmt: skip
+    models=("tiny",),
+    dtypes=("bf16", "fp8"),
+    batches=(1, 4),
+    prompt=8,
+    warmup_steps=1,
+    decode_steps=3,
+    ttft_prompt=8,
+    prefill_lens=(32, 96),
+    arrivals=8,
+    arrivals_per_step=2,
+    arrival_prompt=8,
+    arrival_output=6,
+    hf_batches=(1, 4),
+    hf_new_tokens=3,
+    block_size=4,
+)
 
 
 class Clock:
@@ -79,7 +102,7 @@ SWITCH = {"auto": None, "on": True, "off": False}
 
 
 def system_name(graphs: bool | None, overlap: bool | None) -> str:
-    """"ours", or for an ablation run what it turned off, so its figures never pass for the default's."""
+    """ "ours", or for an ablation run what it turned off, so its figures never pass for the default's."""
     off = [name for name, switch in (("graphs", graphs), ("overlap", overlap)) if switch is False]
     return "-".join(["ours"] + [f"no-{name}" for name in off])
 
@@ -92,18 +115,28 @@ def decode_max_tokens(sizes: Sizes, batch: int) -> int:
     prefill (STEP_TOKENS a step, and one more step of lag with overlapped scheduling), so the sequences
     prefilled first run that many tokens ahead of the last; each must still be running at the last timed
     step, or the batch shrinks inside the measurement."""
-    prefill_steps = -(-batch * sizes.prompt // (STEP_TOKENS - batch))  # running sequences' decode tokens share the budget
+    prefill_steps = -(
+        -batch * sizes.prompt // (STEP_TOKENS - batch)
+    )  # running sequences' decode tokens share the budget
     return sizes.warmup_steps + sizes.decode_steps + 2 + prefill_steps + 1
 
 
-def runtime_config(spec, sizes: Sizes, device: torch.device, graphs: bool | None = None, overlap: bool | None = None,
-                   moe_side_stream: bool | None = None) -> RuntimeConfig:
+def runtime_config(
+    spec,
+    sizes: Sizes,
+    device: torch.device,
+    graphs: bool | None = None,
+    overlap: bool | None = None,
+    moe_side_stream: bool | None = None,
+) -> RuntimeConfig:
     """Pages for the largest decode batch and the longest prefill, within 85% of what the weights leave free.
     The batch sizes that do not fit are skipped (and said so) rather than preempting mid-measurement."""
     bs, window = sizes.block_size, spec.text.sliding_window
     max_batch = max(sizes.batches + (min(sizes.arrivals, max(sizes.batches)),))
-    ctx = max(sizes.prompt + max(decode_max_tokens(sizes, b) for b in sizes.batches),
-              sizes.arrival_prompt + sizes.arrival_output + 1)
+    ctx = max(
+        sizes.prompt + max(decode_max_tokens(sizes, b) for b in sizes.batches),
+        sizes.arrival_prompt + sizes.arrival_output + 1,
+    )
     longest = max(max(sizes.prefill_lens) + 2, ctx)
     step_tokens = STEP_TOKENS
     pages = lambda n: -(-n // bs)  # noqa: E731
@@ -116,7 +149,15 @@ def runtime_config(spec, sizes: Sizes, device: torch.device, graphs: bool | None
             max_batch //= 2
             full_pages = max(pages(longest), max_batch * pages(ctx))
             sliding_pages = max_batch * (pages(min(ctx, window)) + 2) + pages(step_tokens) + pages(window) + 2
-    return RuntimeConfig(device=device.type, block_size=bs, num_full_blocks=full_pages, num_sliding_blocks=sliding_pages,
-                         max_num_seqs=max_batch, max_num_batched_tokens=step_tokens, max_model_len=longest,
-                         decode_graph_max_batch=None if graphs is None else max_batch if graphs else 0,
-                         overlap_scheduling=overlap, moe_side_stream=moe_side_stream)  # fmt: skip
+    return RuntimeConfig(
+        device=device.type,
+        block_size=bs,
+        num_full_blocks=full_pages,
+        num_sliding_blocks=sliding_pages,
+        max_num_seqs=max_batch,
+        max_num_batched_tokens=step_tokens,
+        max_model_len=longest,
+        decode_graph_max_batch=None if graphs is None else max_batch if graphs else 0,
+        overlap_scheduling=overlap,
+        moe_side_stream=moe_side_stream,
+    )

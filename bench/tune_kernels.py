@@ -84,31 +84,52 @@ def tune(case: Case, device: torch.device, write) -> None:
                 ms = time_ms(run, device) if err < case.tolerance else float("nan")
                 status = "ok" if err < case.tolerance else f"WRONG (relative error {err:.3g})"
             except Exception as e:  # noqa: BLE001  a candidate the compiler rejects (registers, shared memory)
-                ms, status = float("nan"), f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
+                ms, status = (
+                    float("nan"),
+                    f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}",
+                )
         rows.append((candidate, ms, status))
-        write({"kernel": case.kernel, "shape": case.shape, "candidate": list(candidate) if isinstance(candidate, tuple)
-               else candidate, "ms": None if ms != ms else ms, "status": status})  # fmt: skip
+        write(
+            {
+                "kernel": case.kernel,
+                "shape": case.shape,
+                "candidate": list(candidate) if isinstance(candidate, tuple) else candidate,
+                "ms": None if ms != ms else ms,
+                "status": status,
+            }
+        )
     base = time_ms(run, device)  # the current choice, timed like the candidates
     timed = [r for r in rows if r[2] == "ok"]
     best = min(timed, key=lambda r: r[1]) if timed else None
     now = case.current()
     best_us, speedup = (best[1] * 1e3, base / best[1]) if best else (float("nan"), float("nan"))
-    print(f"{case.kernel:12} {case.shape:44} now {str(now):22} {base * 1e3:10.1f} us   best {str(best[0]) if best else '-':22} "
-          f"{best_us:10.1f} us  {speedup:5.2f}x", flush=True)  # fmt: skip
+    print(
+        f"{case.kernel:12} {case.shape:44} now {str(now):22} {base * 1e3:10.1f} us   best {str(best[0]) if best else '-':22} "
+        f"{best_us:10.1f} us  {speedup:5.2f}x",
+        flush=True,
+    )
     for candidate, _ms, status in rows:
         if status != "ok":
             print(f"    {str(candidate):22} {status}")
     if case.weight_bytes:  # weight-bound: what each choice reads per second (the H100's copy rate: ~2,960 GB/s)
-        print("    weight read: " + ", ".join(f"{c}: {case.weight_bytes / ms / 1e6:,.0f} GB/s"
-                                           for c, ms, status in rows if status == "ok"), flush=True)
+        print(
+            "    weight read: "
+            + ", ".join(f"{c}: {case.weight_bytes / ms / 1e6:,.0f} GB/s" for c, ms, status in rows if status == "ok"),
+            flush=True,
+        )
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--kernels", default="decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,expert-gemv,expert-gemv-switch")
+    p.add_argument(
+        "--kernels", default="decode,prefill,moe,w8a16,w8a16-switch,gemv,gemv-switch,expert-gemv,expert-gemv-switch"
+    )
     p.add_argument("--models", default="26b,31b")
-    p.add_argument("--shapes", default=None,
-                   help="comma-separated: keep only the cases whose shape names one of these (say M=16,M=64)")
+    p.add_argument(
+        "--shapes",
+        default=None,
+        help="comma-separated: keep only the cases whose shape names one of these (say M=16,M=64)",
+    )
     p.add_argument("--results", default=None, help="append one JSON line per (case, candidate) here")
     p.add_argument("--dry-run", action="store_true", help="tiny shapes under the interpreter (tests the script)")
     args = p.parse_args(argv)
@@ -116,15 +137,27 @@ def main(argv: list[str] | None = None) -> int:
     dry = args.dry_run or not torch.cuda.is_available()
     device = torch.device("cpu" if dry else "cuda")
     kernels = set(args.kernels.split(","))
-    unknown = kernels - {"decode", "prefill", "moe", "w8a16", "w8a16-switch", "gemv", "gemv-switch", "expert-gemv", "expert-gemv-switch"}
+    unknown = kernels - {
+        "decode",
+        "prefill",
+        "moe",
+        "w8a16",
+        "w8a16-switch",
+        "gemv",
+        "gemv-switch",
+        "expert-gemv",
+        "expert-gemv-switch",
+    }
     if unknown:
         p.error(f"unknown kernels: {sorted(unknown)}")
     cases = dry_cases(kernels) if dry else [c for m in args.models.split(",") for c in model_cases(m, kernels)]
     if args.shapes:
         cases = [c for c in cases if any(s in c.shape for s in args.shapes.split(","))]
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu-interpreter"
-    print(f"tuning on {gpu}: triton {triton.__version__}, torch {torch.__version__}; {len(cases)} cases"
-          f"{' [dry run: tiny shapes, not speed figures]' if dry else ''}")
+    print(
+        f"tuning on {gpu}: triton {triton.__version__}, torch {torch.__version__}; {len(cases)} cases"
+        f"{' [dry run: tiny shapes, not speed figures]' if dry else ''}"
+    )
     out = open(args.results, "a") if args.results else None  # noqa: SIM115  closed below
     torch.manual_seed(0)
 

@@ -23,31 +23,63 @@ LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = OneLineParser(prog="python -m server", description=__doc__)
     p.add_argument("--engine", help="engine directory built by `make engine`")
-    p.add_argument("--backend", help="triton://HOST:PORT to translate for a running Triton server instead of the embedded runtime")
+    p.add_argument(
+        "--backend", help="triton://HOST:PORT to translate for a running Triton server instead of the embedded runtime"
+    )
     p.add_argument("--host", default=None)
     p.add_argument("--port", type=int, default=None)
     p.add_argument("--served-model-name", default=None, help="model id clients send (default: the engine's model name)")
-    p.add_argument("--model-alias", action="append", default=None, metavar="NAME",
-                   help="another model id to answer to (repeatable), e.g. the NIM's names for a demo engine")
-    p.add_argument("--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 (also GEMMA_SERVER_API_KEY)")
-    p.add_argument("--api-key-scope", choices=sorted(SCOPES), default=None,
-                   help="what the key guards: api (default: /v1) or all (/metrics and /openapi.json, /docs, /redoc too); "
-                        "health stays open (also GEMMA_API_KEY_SCOPE)")
+    p.add_argument(
+        "--model-alias",
+        action="append",
+        default=None,
+        metavar="NAME",
+        help="another model id to answer to (repeatable), e.g. the NIM's names for a demo engine",
+    )
+    p.add_argument(
+        "--api-key", default=None, help="require `Authorization: Bearer KEY` on /v1 (also GEMMA_SERVER_API_KEY)"
+    )
+    p.add_argument(
+        "--api-key-scope",
+        choices=sorted(SCOPES),
+        default=None,
+        help="what the key guards: api (default: /v1) or all (/metrics and /openapi.json, /docs, /redoc too); "
+        "health stays open (also GEMMA_API_KEY_SCOPE)",
+    )
     p.add_argument("--max-images-per-prompt", type=int, default=None, help="default: NIM_MAX_IMAGES_PER_PROMPT or 5")
-    p.add_argument("--allow-local-image-urls", action="store_true", default=None, help="let image URLs reach loopback/private addresses (tests)")
+    p.add_argument(
+        "--allow-local-image-urls",
+        action="store_true",
+        default=None,
+        help="let image URLs reach loopback/private addresses (tests)",
+    )
     p.add_argument("--log-level", default=None)
     rt = p.add_argument_group("runtime (the embedded engine; with --backend, Triton's config.pbtxt sets these)")
     rt.add_argument("--device", default=None, help="cuda or cpu (default: cuda when a GPU is visible)")
-    rt.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], default=None,
-                    help="compute dtype (default: the engine's; FP8 weights stay FP8)")
+    rt.add_argument(
+        "--dtype",
+        choices=["bfloat16", "float16", "float32"],
+        default=None,
+        help="compute dtype (default: the engine's; FP8 weights stay FP8)",
+    )
     rt.add_argument("--max-num-seqs", type=int, default=None, help="sequences decoded together (default 64)")
-    rt.add_argument("--max-model-len", type=int, default=None, help="cap on prompt + output tokens (default: the engine's)")
-    rt.add_argument("--gpu-memory-utilization", type=float, default=None, help="share of the GPU the engine may fill (default 0.9)")
+    rt.add_argument(
+        "--max-model-len", type=int, default=None, help="cap on prompt + output tokens (default: the engine's)"
+    )
+    rt.add_argument(
+        "--gpu-memory-utilization", type=float, default=None, help="share of the GPU the engine may fill (default 0.9)"
+    )
     rt.add_argument("--enforce-eager", action="store_true", help="decode without CUDA graphs")
-    rt.add_argument("--disable-overlap-schedule", action="store_true",
-                    help="read each step's tokens before scheduling the next (overlap is on by default on CUDA)")
-    rt.add_argument("--no-prefix-caching", action="store_true",
-                    help="recompute every prompt (prefix caching of shared prompt pages is on by default)")
+    rt.add_argument(
+        "--disable-overlap-schedule",
+        action="store_true",
+        help="read each step's tokens before scheduling the next (overlap is on by default on CUDA)",
+    )
+    rt.add_argument(
+        "--no-prefix-caching",
+        action="store_true",
+        help="recompute every prompt (prefix caching of shared prompt pages is on by default)",
+    )
     add_limit_args(p)
     return p.parse_args(argv)
 
@@ -110,9 +142,16 @@ def main(argv: list[str] | None = None) -> None:
     app = create_app(settings, backend)
     model = settings.served_model_name or backend.spec.model_name
     aliases = f" (also answering to {', '.join(settings.model_aliases)})" if settings.model_aliases else ""
-    print(f">> serving {model}{aliases} ({settings.engine_dir or settings.backend}) on http://{settings.host}:{settings.port}/v1", flush=True)
-    config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5)
-    DrainingServer(config, app.state.ctx.admission, settings.drain_timeout_s).run()  # SIGTERM drains first (server/drain.py)
+    print(
+        f">> serving {model}{aliases} ({settings.engine_dir or settings.backend}) on http://{settings.host}:{settings.port}/v1",
+        flush=True,
+    )
+    config = uvicorn.Config(
+        app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5
+    )
+    DrainingServer(
+        config, app.state.ctx.admission, settings.drain_timeout_s
+    ).run()  # SIGTERM drains first (server/drain.py)
 
 
 if __name__ == "__main__":

@@ -78,7 +78,10 @@ class Flight:
         async def tracking_send(message) -> None:
             if message["type"] == "http.response.start":
                 self.started = True
-                self.sse = any(k.lower() == b"content-type" and v.startswith(b"text/event-stream") for k, v in message.get("headers", ()))
+                self.sse = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/event-stream")
+                    for k, v in message.get("headers", ())
+                )
             elif message["type"] == "http.response.body" and not message.get("more_body", False):
                 self.finished = True
             await send(message)
@@ -86,7 +89,11 @@ class Flight:
         self.task = asyncio.ensure_future(app(scope, receive, tracking_send))
         timer = None
         if timeout_s:
-            err = APIError(f"The request did not finish within the server's request timeout ({timeout_s:g} s).", 504, code="request_timeout")
+            err = APIError(
+                f"The request did not finish within the server's request timeout ({timeout_s:g} s).",
+                504,
+                code="request_timeout",
+            )
             timer = asyncio.get_running_loop().call_later(timeout_s, self.end, err)
         try:
             await self.task
@@ -116,23 +123,42 @@ class Admission:
         self.flights: set[Flight] = set()
         self.draining = False
         labels = {"model_name": model_name}
-        self._rejected = Counter("gemma_requests_rejected", "Generation requests refused at admission, by reason",
-                                 ["model_name", "reason"], registry=registry)  # fmt: skip
+        self._rejected = Counter(
+            "gemma_requests_rejected",
+            "Generation requests refused at admission, by reason",
+            ["model_name", "reason"],
+            registry=registry,
+        )
         self._rejected_labels = labels
-        in_flight = Gauge("gemma_num_requests_in_flight", "Generation requests admitted and not yet answered", ["model_name"], registry=registry)
+        in_flight = Gauge(
+            "gemma_num_requests_in_flight",
+            "Generation requests admitted and not yet answered",
+            ["model_name"],
+            registry=registry,
+        )
         in_flight.labels(**labels).set_function(lambda: len(self.flights))
-        capacity = Gauge("gemma_admission_capacity", "Generation requests admitted at most at once", ["model_name"], registry=registry)
+        capacity = Gauge(
+            "gemma_admission_capacity",
+            "Generation requests admitted at most at once",
+            ["model_name"],
+            registry=registry,
+        )
         capacity.labels(**labels).set(config.capacity)
 
     def refusal(self) -> APIError | None:
         if self.draining:
             self._reject("draining")
-            return APIError("The server is shutting down and takes no new requests; retry on another replica.", 503, code="draining")
+            return APIError(
+                "The server is shutting down and takes no new requests; retry on another replica.", 503, code="draining"
+            )
         if len(self.flights) >= self.config.capacity:
             self._reject("queue_full")
             return APIError(
                 f"The server is overloaded: {len(self.flights)} requests are in flight, the most it admits "
-                "(--max-queued-requests). Retry later.", 503, code="overloaded")  # fmt: skip
+                "(--max-queued-requests). Retry later.",
+                503,
+                code="overloaded",
+            )
         return None
 
     def _reject(self, reason: str) -> None:

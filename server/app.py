@@ -38,7 +38,9 @@ def build_context(settings: ServerSettings, backend) -> ServerContext:
     spec = backend.spec
     model_name = settings.served_model_name or spec.model_name
     # An image becomes at most the runtime's soft-token budget plus its <|image> / <image|> markers.
-    soft_tokens = getattr(backend, "image_soft_tokens", None) or (spec.vision.default_output_length if spec.vision else 0)
+    soft_tokens = getattr(backend, "image_soft_tokens", None) or (
+        spec.vision.default_output_length if spec.vision else 0
+    )
     image_tokens = soft_tokens + 2 if spec.vision is not None else 0
     max_model_len = getattr(backend, "max_model_len", None) or spec.max_model_len
     metrics = ServerMetrics(backend, model_name)
@@ -91,6 +93,11 @@ def create_app(settings: ServerSettings, backend, *, manage_backend: bool = True
     app.include_router(ops_routes.router)
     app.add_middleware(AdmissionMiddleware, admission=ctx.admission)  # innermost: counts only what passed the gateway
     app.add_middleware(FaultBarrier)
-    app.add_middleware(GatewayMiddleware, api_key=settings.api_key, max_body_bytes=body_cap(settings, ctx), metrics=ctx.metrics,
-                       key_scope=settings.api_key_scope)
+    app.add_middleware(
+        GatewayMiddleware,
+        api_key=settings.api_key,
+        max_body_bytes=body_cap(settings, ctx),
+        metrics=ctx.metrics,
+        key_scope=settings.api_key_scope,
+    )
     return app

@@ -85,7 +85,11 @@ async def load_images(ctx: ServerContext, urls: tuple[str, ...]) -> tuple[bytes,
         return ()
     limit = ctx.settings.max_images_per_prompt
     if len(urls) > limit:
-        raise bad_request(f"At most {limit} image(s) may be provided in one prompt; this request has {len(urls)}.", param="messages", code="too_many_images")
+        raise bad_request(
+            f"At most {limit} image(s) may be provided in one prompt; this request has {len(urls)}.",
+            param="messages",
+            code="too_many_images",
+        )
     if ctx.backend.spec.vision is None:
         raise bad_request("This model does not accept images (its engine has no vision encoder).", param="messages")
     try:
@@ -107,7 +111,9 @@ async def prepare_chat(ctx: ServerContext, req: ChatCompletionRequest) -> ChatPl
     prefill = tool_prefill(req, mode)
     prompt_text = rendered.text + prefill
     images = await load_images(ctx, rendered.image_urls)
-    prompt_ids = await offload(ctx.workers, tokenizer.encode, prompt_text, add_special_tokens=False)  # the template emits <bos>
+    prompt_ids = await offload(
+        ctx.workers, tokenizer.encode, prompt_text, add_special_tokens=False
+    )  # the template emits <bos>
     prompt_len = len(prompt_ids) + len(images) * ctx.limits.image_tokens
     max_tokens = resolve_max_tokens(req.max_new_tokens, prompt_len, ctx.limits, "max_completion_tokens")
     logprobs = (req.top_logprobs or 0) if req.logprobs else None
@@ -115,7 +121,12 @@ async def prepare_chat(ctx: ServerContext, req: ChatCompletionRequest) -> ChatPl
     structured = chat_output(req, mode, req.template_kwargs["enable_thinking"], starts_in_reasoning)
     sampling = tuple(
         sampling_params(
-            req, ctx.backend.generation_defaults, max_tokens=max_tokens, seed_offset=i, logprobs=logprobs, skip_special_tokens=req.skip_special_tokens,
+            req,
+            ctx.backend.generation_defaults,
+            max_tokens=max_tokens,
+            seed_offset=i,
+            logprobs=logprobs,
+            skip_special_tokens=req.skip_special_tokens,
             structured=structured,
         )
         for i in range(req.n)
@@ -144,7 +155,9 @@ class ChoiceParser:
     """One choice's parser plus the request-level filters (parallel_tool_calls, include_reasoning)."""
 
     def __init__(self, plan: ChatPlan, req: ChatCompletionRequest) -> None:
-        self.parser = Gemma4OutputParser(parse_tool_calls=plan.tool_mode != "none", starts_in_reasoning=plan.starts_in_reasoning)
+        self.parser = Gemma4OutputParser(
+            parse_tool_calls=plan.tool_mode != "none", starts_in_reasoning=plan.starts_in_reasoning
+        )
         self.single_call = not req.parallel_tool_calls
         self.has_calls = False
         self.prefill_delta = self.parser.feed(plan.prefill) if plan.prefill else ParsedDelta()
@@ -177,8 +190,12 @@ def _add_reasoning(target: dict, reasoning: str | None, req: ChatCompletionReque
 
 def usage_json(prompt_tokens: int, completion_tokens: int, cached_tokens: int = 0) -> dict:
     """OpenAI's usage object; cached_tokens: prompt tokens whose KV came from the prefix cache."""
-    return {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens, "total_tokens": prompt_tokens + completion_tokens,
-            "prompt_tokens_details": {"cached_tokens": cached_tokens}}
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+        "prompt_tokens_details": {"cached_tokens": cached_tokens},
+    }
 
 
 # -- non-streaming ---------------------------------------------------------------------------------
@@ -230,7 +247,12 @@ class ChunkWriter:
         self._head = {"id": plan.request_id, "object": "chat.completion.chunk", "created": plan.created, "model": model}
 
     def choice(self, index: int, delta: dict, finish_reason: str | None = None, logprobs: dict | None = None) -> str:
-        return sse_event({**self._head, "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}]})
+        return sse_event(
+            {
+                **self._head,
+                "choices": [{"index": index, "delta": delta, "logprobs": logprobs, "finish_reason": finish_reason}],
+            }
+        )
 
     def usage(self, usage: dict) -> str:
         return sse_event({**self._head, "choices": [], "usage": usage})
@@ -260,8 +282,11 @@ def split_call_headers(delta: dict) -> list[dict]:
     if not calls or not any("id" in c and c["function"]["arguments"] for c in calls):
         return [delta] if delta else []
     headers = [{**c, "function": {**c["function"], "arguments": ""}} if "id" in c else c for c in calls]
-    fragments = [{"index": c["index"], "function": {"arguments": c["function"]["arguments"]}}
-                 for c in calls if "id" in c and c["function"]["arguments"]]
+    fragments = [
+        {"index": c["index"], "function": {"arguments": c["function"]["arguments"]}}
+        for c in calls
+        if "id" in c and c["function"]["arguments"]
+    ]
     return [{**delta, "tool_calls": headers}, {"tool_calls": fragments}]
 
 
@@ -295,14 +320,20 @@ async def chat_stream(ctx: ServerContext, req: ChatCompletionRequest, plan: Chat
             timers[i].output(len(out.token_ids))
             p = parsers[i]
             delta = delta_json(p.feed(out.text), req, alias)
-            logprobs = chat_logprobs(ctx.token_text, out.logprobs, req.top_logprobs or 0) if req.logprobs and out.logprobs else None
+            logprobs = (
+                chat_logprobs(ctx.token_text, out.logprobs, req.top_logprobs or 0)
+                if req.logprobs and out.logprobs
+                else None
+            )
             if out.finished:
                 tail = split_call_headers(delta_json(p.finish(), req, alias)) or [{}]
                 if delta or logprobs:
                     yield from_deltas(writer, i, delta, logprobs)
                 for part in tail[:-1]:
                     yield writer.choice(i, part)
-                yield writer.choice(i, tail[-1], finish_reason=finish_reason(out.finish_reason, p.has_calls, plan.tool_mode))
+                yield writer.choice(
+                    i, tail[-1], finish_reason=finish_reason(out.finish_reason, p.has_calls, plan.tool_mode)
+                )
                 if out.usage is not None:
                     prompt_tokens = out.usage.prompt_tokens
                     completion_tokens += out.usage.completion_tokens

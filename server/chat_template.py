@@ -30,7 +30,9 @@ def validate_roles(messages: list[ChatMessage], continue_final_message: bool = F
     start = 1 if messages[0].role in SYSTEM_ROLES else 0
     for i, m in enumerate(messages[start:], start):
         if m.role in SYSTEM_ROLES:
-            raise bad_request(f"messages[{i}]: a {m.role} message is only allowed as the first message", param=f"messages.{i}.role")
+            raise bad_request(
+                f"messages[{i}]: a {m.role} message is only allowed as the first message", param=f"messages.{i}.role"
+            )
     if start >= len(messages):
         raise bad_request("messages must contain a user message after the system message", param="messages")
     if messages[start].role != "user":
@@ -43,14 +45,22 @@ def validate_roles(messages: list[ChatMessage], continue_final_message: bool = F
     for i, m in enumerate(messages[start:], start):
         where = f"messages.{i}.role"
         if m.role == "user" and prev is not None and prev.role == "user":
-            raise bad_request(f"messages[{i}]: roles must alternate between user and assistant (two user messages in a row)", param=where)
+            raise bad_request(
+                f"messages[{i}]: roles must alternate between user and assistant (two user messages in a row)",
+                param=where,
+            )
         if m.role == "assistant":
             if prev is None or prev.role == "assistant":
-                raise bad_request(f"messages[{i}]: roles must alternate between user and assistant (two assistant messages in a row)", param=where)
+                raise bad_request(
+                    f"messages[{i}]: roles must alternate between user and assistant (two assistant messages in a row)",
+                    param=where,
+                )
             call_ids = {tc.id for tc in m.tool_calls or () if tc.id}
         if m.role == "tool":
             if prev is None or not ((prev.role == "assistant" and prev.tool_calls) or prev.role == "tool"):
-                raise bad_request(f"messages[{i}]: a tool message must follow an assistant message with tool_calls", param=where)
+                raise bad_request(
+                    f"messages[{i}]: a tool message must follow an assistant message with tool_calls", param=where
+                )
             if m.tool_call_id is not None and call_ids and m.tool_call_id not in call_ids:
                 raise bad_request(
                     f"messages[{i}]: tool_call_id {m.tool_call_id!r} matches no call of the preceding assistant message",
@@ -60,7 +70,9 @@ def validate_roles(messages: list[ChatMessage], continue_final_message: bool = F
     last = messages[-1]
     if continue_final_message:
         if last.role != "assistant":
-            raise bad_request("continue_final_message needs the last message to have role 'assistant'", param="messages")
+            raise bad_request(
+                "continue_final_message needs the last message to have role 'assistant'", param="messages"
+            )
     elif last.role not in ("user", "tool"):
         raise bad_request(
             f"the last message must have role 'user', not {last.role!r} "
@@ -112,7 +124,9 @@ def to_template_messages(messages: list[ChatMessage]) -> tuple[list[dict], list[
                     parts.append({"type": "text", "text": p.text})
                 else:
                     if m.role != "user":
-                        raise bad_request(f"messages[{i}]: images are only allowed in user messages", param=f"messages.{i}.content")
+                        raise bad_request(
+                            f"messages[{i}]: images are only allowed in user messages", param=f"messages.{i}.content"
+                        )
                     images.append(p.url)
                     parts.append({"type": "image"})
             msg["content"] = parts
@@ -125,7 +139,9 @@ def to_template_messages(messages: list[ChatMessage]) -> tuple[list[dict], list[
                     "type": "function",
                     "function": {
                         "name": tc.function.name,
-                        "arguments": _parse_arguments(tc.function.arguments, f"messages.{i}.tool_calls.{j}.function.arguments"),
+                        "arguments": _parse_arguments(
+                            tc.function.arguments, f"messages.{i}.tool_calls.{j}.function.arguments"
+                        ),
                     },
                 }
                 for j, tc in enumerate(m.tool_calls)
@@ -165,5 +181,7 @@ def render_prompt(tokenizer, req: ChatCompletionRequest) -> RenderedPrompt:
     except (ValueError, TypeError, KeyError) as e:
         raise bad_request(f"the chat template could not render these messages: {e}", param="messages")
     except Exception as e:  # jinja2 TemplateError and friends: a client problem, not a server crash
-        raise bad_request(f"the chat template could not render these messages: {type(e).__name__}: {e}", param="messages")
+        raise bad_request(
+            f"the chat template could not render these messages: {type(e).__name__}: {e}", param="messages"
+        )
     return RenderedPrompt(text=text, image_urls=tuple(images))

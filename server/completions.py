@@ -51,10 +51,17 @@ def prepare_completion(ctx: ServerContext, req: CompletionRequest) -> Completion
         max_tokens = resolve_max_tokens(req.max_tokens, len(ids), ctx.limits, "max_tokens")
         for j in range(req.n):
             sampling = sampling_params(
-                req, ctx.backend.generation_defaults, max_tokens=max_tokens, seed_offset=j, logprobs=req.logprobs, skip_special_tokens=req.skip_special_tokens,
+                req,
+                ctx.backend.generation_defaults,
+                max_tokens=max_tokens,
+                seed_offset=j,
+                logprobs=req.logprobs,
+                skip_special_tokens=req.skip_special_tokens,
                 structured=structured,
             )
-            requests.append(GenerateRequest(request_id=f"{request_id}-{p_index * req.n + j}", prompt=ids, sampling=sampling))
+            requests.append(
+                GenerateRequest(request_id=f"{request_id}-{p_index * req.n + j}", prompt=ids, sampling=sampling)
+            )
         prompts.append(tuple(ids))
         texts.append(text)
     return CompletionPlan(request_id, int(time.time()), tuple(prompts), tuple(texts), tuple(requests))
@@ -79,7 +86,9 @@ async def completion(ctx: ServerContext, req: CompletionRequest, plan: Completio
             {
                 "index": i,
                 "text": text,
-                "logprobs": completion_logprobs(ctx.token_text, got.logprobs, req.logprobs, offset=len(echo)) if req.logprobs is not None else None,
+                "logprobs": completion_logprobs(ctx.token_text, got.logprobs, req.logprobs, offset=len(echo))
+                if req.logprobs is not None
+                else None,
                 "finish_reason": _finish(final) if final else "stop",
             }
         )
@@ -96,8 +105,15 @@ async def completion(ctx: ServerContext, req: CompletionRequest, plan: Completio
     }
 
 
-async def completion_stream(ctx: ServerContext, req: CompletionRequest, plan: CompletionPlan, streams) -> AsyncIterator[str]:
-    head = {"id": plan.request_id, "object": "text_completion", "created": plan.created, "model": echoed_model(ctx, req.model)}
+async def completion_stream(
+    ctx: ServerContext, req: CompletionRequest, plan: CompletionPlan, streams
+) -> AsyncIterator[str]:
+    head = {
+        "id": plan.request_id,
+        "object": "text_completion",
+        "created": plan.created,
+        "model": echoed_model(ctx, req.model),
+    }
 
     def event(index: int, text: str, finish: str | None, logprobs: dict | None = None) -> str:
         choice = {"index": index, "text": text, "logprobs": logprobs, "finish_reason": finish}
@@ -126,7 +142,9 @@ async def completion_stream(ctx: ServerContext, req: CompletionRequest, plan: Co
                 completion_tokens += out.usage.completion_tokens if out.usage else 0
                 cached_tokens += out.usage.cached_tokens if out.usage and i % req.n == 0 else 0
         if req.include_usage:
-            yield sse_event({**head, "choices": [], "usage": usage_json(_prompt_tokens(plan), completion_tokens, cached_tokens)})
+            yield sse_event(
+                {**head, "choices": [], "usage": usage_json(_prompt_tokens(plan), completion_tokens, cached_tokens)}
+            )
     except APIError as e:
         yield sse_error_event(e)
     except Exception as e:  # noqa: BLE001

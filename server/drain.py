@@ -33,8 +33,11 @@ async def drain(admission: Admission, timeout_s: float) -> None:
     while admission.flights and loop.time() < deadline:
         await asyncio.sleep(_POLL_S)
     if admission.flights:
-        err = APIError(f"The server is shutting down and this request did not finish within its drain timeout ({timeout_s:g} s).",
-                       503, code="draining")  # fmt: skip
+        err = APIError(
+            f"The server is shutting down and this request did not finish within its drain timeout ({timeout_s:g} s).",
+            503,
+            code="draining",
+        )
         log.warning("drain timeout: ending %d request(s)", admission.end_all(err))
         end = loop.time() + END_GRACE_S
         while admission.flights and loop.time() < end:

@@ -53,7 +53,9 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
     return APIError(message, 400, param=param, code=code)
 
 
-def error_body(message: str, status_code: int, param: str | None = None, code: str | None = None, type: str | None = None) -> dict:
+def error_body(
+    message: str, status_code: int, param: str | None = None, code: str | None = None, type: str | None = None
+) -> dict:
     return {
         "error": {
             "message": message,

@@ -67,7 +67,9 @@ def _chat_text_chars(req) -> int:
 
 
 def _chat_images(req) -> int:
-    return sum(1 for m in req.messages if isinstance(m.content, list) for p in m.content if p.type in ("image_url", "image"))
+    return sum(
+        1 for m in req.messages if isinstance(m.content, list) for p in m.content if p.type in ("image_url", "image")
+    )
 
 
 @dataclass(frozen=True)
@@ -81,8 +83,14 @@ class RequestGuard:
 
     @classmethod
     def build(cls, settings, tokenizer, max_model_len: int, image_tokens: int, vocab_size: int) -> RequestGuard:
-        return cls(settings, max_model_len, image_tokens, longest_token_chars(tokenizer), vocab_size,
-                   template_variables(getattr(tokenizer, "chat_template", None)))  # fmt: skip
+        return cls(
+            settings,
+            max_model_len,
+            image_tokens,
+            longest_token_chars(tokenizer),
+            vocab_size,
+            template_variables(getattr(tokenizer, "chat_template", None)),
+        )
 
     # -- the size bound -----------------------------------------------------------------------------
 
@@ -107,37 +115,58 @@ class RequestGuard:
         if sequences > s.max_sequences_per_request:
             raise bad_request(
                 f"This request asks for {sequences} sequences (prompts x n); the limit is {s.max_sequences_per_request} "
-                "(--max-sequences-per-request).", param="n", code="too_many_sequences")  # fmt: skip
+                "(--max-sequences-per-request).",
+                param="n",
+                code="too_many_sequences",
+            )
         stops = req.stop_list
         if len(stops) > s.max_stop_strings:
-            raise bad_request(f"At most {s.max_stop_strings} stop strings are allowed (--max-stop-strings); got {len(stops)}.", param="stop")
+            raise bad_request(
+                f"At most {s.max_stop_strings} stop strings are allowed (--max-stop-strings); got {len(stops)}.",
+                param="stop",
+            )
         long = max((len(x) for x in stops), default=0)
         if long > s.max_stop_string_chars:
             raise bad_request(
-                f"A stop string may have at most {s.max_stop_string_chars} characters (--max-stop-string-length); got {long}.", param="stop"
+                f"A stop string may have at most {s.max_stop_string_chars} characters (--max-stop-string-length); got {long}.",
+                param="stop",
             )
         if req.seed is not None and not (INT64_MIN <= req.seed and req.seed + req.n - 1 <= INT64_MAX):
-            raise bad_request(f"`seed` must be a 64-bit signed integer (with seed + n - 1 at most {INT64_MAX}).", param="seed")
+            raise bad_request(
+                f"`seed` must be a 64-bit signed integer (with seed + n - 1 at most {INT64_MAX}).", param="seed"
+            )
         if req.top_k is not None and req.top_k > INT32_MAX:
             raise bad_request(f"`top_k` must be at most {INT32_MAX}.", param="top_k")
         if req.min_tokens > self.max_model_len:
-            raise bad_request(f"`min_tokens` must be at most the context length ({self.max_model_len}).", param="min_tokens")
+            raise bad_request(
+                f"`min_tokens` must be at most the context length ({self.max_model_len}).", param="min_tokens"
+            )
         bad_ids = [t for t in req.stop_token_ids or () if not 0 <= t < self.vocab_size]
         if bad_ids:
-            raise bad_request(f"stop_token_ids must be in [0, {self.vocab_size}); got {bad_ids[0]}.", param="stop_token_ids")
+            raise bad_request(
+                f"stop_token_ids must be in [0, {self.vocab_size}); got {bad_ids[0]}.", param="stop_token_ids"
+            )
 
     def check_logprobs(self, count: int | None, param: str) -> None:
         if count is not None and count > self.settings.max_logprobs:
-            raise bad_request(f"At most {self.settings.max_logprobs} logprobs may be asked for (--max-logprobs); got {count}.", param=param)
+            raise bad_request(
+                f"At most {self.settings.max_logprobs} logprobs may be asked for (--max-logprobs); got {count}.",
+                param=param,
+            )
 
     def check_tools(self, req) -> None:
         s = self.settings
         tools = req.tools or ()
         if len(tools) > s.max_tools:
-            raise bad_request(f"At most {s.max_tools} tools are allowed (--max-tools); got {len(tools)}.", param="tools")
+            raise bad_request(
+                f"At most {s.max_tools} tools are allowed (--max-tools); got {len(tools)}.", param="tools"
+            )
         size = sum(len(json.dumps(t.model_dump(exclude_none=True), ensure_ascii=False)) for t in tools)
         if size > s.max_tools_bytes:
-            raise bad_request(f"The tools' JSON may be at most {s.max_tools_bytes} bytes (--max-tools-bytes); got {size}.", param="tools")
+            raise bad_request(
+                f"The tools' JSON may be at most {s.max_tools_bytes} bytes (--max-tools-bytes); got {size}.",
+                param="tools",
+            )
 
     def check_template_kwargs(self, req) -> None:
         kwargs = req.chat_template_kwargs or {}

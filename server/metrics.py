@@ -13,8 +13,49 @@ from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from server.prefix_cache_metrics import PrefixCacheCollector
 
-_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.02, 0.04, 0.06, 0.08, 0.1, 0.25, 0.5, 0.75, 1.0, 2.5, 5.0, 7.5, 10.0, 20.0, 40.0, 80.0)
-_ITL_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.4, 0.5, 0.75, 1.0, 2.5)
+_LATENCY_BUCKETS = (
+    0.001,
+    0.005,
+    0.01,
+    0.02,
+    0.04,
+    0.06,
+    0.08,
+    0.1,
+    0.25,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+    5.0,
+    7.5,
+    10.0,
+    20.0,
+    40.0,
+    80.0,
+)
+_ITL_BUCKETS = (
+    0.001,
+    0.0025,
+    0.005,
+    0.01,
+    0.015,
+    0.02,
+    0.025,
+    0.03,
+    0.04,
+    0.05,
+    0.075,
+    0.1,
+    0.15,
+    0.2,
+    0.3,
+    0.4,
+    0.5,
+    0.75,
+    1.0,
+    2.5,
+)
 
 CONTENT_TYPE = CONTENT_TYPE_LATEST
 
@@ -25,23 +66,51 @@ class ServerMetrics:
         self._backend = backend
         labels = {"model_name": model_name}
         self.requests = Counter(
-            "gemma_requests", "Finished HTTP requests by endpoint and status code", ["model_name", "endpoint", "status"], registry=self.registry
+            "gemma_requests",
+            "Finished HTTP requests by endpoint and status code",
+            ["model_name", "endpoint", "status"],
+            registry=self.registry,
         )
         self.ttft = Histogram(
-            "gemma_time_to_first_token_seconds", "Time to first token", ["model_name"], buckets=_LATENCY_BUCKETS, registry=self.registry
+            "gemma_time_to_first_token_seconds",
+            "Time to first token",
+            ["model_name"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         ).labels(**labels)
         self.itl = Histogram(
-            "gemma_inter_token_latency_seconds", "Time between successive outputs of a request", ["model_name"], buckets=_ITL_BUCKETS, registry=self.registry
+            "gemma_inter_token_latency_seconds",
+            "Time between successive outputs of a request",
+            ["model_name"],
+            buckets=_ITL_BUCKETS,
+            registry=self.registry,
         ).labels(**labels)
         self.e2e = Histogram(
-            "gemma_e2e_request_latency_seconds", "End-to-end request latency", ["model_name"], buckets=_LATENCY_BUCKETS, registry=self.registry
+            "gemma_e2e_request_latency_seconds",
+            "End-to-end request latency",
+            ["model_name"],
+            buckets=_LATENCY_BUCKETS,
+            registry=self.registry,
         ).labels(**labels)
-        self.prompt_tokens = Counter("gemma_prompt_tokens", "Prompt tokens processed", ["model_name"], registry=self.registry).labels(**labels)
-        self.generation_tokens = Counter("gemma_generation_tokens", "Tokens generated", ["model_name"], registry=self.registry).labels(**labels)
-        running = Gauge("gemma_num_requests_running", "Requests the engine is running", ["model_name"], registry=self.registry)
-        waiting = Gauge("gemma_num_requests_waiting", "Requests waiting for the engine", ["model_name"], registry=self.registry)
+        self.prompt_tokens = Counter(
+            "gemma_prompt_tokens", "Prompt tokens processed", ["model_name"], registry=self.registry
+        ).labels(**labels)
+        self.generation_tokens = Counter(
+            "gemma_generation_tokens", "Tokens generated", ["model_name"], registry=self.registry
+        ).labels(**labels)
+        running = Gauge(
+            "gemma_num_requests_running", "Requests the engine is running", ["model_name"], registry=self.registry
+        )
+        waiting = Gauge(
+            "gemma_num_requests_waiting", "Requests waiting for the engine", ["model_name"], registry=self.registry
+        )
         # cached pages no request holds count as free: they are evicted on demand
-        kv = Gauge("gemma_kv_cache_usage_perc", "Fraction of KV cache blocks in use (0 to 1)", ["model_name"], registry=self.registry)
+        kv = Gauge(
+            "gemma_kv_cache_usage_perc",
+            "Fraction of KV cache blocks in use (0 to 1)",
+            ["model_name"],
+            registry=self.registry,
+        )
         running.labels(**labels).set_function(lambda: self._stat("num_running"))
         waiting.labels(**labels).set_function(lambda: self._stat("num_waiting"))
         kv.labels(**labels).set_function(lambda: self._stat("kv_usage"))

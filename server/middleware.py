@@ -16,7 +16,13 @@ COUNTED_PATHS = ("/v1/chat/completions", "/v1/completions", "/v1/responses", "/v
 
 async def _send_error(send, err: APIError) -> None:
     body = json.dumps(err.to_dict()).encode()
-    await send({"type": "http.response.start", "status": err.status_code, "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]})
+    await send(
+        {
+            "type": "http.response.start",
+            "status": err.status_code,
+            "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+        }
+    )
     await send({"type": "http.response.body", "body": body})
 
 

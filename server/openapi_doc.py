@@ -27,7 +27,11 @@ ERROR_SCHEMA = {
 }
 _ERROR_REF = {"$ref": "#/components/schemas/OpenAIError"}
 _PROMETHEUS_PATHS = ("/metrics", "/v1/metrics")
-_GENERATION_ERRORS = {"413": "Request body too large", "503": "Overloaded or draining (see Retry-After)", "504": "Request timeout"}
+_GENERATION_ERRORS = {
+    "413": "Request body too large",
+    "503": "Overloaded or draining (see Retry-After)",
+    "504": "Request timeout",
+}
 
 
 def _error(description: str) -> dict:
@@ -43,7 +47,10 @@ def install_openapi(app: FastAPI) -> None:
                 for method, op in item.items():
                     responses = op.setdefault("responses", {})
                     if path in _PROMETHEUS_PATHS:
-                        responses["200"] = {"description": "Prometheus metrics", "content": {"text/plain": {"schema": {"type": "string"}}}}
+                        responses["200"] = {
+                            "description": "Prometheus metrics",
+                            "content": {"text/plain": {"schema": {"type": "string"}}},
+                        }
                     if responses.pop("422", None) is not None or method == "post":
                         responses["400"] = _error("Invalid request")
                     responses.setdefault("404", _error("Unknown model"))

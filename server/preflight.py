@@ -25,7 +25,9 @@ def check_engine_dir(engine: str | Path) -> Path:
     if not path.exists():
         raise UserError(f"{engine} does not exist: {BUILD_HINT}, then pass its folder (ENGINE=engines/<name>)")
     if not path.is_dir():
-        raise UserError(f"{engine} is a file, not an engine folder: pass the folder `make engine` wrote (engines/<name>)")
+        raise UserError(
+            f"{engine} is a file, not an engine folder: pass the folder `make engine` wrote (engines/<name>)"
+        )
     meta_path = path / ENGINE_JSON
     if not meta_path.is_file():
         half = any(path.glob("*.safetensors"))
@@ -37,8 +39,10 @@ def check_engine_dir(engine: str | Path) -> Path:
         raise UserError(f"{meta_path} is not valid JSON ({e}): rebuild the engine with `make engine`") from None
     rebuild = _rebuild_hint(meta)
     if meta.get("format_version") != FORMAT_VERSION:
-        raise UserError(f"{engine} was built by another builder (engine format {meta.get('format_version')!r}, builder "
-                        f"{meta.get('builder_version', 'unknown')}; this runtime reads format {FORMAT_VERSION}): {rebuild}")
+        raise UserError(
+            f"{engine} was built by another builder (engine format {meta.get('format_version')!r}, builder "
+            f"{meta.get('builder_version', 'unknown')}; this runtime reads format {FORMAT_VERSION}): {rebuild}"
+        )
     for name in TOKENIZER_FILES:
         if not (path / name).is_file():
             raise UserError(f"{engine} is incomplete: {name} is missing: {rebuild}")
@@ -61,7 +65,9 @@ def _weight_files(path: Path, rebuild: str) -> list[Path]:
             raise UserError(f"{index} is damaged: {rebuild}") from None
         missing = [n for n in names if not (path / n).is_file()]
         if missing:
-            raise UserError(f"{path} is incomplete: {missing[0]} is missing ({len(missing)} of {len(names)} weight files): {rebuild}")
+            raise UserError(
+                f"{path} is incomplete: {missing[0]} is missing ({len(missing)} of {len(names)} weight files): {rebuild}"
+            )
         return [path / n for n in names]
     if (path / "model.safetensors").is_file():
         return [path / "model.safetensors"]
@@ -93,13 +99,19 @@ def check_port_free(host: str, port: int, how_to_change: str) -> None:
         try:
             s.bind((host, port))
         except PermissionError:
-            raise UserError(f"port {port} needs privileges on {host}: pick a port above 1023 ({how_to_change})") from None
+            raise UserError(
+                f"port {port} needs privileges on {host}: pick a port above 1023 ({how_to_change})"
+            ) from None
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise UserError(f"port {port} on {host} is already in use (another server, or a previous run still up): "
-                                f"stop it or pick another port ({how_to_change})") from None
+                raise UserError(
+                    f"port {port} on {host} is already in use (another server, or a previous run still up): "
+                    f"stop it or pick another port ({how_to_change})"
+                ) from None
             if e.errno in (errno.EADDRNOTAVAIL, socket.EAI_NONAME) or isinstance(e, socket.gaierror):
-                raise UserError(f"cannot listen on {host}: not an address of this machine (HOST=0.0.0.0 or 127.0.0.1)") from None
+                raise UserError(
+                    f"cannot listen on {host}: not an address of this machine (HOST=0.0.0.0 or 127.0.0.1)"
+                ) from None
             raise
 
 
@@ -112,7 +124,9 @@ def check_device(device: str) -> None:
         import torch
 
         if not torch.cuda.is_available():
-            raise UserError("--device cuda: no CUDA GPU is visible here: run on a GPU machine, or pass --device cpu (slow; tests, demos)")
+            raise UserError(
+                "--device cuda: no CUDA GPU is visible here: run on a GPU machine, or pass --device cpu (slow; tests, demos)"
+            )
 
 
 def check_triton_reachable(uri: str, wait_s: float = 3.0) -> None:
@@ -123,7 +137,9 @@ def check_triton_reachable(uri: str, wait_s: float = 3.0) -> None:
     try:
         grpc_url, _, _ = parse_uri(uri)
     except ValueError:
-        raise UserError(f"--backend {uri!r} is not a Triton address: use triton://HOST:PORT (its gRPC port, 8011 by default)") from None
+        raise UserError(
+            f"--backend {uri!r} is not a Triton address: use triton://HOST:PORT (its gRPC port, 8011 by default)"
+        ) from None
     host, port = grpc_url.rsplit(":", 1)
     deadline = time.monotonic() + wait_s
     while True:
@@ -132,6 +148,8 @@ def check_triton_reachable(uri: str, wait_s: float = 3.0) -> None:
                 return
         except OSError:
             if time.monotonic() > deadline:
-                raise UserError(f"no Triton server answers at {grpc_url}: start one with `make triton ENGINE=engines/<name>` "
-                                f"(it prints the address to use), or fix BACKEND") from None
+                raise UserError(
+                    f"no Triton server answers at {grpc_url}: start one with `make triton ENGINE=engines/<name>` "
+                    f"(it prints the address to use), or fix BACKEND"
+                ) from None
             time.sleep(0.2)

@@ -124,9 +124,20 @@ class _SamplingFields(_Model):
 
     # Numeric fields where a JSON boolean is a client mistake (pydantic would coerce true to 1).
     _numeric_fields: ClassVar[tuple[str, ...]] = (
-        "n", "temperature", "top_p", "top_k", "min_p", "seed", "presence_penalty", "frequency_penalty", "min_tokens",
-        "max_tokens", "max_completion_tokens", "top_logprobs", "best_of",
-    )  # fmt: skip
+        "n",
+        "temperature",
+        "top_p",
+        "top_k",
+        "min_p",
+        "seed",
+        "presence_penalty",
+        "frequency_penalty",
+        "min_tokens",
+        "max_tokens",
+        "max_completion_tokens",
+        "top_logprobs",
+        "best_of",
+    )
 
     @model_validator(mode="before")
     @classmethod
@@ -139,8 +150,11 @@ class _SamplingFields(_Model):
     def _check_common(self):
         if self.stream_options is not None and not self.stream:
             raise ValueError("stream_options is only allowed when stream is true")
-        if self.response_format is not None and self.response_format.type == "json_schema" and (
-                self.response_format.json_schema is None or self.response_format.json_schema.schema_ is None):
+        if (
+            self.response_format is not None
+            and self.response_format.type == "json_schema"
+            and (self.response_format.json_schema is None or self.response_format.json_schema.schema_ is None)
+        ):
             raise ValueError("response_format json_schema needs `json_schema.schema`")
         return self
 
@@ -183,7 +197,9 @@ class ChatCompletionRequest(_SamplingFields):
         if isinstance(self.tool_choice, NamedToolChoice):
             names = {t.function.name for t in self.tools or ()}
             if self.tool_choice.function.name not in names:
-                raise ValueError(f"tool_choice names function {self.tool_choice.function.name!r}, which is not in `tools`")
+                raise ValueError(
+                    f"tool_choice names function {self.tool_choice.function.name!r}, which is not in `tools`"
+                )
         return self
 
     @property

@@ -34,8 +34,16 @@ def resolve_max_tokens(requested: int | None, prompt_len: int, limits: Limits, p
     return requested
 
 
-def sampling_params(req, defaults: dict, *, max_tokens: int, seed_offset: int, logprobs: int | None, skip_special_tokens: bool,
-                    structured=None) -> SamplingParams:
+def sampling_params(
+    req,
+    defaults: dict,
+    *,
+    max_tokens: int,
+    seed_offset: int,
+    logprobs: int | None,
+    skip_special_tokens: bool,
+    structured=None,
+) -> SamplingParams:
     """Request fields, falling back to the engine's generation_config defaults (as vLLM does).
     `structured`: the grammar the reply must follow (server/structured.py)."""
 

@@ -12,7 +12,9 @@ class SSEResponse(StreamingResponse):
     the generator's cleanup at once, which aborts the runtime request and frees its KV blocks."""
 
     def __init__(self, content) -> None:
-        super().__init__(content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+        super().__init__(
+            content, media_type="text/event-stream", headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+        )
 
     async def __call__(self, scope, receive, send) -> None:
         try:

@@ -25,8 +25,10 @@ def response_format_output(response_format, thought: str = "none") -> Structured
         if spec is None or spec.schema_ is None:
             raise bad_request("response_format json_schema needs `json_schema.schema`", param="response_format")
         return StructuredOutput("json_schema", json.dumps(spec.schema_), thought)
-    raise bad_request(f"response_format type {response_format.type!r} is not supported "
-                      "(one of 'text', 'json_object', 'json_schema')", param="response_format")
+    raise bad_request(
+        f"response_format type {response_format.type!r} is not supported (one of 'text', 'json_object', 'json_schema')",
+        param="response_format",
+    )
 
 
 def tool_choice_output(req, mode: str) -> StructuredOutput | None:
@@ -38,10 +40,16 @@ def tool_choice_output(req, mode: str) -> StructuredOutput | None:
         return None
     if mode not in ("required", "named", "auto"):
         return None
-    tools = [{"name": t.function.name, "parameters": t.function.parameters, "strict": bool(t.function.strict)}
-             for t in req.tools]
-    source = {"tools": tools, "choice": mode, "parallel": req.parallel_tool_calls,
-              "name": req.tool_choice.function.name if mode == "named" else None}
+    tools = [
+        {"name": t.function.name, "parameters": t.function.parameters, "strict": bool(t.function.strict)}
+        for t in req.tools
+    ]
+    source = {
+        "tools": tools,
+        "choice": mode,
+        "parallel": req.parallel_tool_calls,
+        "name": req.tool_choice.function.name if mode == "named" else None,
+    }
     return StructuredOutput("tool_calls", json.dumps(source))
 
 
@@ -62,6 +70,8 @@ def logit_bias_pairs(logit_bias: dict[str, float] | None) -> tuple[tuple[int, fl
         except ValueError:
             raise bad_request(f"logit_bias keys must be token ids; got {key!r}", param="logit_bias") from None
         if not -100 <= value <= 100:
-            raise bad_request(f"logit_bias values must be between -100 and 100; got {value} for token {token}", param="logit_bias")
+            raise bad_request(
+                f"logit_bias values must be between -100 and 100; got {value} for token {token}", param="logit_bias"
+            )
         pairs.append((token, float(value)))
     return tuple(sorted(pairs))

@@ -13,12 +13,34 @@ import logging
 log = logging.getLogger(__name__)
 
 # Set by the server or by transformers around the template; a request never sets them.
-RESERVED = frozenset({
-    "chat_template", "tokenize", "return_dict", "return_tensors", "return_assistant_tokens_mask", "padding",
-    "truncation", "max_length", "tokenizer_kwargs", "conversation", "messages", "tools", "documents",
-    "add_generation_prompt", "continue_final_message", "raise_exception", "strftime_now",
-    "bos_token", "eos_token", "pad_token", "unk_token", "sep_token", "cls_token", "mask_token",
-})  # fmt: skip
+RESERVED = frozenset(
+    {
+        "chat_template",
+        "tokenize",
+        "return_dict",
+        "return_tensors",
+        "return_assistant_tokens_mask",
+        "padding",
+        "truncation",
+        "max_length",
+        "tokenizer_kwargs",
+        "conversation",
+        "messages",
+        "tools",
+        "documents",
+        "add_generation_prompt",
+        "continue_final_message",
+        "raise_exception",
+        "strftime_now",
+        "bos_token",
+        "eos_token",
+        "pad_token",
+        "unk_token",
+        "sep_token",
+        "cls_token",
+        "mask_token",
+    }
+)
 
 
 def template_variables(source: str | None) -> frozenset[str]:

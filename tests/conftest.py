@@ -55,8 +55,15 @@ def taught_engine_dir(taught_checkpoint_dir, tmp_path_factory) -> Path:
     from engine_builder.convert import convert_folder
     from engine_builder.sources import TINY_MODEL_NAME
 
-    return convert_folder(taught_checkpoint_dir, tmp_path_factory.mktemp("taught-engine"), engine_name="gemma-4-tiny-it-float32",
-                          dtype="float32", model_name=TINY_MODEL_NAME, checkpoint_id="tiny", progress=False)
+    return convert_folder(
+        taught_checkpoint_dir,
+        tmp_path_factory.mktemp("taught-engine"),
+        engine_name="gemma-4-tiny-it-float32",
+        dtype="float32",
+        model_name=TINY_MODEL_NAME,
+        checkpoint_id="tiny",
+        progress=False,
+    )
 
 
 @pytest.fixture(scope="session")

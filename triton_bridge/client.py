@@ -70,8 +70,15 @@ def parse_uri(uri: str) -> tuple[str, str, str]:
 
 
 class TritonBackend:
-    def __init__(self, url: str, engine_dir: str | Path, *, model_name: str = protocol.MODEL_NAME,
-                 metrics_url: str | None = None, poll_interval: float = 0.5):
+    def __init__(
+        self,
+        url: str,
+        engine_dir: str | Path,
+        *,
+        model_name: str = protocol.MODEL_NAME,
+        metrics_url: str | None = None,
+        poll_interval: float = 0.5,
+    ):
         self.url = url
         self.model_name = model_name
         self.metrics_url = metrics_url or f"http://{url.rsplit(':', 1)[0]}:{int(url.rsplit(':', 1)[1]) + 1}/metrics"
@@ -220,7 +227,7 @@ def _aborted(request_id: str) -> RequestOutput:
 
 def _request_error(message: str) -> Exception:
     if message.startswith(protocol.INVALID_REQUEST_PREFIX):
-        return RequestError(message[len(protocol.INVALID_REQUEST_PREFIX):])
+        return RequestError(message[len(protocol.INVALID_REQUEST_PREFIX) :])
     if message.startswith(protocol.OVERLOADED_PREFIX):
         return TritonUnavailable(message)  # a ConnectionError: 503 with Retry-After
     return RuntimeError(message)
@@ -246,7 +253,8 @@ def discover_engine_dir(url: str, model: str = protocol.MODEL_NAME, timeout: flo
     if not path or not (Path(path) / ENGINE_JSON).is_file():
         raise SystemExit(
             f"Triton's {model} does not name an engine directory on this machine ({path or 'none set'}): "
-            f"pass --engine with a local copy of the engine (the translator needs its tokenizer and chat template)")
+            f"pass --engine with a local copy of the engine (the translator needs its tokenizer and chat template)"
+        )
     return Path(path)
 
 

@@ -50,8 +50,11 @@ class TritonPorts:
         """TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT; 8010-8012 keep 8000 for the translator."""
         env = os.environ if env is None else env
         d = cls()
-        return cls(int(env.get("TRITON_HTTP_PORT", d.http)), int(env.get("TRITON_GRPC_PORT", d.grpc)),
-                   int(env.get("TRITON_METRICS_PORT", d.metrics)))
+        return cls(
+            int(env.get("TRITON_HTTP_PORT", d.http)),
+            int(env.get("TRITON_GRPC_PORT", d.grpc)),
+            int(env.get("TRITON_METRICS_PORT", d.metrics)),
+        )
 
 
 @dataclass(frozen=True)
@@ -114,6 +117,7 @@ class TritonProcess:
 
 # --- finding and preparing the binary ------------------------------------------------------------
 
+
 def find_tritonserver(backend_dir: Path = DEFAULT_BACKEND_DIR, executable: str | None = None) -> TritonBinary:
     """`executable` if given, else `tritonserver` on PATH (it brings its own backends), else the wheel's."""
     found = executable or shutil.which("tritonserver")
@@ -126,8 +130,10 @@ def prepare_wheel_tritonserver(backend_dir: Path = DEFAULT_BACKEND_DIR) -> Trito
     try:
         import pytriton
     except ImportError as e:
-        raise SystemExit("no tritonserver on PATH and nvidia-pytriton is not installed: "
-                         "pip install -e '.[triton]' (or run inside NVIDIA's Triton container)") from e
+        raise SystemExit(
+            "no tritonserver on PATH and nvidia-pytriton is not installed: "
+            "pip install -e '.[triton]' (or run inside NVIDIA's Triton container)"
+        ) from e
     dist = Path(pytriton.__file__).parent / "tritonserver"
     version = f"{sys.version_info.major}.{sys.version_info.minor}"
     stub = dist / "python_backend_stubs" / version / "triton_python_backend_stub"
@@ -135,8 +141,11 @@ def prepare_wheel_tritonserver(backend_dir: Path = DEFAULT_BACKEND_DIR) -> Trito
         raise SystemExit(f"nvidia-pytriton has no Python backend stub for Python {version} ({stub})")
     python_dir = backend_dir / "python"
     python_dir.mkdir(parents=True, exist_ok=True)
-    for src in (dist / "backends" / "python" / "libtriton_python.so",
-                dist / "backends" / "python" / "triton_python_backend_utils.py", stub):
+    for src in (
+        dist / "backends" / "python" / "libtriton_python.so",
+        dist / "backends" / "python" / "triton_python_backend_utils.py",
+        stub,
+    ):
         _copy_if_changed(src, python_dir / src.name)
     libs = [str(Path(pytriton.__file__).parent.parent / "nvidia_pytriton.libs")]
     libdir = sysconfig.get_config_var("LIBDIR")
@@ -163,6 +172,7 @@ def _path_with_venv() -> str:
 
 # --- the engine path -------------------------------------------------------------------------------
 
+
 def resolve_engine(engine: str | Path) -> Path:
     path = Path(engine).expanduser().resolve()
     if not (path / ENGINE_JSON).is_file():
@@ -176,7 +186,9 @@ def write_engine_path(engine_dir: Path, model_repo: Path = DEFAULT_MODEL_REPO) -
     return target
 
 
-def model_config_json(engine_dir: Path, model_repo: Path, runtime_config: dict | None, model_params: dict | None = None) -> str:
+def model_config_json(
+    engine_dir: Path, model_repo: Path, runtime_config: dict | None, model_params: dict | None = None
+) -> str:
     """config.pbtxt with the engine_dir (and runtime_config, and any other `model_params`, e.g.
     max_queued_requests) parameters filled in, as the JSON that Triton's load API takes."""
     from google.protobuf import json_format, text_format
@@ -193,6 +205,7 @@ def model_config_json(engine_dir: Path, model_repo: Path, runtime_config: dict |
 
 
 # --- starting ---------------------------------------------------------------------------------------
+
 
 def start_triton(
     engine: str | Path,
@@ -221,7 +234,9 @@ def start_triton(
     args = [
         str(binary.executable),
         f"--model-repository={model_repo}",
-        f"--http-port={ports.http}", f"--grpc-port={ports.grpc}", f"--metrics-port={ports.metrics}",
+        f"--http-port={ports.http}",
+        f"--grpc-port={ports.grpc}",
+        f"--metrics-port={ports.metrics}",
         # Explicit control: we load gemma4 ourselves, with the engine path set in its config.
         "--model-control-mode=explicit",
         # The Python model shuts its engine down in finalize(); don't let a stuck one hold exit 30 s.
@@ -237,8 +252,9 @@ def start_triton(
     log_path = Path(log_path) if log_path else Path(tempfile.gettempdir()) / f"tritonserver-{ports.grpc}.log"
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "wb") as log:
-        process = subprocess.Popen(args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(model_repo),
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(model_repo), start_new_session=True
+        )
     triton = TritonProcess(process, ports, host, log_path, engine_dir)
     try:
         _wait_server_live(triton, timeout)
@@ -275,12 +291,15 @@ def _load_model(triton: TritonProcess, config_json: str, timeout: float) -> None
         if not client.is_model_ready(MODEL_NAME):
             raise RuntimeError(f"{MODEL_NAME} loaded but is not ready:\n{triton.log_tail()}")
     except InferenceServerException as e:
-        raise RuntimeError(f"loading {MODEL_NAME} failed: {e.message()}\n--- tritonserver log ---\n{triton.log_tail()}") from e
+        raise RuntimeError(
+            f"loading {MODEL_NAME} failed: {e.message()}\n--- tritonserver log ---\n{triton.log_tail()}"
+        ) from e
     finally:
         client.close()
 
 
 # --- command line ------------------------------------------------------------------------------------
+
 
 def launch_preflight(args) -> tuple[TritonPorts, dict | None]:
     """The user's mistakes as one line each (server/preflight.py), before tritonserver starts."""
@@ -291,13 +310,21 @@ def launch_preflight(args) -> tuple[TritonPorts, dict | None]:
     try:
         ports = TritonPorts.from_env()
     except ValueError as e:
-        raise UserError(f"TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT must be port numbers ({e})") from None
-    for name, port in (("TRITON_HTTP_PORT", ports.http), ("TRITON_GRPC_PORT", ports.grpc), ("TRITON_METRICS_PORT", ports.metrics)):
+        raise UserError(
+            f"TRITON_HTTP_PORT / TRITON_GRPC_PORT / TRITON_METRICS_PORT must be port numbers ({e})"
+        ) from None
+    for name, port in (
+        ("TRITON_HTTP_PORT", ports.http),
+        ("TRITON_GRPC_PORT", ports.grpc),
+        ("TRITON_METRICS_PORT", ports.metrics),
+    ):
         check_port_free("0.0.0.0", port, f"{name}=... picks another")
     try:
         runtime_config = json.loads(args.runtime_config) if args.runtime_config else None
     except ValueError as e:
-        raise UserError(f"--runtime-config is not JSON ({e}): e.g. --runtime-config '{{\"max_num_seqs\": 32}}'") from None
+        raise UserError(
+            f"--runtime-config is not JSON ({e}): e.g. --runtime-config '{{\"max_num_seqs\": 32}}'"
+        ) from None
     if runtime_config is not None and not isinstance(runtime_config, dict):
         raise UserError("--runtime-config must be a JSON object, e.g. '{\"max_num_seqs\": 32}'")
     return ports, runtime_config
@@ -310,16 +337,27 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engine", required=True, help="engine directory built by `make engine`")
     p.add_argument("--model-repo", default=str(DEFAULT_MODEL_REPO))
     p.add_argument("--runtime-config", default=None, help='JSON RuntimeConfig overrides, e.g. {"max_num_seqs": 32}')
-    p.add_argument("--tritonserver", default=None, help="tritonserver executable (default: PATH, then the pytriton wheel)")
+    p.add_argument(
+        "--tritonserver", default=None, help="tritonserver executable (default: PATH, then the pytriton wheel)"
+    )
     p.add_argument("--log-file", default=None, help="server log (default: a file in the temp folder)")
     args, extra = p.parse_known_args(argv)
     ports, runtime_config = launch_preflight(args)
     print(f">> starting tritonserver: HTTP {ports.http}, gRPC {ports.grpc}, metrics {ports.metrics}", flush=True)
-    triton = start_triton(args.engine, ports, model_repo=Path(args.model_repo),
-                          runtime_config=runtime_config, log_path=args.log_file, tritonserver=args.tritonserver,
-                          extra_args=tuple(extra))
-    print(f">> {MODEL_NAME} ready ({triton.engine_dir}); log: {triton.log_path}\n"
-          f">> translator: make serve BACKEND=triton://localhost:{ports.grpc}", flush=True)
+    triton = start_triton(
+        args.engine,
+        ports,
+        model_repo=Path(args.model_repo),
+        runtime_config=runtime_config,
+        log_path=args.log_file,
+        tritonserver=args.tritonserver,
+        extra_args=tuple(extra),
+    )
+    print(
+        f">> {MODEL_NAME} ready ({triton.engine_dir}); log: {triton.log_path}\n"
+        f">> translator: make serve BACKEND=triton://localhost:{ports.grpc}",
+        flush=True,
+    )
 
     # The handlers only record the signal: stopping (which waits on the child) happens out here, because
     # a Popen.wait() interrupted by a signal still holds the lock a second wait() needs.

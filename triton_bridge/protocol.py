@@ -80,7 +80,9 @@ SAMPLING_INPUTS = (
 
 # constrained decoding and logit bias (triton_bridge/structured.py)
 STRUCTURED_INPUTS = (
-    TensorSpec("structured_output", "BYTES", (1,), 'JSON {"kind": json_schema|json_object|tool_calls, "source", "thought"}'),
+    TensorSpec(
+        "structured_output", "BYTES", (1,), 'JSON {"kind": json_schema|json_object|tool_calls, "source", "thought"}'
+    ),
     TensorSpec("logit_bias_ids", "INT32", (-1,), "token ids whose logits get a bias"),
     TensorSpec("logit_bias_values", "FP32", (-1,), "the bias of each id in logit_bias_ids, -100..100"),
 )
@@ -124,6 +126,7 @@ def _first(array: np.ndarray):
 
 # --- client side: GenerateRequest -> tensors ---------------------------------------------------------
 
+
 def encode_request(request: GenerateRequest) -> dict[str, np.ndarray]:
     """The input tensors of one request. Sampling fields equal to SamplingParams' defaults are left out."""
     tensors: dict[str, np.ndarray] = {}
@@ -161,6 +164,7 @@ def _image_bytes(image) -> bytes:
 
 
 # --- model side: tensors -> GenerateRequest ----------------------------------------------------------
+
 
 def decode_request(request_id: str, get: Callable[[str], np.ndarray | None]) -> GenerateRequest:
     """Builds the runtime request from input tensors; `get(name)` returns the array or None when absent.
@@ -206,6 +210,7 @@ def decode_request(request_id: str, get: Callable[[str], np.ndarray | None]) -> 
 
 # --- model side: RequestOutput -> tensors -------------------------------------------------------------
 
+
 def encode_output(out: RequestOutput) -> dict[str, np.ndarray]:
     tensors = {
         "output_ids": np.asarray(out.token_ids, dtype=np.int32),  # [num_new_tokens]
@@ -229,6 +234,7 @@ def encode_output(out: RequestOutput) -> dict[str, np.ndarray]:
 
 # --- client side: tensors -> RequestOutput -------------------------------------------------------------
 
+
 def decode_output(request_id: str, get: Callable[[str], np.ndarray | None], final: bool) -> RequestOutput:
     ids = get("output_ids")
     token_ids = tuple(int(t) for t in _flat(ids)) if ids is not None else ()
@@ -245,7 +251,9 @@ def decode_output(request_id: str, get: Callable[[str], np.ndarray | None], fina
     prompt_tokens, completion_tokens = get("prompt_tokens"), get("completion_tokens")
     if prompt_tokens is not None and completion_tokens is not None:
         cached = get("cached_tokens")
-        usage = Usage(int(_first(prompt_tokens)), int(_first(completion_tokens)), int(_first(cached)) if cached is not None else 0)
+        usage = Usage(
+            int(_first(prompt_tokens)), int(_first(completion_tokens)), int(_first(cached)) if cached is not None else 0
+        )
     logprobs = None
     lps = get("output_log_probs")
     if lps is not None:

@@ -39,7 +39,9 @@ def load_config(folder: Path) -> dict:
     config = _read_json(path, "config")
     archs = config.get("architectures") or []
     if config.get("model_type") != MODEL_TYPE:
-        raise BuildError(f"{folder}: model_type is {config.get('model_type')!r}, expected {MODEL_TYPE!r} (a Gemma 4 checkpoint)")
+        raise BuildError(
+            f"{folder}: model_type is {config.get('model_type')!r}, expected {MODEL_TYPE!r} (a Gemma 4 checkpoint)"
+        )
     if ARCHITECTURE not in archs:
         raise BuildError(f"{folder}: architectures {archs} do not include {ARCHITECTURE}")
     if not isinstance(config.get("text_config"), dict):
@@ -61,7 +63,10 @@ def weight_files(folder: Path) -> list[str]:
         raise BuildError(f"{folder} has no {WEIGHTS_FILE} nor {WEIGHTS_INDEX}: no weights to convert")
     missing = [f for f in files if not (folder / f).is_file()]
     if missing:
-        raise BuildError(f"{folder}: shard {missing[0]} named in {WEIGHTS_INDEX} is missing" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise BuildError(
+            f"{folder}: shard {missing[0]} named in {WEIGHTS_INDEX} is missing"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
     return files
 
 
@@ -107,7 +112,16 @@ class Checkpoint:
 
 
 _DTYPES = {
-    "F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
-    "F8_E4M3": torch.float8_e4m3fn, "F8_E5M2": torch.float8_e5m2,
-    "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8, "BOOL": torch.bool,
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
 }

@@ -128,9 +128,12 @@ def convert_folder(
         os.chmod(tmp, 0o777 & ~_umask())  # mkdtemp makes it private; the engine is an ordinary folder
         with tqdm(total=total_bytes(entries), unit="B", unit_scale=True, desc=engine_name, disable=not progress) as bar:
             write_sharded(
-                tmp, entries, _producer(ckpt, plan), max_shard_bytes,
+                tmp,
+                entries,
+                _producer(ckpt, plan),
+                max_shard_bytes,
                 on_written=lambda e: bar.update(e.nbytes),
-            )  # fmt: skip
+            )
         write_engine_files(folder, tmp, info)
         spec.save(tmp)
         final = out_dir / engine_name
@@ -162,6 +165,13 @@ def build_engine(
     engine_name = name or f"{src.base_name}-{dtype.name}"
     with src.open() as folder:
         return convert_folder(
-            Path(folder), Path(out_dir), engine_name=engine_name, dtype=dtype, model_name=src.model_name,
-            checkpoint_id=src.checkpoint, max_model_len=max_model_len, progress=progress, max_shard_bytes=max_shard_bytes,
-        )  # fmt: skip
+            Path(folder),
+            Path(out_dir),
+            engine_name=engine_name,
+            dtype=dtype,
+            model_name=src.model_name,
+            checkpoint_id=src.checkpoint,
+            max_model_len=max_model_len,
+            progress=progress,
+            max_shard_bytes=max_shard_bytes,
+        )

@@ -37,7 +37,11 @@ def _chat_template(folder: Path) -> str:
     path = folder / CHAT_TEMPLATE
     if path.is_file():
         return path.read_text(encoding="utf-8")
-    template = json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template") if (folder / "tokenizer_config.json").is_file() else None
+    template = (
+        json.loads((folder / "tokenizer_config.json").read_text()).get("chat_template")
+        if (folder / "tokenizer_config.json").is_file()
+        else None
+    )
     if isinstance(template, list):  # older format: [{"name": "default", "template": ...}, ...]
         template = next((t["template"] for t in template if t.get("name") == "default"), None)
     if not template:
@@ -59,9 +63,13 @@ def read_tokenizer(folder: Path) -> TokenizerInfo:
     try:
         tokenizer = AutoTokenizer.from_pretrained(str(folder))
     except Exception as e:  # noqa: BLE001 - any loader failure is a bad checkpoint, reported in one line
-        raise BuildError(f"cannot load the tokenizer in {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
-    bos, eos, pad = (_token_id(tokenizer, getattr(tokenizer, f"{k}_token") or d, folder)
-                     for k, d in (("bos", "<bos>"), ("eos", "<eos>"), ("pad", "<pad>")))  # fmt: skip
+        raise BuildError(
+            f"cannot load the tokenizer in {folder}: {str(e).splitlines()[0] if str(e) else type(e).__name__}"
+        ) from None
+    bos, eos, pad = (
+        _token_id(tokenizer, getattr(tokenizer, f"{k}_token") or d, folder)
+        for k, d in (("bos", "<bos>"), ("eos", "<eos>"), ("pad", "<pad>"))
+    )
     source_gen = {}
     if (folder / GENERATION_CONFIG).is_file():
         source_gen = json.loads((folder / GENERATION_CONFIG).read_text())

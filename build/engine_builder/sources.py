@@ -66,7 +66,9 @@ def download(hub_id: str) -> Path:
     except RepositoryNotFoundError:
         raise BuildError(f"{hub_id} was not found on the Hugging Face Hub (or it is private: set HF_TOKEN)") from None
     except (LocalEntryNotFoundError, httpx.TransportError):
-        raise BuildError(f"cannot download {hub_id}: the Hugging Face Hub is unreachable (no network?) and no local copy is cached") from None
+        raise BuildError(
+            f"cannot download {hub_id}: the Hugging Face Hub is unreachable (no network?) and no local copy is cached"
+        ) from None
     except HfHubHTTPError as e:
         raise BuildError(f"cannot download {hub_id}: {str(e).splitlines()[0]}") from None
 
@@ -96,4 +98,6 @@ def resolve(model: str) -> Source:
         return Source(known.get(base, base), str(folder), base, "bfloat16", lambda: nullcontext(folder))
     if HUB_ID.match(key) and not path.exists():
         return _hub(key)
-    raise BuildError(f"--model {model!r} is neither tiny, {', '.join(ALIASES)}, an existing folder, nor a hub id (owner/name)")
+    raise BuildError(
+        f"--model {model!r} is neither tiny, {', '.join(ALIASES)}, an existing folder, nor a hub id (owner/name)"
+    )

@@ -35,7 +35,10 @@ def _defaults(cls, skip: tuple[str, ...] = ()) -> dict:
 
 def text_config(config: dict) -> dict:
     """config.json's text_config with HF's defaults filled in (the per-layer fields are left alone)."""
-    tc = {**_defaults(Gemma4TextConfig, skip=("layer_types", "per_layer_config", "rope_parameters")), **config["text_config"]}
+    tc = {
+        **_defaults(Gemma4TextConfig, skip=("layer_types", "per_layer_config", "rope_parameters")),
+        **config["text_config"],
+    }
     for key, allowed in UNSUPPORTED_TEXT.items():
         if tc.get(key) not in allowed:
             raise BuildError(f"text_config.{key}={tc.get(key)!r} is not supported (Gemma 4 26B/31B use {allowed[0]!r})")

@@ -103,16 +103,26 @@ def _plan_layer(p: _Planner, spec: TextSpec, i: int) -> None:
     nq, nkv, d = spec.num_attention_heads, layer.num_kv_heads, layer.head_dim
     has_v = f"{hf}self_attn.v_proj.weight" in p.ckpt
     if has_v == layer.k_eq_v:
-        raise BuildError(f"layer {i}: v_proj is {'present' if has_v else 'absent'} but config.json says k_eq_v={layer.k_eq_v}")
+        raise BuildError(
+            f"layer {i}: v_proj is {'present' if has_v else 'absent'} but config.json says k_eq_v={layer.k_eq_v}"
+        )
     qkv = ("q_proj", "k_proj") + (() if layer.k_eq_v else ("v_proj",))
-    p.add(out + "attn.qkv_proj.weight", "rows", tuple(f"{hf}self_attn.{n}.weight" for n in qkv),
-          expect=((nq + (1 if layer.k_eq_v else 2) * nkv) * d, H))
+    p.add(
+        out + "attn.qkv_proj.weight",
+        "rows",
+        tuple(f"{hf}self_attn.{n}.weight" for n in qkv),
+        expect=((nq + (1 if layer.k_eq_v else 2) * nkv) * d, H),
+    )
     for name, (fuse, sources) in LAYER_TENSORS.items():
         p.add(out + name, fuse, tuple(hf + s for s in sources))
     if spec.moe is not None:
         E, Ie = spec.moe.num_experts, spec.moe.intermediate_size
         for name, (fuse, sources) in MOE_TENSORS.items():
-            expect = {"moe.gate_up_proj": (E, 2 * Ie, H), "moe.down_proj": (E, H, Ie), "moe.router_proj.weight": (E, H)}.get(name)
+            expect = {
+                "moe.gate_up_proj": (E, 2 * Ie, H),
+                "moe.down_proj": (E, H, Ie),
+                "moe.router_proj.weight": (E, H),
+            }.get(name)
             p.add(out + name, fuse, tuple(hf + s for s in sources), expect=expect)
 
 
@@ -120,7 +130,7 @@ def vision_name(hf_name: str) -> str:
     if hf_name == VISION_PROJ:
         return "vision.embedding_projection.weight"
     # Gemma4ClippableLinear wraps nn.Linear as `.linear`; clipping is off on these sizes, so the runtime drops the wrapper
-    return "vision." + hf_name[len(VISION):].replace(".linear.", ".")
+    return "vision." + hf_name[len(VISION) :].replace(".linear.", ".")
 
 
 def plan_weights(ckpt: Checkpoint, spec: TextSpec, with_vision: bool) -> list[OutTensor]:
@@ -137,7 +147,9 @@ def plan_weights(ckpt: Checkpoint, spec: TextSpec, with_vision: bool) -> list[Ou
     left = sorted(n for n in ckpt.tensors if n not in p.used and not n.startswith(SKIPPED_PREFIXES))
     if left:
         more = f" (and {len(left) - 1} more)" if len(left) > 1 else ""
-        raise BuildError(f"checkpoint tensor {left[0]}{more} has no place in the engine layout: config.json and weights disagree")
+        raise BuildError(
+            f"checkpoint tensor {left[0]}{more} has no place in the engine layout: config.json and weights disagree"
+        )
     return p.out
 
 
@@ -145,9 +157,13 @@ def plan_weights(ckpt: Checkpoint, spec: TextSpec, with_vision: bool) -> list[Ou
 # step streams. Embeddings (also the tied LM head, whose logits feed sampling directly), norms, layer
 # scalars, the router (its top-k choice flips on small errors) and the vision tower keep the engine dtype.
 FP8_LINEAR_SUFFIXES = (
-    "attn.qkv_proj.weight", "attn.o_proj.weight", "mlp.gate_up_proj.weight", "mlp.down_proj.weight",
-    "moe.gate_up_proj", "moe.down_proj",
-)  # fmt: skip
+    "attn.qkv_proj.weight",
+    "attn.o_proj.weight",
+    "mlp.gate_up_proj.weight",
+    "mlp.down_proj.weight",
+    "moe.gate_up_proj",
+    "moe.down_proj",
+)
 
 
 def is_fp8_linear(name: str) -> bool:

@@ -29,8 +29,9 @@ def kv_budget(config: RuntimeConfig, device: torch.device) -> int:
     return DEFAULT_CPU_KV_BYTES
 
 
-def kv_pool_sizes(config: RuntimeConfig, spec: EngineSpec, dtype: torch.dtype, device: torch.device,
-                  max_model_len: int) -> tuple[int, int]:
+def kv_pool_sizes(
+    config: RuntimeConfig, spec: EngineSpec, dtype: torch.dtype, device: torch.device, max_model_len: int
+) -> tuple[int, int]:
     """(full, sliding) pages unless configured. Sliding layers: every sequence's window (plus the page
     being filled), plus one step's worth of new tokens (the token budget, or one whole image, which is
     never split). Full layers: every sequence at the full context, capped by the budget. Never fewer

@@ -43,9 +43,15 @@ class LLMEngine:
         self.device, self.dtype, self.max_model_len = c.device, c.dtype, c.max_model_len
         self.stop_token_ids = frozenset(self.spec.stop_token_ids)
         layer_types = {layer.type for layer in self.spec.text.layers}
-        self.blocks = BlockManager(c.block_size, c.num_full_blocks, c.num_sliding_blocks, self.spec.text.sliding_window,
-                                   has_full="full" in layer_types, has_sliding="sliding" in layer_types,
-                                   pool=CachingBlockPool if c.enable_prefix_caching else None)
+        self.blocks = BlockManager(
+            c.block_size,
+            c.num_full_blocks,
+            c.num_sliding_blocks,
+            self.spec.text.sliding_window,
+            has_full="full" in layer_types,
+            has_sliding="sliding" in layer_types,
+            pool=CachingBlockPool if c.enable_prefix_caching else None,
+        )
         self.scheduler = Scheduler(self.blocks, c.max_num_seqs, c.max_num_batched_tokens)
         self.runner = ModelRunner(self.spec, weights, c)
         self.overlap = c.overlap_scheduling
@@ -69,11 +75,17 @@ class LLMEngine:
         prepared = prepared or self.prepare(request)
         p = request.sampling
         generator = torch.Generator(device=self.device).manual_seed(p.seed) if p.seed is not None else None
-        seq = Sequence(request.request_id, prepared.token_ids, p,
-                       stop_token_ids=frozenset() if p.ignore_eos else self.stop_token_ids | set(p.stop_token_ids),
-                       images=prepared.images, image_spans=prepared.image_spans, generator=generator,
-                       image_hashes=list(prepared.image_hashes),
-                       max_total_tokens=min(len(prepared.token_ids) + p.max_tokens, self.max_model_len))
+        seq = Sequence(
+            request.request_id,
+            prepared.token_ids,
+            p,
+            stop_token_ids=frozenset() if p.ignore_eos else self.stop_token_ids | set(p.stop_token_ids),
+            images=prepared.images,
+            image_spans=prepared.image_spans,
+            generator=generator,
+            image_hashes=list(prepared.image_hashes),
+            max_total_tokens=min(len(prepared.token_ids) + p.max_tokens, self.max_model_len),
+        )
         self.structured.attach(seq, request, prepared.grammar)
         detok = IncrementalDetokenizer(self.tokenizer, prepared.token_ids, p.skip_special_tokens)
         self.requests[request.request_id] = _RequestState(seq, detok, TextStream(p.stop, p.include_stop_str_in_output))
@@ -93,9 +105,14 @@ class LLMEngine:
 
     def stats(self) -> EngineStats:
         prefix = self.scheduler.prefix.stats if self.scheduler.prefix is not None else None
-        return EngineStats(len(self.scheduler.running), len(self.scheduler.waiting),
-                           self.blocks.num_total, self.blocks.num_free,
-                           prefix.queries if prefix else 0, prefix.hits if prefix else 0)
+        return EngineStats(
+            len(self.scheduler.running),
+            len(self.scheduler.waiting),
+            self.blocks.num_total,
+            self.blocks.num_free,
+            prefix.queries if prefix else 0,
+            prefix.hits if prefix else 0,
+        )
 
     # --- the step ----------------------------------------------------------------------------------
 

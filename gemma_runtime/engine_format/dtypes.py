@@ -33,12 +33,17 @@ ENGINE_DTYPES: dict[str, EngineDtype] = {
     "fp8": EngineDtype("fp8", "bfloat16", "fp8_e4m3"),
 }
 ALIASES: dict[str, str] = {
-    "bf16": "bfloat16", "bfloat16": "bfloat16", "fp32": "float32", "float32": "float32", "fp8": "fp8", "fp8_e4m3": "fp8",
-}  # fmt: skip
+    "bf16": "bfloat16",
+    "bfloat16": "bfloat16",
+    "fp32": "float32",
+    "float32": "float32",
+    "fp8": "fp8",
+    "fp8_e4m3": "fp8",
+}
 
 
 def parse_dtype(name: str) -> EngineDtype:
-    """"bf16", "FP8", "float32"... -> its EngineDtype; ValueError names the accepted spellings."""
+    """ "bf16", "FP8", "float32"... -> its EngineDtype; ValueError names the accepted spellings."""
     key = name.strip().lower()
     if key not in ALIASES:
         raise ValueError(f"unknown dtype {name!r}: use one of {', '.join(sorted(ALIASES))}")

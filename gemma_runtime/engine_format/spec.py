@@ -116,7 +116,9 @@ class EngineSpec:
     @classmethod
     def from_dict(cls, d: dict) -> EngineSpec:
         if d.get("format_version") != FORMAT_VERSION:
-            raise ValueError(f"engine format_version {d.get('format_version')!r} is not {FORMAT_VERSION}: rebuild the engine")
+            raise ValueError(
+                f"engine format_version {d.get('format_version')!r} is not {FORMAT_VERSION}: rebuild the engine"
+            )
         d = dict(d)
         d["text"] = TextSpec.from_dict(d["text"])
         d["tokens"] = TokenSpec(**d["tokens"])

@@ -22,7 +22,9 @@ def weight_files(engine_dir: Path) -> list[Path]:
     raise FileNotFoundError(f"{engine_dir} has no {WEIGHTS_FILE} nor {WEIGHTS_INDEX}")
 
 
-def load_weights(engine_dir: str | Path, device: torch.device, dtype: torch.dtype | None = None) -> dict[str, torch.Tensor]:
+def load_weights(
+    engine_dir: str | Path, device: torch.device, dtype: torch.dtype | None = None
+) -> dict[str, torch.Tensor]:
     """Every tensor of the engine; floating tensors are cast to `dtype` when given, except FP8 weights
     and their float32 scales (`X_scale` beside an e4m3 `X`; other names ending in _scale are cast)."""
     files = weight_files(Path(engine_dir))

@@ -32,8 +32,13 @@ def graph_batch_sizes(max_batch: int) -> list[int]:
 
 
 class DecodeGraphs:
-    def __init__(self, text: Gemma4TextModel, kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
-                 config: ResolvedConfig, pad_token_id: int):
+    def __init__(
+        self,
+        text: Gemma4TextModel,
+        kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
+        config: ResolvedConfig,
+        pad_token_id: int,
+    ):
         """One padded static batch per size of graph_batch_sizes(config.decode_graph_max_batch); padding
         rows write their K/V to each pool's scratch page, the one past its last."""
         self.text = text
@@ -52,7 +57,9 @@ class DecodeGraphs:
         self.query_start = torch.arange(n + 1, **i64)  # one query per sequence
         self.logits_indices = torch.arange(n, **i64)
         self.slots = {kind: torch.full((n,), page * block_size, **i64) for kind, page in scratch_page.items()}
-        self.tables = {kind: torch.full((n, max_pages), page, **i64) for kind, page in scratch_page.items()}  # [n, max_pages]
+        self.tables = {
+            kind: torch.full((n, max_pages), page, **i64) for kind, page in scratch_page.items()
+        }  # [n, max_pages]
         self.graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self.outputs: dict[int, torch.Tensor] = {}  # per captured size, the hidden states a replay writes
         if config.capture_graphs:

@@ -35,7 +35,9 @@ class DeviceBlockTables:
     def __init__(self, max_rows: int, max_pages: int, device: torch.device):
         self.device = device
         self.max_pages = max_pages
-        self.tables = {kind: torch.full((max_rows, max_pages), NO_BLOCK, dtype=torch.int64, device=device) for kind in KINDS}
+        self.tables = {
+            kind: torch.full((max_rows, max_pages), NO_BLOCK, dtype=torch.int64, device=device) for kind in KINDS
+        }
         self._free_rows = list(range(max_rows - 1, -1, -1))
         self._synced: dict[str, _Synced] = {}  # request id -> what its row holds
 
@@ -73,8 +75,11 @@ class DeviceBlockTables:
         for kind in KINDS:
             table = self.tables[kind]
             if flat[kind]:
-                table.view(-1).index_copy_(0, to_device(flat[kind], torch.int64, self.device),
-                                           to_device(values[kind], torch.int64, self.device))
+                table.view(-1).index_copy_(
+                    0,
+                    to_device(flat[kind], torch.int64, self.device),
+                    to_device(values[kind], torch.int64, self.device),
+                )
             width = max((len(getattr(t, kind)) for t in tables), default=0) or 1
             out[kind] = table[:, :width].index_select(0, index)  # [B, width]
         return out

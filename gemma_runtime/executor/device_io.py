@@ -31,8 +31,10 @@ class HostCopy:
         if not any(t is not None and t.is_cuda for t in tensors):
             self.host = [t if t is None or t.device.type == "cpu" else t.cpu() for t in tensors]
             return
-        self.host = [None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
-                     for t in tensors]
+        self.host = [
+            None if t is None else torch.empty(t.shape, dtype=t.dtype, pin_memory=True).copy_(t, non_blocking=True)
+            for t in tensors
+        ]
         self.event = torch.cuda.Event()
         self.event.record()
 

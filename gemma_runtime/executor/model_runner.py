@@ -65,14 +65,15 @@ class ModelRunner:
         self.block_size = config.block_size
         text_weights = {k: v for k, v in weights.items() if not k.startswith("vision.")}
         placeholders = spec.multimodal.placeholder_ids if spec.multimodal else ()
-        self.text = Gemma4TextModel(spec.text, text_weights, device, placeholders, spec.tokens.pad_token_id,
-                                    config.moe_side_stream)
+        self.text = Gemma4TextModel(
+            spec.text, text_weights, device, placeholders, spec.tokens.pad_token_id, config.moe_side_stream
+        )
         self.vision = None
         if spec.vision is not None:
             from gemma_runtime.model.vision_encoder import VisionEncoder
 
             self.vision = VisionEncoder(spec.vision, spec.text.hidden_size, config.dtype).to(device)
-            self.vision.load_state_dict({k[len("vision."):]: v for k, v in weights.items() if k.startswith("vision.")})
+            self.vision.load_state_dict({k[len("vision.") :]: v for k, v in weights.items() if k.startswith("vision.")})
         self.kv_caches = self._allocate_kv(config.dtype, config.num_full_blocks, config.num_sliding_blocks)
         self.default_generator = torch.Generator(device=device).manual_seed(config.seed)
         self.constraints = None  # set by the engine: lags(scheduled) and mask(seqs) of constrained decoding
@@ -89,8 +90,12 @@ class ModelRunner:
         for layer in self.spec.text.layers:
             blocks = (num_full_blocks if layer.type == "full" else num_sliding_blocks) + 1  # + the scratch page
             shape = (blocks * self.block_size, layer.num_kv_heads, layer.head_dim)  # [slots, kv_heads, head_dim]
-            caches.append((torch.zeros(shape, dtype=dtype, device=self.device),
-                           torch.zeros(shape, dtype=dtype, device=self.device)))
+            caches.append(
+                (
+                    torch.zeros(shape, dtype=dtype, device=self.device),
+                    torch.zeros(shape, dtype=dtype, device=self.device),
+                )
+            )
         return caches
 
     @torch.inference_mode()
@@ -178,8 +183,9 @@ class ModelRunner:
             query_start=as_tensor(query_start),
             context_lens=as_tensor(context_lens),
             slot_mapping={k: as_tensor(v) for k, v in slots.items()},
-            block_tables=self.block_tables.gather([i.seq.request_id for i in scheduled],
-                                                  [i.seq.block_tables for i in scheduled]),
+            block_tables=self.block_tables.gather(
+                [i.seq.request_id for i in scheduled], [i.seq.block_tables for i in scheduled]
+            ),
             block_size=bs,
             logits_indices=as_tensor(logits_indices),
             mm_embeds=torch.cat(mm_embeds) if mm_embeds else None,
@@ -197,7 +203,9 @@ class ModelRunner:
             raise RuntimeError(f"request {seq.request_id!r} has a pending token the last step did not sample")
         return row
 
-    def _images_in_chunk(self, seq: Sequence, lo: int, hi: int, mm_embeds: list) -> tuple[list[int], list[tuple[int, int]]]:
+    def _images_in_chunk(
+        self, seq: Sequence, lo: int, hi: int, mm_embeds: list
+    ) -> tuple[list[int], list[tuple[int, int]]]:
         """Soft-token rows for the image tokens in [lo, hi) (appended to mm_embeds), their offsets in the
         chunk, and the image spans the chunk touches."""
         rows: list[int] = []

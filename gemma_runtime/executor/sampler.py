@@ -31,8 +31,11 @@ def _column(rows: list[SamplingInput], field, device, dtype=torch.float32) -> to
 
 
 def _apply_penalties(logits: torch.Tensor, rows: list[SamplingInput]) -> torch.Tensor:
-    penalised = [i for i, r in enumerate(rows)
-                 if (r.params.presence_penalty or r.params.frequency_penalty) and r.output_token_ids]
+    penalised = [
+        i
+        for i, r in enumerate(rows)
+        if (r.params.presence_penalty or r.params.frequency_penalty) and r.output_token_ids
+    ]
     if not penalised:
         return logits
     vocab = logits.shape[1]
@@ -117,8 +120,12 @@ class SampledBatch:
         return token_list, out
 
 
-def sample_on_device(logits: torch.Tensor, rows: list[SamplingInput], default_generator: torch.Generator | None = None,
-                     mask: TokenMask | None = None) -> SampledBatch:
+def sample_on_device(
+    logits: torch.Tensor,
+    rows: list[SamplingInput],
+    default_generator: torch.Generator | None = None,
+    mask: TokenMask | None = None,
+) -> SampledBatch:
     """logits [S, V] float32 (after the soft cap) -> one token per row, with logprobs where asked.
 
     Logprobs describe the distribution before penalties and temperature, as OpenAI's do, but after
@@ -145,7 +152,8 @@ def sample_on_device(logits: torch.Tensor, rows: list[SamplingInput], default_ge
     return out
 
 
-def sample(logits: torch.Tensor, rows: list[SamplingInput], default_generator: torch.Generator | None = None
-           ) -> tuple[list[int], list[TokenLogprob | None]]:
+def sample(
+    logits: torch.Tensor, rows: list[SamplingInput], default_generator: torch.Generator | None = None
+) -> tuple[list[int], list[TokenLogprob | None]]:
     """sample_on_device, then read the result on the host."""
     return sample_on_device(logits, rows, default_generator).to_host()

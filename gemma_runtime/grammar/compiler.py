@@ -21,8 +21,8 @@ from gemma_runtime.grammar.tool_calls import tool_call_grammar, tool_call_struct
 
 # xgrammar 0.2.8 writes the characters of a length-bounded string as [^"\\\r\n]: raw control characters
 # pass (invalid JSON) and escapes cannot. Its unbounded strings use the right class; so do we.
-_BOUNDED_STRING_CHAR = r'[^\"\\\r\n]'
-_JSON_STRING_CHAR = r'[^\0-\x1f\"\\]'
+_BOUNDED_STRING_CHAR = r"[^\"\\\r\n]"
+_JSON_STRING_CHAR = r"[^\0-\x1f\"\\]"
 
 
 def _json_schema(compiler: xgr.GrammarCompiler, source: str) -> xgr.CompiledGrammar:
@@ -57,16 +57,21 @@ class GrammarCompiler:
     """One per engine: the tokenizer's vocabulary as xgrammar sees it, and a compile cache."""
 
     def __init__(self, tokenizer, vocab_size: int, stop_token_ids, max_threads: int = 2):
-        info = xgr.TokenizerInfo.from_huggingface(tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids))
+        info = xgr.TokenizerInfo.from_huggingface(
+            tokenizer, vocab_size=vocab_size, stop_token_ids=sorted(stop_token_ids)
+        )
         self.compiler = xgr.GrammarCompiler(info, max_threads=max_threads)
-        self.thought = ThoughtTokens(tokenizer.convert_tokens_to_ids("<|channel>"),
-                                     tokenizer.convert_tokens_to_ids("<channel|>"))
+        self.thought = ThoughtTokens(
+            tokenizer.convert_tokens_to_ids("<|channel>"), tokenizer.convert_tokens_to_ids("<channel|>")
+        )
 
     def compile(self, spec: StructuredOutput) -> xgr.CompiledGrammar:
         """Raises UnsupportedSchema (a 400 upstream) for what cannot be enforced."""
         compile_kind = COMPILERS.get(spec.kind)
         if compile_kind is None:
-            raise UnsupportedSchema(f"structured output kind {spec.kind!r} is not supported (one of {sorted(COMPILERS)})")
+            raise UnsupportedSchema(
+                f"structured output kind {spec.kind!r} is not supported (one of {sorted(COMPILERS)})"
+            )
         try:
             return compile_kind(self.compiler, spec.source)
         except UnsupportedSchema:

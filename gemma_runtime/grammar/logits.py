@@ -35,8 +35,9 @@ def apply_logit_bias(logits: torch.Tensor, biases: list[tuple[tuple[int, float],
     values = [b for pairs in biases for _, b in pairs]
     logits = logits.clone()
     # [S, V] -> [S * V]: one scatter-add for every (row, token) pair of the batch
-    logits.view(-1).index_add_(0, to_device(flat, torch.int64, logits.device),
-                               to_device(values, logits.dtype, logits.device))
+    logits.view(-1).index_add_(
+        0, to_device(flat, torch.int64, logits.device), to_device(values, logits.dtype, logits.device)
+    )
     return logits
 
 

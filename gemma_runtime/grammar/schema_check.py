@@ -10,17 +10,34 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-ANNOTATIONS = frozenset({"title", "description", "default", "examples", "$schema", "$id", "$comment",
-                         "deprecated", "readOnly", "writeOnly"})
+ANNOTATIONS = frozenset(
+    {"title", "description", "default", "examples", "$schema", "$id", "$comment", "deprecated", "readOnly", "writeOnly"}
+)
 # keyword -> how its value holds subschemas: "schema", "schemas" (a list), "map" (name -> schema), None
 ENFORCED = {
-    "type": None, "enum": None, "const": None,
-    "properties": "map", "required": None, "additionalProperties": "schema_or_bool",
-    "items": "schema_or_bool", "prefixItems": "schemas", "minItems": None, "maxItems": None,
-    "anyOf": "schemas", "oneOf": "schemas",
-    "minimum": None, "maximum": None, "exclusiveMinimum": None, "exclusiveMaximum": None,
-    "minLength": None, "maxLength": None, "pattern": None, "format": None,
-    "$ref": None, "$defs": "map", "definitions": "map",
+    "type": None,
+    "enum": None,
+    "const": None,
+    "properties": "map",
+    "required": None,
+    "additionalProperties": "schema_or_bool",
+    "items": "schema_or_bool",
+    "prefixItems": "schemas",
+    "minItems": None,
+    "maxItems": None,
+    "anyOf": "schemas",
+    "oneOf": "schemas",
+    "minimum": None,
+    "maximum": None,
+    "exclusiveMinimum": None,
+    "exclusiveMaximum": None,
+    "minLength": None,
+    "maxLength": None,
+    "pattern": None,
+    "format": None,
+    "$ref": None,
+    "$defs": "map",
+    "definitions": "map",
 }
 FORMATS = frozenset({"date", "time", "date-time", "email", "uuid", "ipv4", "ipv6", "uri", "hostname", "duration"})
 TYPES = frozenset({"object", "array", "string", "integer", "number", "boolean", "null"})
@@ -41,7 +58,9 @@ def check_schema(schema, where: str = "#", allowed: dict | None = None) -> None:
         if key in ANNOTATIONS:
             continue
         if key not in allowed:
-            raise UnsupportedSchema(f"the JSON schema keyword {key!r} (at {where}) is not supported by constrained decoding")
+            raise UnsupportedSchema(
+                f"the JSON schema keyword {key!r} (at {where}) is not supported by constrained decoding"
+            )
         _check_value(key, value, where)
         for sub_where, sub in _subschemas(allowed[key], value, f"{where}/{key}"):
             check_schema(sub, sub_where, allowed)
@@ -56,7 +75,9 @@ def _check_value(key: str, value, where: str) -> None:
     elif key == "format" and value not in FORMATS:
         raise UnsupportedSchema(f"the JSON schema format {value!r} (at {where}) is not supported")
     elif key == "$ref" and not (isinstance(value, str) and value.startswith("#")):
-        raise UnsupportedSchema(f"the JSON schema $ref {value!r} (at {where}) is not supported: only local references ('#/...')")
+        raise UnsupportedSchema(
+            f"the JSON schema $ref {value!r} (at {where}) is not supported: only local references ('#/...')"
+        )
 
 
 def _subschemas(holds, value, where: str) -> Iterator[tuple[str, object]]:

@@ -39,5 +39,3 @@ class GrammarStep:
             for i, g in zip(rows, states):
                 g.fill(bits, i)
         return TokenMask(rows, bits)
-
-

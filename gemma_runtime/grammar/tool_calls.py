@@ -29,10 +29,23 @@ def tool_call_structural_tag(source: dict) -> dict:
         w = RuleWriter()
         schema = (tool.get("parameters") or {"type": "object"}) if tool.get("strict") else True
         w.add("root", w.value(schema, f"{tool['name']}.parameters", object_only=True))
-        tags.append({"type": "tag", "begin": f"{CALL_OPEN_TEXT}call:{tool['name']}",
-                     "content": {"type": "grammar", "grammar": w.text()}, "end": CALL_CLOSE_TEXT})
-    return {"type": "structural_tag", "format": {"type": "triggered_tags", "triggers": [CALL_OPEN_TEXT], "tags": tags,
-                                                 "stop_after_first": not source.get("parallel", True)}}
+        tags.append(
+            {
+                "type": "tag",
+                "begin": f"{CALL_OPEN_TEXT}call:{tool['name']}",
+                "content": {"type": "grammar", "grammar": w.text()},
+                "end": CALL_CLOSE_TEXT,
+            }
+        )
+    return {
+        "type": "structural_tag",
+        "format": {
+            "type": "triggered_tags",
+            "triggers": [CALL_OPEN_TEXT],
+            "tags": tags,
+            "stop_after_first": not source.get("parallel", True),
+        },
+    }
 
 
 def tool_call_grammar(source: dict) -> str:
@@ -44,8 +57,9 @@ def tool_call_grammar(source: dict) -> str:
         inner = w.object_inner(tools[name], f"{name}.parameters")
         w.add("root", f'{inner} "}}" {CALL_CLOSE}')
         return w.text()
-    calls = " | ".join(f'{literal(name)} {w.value(schema, f"{name}.parameters", object_only=True)}'
-                       for name, schema in tools.items())
+    calls = " | ".join(
+        f"{literal(name)} {w.value(schema, f'{name}.parameters', object_only=True)}" for name, schema in tools.items()
+    )
     w.add("call", f"( {calls} ) {CALL_CLOSE}")
     more = f' ( {CALL_OPEN} "call:" call )*' if source.get("parallel", True) else ""
     w.add("root", f"call{more}")

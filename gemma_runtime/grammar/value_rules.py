@@ -18,9 +18,26 @@ STRING_DELIM = '"<|\\"|>"'  # the one-token string delimiter <|"|>, as an EBNF l
 CALL_OPEN = '"<|tool_call>"'
 CALL_CLOSE = '"<tool_call|>"'
 MAX_INT_RANGE = 1000
-_HANDLED = frozenset({"type", "enum", "const", "anyOf", "oneOf", "properties", "required", "additionalProperties",
-                      "items", "minItems", "maxItems", "minLength", "maxLength", "minimum", "maximum"})
-_STRING_CHAR = r'[^<\x00-\x1f]'  # `<` could begin the delimiter token's text: kept out of strings
+_HANDLED = frozenset(
+    {
+        "type",
+        "enum",
+        "const",
+        "anyOf",
+        "oneOf",
+        "properties",
+        "required",
+        "additionalProperties",
+        "items",
+        "minItems",
+        "maxItems",
+        "minLength",
+        "maxLength",
+        "minimum",
+        "maximum",
+    }
+)
+_STRING_CHAR = r"[^<\x00-\x1f]"  # `<` could begin the delimiter token's text: kept out of strings
 
 
 def literal(text: str) -> str:
@@ -52,7 +69,9 @@ class RuleWriter:
             raise UnsupportedSchema(f"the schema at {where} must be an object")
         for key in schema:
             if key not in _HANDLED and key not in ANNOTATIONS:
-                raise UnsupportedSchema(f"the JSON schema keyword {key!r} (at {where}) is not supported in tool parameters")
+                raise UnsupportedSchema(
+                    f"the JSON schema keyword {key!r} (at {where}) is not supported in tool parameters"
+                )
         if "const" in schema:
             return self.new(self._constant(schema["const"], where))
         if "enum" in schema:
@@ -98,7 +117,9 @@ class RuleWriter:
         missing = required - set(props)
         if missing:
             raise UnsupportedSchema(f"required property {sorted(missing)[0]!r} (at {where}) has no schema")
-        members = [(f'{literal(k)} ":" {self.value(s, f"{where}/properties/{k}")}', k in required) for k, s in props.items()]
+        members = [
+            (f'{literal(k)} ":" {self.value(s, f"{where}/properties/{k}")}', k in required) for k, s in props.items()
+        ]
         # T_i: members i.. written after some earlier member (each with its comma); member i is followed by T_(i+1)
         follows, tail = [], '""'
         for member, req in reversed(members):
@@ -130,35 +151,56 @@ class RuleWriter:
         if lo is not None and hi is not None:
             lo, hi = int(-(-lo // 1)), int(hi // 1)
             if hi - lo + 1 > MAX_INT_RANGE:
-                raise UnsupportedSchema(f"an integer range wider than {MAX_INT_RANGE} values (at {where}) is not supported in tool parameters")
+                raise UnsupportedSchema(
+                    f"an integer range wider than {MAX_INT_RANGE} values (at {where}) is not supported in tool parameters"
+                )
             return " | ".join(literal(str(n)) for n in sorted(range(lo, hi + 1), key=lambda n: -len(str(n))))
         if hi is not None:
-            raise UnsupportedSchema(f"an integer maximum without a minimum (at {where}) is not supported in tool parameters")
+            raise UnsupportedSchema(
+                f"an integer maximum without a minimum (at {where}) is not supported in tool parameters"
+            )
         if lo is None:
             return '"-"? ( "0" | [1-9] [0-9]* )'
         if lo == 0:
             return '"0" | [1-9] [0-9]*'
         if lo == 1:
             return "[1-9] [0-9]*"
-        raise UnsupportedSchema(f"an integer minimum other than 0 or 1 without a maximum (at {where}) is not supported in tool parameters")
+        raise UnsupportedSchema(
+            f"an integer minimum other than 0 or 1 without a maximum (at {where}) is not supported in tool parameters"
+        )
 
     def _constant(self, value, where: str) -> str:
         if isinstance(value, str):
             if "<" in value:
-                raise UnsupportedSchema(f"a string constant containing '<' (at {where}) is not supported in tool parameters")
+                raise UnsupportedSchema(
+                    f"a string constant containing '<' (at {where}) is not supported in tool parameters"
+                )
             return f"{STRING_DELIM} {literal(value)} {STRING_DELIM}" if value else f"{STRING_DELIM} {STRING_DELIM}"
         if isinstance(value, bool) or value is None:
             return literal(json.dumps(value))
         if isinstance(value, (int, float)):
             return literal(json.dumps(value))
-        raise UnsupportedSchema(f"enum or const values that are objects or arrays (at {where}) are not supported in tool parameters")
+        raise UnsupportedSchema(
+            f"enum or const values that are objects or arrays (at {where}) are not supported in tool parameters"
+        )
 
     # schemaless values ---------------------------------------------------------------------------
     def _any_value(self) -> str:
         if "any_value" not in self.rules:
-            self.add("any_value", " | ".join([
-                f"{STRING_DELIM} {_STRING_CHAR}* {STRING_DELIM}", '"-"? [0-9]+ ( "." [0-9]+ )?',
-                '"true"', '"false"', '"null"', "any_object", '"[" ( any_value ( "," any_value )* )? "]"']))
+            self.add(
+                "any_value",
+                " | ".join(
+                    [
+                        f"{STRING_DELIM} {_STRING_CHAR}* {STRING_DELIM}",
+                        '"-"? [0-9]+ ( "." [0-9]+ )?',
+                        '"true"',
+                        '"false"',
+                        '"null"',
+                        "any_object",
+                        '"[" ( any_value ( "," any_value )* )? "]"',
+                    ]
+                ),
+            )
             self._any_object()
         return "any_value"
 

@@ -31,7 +31,9 @@ def check_budget(max_soft_tokens: int) -> None:
         raise ValueError(f"max_soft_tokens must be one of {SUPPORTED_SOFT_TOKENS}, got {max_soft_tokens!r}")
 
 
-def target_size(width: int, height: int, *, patch_size: int, pooling_kernel_size: int, max_soft_tokens: int) -> tuple[int, int]:
+def target_size(
+    width: int, height: int, *, patch_size: int, pooling_kernel_size: int, max_soft_tokens: int
+) -> tuple[int, int]:
     """(width, height) after the aspect-preserving resize: the largest multiples of patch*pool within the budget."""
     check_budget(max_soft_tokens)
     if width <= 0 or height <= 0:
@@ -56,7 +58,9 @@ def target_size(width: int, height: int, *, patch_size: int, pooling_kernel_size
     return new_w, new_h
 
 
-def num_soft_tokens_for(width: int, height: int, *, patch_size: int, pooling_kernel_size: int, max_soft_tokens: int) -> int:
+def num_soft_tokens_for(
+    width: int, height: int, *, patch_size: int, pooling_kernel_size: int, max_soft_tokens: int
+) -> int:
     """Soft tokens an image of this size becomes, without decoding its pixels."""
     new_w, new_h = target_size(
         width, height, patch_size=patch_size, pooling_kernel_size=pooling_kernel_size, max_soft_tokens=max_soft_tokens
@@ -77,7 +81,11 @@ def to_rgb(image: Image.Image) -> Image.Image:
 
 def resize(image: Image.Image, *, patch_size: int, pooling_kernel_size: int, max_soft_tokens: int) -> Image.Image:
     size = target_size(
-        image.width, image.height, patch_size=patch_size, pooling_kernel_size=pooling_kernel_size, max_soft_tokens=max_soft_tokens
+        image.width,
+        image.height,
+        patch_size=patch_size,
+        pooling_kernel_size=pooling_kernel_size,
+        max_soft_tokens=max_soft_tokens,
     )
     return image if size == image.size else image.resize(size, resample=RESAMPLE)
 
@@ -103,9 +111,13 @@ def patch_positions(width: int, height: int, patch_size: int) -> np.ndarray:
     return np.stack([xs, ys], axis=-1).reshape(ph * pw, 2).astype(np.int64)  # [ph*pw, 2]
 
 
-def preprocess_image(image: Image.Image, *, patch_size: int, pooling_kernel_size: int, max_soft_tokens: int) -> PreprocessedImage:
+def preprocess_image(
+    image: Image.Image, *, patch_size: int, pooling_kernel_size: int, max_soft_tokens: int
+) -> PreprocessedImage:
     check_budget(max_soft_tokens)
-    resized = resize(to_rgb(image), patch_size=patch_size, pooling_kernel_size=pooling_kernel_size, max_soft_tokens=max_soft_tokens)
+    resized = resize(
+        to_rgb(image), patch_size=patch_size, pooling_kernel_size=pooling_kernel_size, max_soft_tokens=max_soft_tokens
+    )
     patches = patchify(rescale(resized), patch_size)
     positions = patch_positions(resized.width, resized.height, patch_size)
     return PreprocessedImage(

@@ -54,7 +54,9 @@ class InputProcessor:
             if self.spec.vision is None:
                 raise RequestError("this engine has no vision tower: images are not supported")
             if num_placeholders != len(request.images):
-                raise RequestError(f"the prompt has {num_placeholders} image placeholders for {len(request.images)} images")
+                raise RequestError(
+                    f"the prompt has {num_placeholders} image placeholders for {len(request.images)} images"
+                )
             budget = request.image_max_soft_tokens or self.default_soft_tokens
             if budget not in SOFT_TOKEN_BUDGETS:
                 raise RequestError(f"image_max_soft_tokens must be one of {SOFT_TOKEN_BUDGETS}")
@@ -62,12 +64,18 @@ class InputProcessor:
             ids, spans = self._expand(ids, [im.num_soft_tokens for im in images])
         total = len(ids) + request.sampling.max_tokens
         if len(ids) >= self.max_model_len:
-            raise RequestError(f"the prompt has {len(ids)} tokens; this engine's maximum context is {self.max_model_len}")
+            raise RequestError(
+                f"the prompt has {len(ids)} tokens; this engine's maximum context is {self.max_model_len}"
+            )
         if total > self.max_model_len:
-            raise RequestError(f"the prompt ({len(ids)} tokens) plus max_tokens ({request.sampling.max_tokens}) "
-                               f"exceeds this engine's maximum context of {self.max_model_len} tokens")
+            raise RequestError(
+                f"the prompt ({len(ids)} tokens) plus max_tokens ({request.sampling.max_tokens}) "
+                f"exceeds this engine's maximum context of {self.max_model_len} tokens"
+            )
         # hashed here, off the engine loop: the pixels of a large image take milliseconds
-        return PreparedInput(ids, images, spans, image_hashes=tuple(image_content_hash(im.pixel_values) for im in images))
+        return PreparedInput(
+            ids, images, spans, image_hashes=tuple(image_content_hash(im.pixel_values) for im in images)
+        )
 
     def _preprocess(self, image, budget: int):
         from gemma_runtime.inputs.image_preprocess import preprocess_image
@@ -79,8 +87,9 @@ class InputProcessor:
             except Exception as exc:  # noqa: BLE001  Pillow raises many types for bad data
                 raise RequestError(f"cannot decode image: {exc}") from exc
         v = self.spec.vision
-        return preprocess_image(image, patch_size=v.patch_size, pooling_kernel_size=v.pooling_kernel_size,
-                                max_soft_tokens=budget)
+        return preprocess_image(
+            image, patch_size=v.patch_size, pooling_kernel_size=v.pooling_kernel_size, max_soft_tokens=budget
+        )
 
     def _expand(self, ids: list[int], counts: list[int]) -> tuple[list[int], list[ImageSpan]]:
         """Each <|image|> becomes <|image> + N x <|image|> + <image|>."""

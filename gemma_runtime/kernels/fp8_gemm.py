@@ -24,12 +24,21 @@ from gemma_runtime.kernels.common import dot, interpreted, num_sms
 
 @triton.jit
 def _w8a16_kernel(
-    x_ptr, w_ptr, scale_ptr, out_ptr,
-    M, N, K,
+    x_ptr,
+    w_ptr,
+    scale_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
     stride_xm,  # x [M, K], K contiguous
     stride_wn,  # w [N, K] e4m3, K contiguous
-    stride_os, stride_om,  # out [SPLIT_K, M, N] (split stride unused when SPLIT_K == 1), N contiguous
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, SPLIT_K: tl.constexpr,
+    stride_os,
+    stride_om,  # out [SPLIT_K, M, N] (split stride unused when SPLIT_K == 1), N contiguous
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    SPLIT_K: tl.constexpr,
     F32_DOT: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -46,12 +55,19 @@ def _w8a16_kernel(
     for k0 in range(k_start, k_end, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < k_end
-        a = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-        w = tl.load(w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+        a = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0
+        )
+        w = tl.load(
+            w_ptr + offs_n[None, :] * stride_wn + offs_k[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0
+        )
         acc += dot(a, w.to(a.dtype), F32_DOT)  # [BLOCK_M, BLOCK_K] x [BLOCK_K, BLOCK_N]
     acc *= tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
-    tl.store(out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :],
-             acc.to(out_ptr.dtype.element_ty), mask=m_mask[:, None] & n_mask[None, :])
+    tl.store(
+        out_ptr + pid_k * stride_os + offs_m[:, None] * stride_om + offs_n[None, :],
+        acc.to(out_ptr.dtype.element_ty),
+        mask=m_mask[:, None] & n_mask[None, :],
+    )
 
 
 # 64-row tiles of weights larger than this take [128, 128] weight tiles with 8 warps, smaller ones
@@ -99,9 +115,24 @@ def w8a16_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor, split_
     out = torch.empty((splits, M, N), dtype=x.dtype if splits == 1 else torch.float32, device=x.device)
     if M:
         _w8a16_kernel[(triton.cdiv(M, block_m), triton.cdiv(N, block_n), splits)](
-            x2, w, w_scale, out, M, N, K, x2.stride(0), w.stride(0), out.stride(0), out.stride(1),
-            BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, SPLIT_K=splits, F32_DOT=interpreted(_w8a16_kernel),
-            num_warps=warps, num_stages=3,
-        )  # fmt: skip
+            x2,
+            w,
+            w_scale,
+            out,
+            M,
+            N,
+            K,
+            x2.stride(0),
+            w.stride(0),
+            out.stride(0),
+            out.stride(1),
+            BLOCK_M=block_m,
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            SPLIT_K=splits,
+            F32_DOT=interpreted(_w8a16_kernel),
+            num_warps=warps,
+            num_stages=3,
+        )
     result = out[0] if splits == 1 else out.sum(0).to(x.dtype)  # [M, N]
     return result.view(*x.shape[:-1], N)

@@ -24,12 +24,20 @@ MAX_ROWS = 4  # the accumulator holds BLOCK_M x BLOCK_N x BLOCK_K float32s per p
 
 @triton.jit
 def _gemv_kernel(
-    x_ptr, w_ptr, scale_ptr, out_ptr,
-    M, N, K,
+    x_ptr,
+    w_ptr,
+    scale_ptr,
+    out_ptr,
+    M,
+    N,
+    K,
     stride_xm,  # x [M, K], K contiguous
     stride_wn,  # w [N, K] bf16 or e4m3, K contiguous
     stride_om,  # out [M, N], N contiguous
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, HAS_SCALE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
 ):
     offs_m = tl.arange(0, BLOCK_M)
     offs_n = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -39,16 +47,21 @@ def _gemv_kernel(
     for k0 in range(0, K, BLOCK_K):
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
-        w = tl.load(w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :],
-                    other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_K]
-        x = tl.load(x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :],
-                    other=0.0).to(tl.float32)  # [BLOCK_M, BLOCK_K]
+        w = tl.load(
+            w_ptr + offs_n[:, None] * stride_wn + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0
+        ).to(tl.float32)  # [BLOCK_N, BLOCK_K]
+        x = tl.load(
+            x_ptr + offs_m[:, None] * stride_xm + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0
+        ).to(tl.float32)  # [BLOCK_M, BLOCK_K]
         acc += w[None, :, :] * x[:, None, :]  # [BLOCK_M, BLOCK_N, BLOCK_K]
     out = tl.sum(acc, axis=2)  # [BLOCK_M, BLOCK_N]
     if HAS_SCALE:
         out *= tl.load(scale_ptr + offs_n, mask=n_mask, other=0.0)[None, :]
-    tl.store(out_ptr + offs_m[:, None] * stride_om + offs_n[None, :], out.to(out_ptr.dtype.element_ty),
-             mask=m_mask[:, None] & n_mask[None, :])
+    tl.store(
+        out_ptr + offs_m[:, None] * stride_om + offs_n[None, :],
+        out.to(out_ptr.dtype.element_ty),
+        mask=m_mask[:, None] & n_mask[None, :],
+    )
 
 
 def gemv_tiles(rows: int, weight_bytes: int) -> tuple[int, int, int]:
@@ -74,8 +87,20 @@ def gemv_linear(x: torch.Tensor, w: torch.Tensor, w_scale: torch.Tensor | None =
     if M:
         block_n, block_k, warps = gemv_tiles(M, w.element_size())
         _gemv_kernel[(triton.cdiv(N, block_n),)](
-            x2, w, w_scale if w_scale is not None else w, out, M, N, K, x2.stride(0), w.stride(0), out.stride(0),
-            BLOCK_M=triton.next_power_of_2(M), BLOCK_N=block_n, BLOCK_K=block_k, HAS_SCALE=w_scale is not None,
+            x2,
+            w,
+            w_scale if w_scale is not None else w,
+            out,
+            M,
+            N,
+            K,
+            x2.stride(0),
+            w.stride(0),
+            out.stride(0),
+            BLOCK_M=triton.next_power_of_2(M),
+            BLOCK_N=block_n,
+            BLOCK_K=block_k,
+            HAS_SCALE=w_scale is not None,
             num_warps=warps,
-        )  # fmt: skip
+        )
     return out.view(*x.shape[:-1], N)

@@ -15,11 +15,24 @@ from gemma_runtime.kernels.rms_norm import _norm_row
 
 @triton.jit
 def _qkv_norm_kernel(
-    qkv_ptr, q_w_ptr, k_w_ptr, cos_ptr, sin_ptr, q_out_ptr, k_cache_ptr, v_cache_ptr, slots_ptr,
+    qkv_ptr,
+    q_w_ptr,
+    k_w_ptr,
+    cos_ptr,
+    sin_ptr,
+    q_out_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    slots_ptr,
     stride_t,  # qkv [T, (NQ + 2 NKV) D] (or (NQ + NKV) D on K=V layers), D contiguous
-    stride_cs, stride_ch,  # caches [slots, NKV, D], D contiguous
+    stride_cs,
+    stride_ch,  # caches [slots, NKV, D], D contiguous
     eps,
-    NQ: tl.constexpr, NKV: tl.constexpr, D: tl.constexpr, K_EQ_V: tl.constexpr, BLOCK: tl.constexpr,
+    NQ: tl.constexpr,
+    NKV: tl.constexpr,
+    D: tl.constexpr,
+    K_EQ_V: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """Program (token t, head j) of NQ + 2 NKV heads: q heads normed and rotated into q_out, k heads normed
     and rotated into the K cache at the token's slot, v heads normed without weight into the V cache."""
@@ -47,9 +60,20 @@ def _qkv_norm_kernel(
             tl.store(dst + cols, y.to(v_cache_ptr.dtype.element_ty), mask=mask)
 
 
-def fused_qkv_norm_kv_write(qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, k_eq_v: bool,
-                            q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, rope: tuple[torch.Tensor, torch.Tensor],
-                            k_cache: torch.Tensor, v_cache: torch.Tensor, slots: torch.Tensor) -> torch.Tensor:
+def fused_qkv_norm_kv_write(
+    qkv: torch.Tensor,
+    num_q_heads: int,
+    num_kv_heads: int,
+    head_dim: int,
+    k_eq_v: bool,
+    q_weight: torch.Tensor,
+    k_weight: torch.Tensor,
+    eps: float,
+    rope: tuple[torch.Tensor, torch.Tensor],
+    k_cache: torch.Tensor,
+    v_cache: torch.Tensor,
+    slots: torch.Tensor,
+) -> torch.Tensor:
     """The fused QKV projection [T, (nq + 2 nkv) d] (or [T, (nq + nkv) d] where V is K) -> q [T, nq, d]:
     q and k normed and rotated, v normed without a weight, k and v written to the caches at `slots`,
     all in one launch (the reference: three norms and two cache writes)."""
@@ -61,9 +85,24 @@ def fused_qkv_norm_kv_write(qkv: torch.Tensor, num_q_heads: int, num_kv_heads: i
         block = triton.next_power_of_2(head_dim)
         cos, sin = rope[0].contiguous(), rope[1].contiguous()  # [T, d] float32
         _qkv_norm_kernel[(T, num_q_heads + 2 * num_kv_heads)](
-            qkv, q_weight, k_weight, cos, sin, q, k_cache, v_cache, slots, qkv.stride(0),
-            k_cache.stride(0), k_cache.stride(1), eps,
-            NQ=num_q_heads, NKV=num_kv_heads, D=head_dim, K_EQ_V=k_eq_v, BLOCK=block,
+            qkv,
+            q_weight,
+            k_weight,
+            cos,
+            sin,
+            q,
+            k_cache,
+            v_cache,
+            slots,
+            qkv.stride(0),
+            k_cache.stride(0),
+            k_cache.stride(1),
+            eps,
+            NQ=num_q_heads,
+            NKV=num_kv_heads,
+            D=head_dim,
+            K_EQ_V=k_eq_v,
+            BLOCK=block,
             num_warps=min(16, max(1, block // 256)),
-        )  # fmt: skip
+        )
     return q

@@ -11,8 +11,19 @@ import triton.language as tl
 
 @triton.jit
 def _expert_layout_kernel(
-    ids_ptr, run_start_ptr, fill_ptr, tile_expert_ptr, rows_ptr, n, num_tiles, num_slots,
-    E: tl.constexpr, E_PAD: tl.constexpr, BLOCK_M: tl.constexpr, IDS: tl.constexpr, TILES: tl.constexpr,
+    ids_ptr,
+    run_start_ptr,
+    fill_ptr,
+    tile_expert_ptr,
+    rows_ptr,
+    n,
+    num_tiles,
+    num_slots,
+    E: tl.constexpr,
+    E_PAD: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    IDS: tl.constexpr,
+    TILES: tl.constexpr,
     SLOTS: tl.constexpr,
 ):
     """One program: rows per expert (a histogram, so no counters to zero first), each expert's run rounded
@@ -69,9 +80,22 @@ def align_by_expert(ids: torch.Tensor, num_experts: int, block_m: int) -> tuple[
     tile_expert = torch.empty(num_tiles, dtype=torch.int64, device=flat.device)
     if n == 0:
         return rows, tile_expert
-    _expert_layout_kernel[(1,)](flat, run_start, fill, tile_expert, rows, n, num_tiles, rows.numel(), E=num_experts,
-                                E_PAD=triton.next_power_of_2(num_experts), BLOCK_M=block_m, IDS=1024, TILES=32,
-                                SLOTS=1024)  # fmt: skip
+    _expert_layout_kernel[(1,)](
+        flat,
+        run_start,
+        fill,
+        tile_expert,
+        rows,
+        n,
+        num_tiles,
+        rows.numel(),
+        E=num_experts,
+        E_PAD=triton.next_power_of_2(num_experts),
+        BLOCK_M=block_m,
+        IDS=1024,
+        TILES=32,
+        SLOTS=1024,
+    )
     block = 256
     _scatter_rows_kernel[(triton.cdiv(n, block),)](flat, run_start, fill, rows, n, BLOCK=block)
     return rows, tile_expert

@@ -38,13 +38,25 @@ def _tile_rows(rows_ptr, tile, num_rows, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def _gate_up_kernel(
-    x_ptr, w_ptr, scale_ptr, h_ptr, rows_ptr, tile_expert_ptr,
-    num_rows, K, I,  # num_rows = T*k; K = hidden; I = expert intermediate
+    x_ptr,
+    w_ptr,
+    scale_ptr,
+    h_ptr,
+    rows_ptr,
+    tile_expert_ptr,
+    num_rows,
+    K,
+    I,  # num_rows = T*k; K = hidden; I = expert intermediate
     stride_x,  # x [T, K]
-    stride_we, stride_wn,  # w [E, 2I, K], K contiguous
+    stride_we,
+    stride_wn,  # w [E, 2I, K], K contiguous
     stride_se,  # scale [E, 2I]
     stride_h,  # h [P, I]
-    TOP_K: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TOP_K: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     F32_DOT: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -60,7 +72,9 @@ def _gate_up_kernel(
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_mask = offs_k < K
-            a = tl.load(x_ptr + token[:, None] * stride_x + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
+            a = tl.load(
+                x_ptr + token[:, None] * stride_x + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0
+            )
             w_mask = k_mask[:, None] & n_mask[None, :]
             # [BLOCK_K, BLOCK_N] tiles of the gate rows and of the matching up rows (I rows further)
             wg = tl.load(w_base + offs_n[None, :] * stride_wn + offs_k[:, None], mask=w_mask, other=0.0)
@@ -71,19 +85,34 @@ def _gate_up_kernel(
             acc_g *= tl.load(scale_ptr + expert * stride_se + offs_n, mask=n_mask, other=0.0)[None, :]
             acc_u *= tl.load(scale_ptr + expert * stride_se + I + offs_n, mask=n_mask, other=0.0)[None, :]
         h = gelu_tanh(acc_g) * acc_u
-        tl.store(h_ptr + offs_m[:, None] * stride_h + offs_n[None, :], h.to(h_ptr.dtype.element_ty),
-                 mask=m_mask[:, None] & n_mask[None, :])
+        tl.store(
+            h_ptr + offs_m[:, None] * stride_h + offs_n[None, :],
+            h.to(h_ptr.dtype.element_ty),
+            mask=m_mask[:, None] & n_mask[None, :],
+        )
 
 
 @triton.jit
 def _down_kernel(
-    h_ptr, w_ptr, scale_ptr, out_ptr, rows_ptr, tile_expert_ptr, routing_ptr,
-    num_rows, K, N,  # K = expert intermediate, N = hidden
+    h_ptr,
+    w_ptr,
+    scale_ptr,
+    out_ptr,
+    rows_ptr,
+    tile_expert_ptr,
+    routing_ptr,
+    num_rows,
+    K,
+    N,  # K = expert intermediate, N = hidden
     stride_h,  # h [P, K]
-    stride_we, stride_wn,  # w [E, N, K], K contiguous
+    stride_we,
+    stride_wn,  # w [E, N, K], K contiguous
     stride_se,  # scale [E, N]
     stride_o,  # out [T*k, N]
-    HAS_SCALE: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
     F32_DOT: tl.constexpr,
 ):
     tile = tl.program_id(0)
@@ -97,14 +126,23 @@ def _down_kernel(
         for k0 in range(0, K, BLOCK_K):
             offs_k = k0 + tl.arange(0, BLOCK_K)
             k_mask = offs_k < K
-            a = tl.load(h_ptr + offs_m[:, None] * stride_h + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0)
-            w = tl.load(w_base + offs_n[None, :] * stride_wn + offs_k[:, None], mask=k_mask[:, None] & n_mask[None, :], other=0.0)
+            a = tl.load(
+                h_ptr + offs_m[:, None] * stride_h + offs_k[None, :], mask=m_mask[:, None] & k_mask[None, :], other=0.0
+            )
+            w = tl.load(
+                w_base + offs_n[None, :] * stride_wn + offs_k[:, None],
+                mask=k_mask[:, None] & n_mask[None, :],
+                other=0.0,
+            )
             acc += dot(a, w.to(a.dtype), F32_DOT)
         if HAS_SCALE:
             acc *= tl.load(scale_ptr + expert * stride_se + offs_n, mask=n_mask, other=0.0)[None, :]
         acc *= tl.load(routing_ptr + row, mask=m_mask, other=0.0)[:, None]
-        tl.store(out_ptr + row[:, None] * stride_o + offs_n[None, :], acc.to(out_ptr.dtype.element_ty),
-                 mask=m_mask[:, None] & n_mask[None, :])
+        tl.store(
+            out_ptr + row[:, None] * stride_o + offs_n[None, :],
+            acc.to(out_ptr.dtype.element_ty),
+            mask=m_mask[:, None] & n_mask[None, :],
+        )
 
 
 # Up to this many routed rows (T*k: batch 2 at k=8) each row gets its own tile, laid out by the router
@@ -142,25 +180,60 @@ def fused_experts(
     block_m, block_n, block_k, warps, stages = expert_tiles(T)
     rows, tile_expert = layout if layout is not None else align_by_expert(ids, E, block_m)
     if rows.numel() != tile_expert.numel() * block_m:
-        raise ValueError(f"the layout's tiles are not {block_m} rows: {rows.numel()} rows for {tile_expert.numel()} tiles")
+        raise ValueError(
+            f"the layout's tiles are not {block_m} rows: {rows.numel()} rows for {tile_expert.numel()} tiles"
+        )
     x = x.contiguous()
     h = torch.empty((rows.numel(), Ie), dtype=x.dtype, device=x.device)  # [P, Ie] in expert-sorted order
     _gate_up_kernel[(tile_expert.numel(), triton.cdiv(Ie, block_n))](
-        x, gate_up, gate_up_scale if gate_up_scale is not None else gate_up, h, rows, tile_expert,
-        T * top_k, H, Ie, x.stride(0), gate_up.stride(0), gate_up.stride(1),
-        gate_up_scale.stride(0) if gate_up_scale is not None else 0, h.stride(0),
-        TOP_K=top_k, HAS_SCALE=gate_up_scale is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        F32_DOT=interpreted(_gate_up_kernel), num_warps=warps, num_stages=stages,
-    )  # fmt: skip
+        x,
+        gate_up,
+        gate_up_scale if gate_up_scale is not None else gate_up,
+        h,
+        rows,
+        tile_expert,
+        T * top_k,
+        H,
+        Ie,
+        x.stride(0),
+        gate_up.stride(0),
+        gate_up.stride(1),
+        gate_up_scale.stride(0) if gate_up_scale is not None else 0,
+        h.stride(0),
+        TOP_K=top_k,
+        HAS_SCALE=gate_up_scale is not None,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        F32_DOT=interpreted(_gate_up_kernel),
+        num_warps=warps,
+        num_stages=stages,
+    )
     routed = torch.empty((T * top_k, H), dtype=torch.float32, device=x.device)  # [T*k, H] one row per (token, slot)
     _down_kernel[(tile_expert.numel(), triton.cdiv(H, block_n))](
-        h, down, down_scale if down_scale is not None else down, routed, rows, tile_expert,
+        h,
+        down,
+        down_scale if down_scale is not None else down,
+        routed,
+        rows,
+        tile_expert,
         weights.reshape(-1).float().contiguous(),
-        T * top_k, Ie, H, h.stride(0), down.stride(0), down.stride(1),
-        down_scale.stride(0) if down_scale is not None else 0, routed.stride(0),
-        HAS_SCALE=down_scale is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
-        F32_DOT=interpreted(_down_kernel), num_warps=warps, num_stages=stages,
-    )  # fmt: skip
+        T * top_k,
+        Ie,
+        H,
+        h.stride(0),
+        down.stride(0),
+        down.stride(1),
+        down_scale.stride(0) if down_scale is not None else 0,
+        routed.stride(0),
+        HAS_SCALE=down_scale is not None,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        F32_DOT=interpreted(_down_kernel),
+        num_warps=warps,
+        num_stages=stages,
+    )
     if per_slot:
         return routed.view(T, top_k, H)  # [T, k, H]
     return routed.view(T, top_k, H).sum(1).to(x.dtype)  # [T, k, H] -> [T, H]

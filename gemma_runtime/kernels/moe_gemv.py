@@ -13,13 +13,22 @@ from gemma_runtime.kernels.common import gelu_tanh
 
 @triton.jit
 def _gate_up_gemv_kernel(
-    x_ptr, w_ptr, scale_ptr, h_ptr, ids_ptr,
-    K, I,  # K = hidden; I = expert intermediate
+    x_ptr,
+    w_ptr,
+    scale_ptr,
+    h_ptr,
+    ids_ptr,
+    K,
+    I,  # K = hidden; I = expert intermediate
     stride_x,  # x [T, K]
-    stride_we, stride_wn,  # w [E, 2I, K], K contiguous
+    stride_we,
+    stride_wn,  # w [E, 2I, K], K contiguous
     stride_se,  # scale [E, 2I]
     stride_h,  # h [T*k, I]
-    TOP_K: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    TOP_K: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """_gate_up_kernel for one routed row per program (axis 0: row t*k+j, its expert read from ids):
     the matrix-vector form of kernels/gemv.py, with no 16-row tile around a single row."""
@@ -38,7 +47,9 @@ def _gate_up_gemv_kernel(
         w_mask = n_mask[:, None] & k_mask[None, :]
         # [BLOCK_N, BLOCK_K] rows of the gate and the matching up rows (I rows further)
         wg = tl.load(w_base + offs_n[:, None] * stride_wn + offs_k[None, :], mask=w_mask, other=0.0).to(tl.float32)
-        wu = tl.load(w_base + (offs_n + I)[:, None] * stride_wn + offs_k[None, :], mask=w_mask, other=0.0).to(tl.float32)
+        wu = tl.load(w_base + (offs_n + I)[:, None] * stride_wn + offs_k[None, :], mask=w_mask, other=0.0).to(
+            tl.float32
+        )
         acc_g += wg * a[None, :]
         acc_u += wu * a[None, :]
     g = tl.sum(acc_g, 1)  # [BLOCK_N]
@@ -51,13 +62,22 @@ def _gate_up_gemv_kernel(
 
 @triton.jit
 def _down_gemv_kernel(
-    h_ptr, w_ptr, scale_ptr, out_ptr, ids_ptr, routing_ptr,
-    K, N,  # K = expert intermediate, N = hidden
+    h_ptr,
+    w_ptr,
+    scale_ptr,
+    out_ptr,
+    ids_ptr,
+    routing_ptr,
+    K,
+    N,  # K = expert intermediate, N = hidden
     stride_h,  # h [T*k, K]
-    stride_we, stride_wn,  # w [E, N, K], K contiguous
+    stride_we,
+    stride_wn,  # w [E, N, K], K contiguous
     stride_se,  # scale [E, N]
     stride_o,  # out [T*k, N]
-    HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
 ):
     """_down_kernel for one routed row per program, as _gate_up_gemv_kernel."""
     r = tl.program_id(0)
@@ -70,8 +90,9 @@ def _down_gemv_kernel(
         offs_k = k0 + tl.arange(0, BLOCK_K)
         k_mask = offs_k < K
         a = tl.load(h_ptr + r * stride_h + offs_k, mask=k_mask, other=0.0).to(tl.float32)  # [BLOCK_K]
-        w = tl.load(w_base + offs_n[:, None] * stride_wn + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :],
-                    other=0.0).to(tl.float32)  # [BLOCK_N, BLOCK_K]
+        w = tl.load(
+            w_base + offs_n[:, None] * stride_wn + offs_k[None, :], mask=n_mask[:, None] & k_mask[None, :], other=0.0
+        ).to(tl.float32)  # [BLOCK_N, BLOCK_K]
         acc += w * a[None, :]
     y = tl.sum(acc, 1)  # [BLOCK_N]
     if HAS_SCALE:
@@ -88,8 +109,15 @@ def expert_gemv_tiles(weight_bytes: int) -> tuple[int, int, int]:
     return 8, 256 // weight_bytes, 4
 
 
-def experts_gemv(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate_up: torch.Tensor, down: torch.Tensor,
-                 gate_up_scale: torch.Tensor | None = None, down_scale: torch.Tensor | None = None) -> torch.Tensor:
+def experts_gemv(
+    x: torch.Tensor,
+    weights: torch.Tensor,
+    ids: torch.Tensor,
+    gate_up: torch.Tensor,
+    down: torch.Tensor,
+    gate_up_scale: torch.Tensor | None = None,
+    down_scale: torch.Tensor | None = None,
+) -> torch.Tensor:
     """fused_experts(..., per_slot=True) for a batch of a token or two: each routed row is its own
     matrix-vector product, so no layout at all: the programs read their expert from ids.
     -> float32 per-slot rows [T, k, H]."""
@@ -101,17 +129,44 @@ def experts_gemv(x: torch.Tensor, weights: torch.Tensor, ids: torch.Tensor, gate
     flat_ids = ids.reshape(-1)  # [T*k] the expert of routed row t*k+j
     h = torch.empty((T * top_k, Ie), dtype=x.dtype, device=x.device)  # [T*k, Ie]
     _gate_up_gemv_kernel[(T * top_k, triton.cdiv(Ie, block_n))](
-        x, gate_up, gate_up_scale if gate_up_scale is not None else gate_up, h, flat_ids,
-        H, Ie, x.stride(0), gate_up.stride(0), gate_up.stride(1),
-        gate_up_scale.stride(0) if gate_up_scale is not None else 0, h.stride(0),
-        TOP_K=top_k, HAS_SCALE=gate_up_scale is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-    )  # fmt: skip
+        x,
+        gate_up,
+        gate_up_scale if gate_up_scale is not None else gate_up,
+        h,
+        flat_ids,
+        H,
+        Ie,
+        x.stride(0),
+        gate_up.stride(0),
+        gate_up.stride(1),
+        gate_up_scale.stride(0) if gate_up_scale is not None else 0,
+        h.stride(0),
+        TOP_K=top_k,
+        HAS_SCALE=gate_up_scale is not None,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        num_warps=warps,
+    )
     routed = torch.empty((T * top_k, H), dtype=torch.float32, device=x.device)  # [T*k, H] one row per (token, slot)
     _down_gemv_kernel[(T * top_k, triton.cdiv(H, block_n))](
-        h, down, down_scale if down_scale is not None else down, routed, flat_ids, weights.reshape(-1).float().contiguous(),
-        Ie, H, h.stride(0), down.stride(0), down.stride(1), down_scale.stride(0) if down_scale is not None else 0,
-        routed.stride(0), HAS_SCALE=down_scale is not None, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps,
-    )  # fmt: skip
+        h,
+        down,
+        down_scale if down_scale is not None else down,
+        routed,
+        flat_ids,
+        weights.reshape(-1).float().contiguous(),
+        Ie,
+        H,
+        h.stride(0),
+        down.stride(0),
+        down.stride(1),
+        down_scale.stride(0) if down_scale is not None else 0,
+        routed.stride(0),
+        HAS_SCALE=down_scale is not None,
+        BLOCK_N=block_n,
+        BLOCK_K=block_k,
+        num_warps=warps,
+    )
     return routed.view(T, top_k, H)  # [T*k, H] -> [T, k, H]
 
 

@@ -13,8 +13,17 @@ import triton.language as tl
 
 @triton.jit
 def _route_kernel(
-    logits_ptr, weights_ptr, ids_ptr, rows_ptr, tile_expert_ptr, stride_l, num_rows,  # logits [T, E]; weights, ids [T, TOP_K]
-    E: tl.constexpr, E_PAD: tl.constexpr, TOP_K: tl.constexpr, ROW_TILES: tl.constexpr,
+    logits_ptr,
+    weights_ptr,
+    ids_ptr,
+    rows_ptr,
+    tile_expert_ptr,
+    stride_l,
+    num_rows,  # logits [T, E]; weights, ids [T, TOP_K]
+    E: tl.constexpr,
+    E_PAD: tl.constexpr,
+    TOP_K: tl.constexpr,
+    ROW_TILES: tl.constexpr,
 ):
     t = tl.program_id(0)
     e = tl.arange(0, E_PAD)
@@ -49,9 +58,20 @@ def _launch_route(logits: torch.Tensor, top_k: int, row_tiles: int):
     rows = torch.empty(T * top_k * row_tiles, dtype=torch.int64, device=logits.device)
     tile_expert = torch.empty(T * top_k if row_tiles else 0, dtype=torch.int64, device=logits.device)
     if T:
-        _route_kernel[(T,)](logits, weights, ids, rows if row_tiles else ids, tile_expert if row_tiles else ids,
-                            logits.stride(0), T * top_k, E=E, E_PAD=triton.next_power_of_2(E), TOP_K=top_k,
-                            ROW_TILES=row_tiles, num_warps=1)  # fmt: skip
+        _route_kernel[(T,)](
+            logits,
+            weights,
+            ids,
+            rows if row_tiles else ids,
+            tile_expert if row_tiles else ids,
+            logits.stride(0),
+            T * top_k,
+            E=E,
+            E_PAD=triton.next_power_of_2(E),
+            TOP_K=top_k,
+            ROW_TILES=row_tiles,
+            num_warps=1,
+        )
     return weights, ids, rows, tile_expert
 
 

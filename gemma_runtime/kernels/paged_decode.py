@@ -22,15 +22,33 @@ from gemma_runtime.kernels.common import dot, interpreted, num_sms, online_softm
 
 @triton.jit
 def _decode_split_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, block_tables_ptr, context_lens_ptr, part_out_ptr, part_lse_ptr, out_ptr,
-    stride_qb, stride_qh,  # q and out [B, Hq, D], D contiguous
-    stride_cs, stride_ch,  # caches [slots, Hkv, D], D contiguous
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    block_tables_ptr,
+    context_lens_ptr,
+    part_out_ptr,
+    part_lse_ptr,
+    out_ptr,
+    stride_qb,
+    stride_qh,  # q and out [B, Hq, D], D contiguous
+    stride_cs,
+    stride_ch,  # caches [slots, Hkv, D], D contiguous
     stride_bt,  # block tables [B, max_pages]
-    stride_pb, stride_ph, stride_ps,  # part_out [B, Hq, S, D]
-    stride_lb, stride_lh,  # part_lse [B, Hq, S]
-    window, block_size,  # window: used only when SLIDING
-    SLIDING: tl.constexpr, GROUP: tl.constexpr, GROUP_PAD: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr,
-    NUM_SPLITS: tl.constexpr, F32_DOT: tl.constexpr,
+    stride_pb,
+    stride_ph,
+    stride_ps,  # part_out [B, Hq, S, D]
+    stride_lb,
+    stride_lh,  # part_lse [B, Hq, S]
+    window,
+    block_size,  # window: used only when SLIDING
+    SLIDING: tl.constexpr,
+    GROUP: tl.constexpr,
+    GROUP_PAD: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
+    F32_DOT: tl.constexpr,
 ):
     b = tl.program_id(0)
     kvh = tl.program_id(1)
@@ -80,11 +98,18 @@ def _decode_split_kernel(
 
 @triton.jit
 def _decode_merge_kernel(
-    part_out_ptr, part_lse_ptr, out_ptr,
-    stride_pb, stride_ph, stride_ps,  # part_out [B, Hq, S, D]
-    stride_lb, stride_lh,  # part_lse [B, Hq, S]
-    stride_ob, stride_oh,  # out [B, Hq, D]
-    HEAD_DIM: tl.constexpr, NUM_SPLITS: tl.constexpr,
+    part_out_ptr,
+    part_lse_ptr,
+    out_ptr,
+    stride_pb,
+    stride_ph,
+    stride_ps,  # part_out [B, Hq, S, D]
+    stride_lb,
+    stride_lh,  # part_lse [B, Hq, S]
+    stride_ob,
+    stride_oh,  # out [B, Hq, D]
+    HEAD_DIM: tl.constexpr,
+    NUM_SPLITS: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -136,17 +161,51 @@ def paged_decode_attention(
     part_out = torch.empty((B, Hq, splits, D) if splits > 1 else (1, 1, 1, 1), **f32)  # [B, Hq, S, D]
     part_lse = torch.empty((B, Hq, splits) if splits > 1 else (1, 1, 1), **f32)  # [B, Hq, S]
     _decode_split_kernel[(B, Hkv, splits)](
-        q, k_cache, v_cache, block_tables, context_lens, part_out, part_lse, out,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
-        part_out.stride(0), part_out.stride(1), part_out.stride(2), part_lse.stride(0), part_lse.stride(1),
-        window or 0, block_size,
-        SLIDING=window is not None, GROUP=group, GROUP_PAD=max(16, triton.next_power_of_2(group)), HEAD_DIM=D, BLOCK_N=block_n,
-        NUM_SPLITS=splits, F32_DOT=interpreted(_decode_split_kernel), num_warps=warps, num_stages=2,
-    )  # fmt: skip
+        q,
+        k_cache,
+        v_cache,
+        block_tables,
+        context_lens,
+        part_out,
+        part_lse,
+        out,
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        block_tables.stride(0),
+        part_out.stride(0),
+        part_out.stride(1),
+        part_out.stride(2),
+        part_lse.stride(0),
+        part_lse.stride(1),
+        window or 0,
+        block_size,
+        SLIDING=window is not None,
+        GROUP=group,
+        GROUP_PAD=max(16, triton.next_power_of_2(group)),
+        HEAD_DIM=D,
+        BLOCK_N=block_n,
+        NUM_SPLITS=splits,
+        F32_DOT=interpreted(_decode_split_kernel),
+        num_warps=warps,
+        num_stages=2,
+    )
     if splits == 1:
         return out
     _decode_merge_kernel[(B, Hq)](
-        part_out, part_lse, out, part_out.stride(0), part_out.stride(1), part_out.stride(2),
-        part_lse.stride(0), part_lse.stride(1), out.stride(0), out.stride(1), HEAD_DIM=D, NUM_SPLITS=splits, num_warps=4,
-    )  # fmt: skip
+        part_out,
+        part_lse,
+        out,
+        part_out.stride(0),
+        part_out.stride(1),
+        part_out.stride(2),
+        part_lse.stride(0),
+        part_lse.stride(1),
+        out.stride(0),
+        out.stride(1),
+        HEAD_DIM=D,
+        NUM_SPLITS=splits,
+        num_warps=4,
+    )
     return out

@@ -22,13 +22,28 @@ from gemma_runtime.kernels.common import dot, interpreted, online_softmax_step
 
 @triton.jit
 def _prefill_kernel(
-    q_ptr, k_cache_ptr, v_cache_ptr, out_ptr, block_tables_ptr, query_start_ptr, positions_ptr, span_ptr,
-    stride_qt, stride_qh,  # q and out [T, Hq, D], D contiguous; span_ptr [T, 2] (only read when HAS_SPANS)
-    stride_cs, stride_ch,  # caches [slots, Hkv, D], D contiguous
+    q_ptr,
+    k_cache_ptr,
+    v_cache_ptr,
+    out_ptr,
+    block_tables_ptr,
+    query_start_ptr,
+    positions_ptr,
+    span_ptr,
+    stride_qt,
+    stride_qh,  # q and out [T, Hq, D], D contiguous; span_ptr [T, 2] (only read when HAS_SPANS)
+    stride_cs,
+    stride_ch,  # caches [slots, Hkv, D], D contiguous
     stride_bt,  # block tables [B, max_pages]
-    window, block_size,  # window: used only when SLIDING
-    SLIDING: tl.constexpr, HAS_SPANS: tl.constexpr, GROUP: tl.constexpr, HEAD_DIM: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, F32_DOT: tl.constexpr,
+    window,
+    block_size,  # window: used only when SLIDING
+    SLIDING: tl.constexpr,
+    HAS_SPANS: tl.constexpr,
+    GROUP: tl.constexpr,
+    HEAD_DIM: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    F32_DOT: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
@@ -75,8 +90,11 @@ def _prefill_kernel(
             v = tl.load(v_cache_ptr + kv_off, mask=k_in[:, None], other=0.0)
             acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, F32_DOT)
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
-        tl.store(out_ptr + rows[:, None] * stride_qt + h * stride_qh + d[None, :], out.to(out_ptr.dtype.element_ty),
-                 mask=r_mask[:, None])
+        tl.store(
+            out_ptr + rows[:, None] * stride_qt + h * stride_qh + d[None, :],
+            out.to(out_ptr.dtype.element_ty),
+            mask=r_mask[:, None],
+        )
 
 
 def prefill_tiles(head_dim: int) -> tuple[int, int, int, int]:
@@ -109,11 +127,29 @@ def paged_prefill_attention(
     out = torch.empty_like(q)
     grid = (query_start.shape[0] - 1, Hq, triton.cdiv(max_query_len, block_m))
     _prefill_kernel[grid](
-        q, k_cache, v_cache, out, block_tables, query_start, positions,
+        q,
+        k_cache,
+        v_cache,
+        out,
+        block_tables,
+        query_start,
+        positions,
         span_bounds if span_bounds is not None else positions,
-        q.stride(0), q.stride(1), k_cache.stride(0), k_cache.stride(1), block_tables.stride(0),
-        window or 0, block_size,
-        SLIDING=window is not None, HAS_SPANS=span_bounds is not None, GROUP=Hq // Hkv, HEAD_DIM=D, BLOCK_M=block_m, BLOCK_N=block_n,
-        F32_DOT=interpreted(_prefill_kernel), num_warps=warps, num_stages=stages,
-    )  # fmt: skip
+        q.stride(0),
+        q.stride(1),
+        k_cache.stride(0),
+        k_cache.stride(1),
+        block_tables.stride(0),
+        window or 0,
+        block_size,
+        SLIDING=window is not None,
+        HAS_SPANS=span_bounds is not None,
+        GROUP=Hq // Hkv,
+        HEAD_DIM=D,
+        BLOCK_M=block_m,
+        BLOCK_N=block_n,
+        F32_DOT=interpreted(_prefill_kernel),
+        num_warps=warps,
+        num_stages=stages,
+    )
     return out

@@ -36,8 +36,19 @@ import triton.language as tl
 
 
 @triton.jit
-def _norm_row(x_row, w_ptr, cos_row, sin_row, cols, mask, H, eps, out_ty: tl.constexpr,
-              HAS_WEIGHT: tl.constexpr, HAS_ROPE: tl.constexpr):
+def _norm_row(
+    x_row,
+    w_ptr,
+    cos_row,
+    sin_row,
+    cols,
+    mask,
+    H,
+    eps,
+    out_ty: tl.constexpr,
+    HAS_WEIGHT: tl.constexpr,
+    HAS_ROPE: tl.constexpr,
+):
     """One row's rms_norm(x) * weight, rotated when HAS_ROPE, rounded to out_ty where the reference rounds."""
     x = tl.load(x_row + cols, mask=mask, other=0.0).to(tl.float32)
     inv = 1.0 / tl.sqrt(tl.sum(x * x, 0) / H + eps)  # x * (mean + eps)^-0.5, as the reference
@@ -64,9 +75,22 @@ def _norm_row(x_row, w_ptr, cos_row, sin_row, cols, mask, H, eps, out_ty: tl.con
 
 @triton.jit
 def _rms_norm_kernel(
-    x_ptr, w_ptr, res_ptr, scale_ptr, cos_ptr, sin_ptr, out_ptr,
-    H, heads, stride_xt, stride_xh, eps,  # row r is token r // heads, head r % heads; H contiguous
-    HAS_WEIGHT: tl.constexpr, HAS_RESIDUAL: tl.constexpr, HAS_SCALE: tl.constexpr, HAS_ROPE: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    res_ptr,
+    scale_ptr,
+    cos_ptr,
+    sin_ptr,
+    out_ptr,
+    H,
+    heads,
+    stride_xt,
+    stride_xh,
+    eps,  # row r is token r // heads, head r % heads; H contiguous
+    HAS_WEIGHT: tl.constexpr,
+    HAS_RESIDUAL: tl.constexpr,
+    HAS_SCALE: tl.constexpr,
+    HAS_ROPE: tl.constexpr,
     BLOCK: tl.constexpr,
 ):
     row = tl.program_id(0)
@@ -75,10 +99,14 @@ def _rms_norm_kernel(
     mask = cols < H
     out_ty = out_ptr.dtype.element_ty
     x_row = x_ptr + token * stride_xt + (row % heads) * stride_xh
-    y = _norm_row(x_row, w_ptr, cos_ptr + token * H, sin_ptr + token * H, cols, mask, H, eps, out_ty, HAS_WEIGHT, HAS_ROPE)
+    y = _norm_row(
+        x_row, w_ptr, cos_ptr + token * H, sin_ptr + token * H, cols, mask, H, eps, out_ty, HAS_WEIGHT, HAS_ROPE
+    )
     out_row = out_ptr + row.to(tl.int64) * H
     if HAS_RESIDUAL:
-        y = (tl.load(res_ptr + row.to(tl.int64) * H + cols, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(out_ty)
+        y = (tl.load(res_ptr + row.to(tl.int64) * H + cols, mask=mask, other=0.0).to(tl.float32) + y.to(tl.float32)).to(
+            out_ty
+        )
     if HAS_SCALE:
         y = (y.to(tl.float32) * tl.load(scale_ptr).to(tl.float32)).to(out_ty)
     tl.store(out_row + cols, y, mask=mask)
@@ -100,9 +128,21 @@ def _add_normed(res_ptr, row, x, w_ptr, cols, mask, H, eps, out_ty: tl.constexpr
 
 @triton.jit
 def _ffn_prologue_kernel(
-    h_ptr, res_ptr, w_post_attn_ptr, w_pre_ffn_ptr, w_experts_ptr, router_scale_ptr,
-    x_out_ptr, mlp_out_ptr, experts_out_ptr, router_out_ptr, H, eps, router_factor,  # every tensor [T, H] contiguous
-    HAS_MOE: tl.constexpr, BLOCK: tl.constexpr,
+    h_ptr,
+    res_ptr,
+    w_post_attn_ptr,
+    w_pre_ffn_ptr,
+    w_experts_ptr,
+    router_scale_ptr,
+    x_out_ptr,
+    mlp_out_ptr,
+    experts_out_ptr,
+    router_out_ptr,
+    H,
+    eps,
+    router_factor,  # every tensor [T, H] contiguous
+    HAS_MOE: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """One token: x = residual + post_attn_norm(h), then x's pre-FFN norm and, on MoE layers, its experts'
     norm and the router's input (no-weight norm times router_scale times H^-0.5), all from one read of x."""
@@ -111,8 +151,17 @@ def _ffn_prologue_kernel(
     mask = cols < H
     row = t * H + cols
     out_ty = x_out_ptr.dtype.element_ty
-    x = _add_normed(res_ptr, row, tl.load(h_ptr + row, mask=mask, other=0.0).to(tl.float32), w_post_attn_ptr, cols, mask,
-                    H, eps, out_ty)
+    x = _add_normed(
+        res_ptr,
+        row,
+        tl.load(h_ptr + row, mask=mask, other=0.0).to(tl.float32),
+        w_post_attn_ptr,
+        cols,
+        mask,
+        H,
+        eps,
+        out_ty,
+    )
     tl.store(x_out_ptr + row, x, mask=mask)
     xf = x.to(tl.float32)
     tl.store(mlp_out_ptr + row, _norm_values(xf, w_pre_ffn_ptr, cols, mask, H, eps, out_ty), mask=mask)
@@ -125,9 +174,22 @@ def _ffn_prologue_kernel(
 
 @triton.jit
 def _moe_epilogue_kernel(
-    dense_ptr, experts_ptr, res_ptr, w_dense_ptr, w_experts_ptr, w_post_ptr, scalar_ptr, w_next_ptr, out_ptr, next_ptr,
-    H, stride_et, stride_ek, eps,  # experts [T, SLOTS, H] (SLOTS 1: already summed), H contiguous
-    SLOTS: tl.constexpr, BLOCK: tl.constexpr,
+    dense_ptr,
+    experts_ptr,
+    res_ptr,
+    w_dense_ptr,
+    w_experts_ptr,
+    w_post_ptr,
+    scalar_ptr,
+    w_next_ptr,
+    out_ptr,
+    next_ptr,
+    H,
+    stride_et,
+    stride_ek,
+    eps,  # experts [T, SLOTS, H] (SLOTS 1: already summed), H contiguous
+    SLOTS: tl.constexpr,
+    BLOCK: tl.constexpr,
 ):
     """One token: the k expert rows summed (float32, then rounded), both branches post-normed and added,
     the post-FFN norm, the residual and the layer scalar; each rounding where the reference rounds. The
@@ -151,7 +213,15 @@ def _moe_epilogue_kernel(
 
 @triton.jit
 def _layer_end_kernel(
-    m_ptr, res_ptr, w_post_ptr, scalar_ptr, w_next_ptr, out_ptr, next_ptr, H, eps,  # every tensor [T, H] contiguous
+    m_ptr,
+    res_ptr,
+    w_post_ptr,
+    scalar_ptr,
+    w_next_ptr,
+    out_ptr,
+    next_ptr,
+    H,
+    eps,  # every tensor [T, H] contiguous
     BLOCK: tl.constexpr,
 ):
     """One token of a dense layer's end: (residual + post_ffn_norm(m)) * layer_scalar, and its norm with
@@ -161,15 +231,22 @@ def _layer_end_kernel(
     mask = cols < H
     row = t * H + cols
     out_ty = out_ptr.dtype.element_ty
-    y = _add_normed(res_ptr, row, tl.load(m_ptr + row, mask=mask, other=0.0).to(tl.float32), w_post_ptr, cols, mask, H,
-                    eps, out_ty)
+    y = _add_normed(
+        res_ptr, row, tl.load(m_ptr + row, mask=mask, other=0.0).to(tl.float32), w_post_ptr, cols, mask, H, eps, out_ty
+    )
     y = (y.to(tl.float32) * tl.load(scalar_ptr).to(tl.float32)).to(out_ty)
     tl.store(out_ptr + row, y, mask=mask)
     tl.store(next_ptr + row, _norm_values(y.to(tl.float32), w_next_ptr, cols, mask, H, eps, out_ty), mask=mask)
 
 
-def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
-                   scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+def fused_rms_norm(
+    x: torch.Tensor,
+    weight: torch.Tensor | None,
+    eps: float,
+    residual: torch.Tensor | None = None,
+    scale: torch.Tensor | None = None,
+    rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
     """((residual +) rms_norm(x) * weight) (* scale) over the last dim, or rope(rms_norm(x) * weight);
     x [rows, H] or [T, heads, H]; residual contiguous and shaped like the output; scale a one-element
     tensor; rope (cos, sin), each [T, H] float32 (model/layers.py rope_cos_sin)."""
@@ -187,17 +264,39 @@ def fused_rms_norm(x: torch.Tensor, weight: torch.Tensor | None, eps: float, res
         block = triton.next_power_of_2(H)
         cos, sin = (rope[0].contiguous(), rope[1].contiguous()) if rope is not None else (x, x)
         _rms_norm_kernel[(rows,)](
-            x, weight if weight is not None else x, residual if residual is not None else x,
-            scale if scale is not None else x, cos, sin, out, H, heads, stride_t, stride_h, eps,
-            HAS_WEIGHT=weight is not None, HAS_RESIDUAL=residual is not None, HAS_SCALE=scale is not None,
-            HAS_ROPE=rope is not None, BLOCK=block, num_warps=min(16, max(1, block // 256)),
-        )  # fmt: skip
+            x,
+            weight if weight is not None else x,
+            residual if residual is not None else x,
+            scale if scale is not None else x,
+            cos,
+            sin,
+            out,
+            H,
+            heads,
+            stride_t,
+            stride_h,
+            eps,
+            HAS_WEIGHT=weight is not None,
+            HAS_RESIDUAL=residual is not None,
+            HAS_SCALE=scale is not None,
+            HAS_ROPE=rope is not None,
+            BLOCK=block,
+            num_warps=min(16, max(1, block // 256)),
+        )
     return out
 
 
-def fused_moe_epilogue(dense: torch.Tensor, experts: torch.Tensor, residual: torch.Tensor, w_dense: torch.Tensor,
-                       w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, w_next: torch.Tensor,
-                       eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_moe_epilogue(
+    dense: torch.Tensor,
+    experts: torch.Tensor,
+    residual: torch.Tensor,
+    w_dense: torch.Tensor,
+    w_experts: torch.Tensor,
+    w_post: torch.Tensor,
+    layer_scalar: torch.Tensor,
+    w_next: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """TorchRMSNorm.moe_epilogue in one launch: dense [T, H] (the dense MLP's output), experts [T, H] or
     per-slot float32 rows [T, k, H], residual [T, H] -> (the layer's output, its norm with w_next)."""
     T, H = dense.shape
@@ -209,27 +308,66 @@ def fused_moe_epilogue(dense: torch.Tensor, experts: torch.Tensor, residual: tor
     if T:
         block = triton.next_power_of_2(H)
         _moe_epilogue_kernel[(T,)](
-            dense, rows, residual, w_dense, w_experts, w_post, layer_scalar, w_next, out, nxt, H, rows.stride(0),
-            rows.stride(1), eps, SLOTS=rows.shape[1], BLOCK=block, num_warps=min(16, max(1, block // 256)),
-        )  # fmt: skip
+            dense,
+            rows,
+            residual,
+            w_dense,
+            w_experts,
+            w_post,
+            layer_scalar,
+            w_next,
+            out,
+            nxt,
+            H,
+            rows.stride(0),
+            rows.stride(1),
+            eps,
+            SLOTS=rows.shape[1],
+            BLOCK=block,
+            num_warps=min(16, max(1, block // 256)),
+        )
     return out, nxt
 
 
-def fused_layer_end(m: torch.Tensor, residual: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor,
-                    w_next: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+def fused_layer_end(
+    m: torch.Tensor,
+    residual: torch.Tensor,
+    w_post: torch.Tensor,
+    layer_scalar: torch.Tensor,
+    w_next: torch.Tensor,
+    eps: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """TorchRMSNorm.layer_end in one launch: m, residual [T, H] -> (the layer's output, its norm with w_next)."""
     T, H = m.shape
     m, residual = m.contiguous(), residual.contiguous()
     out, nxt = torch.empty_like(m), torch.empty_like(m)
     if T:
         block = triton.next_power_of_2(H)
-        _layer_end_kernel[(T,)](m, residual, w_post, layer_scalar, w_next, out, nxt, H, eps, BLOCK=block,
-                                num_warps=min(16, max(1, block // 256)))
+        _layer_end_kernel[(T,)](
+            m,
+            residual,
+            w_post,
+            layer_scalar,
+            w_next,
+            out,
+            nxt,
+            H,
+            eps,
+            BLOCK=block,
+            num_warps=min(16, max(1, block // 256)),
+        )
     return out, nxt
 
 
-def fused_ffn_prologue(h: torch.Tensor, residual: torch.Tensor, w_post_attn: torch.Tensor, w_pre_ffn: torch.Tensor,
-                       eps: float, w_experts_in: torch.Tensor | None = None, router_scale: torch.Tensor | None = None):
+def fused_ffn_prologue(
+    h: torch.Tensor,
+    residual: torch.Tensor,
+    w_post_attn: torch.Tensor,
+    w_pre_ffn: torch.Tensor,
+    eps: float,
+    w_experts_in: torch.Tensor | None = None,
+    router_scale: torch.Tensor | None = None,
+):
     """TorchRMSNorm.ffn_prologue in one launch: h and residual [T, H] -> (x, mlp_in, experts_in, router_in),
     the last two None unless w_experts_in and router_scale are given."""
     T, H = h.shape
@@ -240,8 +378,21 @@ def fused_ffn_prologue(h: torch.Tensor, residual: torch.Tensor, w_post_attn: tor
     if T:
         block = triton.next_power_of_2(H)
         _ffn_prologue_kernel[(T,)](
-            h, residual, w_post_attn, w_pre_ffn, w_experts_in if moe else w_pre_ffn, router_scale if moe else w_pre_ffn,
-            x, mlp_in, experts_in if moe else x, router_in if moe else x, H, eps, H**-0.5,
-            HAS_MOE=moe, BLOCK=block, num_warps=min(16, max(1, block // 256)),
-        )  # fmt: skip
+            h,
+            residual,
+            w_post_attn,
+            w_pre_ffn,
+            w_experts_in if moe else w_pre_ffn,
+            router_scale if moe else w_pre_ffn,
+            x,
+            mlp_in,
+            experts_in if moe else x,
+            router_in if moe else x,
+            H,
+            eps,
+            H**-0.5,
+            HAS_MOE=moe,
+            BLOCK=block,
+            num_warps=min(16, max(1, block // 256)),
+        )
     return x, mlp_in, experts_in, router_in

@@ -58,8 +58,18 @@ class TritonPagedAttention:
         spans = batch.span_bounds if is_sliding else None  # full layers stay causal over image tokens
         if spans is None and q.shape[0] == batch.num_seqs:  # every sequence brings exactly one query: a decode step
             return paged_decode_attention(q, k_cache, v_cache, tables, batch.context_lens, batch.block_size, window)
-        return paged_prefill_attention(q, k_cache, v_cache, tables, batch.query_start, batch.positions,
-                                       self._max_query_len(batch), batch.block_size, window, spans)  # fmt: skip
+        return paged_prefill_attention(
+            q,
+            k_cache,
+            v_cache,
+            tables,
+            batch.query_start,
+            batch.positions,
+            self._max_query_len(batch),
+            batch.block_size,
+            window,
+            spans,
+        )
 
 
 @register("moe", "cuda")
@@ -82,9 +92,17 @@ class TritonFusedExperts:
             return torch.zeros_like(x)
         return fused_experts(x, weights, ids, gate_up, down, gate_up_scale, down_scale)
 
-    def routed(self, x: torch.Tensor, router_in: torch.Tensor, router_proj: torch.Tensor, top_k: int,
-               gate_up: torch.Tensor, down: torch.Tensor, gate_up_scale: torch.Tensor | None = None,
-               down_scale: torch.Tensor | None = None) -> torch.Tensor:
+    def routed(
+        self,
+        x: torch.Tensor,
+        router_in: torch.Tensor,
+        router_proj: torch.Tensor,
+        top_k: int,
+        gate_up: torch.Tensor,
+        down: torch.Tensor,
+        gate_up_scale: torch.Tensor | None = None,
+        down_scale: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """TorchGroupedExperts.routed: the router GEMM (cuBLAS), its softmax/top-k tail in one kernel that
         for a batch of one or two also lays out one tile per routed row, then the expert GEMMs. Returns
         the float32 per-slot rows [T, k, H]: the norm backend's moe_epilogue sums them in its kernel."""
@@ -100,24 +118,54 @@ class TritonRMSNorm:
     """((residual +) rms_norm(x) * weight) (* scale), or rope(rms_norm(x) * weight), in one kernel,
     rounding where the reference does."""
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
-                 scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        eps: float,
+        residual: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         return fused_rms_norm(x, weight, eps, residual, scale, rope)
 
-    def ffn_prologue(self, h: torch.Tensor, residual: torch.Tensor, w_post_attn: torch.Tensor, w_pre_ffn: torch.Tensor,
-                     eps: float, w_experts_in: torch.Tensor | None = None,
-                     router_scale: torch.Tensor | None = None) -> FFNInputs:
+    def ffn_prologue(
+        self,
+        h: torch.Tensor,
+        residual: torch.Tensor,
+        w_post_attn: torch.Tensor,
+        w_pre_ffn: torch.Tensor,
+        eps: float,
+        w_experts_in: torch.Tensor | None = None,
+        router_scale: torch.Tensor | None = None,
+    ) -> FFNInputs:
         """TorchRMSNorm.ffn_prologue in one kernel."""
         return FFNInputs(*fused_ffn_prologue(h, residual, w_post_attn, w_pre_ffn, eps, w_experts_in, router_scale))
 
-    def moe_epilogue(self, dense: torch.Tensor, experts: torch.Tensor, residual: torch.Tensor, w_dense: torch.Tensor,
-                     w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, w_next: torch.Tensor,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def moe_epilogue(
+        self,
+        dense: torch.Tensor,
+        experts: torch.Tensor,
+        residual: torch.Tensor,
+        w_dense: torch.Tensor,
+        w_experts: torch.Tensor,
+        w_post: torch.Tensor,
+        layer_scalar: torch.Tensor,
+        w_next: torch.Tensor,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """TorchRMSNorm.moe_epilogue in one kernel (the sum over the experts' slots included)."""
         return fused_moe_epilogue(dense, experts, residual, w_dense, w_experts, w_post, layer_scalar, w_next, eps)
 
-    def layer_end(self, m: torch.Tensor, residual: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor,
-                  w_next: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_end(
+        self,
+        m: torch.Tensor,
+        residual: torch.Tensor,
+        w_post: torch.Tensor,
+        layer_scalar: torch.Tensor,
+        w_next: torch.Tensor,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """TorchRMSNorm.layer_end in one kernel."""
         return fused_layer_end(m, residual, w_post, layer_scalar, w_next, eps)
 
@@ -126,11 +174,34 @@ class TritonRMSNorm:
 class TritonKVWrite:
     """TorchKVWrite in one kernel: the q, k and v norms, rope, and the K/V cache writes."""
 
-    def __call__(self, qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, k_eq_v: bool,
-                 q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, rope: tuple[torch.Tensor, torch.Tensor],
-                 kv_cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
-        return fused_qkv_norm_kv_write(qkv, num_q_heads, num_kv_heads, head_dim, k_eq_v, q_weight, k_weight, eps,
-                                       rope, kv_cache[0], kv_cache[1], slots)
+    def __call__(
+        self,
+        qkv: torch.Tensor,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        k_eq_v: bool,
+        q_weight: torch.Tensor,
+        k_weight: torch.Tensor,
+        eps: float,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        slots: torch.Tensor,
+    ) -> torch.Tensor:
+        return fused_qkv_norm_kv_write(
+            qkv,
+            num_q_heads,
+            num_kv_heads,
+            head_dim,
+            k_eq_v,
+            q_weight,
+            k_weight,
+            eps,
+            rope,
+            kv_cache[0],
+            kv_cache[1],
+            slots,
+        )
 
 
 @register("geglu", "cuda")

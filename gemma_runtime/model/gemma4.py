@@ -26,8 +26,15 @@ SIDE_STREAM_MAX_ROWS = 1
 
 
 class Gemma4TextModel:
-    def __init__(self, spec: TextSpec, weights: dict[str, torch.Tensor], device: torch.device,
-                 placeholder_ids: tuple[int, ...] = (), pad_token_id: int = 0, moe_side_stream: bool = False):
+    def __init__(
+        self,
+        spec: TextSpec,
+        weights: dict[str, torch.Tensor],
+        device: torch.device,
+        placeholder_ids: tuple[int, ...] = (),
+        pad_token_id: int = 0,
+        moe_side_stream: bool = False,
+    ):
         self.spec = spec
         self.placeholder_ids = torch.tensor(placeholder_ids, dtype=torch.int64, device=device)
         self.pad_token_id = pad_token_id
@@ -84,7 +91,9 @@ class Gemma4TextModel:
 
     # --- one decoder layer -------------------------------------------------------------------------
 
-    def _layer(self, i, layer: LayerSpec, x, x_in, w_next, cos_sin, batch, kv_cache) -> tuple[torch.Tensor, torch.Tensor]:
+    def _layer(
+        self, i, layer: LayerSpec, x, x_in, w_next, cos_sin, batch, kv_cache
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """x: the residual stream [T, H]; x_in: x's input norm. Returns the layer's output and its norm
         with w_next (the next layer's input norm, or the final norm)."""
         p = f"layers.{i}."
@@ -94,20 +103,36 @@ class Gemma4TextModel:
         h = self._attention(p, layer, x_in, cos_sin, batch, kv_cache)
         moe = self.spec.moe is not None
         # the new residual and every input the FFN half needs from it (one kernel on CUDA)
-        ffn = norm.ffn_prologue(h, residual, self.w[p + "post_attn_norm.weight"], self.w[p + "pre_ffn_norm.weight"], eps,
-                                *((self.w[p + "moe.pre_norm.weight"], self.w[p + "moe.router_scale"]) if moe else ()))
+        ffn = norm.ffn_prologue(
+            h,
+            residual,
+            self.w[p + "post_attn_norm.weight"],
+            self.w[p + "pre_ffn_norm.weight"],
+            eps,
+            *((self.w[p + "moe.pre_norm.weight"], self.w[p + "moe.router_scale"]) if moe else ()),
+        )
         residual = ffn.residual
         if moe:
             m, e = self._mlp_and_experts(p, ffn)
             # (residual + post_ffn_norm(post_norm_dense(m) + post_norm_experts(e))) * layer_scalar
-            return norm.moe_epilogue(m, e, residual, self.w[p + "moe.post_norm_dense.weight"],
-                                     self.w[p + "moe.post_norm_experts.weight"], self.w[p + "post_ffn_norm.weight"],
-                                     self.w[p + "layer_scalar"], w_next, eps)  # fmt: skip
+            return norm.moe_epilogue(
+                m,
+                e,
+                residual,
+                self.w[p + "moe.post_norm_dense.weight"],
+                self.w[p + "moe.post_norm_experts.weight"],
+                self.w[p + "post_ffn_norm.weight"],
+                self.w[p + "layer_scalar"],
+                w_next,
+                eps,
+            )
         m = self._mlp(p, ffn.mlp_in)
         return norm.layer_end(m, residual, self.w[p + "post_ffn_norm.weight"], self.w[p + "layer_scalar"], w_next, eps)
 
     def _mlp(self, p: str, x: torch.Tensor) -> torch.Tensor:
-        return self.linear(self.geglu(self.linear(x, self.w, p + "mlp.gate_up_proj.weight")), self.w, p + "mlp.down_proj.weight")
+        return self.linear(
+            self.geglu(self.linear(x, self.w, p + "mlp.gate_up_proj.weight")), self.w, p + "mlp.down_proj.weight"
+        )
 
     def _mlp_and_experts(self, p: str, ffn) -> tuple[torch.Tensor, torch.Tensor]:
         """The dense MLP and the experts run side by side from the same residual, each post-normed. The
@@ -118,11 +143,16 @@ class Gemma4TextModel:
         after the join, and the side stream's next use of that memory waits on the next layer's fork,
         which follows the join."""
         run_experts = lambda: self.experts.routed(  # noqa: E731
-            ffn.experts_in, ffn.router_in, self.w[p + "moe.router_proj.weight"], self.spec.moe.top_k,
-            **expert_weights(self.experts, self.w, p))
+            ffn.experts_in,
+            ffn.router_in,
+            self.w[p + "moe.router_proj.weight"],
+            self.spec.moe.top_k,
+            **expert_weights(self.experts, self.w, p),
+        )
         side = self.side_stream
-        if (side is None or ffn.mlp_in.shape[0] > SIDE_STREAM_MAX_ROWS
-                or not torch.cuda.is_current_stream_capturing()):  # eager steps and larger graphs: one stream
+        if (
+            side is None or ffn.mlp_in.shape[0] > SIDE_STREAM_MAX_ROWS or not torch.cuda.is_current_stream_capturing()
+        ):  # eager steps and larger graphs: one stream
             return self._mlp(p, ffn.mlp_in), run_experts()
         main = torch.cuda.current_stream(self.device)
         side.wait_stream(main)  # fork: the prologue's outputs are written
@@ -134,9 +164,22 @@ class Gemma4TextModel:
 
     def _attention(self, p, layer: LayerSpec, h, cos_sin, batch, kv_cache) -> torch.Tensor:
         nq, nkv, d = self.spec.num_attention_heads, layer.num_kv_heads, layer.head_dim
-        qkv = self.linear(h, self.w, p + "attn.qkv_proj.weight")  # [T, (nq + 2nkv) d] or [T, (nq + nkv) d] on K=V layers
+        qkv = self.linear(
+            h, self.w, p + "attn.qkv_proj.weight"
+        )  # [T, (nq + 2nkv) d] or [T, (nq + nkv) d] on K=V layers
         # q and k normed and rotated, v normed; k and v go straight into this layer's cache pages
-        q = self.kv_write(qkv, nq, nkv, d, layer.k_eq_v, self.w[p + "attn.q_norm.weight"], self.w[p + "attn.k_norm.weight"],
-                          self.spec.rms_norm_eps, cos_sin, kv_cache, batch.slot_mapping[layer.type])  # [T, nq, d]
+        q = self.kv_write(
+            qkv,
+            nq,
+            nkv,
+            d,
+            layer.k_eq_v,
+            self.w[p + "attn.q_norm.weight"],
+            self.w[p + "attn.k_norm.weight"],
+            self.spec.rms_norm_eps,
+            cos_sin,
+            kv_cache,
+            batch.slot_mapping[layer.type],
+        )  # [T, nq, d]
         o = self.attention(q, kv_cache, batch, layer, self.spec.sliding_window)  # [T, nq, d]
         return self.linear(o.reshape(o.shape[0], nq * d), self.w, p + "attn.o_proj.weight")  # [T, H]

@@ -14,9 +14,20 @@ from gemma_runtime.model.registry import register
 class TorchKVWrite:
     norm = TorchRMSNorm()
 
-    def __call__(self, qkv: torch.Tensor, num_q_heads: int, num_kv_heads: int, head_dim: int, k_eq_v: bool,
-                 q_weight: torch.Tensor, k_weight: torch.Tensor, eps: float, rope: tuple[torch.Tensor, torch.Tensor],
-                 kv_cache: tuple[torch.Tensor, torch.Tensor], slots: torch.Tensor) -> torch.Tensor:
+    def __call__(
+        self,
+        qkv: torch.Tensor,
+        num_q_heads: int,
+        num_kv_heads: int,
+        head_dim: int,
+        k_eq_v: bool,
+        q_weight: torch.Tensor,
+        k_weight: torch.Tensor,
+        eps: float,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        kv_cache: tuple[torch.Tensor, torch.Tensor],
+        slots: torch.Tensor,
+    ) -> torch.Tensor:
         """The fused QKV projection [T, (nq + 2 nkv) d] -> q [T, nq, d]: q and k normed and rotated, v normed
         without a weight, k and v written into the layer's cache at `slots` (one kernel on CUDA)."""
         nq, nkv, d = num_q_heads, num_kv_heads, head_dim

@@ -40,8 +40,15 @@ class TorchRMSNorm:
     apply_rope(rms_norm(x) * weight, cos, sin) for q and k. The CUDA backend does each in one kernel
     (kernels/rms_norm.py)."""
 
-    def __call__(self, x: torch.Tensor, weight: torch.Tensor | None, eps: float, residual: torch.Tensor | None = None,
-                 scale: torch.Tensor | None = None, rope: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    def __call__(
+        self,
+        x: torch.Tensor,
+        weight: torch.Tensor | None,
+        eps: float,
+        residual: torch.Tensor | None = None,
+        scale: torch.Tensor | None = None,
+        rope: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
         y = rms_norm(x, weight, eps)
         if rope is not None:
             y = apply_rope(y, *rope)
@@ -51,9 +58,16 @@ class TorchRMSNorm:
             y = y * scale
         return y
 
-    def ffn_prologue(self, h: torch.Tensor, residual: torch.Tensor, w_post_attn: torch.Tensor, w_pre_ffn: torch.Tensor,
-                     eps: float, w_experts_in: torch.Tensor | None = None,
-                     router_scale: torch.Tensor | None = None) -> FFNInputs:
+    def ffn_prologue(
+        self,
+        h: torch.Tensor,
+        residual: torch.Tensor,
+        w_post_attn: torch.Tensor,
+        w_pre_ffn: torch.Tensor,
+        eps: float,
+        w_experts_in: torch.Tensor | None = None,
+        router_scale: torch.Tensor | None = None,
+    ) -> FFNInputs:
         """From the attention output h to the FFN's inputs: the new residual, then its pre-FFN norm and,
         on MoE layers (w_experts_in and router_scale given), the experts' and the router's inputs."""
         x = self(h, w_post_attn, eps, residual=residual)
@@ -62,9 +76,18 @@ class TorchRMSNorm:
             return FFNInputs(x, mlp_in, None, None)
         return FFNInputs(x, mlp_in, self(x, w_experts_in, eps), router_input(x, router_scale, eps))
 
-    def moe_epilogue(self, dense: torch.Tensor, experts: torch.Tensor, residual: torch.Tensor, w_dense: torch.Tensor,
-                     w_experts: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor, w_next: torch.Tensor,
-                     eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def moe_epilogue(
+        self,
+        dense: torch.Tensor,
+        experts: torch.Tensor,
+        residual: torch.Tensor,
+        w_dense: torch.Tensor,
+        w_experts: torch.Tensor,
+        w_post: torch.Tensor,
+        layer_scalar: torch.Tensor,
+        w_next: torch.Tensor,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The end of a MoE layer: x = (residual + post_ffn_norm(post_norm_dense(dense) + post_norm_experts(experts)))
         * layer_scalar, and x's norm with w_next (the next layer's input norm, or the final norm).
         `experts` is [T, H], or float32 per-slot rows [T, k, H] still to be summed."""
@@ -73,8 +96,15 @@ class TorchRMSNorm:
         m = self(experts, w_experts, eps, residual=self(dense, w_dense, eps))
         return self.layer_end(m, residual, w_post, layer_scalar, w_next, eps)
 
-    def layer_end(self, m: torch.Tensor, residual: torch.Tensor, w_post: torch.Tensor, layer_scalar: torch.Tensor,
-                  w_next: torch.Tensor, eps: float) -> tuple[torch.Tensor, torch.Tensor]:
+    def layer_end(
+        self,
+        m: torch.Tensor,
+        residual: torch.Tensor,
+        w_post: torch.Tensor,
+        layer_scalar: torch.Tensor,
+        w_next: torch.Tensor,
+        eps: float,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The end of a layer: x = (residual + post_ffn_norm(m)) * layer_scalar, and x's norm with w_next."""
         x = self(m, w_post, eps, residual=residual, scale=layer_scalar)
         return x, self(x, w_next, eps)

@@ -48,8 +48,15 @@ class TorchGroupedExperts:
             start += count
         return out
 
-    def routed(self, x: torch.Tensor, router_in: torch.Tensor, router_proj: torch.Tensor, top_k: int,
-               gate_up: torch.Tensor, down: torch.Tensor) -> torch.Tensor:
+    def routed(
+        self,
+        x: torch.Tensor,
+        router_in: torch.Tensor,
+        router_proj: torch.Tensor,
+        top_k: int,
+        gate_up: torch.Tensor,
+        down: torch.Tensor,
+    ) -> torch.Tensor:
         """A MoE layer's experts from the router's input (layers.router_input): route, then run -> [T, H]."""
         weights, ids = route_hidden(router_in, router_proj, top_k)
         return self(x, weights, ids, gate_up, down)

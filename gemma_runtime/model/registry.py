@@ -9,7 +9,9 @@ from collections.abc import Callable
 
 import torch
 
-_REGISTRIES: dict[str, dict[str, Callable]] = {kind: {} for kind in ("attention", "moe", "norm", "kv_write", "geglu", "linear")}
+_REGISTRIES: dict[str, dict[str, Callable]] = {
+    kind: {} for kind in ("attention", "moe", "norm", "kv_write", "geglu", "linear")
+}
 
 
 def register(kind: str, device_type: str):

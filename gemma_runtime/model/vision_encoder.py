@@ -34,7 +34,9 @@ def linear(d_in: int, d_out: int, dtype: torch.dtype) -> nn.Linear:
 # ---------------------------------------------------------------- 2-D RoPE
 
 
-def axial_rope_tables(position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype) -> tuple[torch.Tensor, torch.Tensor]:
+def axial_rope_tables(
+    position_ids: torch.Tensor, head_dim: int, theta: float, dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     """cos, sin [N, head_dim]: the first half of a head rotates with x, the second half with y."""
     spatial = head_dim // 2
     inv_freq = 1.0 / (theta ** (torch.arange(0, spatial, 2, dtype=torch.float, device=position_ids.device) / spatial))
@@ -54,8 +56,7 @@ def apply_axial_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> t
     """x [N, heads, head_dim]; cos/sin [N, head_dim]. Each half is rotated on its own (x half, y half)."""
     cos, sin = cos[:, None], sin[:, None]  # [N, 1, head_dim]
     halves = [
-        xh * c + rotate_half(xh) * s
-        for xh, c, s in zip(x.chunk(2, dim=-1), cos.chunk(2, dim=-1), sin.chunk(2, dim=-1))
+        xh * c + rotate_half(xh) * s for xh, c, s in zip(x.chunk(2, dim=-1), cos.chunk(2, dim=-1), sin.chunk(2, dim=-1))
     ]
     return torch.cat(halves, dim=-1)
 
@@ -84,7 +85,9 @@ class Attention(nn.Module):
         k = apply_axial_rope(self.k_norm(k), cos, sin)
         v = rms_norm(v, None, self.eps)
         # q/k are RMS-normed, so Gemma 4 uses no 1/sqrt(d) scaling; no mask: one image, all patches see all.
-        out = F.scaled_dot_product_attention(q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), scale=1.0)  # [heads, N, hd]
+        out = F.scaled_dot_product_attention(
+            q.transpose(0, 1), k.transpose(0, 1), v.transpose(0, 1), scale=1.0
+        )  # [heads, N, hd]
         return self.o_proj(out.transpose(0, 1).reshape(n, self.num_heads * self.head_dim))  # [N, heads*hd] -> [N, H]
 
 
@@ -171,7 +174,9 @@ class VisionEncoder(nn.Module):
         h = self.run_layers(h, positions)  # [N, Hv]
         pooled = self.pool(h, positions)  # [num_soft_tokens, Hv] float32
         if pooled.shape[0] != image.num_soft_tokens:
-            raise ValueError(f"image pooled to {pooled.shape[0]} tokens but was preprocessed for {image.num_soft_tokens}")
+            raise ValueError(
+                f"image pooled to {pooled.shape[0]} tokens but was preprocessed for {image.num_soft_tokens}"
+            )
         return self.project(self.standardize(pooled))  # [num_soft_tokens, H_text]
 
     def run_layers(self, h: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:

@@ -44,8 +44,16 @@ class BlockPool:
 
 
 class BlockManager:
-    def __init__(self, block_size: int, num_full_blocks: int, num_sliding_blocks: int, sliding_window: int,
-                 has_full: bool = True, has_sliding: bool = True, pool: type[BlockPool] | None = None):
+    def __init__(
+        self,
+        block_size: int,
+        num_full_blocks: int,
+        num_sliding_blocks: int,
+        sliding_window: int,
+        has_full: bool = True,
+        has_sliding: bool = True,
+        pool: type[BlockPool] | None = None,
+    ):
         """pool: the page pool class of both geometries; prefix_cache.CachingBlockPool shares pages
         between sequences and keeps them after they end."""
         self.block_size = block_size
@@ -73,7 +81,9 @@ class BlockManager:
         sliding = 0
         if self.has_sliding:
             first = self._first_live_page(num_computed)
-            sliding = sum(1 for page in range(first, end) if page >= len(tables.sliding) or tables.sliding[page] == NO_BLOCK)
+            sliding = sum(
+                1 for page in range(first, end) if page >= len(tables.sliding) or tables.sliding[page] == NO_BLOCK
+            )
         return full, sliding
 
     def max_pages_per_sequence(self, max_model_len: int) -> tuple[int, int]:
@@ -88,8 +98,11 @@ class BlockManager:
 
     def reclaimable_sliding(self, tables: BlockTables, num_computed: int) -> int:
         first = self._first_live_page(num_computed)
-        return sum(1 for b in tables.sliding[tables.sliding_reclaimed : first]
-                   if b != NO_BLOCK and self.sliding.frees_on_give_back(b))
+        return sum(
+            1
+            for b in tables.sliding[tables.sliding_reclaimed : first]
+            if b != NO_BLOCK and self.sliding.frees_on_give_back(b)
+        )
 
     def allocate(self, tables: BlockTables, num_computed: int, num_new: int) -> None:
         """Reclaims sliding pages behind the window, then maps every page the new tokens touch."""

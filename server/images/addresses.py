@@ -33,8 +33,15 @@ def _embedded_ipv4(ip: ipaddress.IPv6Address) -> list[ipaddress.IPv4Address]:
 def _is_public(ip: IPAddress) -> bool:
     # is_global alone misses multicast and IPv6 site-local (fec0::/10), and its exact set moved
     # between Python patch releases, so the named classes are checked explicitly too.
-    if (not ip.is_global or ip.is_private or ip.is_loopback or ip.is_link_local or ip.is_reserved
-            or ip.is_multicast or ip.is_unspecified):
+    if (
+        not ip.is_global
+        or ip.is_private
+        or ip.is_loopback
+        or ip.is_link_local
+        or ip.is_reserved
+        or ip.is_multicast
+        or ip.is_unspecified
+    ):
         return False
     if isinstance(ip, ipaddress.IPv6Address):
         if ip.is_site_local:
@@ -57,8 +64,7 @@ def check_domain(host: str, policy: ImageFetchPolicy) -> None:
         domain = domain.lower().rstrip(".")
         if host == domain or host.endswith("." + domain):
             return
-    raise ImageError(f"image host {host} is not in the list of allowed image domains.",
-                     code="image_host_not_allowed")
+    raise ImageError(f"image host {host} is not in the list of allowed image domains.", code="image_host_not_allowed")
 
 
 def parse_ip_literal(host: str) -> IPAddress | None:
@@ -96,6 +102,8 @@ async def resolve_checked(host: str, port: int, policy: ImageFetchPolicy) -> lis
         ip = ipaddress.ip_address(text.split("%", 1)[0])  # drop an IPv6 zone id
         if not is_address_allowed(ip, policy):
             what = "is" if literal is not None else "resolves to"
-            raise ImageError(f"image host {host} {what} a private or reserved address, which is not allowed.",
-                             code="image_host_not_allowed")
+            raise ImageError(
+                f"image host {host} {what} a private or reserved address, which is not allowed.",
+                code="image_host_not_allowed",
+            )
     return addresses

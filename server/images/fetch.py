@@ -22,7 +22,9 @@ from server.images.policy import ImageError, ImageFetchPolicy
 _REDIRECT_STATUSES = frozenset({301, 302, 303, 307, 308})
 _DEFAULT_PORTS = {"http": 80, "https": 443}
 # A DNS name (after IDNA), so that nothing odd (percent signs, spaces) ever reaches the resolver.
-_HOSTNAME = re.compile(r"^(?=.{1,253}\.?$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?$")
+_HOSTNAME = re.compile(
+    r"^(?=.{1,253}\.?$)([a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.)*[a-z0-9_]([a-z0-9_-]{0,61}[a-z0-9_])?\.?$"
+)
 
 
 def _pinned_request(url: httpx.URL, address: str) -> tuple[httpx.URL, dict[str, str], dict[str, object]]:
@@ -39,8 +41,9 @@ def _pinned_request(url: httpx.URL, address: str) -> tuple[httpx.URL, dict[str, 
 
 
 async def _read_capped(response: httpx.Response, host: str, policy: ImageFetchPolicy) -> bytes:
-    too_large = ImageError(f"image from {host} is larger than the limit of {policy.max_bytes} bytes.",
-                           code="image_too_large")
+    too_large = ImageError(
+        f"image from {host} is larger than the limit of {policy.max_bytes} bytes.", code="image_too_large"
+    )
     declared = response.headers.get("content-length")
     if declared is not None and declared.strip().isdigit() and int(declared) > policy.max_bytes:
         raise too_large  # announced: refuse before reading any of the body
@@ -65,31 +68,38 @@ async def _fetch_hop(url: httpx.URL, policy: ImageFetchPolicy, client: httpx.Asy
     for address in addresses:  # in resolver order, falling back on connect failures only
         target, headers, extensions = _pinned_request(url, address)
         try:
-            async with client.stream("GET", target, headers=headers, extensions=extensions,
-                                     follow_redirects=False, timeout=policy.timeout_s) as response:
+            async with client.stream(
+                "GET", target, headers=headers, extensions=extensions, follow_redirects=False, timeout=policy.timeout_s
+            ) as response:
                 status = response.status_code
                 if status in _REDIRECT_STATUSES:
                     location = response.headers.get("location")
                     if not location:
-                        raise ImageError(f"image host {host} answered a redirect without a Location.",
-                                         code="image_fetch_failed")
+                        raise ImageError(
+                            f"image host {host} answered a redirect without a Location.", code="image_fetch_failed"
+                        )
                     return url.join(location)
                 if status >= 500:
-                    raise ImageError(f"image host {host} answered HTTP {status}.", status_code=502,
-                                     code="image_fetch_failed")
+                    raise ImageError(
+                        f"image host {host} answered HTTP {status}.", status_code=502, code="image_fetch_failed"
+                    )
                 if not 200 <= status < 300:
                     raise ImageError(f"image host {host} answered HTTP {status}.", code="image_fetch_failed")
                 return await _read_capped(response, host, policy)
         except httpx.ConnectError:
             continue
         except httpx.TimeoutException:
-            raise ImageError(f"image host {host} did not deliver the image within {policy.timeout_s:g} s.",
-                             status_code=504, code="image_fetch_timeout") from None
+            raise ImageError(
+                f"image host {host} did not deliver the image within {policy.timeout_s:g} s.",
+                status_code=504,
+                code="image_fetch_timeout",
+            ) from None
         except httpx.InvalidURL:
             raise ImageError(f"image URL for host {host} is not a valid URL.", code="invalid_image_url") from None
         except httpx.HTTPError as exc:
-            raise ImageError(f"image host {host} broke off the transfer ({type(exc).__name__}).",
-                             code="image_fetch_failed") from None
+            raise ImageError(
+                f"image host {host} broke off the transfer ({type(exc).__name__}).", code="image_fetch_failed"
+            ) from None
     raise ImageError(f"image host {host} could not be connected to.", code="image_fetch_failed")
 
 
@@ -114,8 +124,10 @@ async def fetch_http(url: httpx.URL, policy: ImageFetchPolicy, client: httpx.Asy
         if isinstance(result, bytes):
             return result
         if result.scheme not in _DEFAULT_PORTS or not result.host:
-            raise ImageError(f"image host {url.host} redirected to a URL that is not http(s), which is not allowed.",
-                             code="invalid_image_url")
+            raise ImageError(
+                f"image host {url.host} redirected to a URL that is not http(s), which is not allowed.",
+                code="invalid_image_url",
+            )
         try:
             result = parse_http_url(str(result))
         except ImageError:
@@ -124,5 +136,6 @@ async def fetch_http(url: httpx.URL, policy: ImageFetchPolicy, client: httpx.Asy
             raise ImageError(f"image host {url.host} redirected in a loop.", code="too_many_redirects")
         seen.add(str(result))
         url = result
-    raise ImageError(f"image host {url.host} redirected more than {policy.max_redirects} times.",
-                     code="too_many_redirects")
+    raise ImageError(
+        f"image host {url.host} redirected more than {policy.max_redirects} times.", code="too_many_redirects"
+    )

@@ -15,8 +15,10 @@ _DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, TypeEr
 
 def _check_pixels(width: int, height: int, policy: ImageFetchPolicy, origin: str) -> None:
     if width * height > policy.max_pixels:
-        raise ImageError(f"image {origin} is {width}x{height} pixels, more than the limit of "
-                         f"{policy.max_pixels} pixels.", code="image_too_large")
+        raise ImageError(
+            f"image {origin} is {width}x{height} pixels, more than the limit of {policy.max_pixels} pixels.",
+            code="image_too_large",
+        )
 
 
 def check_image_bytes(data: bytes, policy: ImageFetchPolicy, *, source: str | None = None) -> str:
@@ -28,24 +30,30 @@ def check_image_bytes(data: bytes, policy: ImageFetchPolicy, *, source: str | No
     """
     origin = f"from {source}" if source else "data"
     if len(data) > policy.max_bytes:
-        raise ImageError(f"image {origin} is larger than the limit of {policy.max_bytes} bytes.",
-                         code="image_too_large")
+        raise ImageError(
+            f"image {origin} is larger than the limit of {policy.max_bytes} bytes.", code="image_too_large"
+        )
     try:
         with Image.open(io.BytesIO(data)) as im:  # reads headers only
             fmt = im.format or "unknown"
             size = im.size
     except Image.DecompressionBombError:
         # Pillow's own guard (above ~179M pixels) fires inside open(), before our check can run.
-        raise ImageError(f"image {origin} has more pixels than the limit of {policy.max_pixels}.",
-                         code="image_too_large") from None
+        raise ImageError(
+            f"image {origin} has more pixels than the limit of {policy.max_pixels}.", code="image_too_large"
+        ) from None
     except UnidentifiedImageError:
-        raise ImageError(f"image {origin} is not in a recognised image format; use {ALLOWED_FORMATS_TEXT}.",
-                         code="unsupported_image_format") from None
+        raise ImageError(
+            f"image {origin} is not in a recognised image format; use {ALLOWED_FORMATS_TEXT}.",
+            code="unsupported_image_format",
+        ) from None
     except _DECODE_ERRORS:
         raise ImageError(f"image {origin} has a corrupt header.") from None
     if fmt not in ALLOWED_FORMATS:
-        raise ImageError(f"image format {fmt} is not supported ({origin}); use {ALLOWED_FORMATS_TEXT}.",
-                         code="unsupported_image_format")
+        raise ImageError(
+            f"image format {fmt} is not supported ({origin}); use {ALLOWED_FORMATS_TEXT}.",
+            code="unsupported_image_format",
+        )
     _check_pixels(*size, policy, origin)
     if fmt == "GIF":
         _check_pixels(*gif_canvas_size(data), policy, origin)

@@ -37,7 +37,7 @@ def gif_canvas_size(data: bytes) -> tuple[int, int]:
         elif block == 0x2C:  # image descriptor: left, top, width, height (u16 LE each), flags
             if pos + 10 > len(data):
                 break
-            left, top, w, h = (int.from_bytes(data[pos + i:pos + i + 2], "little") for i in (1, 3, 5, 7))
+            left, top, w, h = (int.from_bytes(data[pos + i : pos + i + 2], "little") for i in (1, 3, 5, 7))
             width, height = max(width, left + w), max(height, top + h)
             pos += 10 + _color_table_size(data[pos + 9]) + 1  # + LZW minimum code size
             pos = _skip_sub_blocks(data, pos)

@@ -36,8 +36,11 @@ async def _load_http(raw: str, policy: ImageFetchPolicy, client: httpx.AsyncClie
                 async with httpx.AsyncClient(trust_env=False, timeout=policy.timeout_s) as own:
                     data = await fetch_http(url, policy, own)
     except TimeoutError:
-        raise ImageError(f"image host {url.host} did not deliver the image within {policy.timeout_s:g} s.",
-                         status_code=504, code="image_fetch_timeout") from None
+        raise ImageError(
+            f"image host {url.host} did not deliver the image within {policy.timeout_s:g} s.",
+            status_code=504,
+            code="image_fetch_timeout",
+        ) from None
     await asyncio.to_thread(check_image_bytes, data, policy, source=url.host)
     return data
 
@@ -62,6 +65,8 @@ async def load_image(url: str, policy: ImageFetchPolicy, client: httpx.AsyncClie
         host = urlsplit(url).hostname if sep and scheme.lower() != "data" else None
         where = f" (host {host})" if host else ""
         shown = f"'{scheme.lower()}'" if sep and scheme.isascii() and scheme.isalnum() and len(scheme) < 20 else "given"
-        raise ImageError(f"image URL scheme {shown} is not allowed{where}; use http, https or a base64 data URL.",
-                         code="invalid_image_url")
+        raise ImageError(
+            f"image URL scheme {shown} is not allowed{where}; use http, https or a base64 data URL.",
+            code="invalid_image_url",
+        )
     return await loader(url, policy, client)

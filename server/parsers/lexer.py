@@ -42,7 +42,7 @@ class SpecialTokenLexer:
         stop = pos if pos >= 0 else len(buf)
         if stop > start:
             events.append((False, buf[start:stop]))
-        self._held = buf[max(stop, start):]
+        self._held = buf[max(stop, start) :]
         return events
 
     def flush(self) -> list[Event]:

@@ -178,7 +178,7 @@ class Gemma4OutputParser:
         if self._state is not _State.CALL:
             self._settle_label()
             return  # a stray close tag carries no text worth showing
-        parsed = parse_tool_call(self._pending[len(TOOL_CALL_OPEN):])
+        parsed = parse_tool_call(self._pending[len(TOOL_CALL_OPEN) :])
         if parsed is None:
             self._pending += TOOL_CALL_CLOSE
             self._abandon_call()

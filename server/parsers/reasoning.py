@@ -22,5 +22,5 @@ def strip_label(pending: str) -> str:
     """The reasoning text in `pending` once the label question is settled."""
     for label in (THOUGHT_LABEL, _LABEL_WORD):
         if pending.startswith(label):
-            return pending[len(label):]
+            return pending[len(label) :]
     return pending

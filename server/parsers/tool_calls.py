@@ -37,7 +37,7 @@ def parse_tool_call(body: str) -> tuple[str, str] | None:
     header = _HEADER.match(body)
     if header is None:
         return None
-    args_text = body[header.end():]
+    args_text = body[header.end() :]
     if args_text.startswith("("):
         # `name(k:v,...)`: the same members as `{k:v,...}`; the value reader checks what is inside
         inner = args_text.rstrip()

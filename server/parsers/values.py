@@ -35,7 +35,7 @@ class _Reader:
         self.pos = 0
 
     def fail(self, what: str) -> ValueSyntaxError:
-        return ValueSyntaxError(f"{what} at offset {self.pos}: {self.text[self.pos:self.pos + 20]!r}")
+        return ValueSyntaxError(f"{what} at offset {self.pos}: {self.text[self.pos : self.pos + 20]!r}")
 
     def skip_ws(self) -> None:
         while self.pos < len(self.text) and self.text[self.pos].isspace():
@@ -120,7 +120,7 @@ class _Reader:
             if self.text.startswith(STRING_DELIM, self.pos):
                 raise self.fail("string delimiter inside a bare key")
             self.pos += 1
-        key = self.text[start:self.pos].strip()
+        key = self.text[start : self.pos].strip()
         if not key:
             raise self.fail("empty key")
         return key
@@ -146,7 +146,7 @@ class _Reader:
             if self.text.startswith(STRING_DELIM, self.pos):
                 raise self.fail("string delimiter inside a bare value")
             self.pos += 1
-        word = self.text[start:self.pos].strip()
+        word = self.text[start : self.pos].strip()
         if not word:
             raise self.fail("missing value")
         if self.peek() in ("{", "[", ":"):  # `a:1 b:2` is a missing comma, not the word "1 b:2"

@@ -27,7 +27,11 @@ def item_id(prefix: str) -> str:
 
 def _part(kind: str) -> dict:
     # The output_text part carries annotations/logprobs lists as OpenAI's does; reasoning_text only text.
-    return {"type": "output_text", "text": "", "annotations": [], "logprobs": []} if kind == "message" else {"type": "reasoning_text", "text": ""}
+    return (
+        {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
+        if kind == "message"
+        else {"type": "reasoning_text", "text": ""}
+    )
 
 
 class _OpenItem:
@@ -77,9 +81,18 @@ class ResponseAssembler:
         events = self._close_open("completed")
         self._open = item = _OpenItem(kind, len(self.output))
         self.output.append(item.item)
-        events.append(self._event("response.output_item.added", output_index=item.output_index, item=copy.deepcopy(item.item)))
-        events.append(self._event("response.content_part.added", item_id=item.item["id"], output_index=item.output_index,
-                                  content_index=0, part=copy.deepcopy(item.part)))  # fmt: skip
+        events.append(
+            self._event("response.output_item.added", output_index=item.output_index, item=copy.deepcopy(item.item))
+        )
+        events.append(
+            self._event(
+                "response.content_part.added",
+                item_id=item.item["id"],
+                output_index=item.output_index,
+                content_index=0,
+                part=copy.deepcopy(item.part),
+            )
+        )
         return events
 
     def _text(self, kind: str, text: str) -> list[dict]:
@@ -89,8 +102,16 @@ class ResponseAssembler:
         item = self._open
         item.part["text"] += text
         extra = {"logprobs": []} if kind == "message" else {}
-        events.append(self._event(f"{item.delta_type}.delta", item_id=item.item["id"], output_index=item.output_index,
-                                  content_index=0, delta=text, **extra))  # fmt: skip
+        events.append(
+            self._event(
+                f"{item.delta_type}.delta",
+                item_id=item.item["id"],
+                output_index=item.output_index,
+                content_index=0,
+                delta=text,
+                **extra,
+            )
+        )
         return events
 
     def _close_open(self, status: str) -> list[dict]:
@@ -111,14 +132,23 @@ class ResponseAssembler:
         """A committed call arrives whole (the parser's contract): added, one arguments delta, done."""
         events = self._close_open("completed")
         index = len(self.output)
-        item = {"id": item_id("fc"), "type": "function_call", "call_id": call.id, "name": call.name, "arguments": "", "status": "in_progress"}
+        item = {
+            "id": item_id("fc"),
+            "type": "function_call",
+            "call_id": call.id,
+            "name": call.name,
+            "arguments": "",
+            "status": "in_progress",
+        }
         self.output.append(item)
         events.append(self._event("response.output_item.added", output_index=index, item=copy.deepcopy(item)))
         ids = {"item_id": item["id"], "output_index": index}
         if call.arguments:
             events.append(self._event("response.function_call_arguments.delta", **ids, delta=call.arguments))
         item.update(arguments=call.arguments, status="completed")
-        events.append(self._event("response.function_call_arguments.done", **ids, name=call.name, arguments=call.arguments))
+        events.append(
+            self._event("response.function_call_arguments.done", **ids, name=call.name, arguments=call.arguments)
+        )
         events.append(self._event("response.output_item.done", output_index=index, item=copy.deepcopy(item)))
         return events
 

@@ -31,7 +31,10 @@ def _content_parts(content: Any, role: str, index: int) -> str | list[dict]:
     if isinstance(content, str):
         return content
     if not isinstance(content, list):
-        raise bad_request(f"input[{index}]: message content must be a string or a list of content parts", param=_where(index, "content"))
+        raise bad_request(
+            f"input[{index}]: message content must be a string or a list of content parts",
+            param=_where(index, "content"),
+        )
     parts: list[dict] = []
     for j, part in enumerate(content):
         kind = part.get("type") if isinstance(part, dict) else None
@@ -45,15 +48,23 @@ def _content_parts(content: Any, role: str, index: int) -> str | list[dict]:
             if role != "user":
                 raise bad_request(f"input[{index}]: images are only allowed in user messages", param=where)
             if part.get("file_id") and not part.get("image_url"):
-                raise bad_request("input_image by `file_id` is not supported (this server has no Files API): give `image_url` "
-                                  "(an http(s) or data URL)", param=where, code="unsupported_parameter")
+                raise bad_request(
+                    "input_image by `file_id` is not supported (this server has no Files API): give `image_url` "
+                    "(an http(s) or data URL)",
+                    param=where,
+                    code="unsupported_parameter",
+                )
             url = part.get("image_url")
             if not isinstance(url, str) or not url:
                 raise bad_request(f"input[{index}].content[{j}]: an input_image part needs `image_url`", param=where)
             parts.append({"type": "image_url", "image_url": {"url": url, "detail": part.get("detail")}})
         else:
-            raise bad_request(f"input[{index}].content[{j}]: content part type {kind!r} is not supported "
-                              "(use input_text or input_image)", param=where, code="unsupported_parameter")
+            raise bad_request(
+                f"input[{index}].content[{j}]: content part type {kind!r} is not supported "
+                "(use input_text or input_image)",
+                param=where,
+                code="unsupported_parameter",
+            )
     return parts
 
 
@@ -78,8 +89,10 @@ class _Conversation:
     def message(self, item: dict, index: int) -> None:
         role = item.get("role")
         if role not in ("user", "assistant", *SYSTEM_ROLES):
-            raise bad_request(f"input[{index}]: message role must be user, assistant, system or developer, not {role!r}",
-                              param=_where(index, "role"))
+            raise bad_request(
+                f"input[{index}]: message role must be user, assistant, system or developer, not {role!r}",
+                param=_where(index, "role"),
+            )
         content = _content_parts(item.get("content", ""), role, index)
         if role != "assistant":
             self.flush()
@@ -94,7 +107,9 @@ class _Conversation:
         call_id, name, arguments = item.get("call_id"), item.get("name"), item.get("arguments", "{}")
         for field, value in (("call_id", call_id), ("name", name), ("arguments", arguments)):
             if not isinstance(value, str) or (field != "arguments" and not value):
-                raise bad_request(f"input[{index}]: a function_call item needs a string `{field}`", param=_where(index, field))
+                raise bad_request(
+                    f"input[{index}]: a function_call item needs a string `{field}`", param=_where(index, field)
+                )
         self.call_ids.add(call_id)
         call = {"id": call_id, "type": "function", "function": {"name": name, "arguments": arguments}}
         self.assistant().setdefault("tool_calls", []).append(call)
@@ -102,15 +117,22 @@ class _Conversation:
     def function_call_output(self, item: dict, index: int) -> None:
         call_id, output = item.get("call_id"), item.get("output")
         if not isinstance(call_id, str) or not call_id:
-            raise bad_request(f"input[{index}]: a function_call_output item needs `call_id`", param=_where(index, "call_id"))
+            raise bad_request(
+                f"input[{index}]: a function_call_output item needs `call_id`", param=_where(index, "call_id")
+            )
         if call_id not in self.call_ids:
-            raise bad_request(f"input[{index}]: function_call_output answers call_id {call_id!r}, but no function_call "
-                              "item with that call_id comes before it", param=_where(index, "call_id"))
+            raise bad_request(
+                f"input[{index}]: function_call_output answers call_id {call_id!r}, but no function_call "
+                "item with that call_id comes before it",
+                param=_where(index, "call_id"),
+            )
         if isinstance(output, list):
             parts = _content_parts(output, "tool", index)
             output = "".join(p["text"] for p in parts)
         if not isinstance(output, str):
-            raise bad_request(f"input[{index}]: function_call_output `output` must be a string", param=_where(index, "output"))
+            raise bad_request(
+                f"input[{index}]: function_call_output `output` must be a string", param=_where(index, "output")
+            )
         self.flush()
         self.messages.append({"role": "tool", "tool_call_id": call_id, "content": output})
 
@@ -147,8 +169,11 @@ def to_chat_messages(items: list[dict], instructions: str | None, first_index: i
         kind = item.get("type", "message")
         handler = ITEM_HANDLERS.get(kind)
         if handler is None:
-            raise bad_request(f"input[{index}]: item type {kind!r} is not supported (served: {', '.join(ITEM_HANDLERS)})",
-                              param=_where(index, "type"), code="unsupported_parameter")
+            raise bad_request(
+                f"input[{index}]: item type {kind!r} is not supported (served: {', '.join(ITEM_HANDLERS)})",
+                param=_where(index, "type"),
+                code="unsupported_parameter",
+            )
         handler(conversation, item, index)
     conversation.flush()
     messages = conversation.messages

@@ -56,7 +56,9 @@ class TextFormatParam(_Model):
         return None
 
     def as_json(self) -> dict:
-        return self.model_dump(by_alias=True, exclude_none=True, include={"type", "name", "description", "schema_", "strict"})
+        return self.model_dump(
+            by_alias=True, exclude_none=True, include={"type", "name", "description", "schema_", "strict"}
+        )
 
 
 class TextParam(_Model):

@@ -46,8 +46,13 @@ class ResponsePlan:
 def _chat_tools(req: ResponsesRequest) -> dict:
     if not req.tools:
         return {}
-    tools = [{"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters,
-                                               "strict": t.strict}} for t in req.tools]  # fmt: skip
+    tools = [
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": t.parameters, "strict": t.strict},
+        }
+        for t in req.tools
+    ]
     choice = req.tool_choice
     if isinstance(choice, NamedToolChoiceParam):
         choice = {"type": "function", "function": {"name": choice.name}}
@@ -77,12 +82,19 @@ def to_chat_request(req: ResponsesRequest, messages: list[dict]) -> ChatCompleti
         first = e.errors()[0]
         where = ".".join(str(p) for p in first.get("loc", ()))
         param = _PARAM_NAMES.get(where.split(".", 1)[0], where) if where else None
-        raise bad_request(f"Invalid request: {where or 'input'}: {first.get('msg', 'invalid')}"[:300], param=param) from None
+        raise bad_request(
+            f"Invalid request: {where or 'input'}: {first.get('msg', 'invalid')}"[:300], param=param
+        ) from None
 
 
 def _tool_json(tool) -> dict:
-    return {"type": "function", "name": tool.name, "description": tool.description, "parameters": tool.parameters,
-            "strict": tool.strict if tool.strict is not None else True}  # fmt: skip
+    return {
+        "type": "function",
+        "name": tool.name,
+        "description": tool.description,
+        "parameters": tool.parameters,
+        "strict": tool.strict if tool.strict is not None else True,
+    }
 
 
 def skeleton(req: ResponsesRequest, model: str) -> dict:
@@ -106,7 +118,11 @@ def skeleton(req: ResponsesRequest, model: str) -> dict:
         "reasoning": {"effort": req.reasoning.effort if req.reasoning else None, "summary": None},
         "store": req.stores,
         "temperature": req.temperature,
-        "text": {"format": req.text.format.as_json() if req.text is not None and req.text.format is not None else {"type": "text"}},
+        "text": {
+            "format": req.text.format.as_json()
+            if req.text is not None and req.text.format is not None
+            else {"type": "text"}
+        },
         "tool_choice": choice.model_dump(exclude_none=True) if isinstance(choice, NamedToolChoiceParam) else choice,
         "tools": [_tool_json(t) for t in req.tools or ()],
         "top_p": req.top_p,
@@ -123,8 +139,13 @@ async def prepare_response(ctx: ServerContext, req: ResponsesRequest, store: Res
     if req.previous_response_id is not None:
         entry = store.get(req.previous_response_id)
         if entry is None:
-            raise APIError(f"Previous response with id '{req.previous_response_id}' not found (never stored, deleted, "
-                           "or expired).", 404, param="previous_response_id", code="previous_response_not_found")  # fmt: skip
+            raise APIError(
+                f"Previous response with id '{req.previous_response_id}' not found (never stored, deleted, "
+                "or expired).",
+                404,
+                param="previous_response_id",
+                code="previous_response_not_found",
+            )
         history = entry.conversation
     items = (*history, *normalize_input(req.input))
     messages = to_chat_messages(list(items), req.instructions, first_index=-len(history))

@@ -54,7 +54,10 @@ async def create_completion(body: CompletionRequest, request: Request):
 @router.get("/v1/models")
 async def list_models(request: Request):
     ctx = _ctx(request)
-    return {"object": "list", "data": [_model_card(ctx, request, name) for name in (ctx.model_name, *ctx.settings.model_aliases)]}
+    return {
+        "object": "list",
+        "data": [_model_card(ctx, request, name) for name in (ctx.model_name, *ctx.settings.model_aliases)],
+    }
 
 
 @router.get("/v1/models/{model_id:path}")

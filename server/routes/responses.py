@@ -43,8 +43,12 @@ async def create_response(body: ResponsesRequest, request: Request):
 
 
 def _not_found(response_id: str) -> APIError:
-    return APIError(f"Response with id '{response_id}' not found (never stored, deleted, or expired).", 404,
-                    param="response_id", code="response_not_found")  # fmt: skip
+    return APIError(
+        f"Response with id '{response_id}' not found (never stored, deleted, or expired).",
+        404,
+        param="response_id",
+        code="response_not_found",
+    )
 
 
 @router.get("/v1/responses/{response_id}")

@@ -56,8 +56,9 @@ def triton_server(taught_engine_dir, tmp_path_factory):
         pytest.skip("no tritonserver on PATH and nvidia-pytriton is not installed")
     ports = TritonPorts(*free_ports(3))
     log = tmp_path_factory.mktemp("triton-log") / "tritonserver.log"
-    server = start_triton(taught_engine_dir, ports, runtime_config=RUNTIME, log_path=log, timeout=300,
-                          record_engine_path=False)
+    server = start_triton(
+        taught_engine_dir, ports, runtime_config=RUNTIME, log_path=log, timeout=300, record_engine_path=False
+    )
     yield server
     server.stop()
 
@@ -82,9 +83,12 @@ def live_server(request, taught_engine_dir) -> LiveServer:
 
     backend = _backend(request.param, taught_engine_dir, request)
     settings = ServerSettings(
-        engine_dir=str(taught_engine_dir), served_model_name=SEED_MODEL, allow_local_image_urls=True,
-        max_images_per_prompt=MAX_IMAGES, max_request_bytes=MAX_BODY_BYTES,
-    )  # fmt: skip
+        engine_dir=str(taught_engine_dir),
+        served_model_name=SEED_MODEL,
+        allow_local_image_urls=True,
+        max_images_per_prompt=MAX_IMAGES,
+        max_request_bytes=MAX_BODY_BYTES,
+    )
     app = create_app(settings, backend)
     secured = create_app(ServerSettings(served_model_name=SEED_MODEL, api_key=API_KEY), backend, manage_backend=False)
     with UvicornThread(app) as main, UvicornThread(secured) as locked:

@@ -27,7 +27,12 @@ def async_client(base: str) -> openai.AsyncOpenAI:
 
 
 def image_messages(url: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "text", "text": IMAGE_QUESTION}, {"type": "image_url", "image_url": {"url": url}}]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": IMAGE_QUESTION}, {"type": "image_url", "image_url": {"url": url}}],
+        }
+    ]
 
 
 def data_url(spec, fmt: str = "PNG") -> str:
@@ -36,7 +41,9 @@ def data_url(spec, fmt: str = "PNG") -> str:
 
 def post(base: str, body: dict, **kw) -> httpx.Response:
     headers = {"Accept": "application/json", "Content-Type": "application/json"}
-    return httpx.post(base + "/chat/completions", content=json.dumps(body), headers=headers, timeout=kw.pop("timeout", 120), **kw)
+    return httpx.post(
+        base + "/chat/completions", content=json.dumps(body), headers=headers, timeout=kw.pop("timeout", 120), **kw
+    )
 
 
 def assert_chat_completion(body: dict) -> dict:

@@ -63,7 +63,11 @@ def test_completions_finish_reasons(client, live_server, stream):
         body = dict(model=MODEL, prompt=prompt, max_tokens=max_tokens, temperature=0)
         if not stream:
             return client.completions.create(**body).choices[0].finish_reason
-        reasons = [c.choices[0].finish_reason for c in client.completions.create(stream=True, **body) if c.choices[0].finish_reason]
+        reasons = [
+            c.choices[0].finish_reason
+            for c in client.completions.create(stream=True, **body)
+            if c.choices[0].finish_reason
+        ]
         assert len(reasons) == 1
         return reasons[0]
 
@@ -82,7 +86,11 @@ def test_each_reasoning_effort(client, effort, stream):
         reasoning = (msg.model_extra or {}).get("reasoning")
         content = msg.content
     else:
-        deltas = [c.choices[0].delta for c in client.chat.completions.create(model=MODEL, stream=True, **GREEDY, **body) if c.choices]
+        deltas = [
+            c.choices[0].delta
+            for c in client.chat.completions.create(model=MODEL, stream=True, **GREEDY, **body)
+            if c.choices
+        ]
         reasoning = "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas) or None
         content = "".join(d.content or "" for d in deltas)
     assert content == MATH_ANSWER

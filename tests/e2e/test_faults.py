@@ -49,7 +49,9 @@ def serve(backend, **settings) -> UvicornThread:
     return UvicornThread(create_app(ServerSettings(**settings), backend, manage_backend=False))
 
 
-async def read_stream(client: httpx.AsyncClient, body: dict, leave_after_s: float | None = None, record: dict | None = None) -> dict:
+async def read_stream(
+    client: httpx.AsyncClient, body: dict, leave_after_s: float | None = None, record: dict | None = None
+) -> dict:
     """A stream's event times and whether it ended with [DONE] (filled into `record` as they come, so a
     cancelled reader keeps them); `leave_after_s`: disconnect then."""
     rec = record if record is not None else {}
@@ -122,11 +124,16 @@ def test_giant_prompts_do_not_stall_streams_or_health(engine_backend):
                     await asyncio.sleep(0.02)
 
             # Encoded before the clock starts: the client shares this process (and its GIL) with the server.
-            giants = [json.dumps({"messages": [{"role": "user", "content": "word " * (mb * 1024 * 1024 // 5)}]}).encode() for mb in (5, 30)]
+            giants = [
+                json.dumps({"messages": [{"role": "user", "content": "word " * (mb * 1024 * 1024 // 5)}]}).encode()
+                for mb in (5, 30)
+            ]
             headers = {"content-type": "application/json"}
             poller = asyncio.create_task(poll())
             t0 = time.perf_counter()
-            answers = await asyncio.gather(*(client.post("/v1/chat/completions", content=g, headers=headers) for g in giants))
+            answers = await asyncio.gather(
+                *(client.post("/v1/chat/completions", content=g, headers=headers) for g in giants)
+            )
             t1 = time.perf_counter()
             stop.set()
             await poller
@@ -138,13 +145,18 @@ def test_giant_prompts_do_not_stall_streams_or_health(engine_backend):
     with serve(engine_backend) as srv:
         answers, streams, t0, t1, worst_health = asyncio.run(scenario(srv.base_url))
     for r in answers:
-        assert r.status_code in (400, 413) and r.json()["error"]["code"] in ("context_length_exceeded", "request_too_large"), r.text[:200]
+        assert r.status_code in (400, 413) and r.json()["error"]["code"] in (
+            "context_length_exceeded",
+            "request_too_large",
+        ), r.text[:200]
     assert t1 - t0 < 60
     gaps = []
     for rec in streams:
         gaps += [b - a for a, b in zip(rec["times"], rec["times"][1:]) if b >= t0 and a <= t1]
     assert gaps, "the streams produced nothing while the giants arrived"
-    print(f"giant prompts: {t1 - t0:.2f} s to both refusals, largest stream gap {max(gaps):.3f} s, health {worst_health:.3f} s")
+    print(
+        f"giant prompts: {t1 - t0:.2f} s to both refusals, largest stream gap {max(gaps):.3f} s, health {worst_health:.3f} s"
+    )
     assert max(gaps) < HOL_BOUND_S, f"largest token gap {max(gaps):.3f} s"
     assert worst_health < HOL_BOUND_S, f"health took {worst_health:.3f} s"
 
@@ -154,8 +166,12 @@ def test_overload_gets_503_retry_after_and_nothing_else(engine_backend):
 
     async def burst(base: str):
         async with httpx.AsyncClient(base_url=base, timeout=120, limits=httpx.Limits(max_connections=100)) as client:
-            return await asyncio.gather(*(client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 24, "ignore_eos": True})
-                                          for _ in range(80)))  # fmt: skip
+            return await asyncio.gather(
+                *(
+                    client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 24, "ignore_eos": True})
+                    for _ in range(80)
+                )
+            )
 
     with serve(engine_backend, max_queued_requests=4) as srv:  # capacity: 16 in the batch + 4
         answers = asyncio.run(burst(srv.base_url))
@@ -168,7 +184,11 @@ def test_overload_gets_503_retry_after_and_nothing_else(engine_backend):
                 assert r.json()["usage"]["completion_tokens"] == 24
         settle(engine_backend, baseline)
         metrics = httpx.get(srv.base_url + "/metrics").text.splitlines()
-        rejected = [line for line in metrics if line.startswith("gemma_requests_rejected_total") and 'reason="queue_full"' in line]
+        rejected = [
+            line
+            for line in metrics
+            if line.startswith("gemma_requests_rejected_total") and 'reason="queue_full"' in line
+        ]
         assert rejected and float(rejected[0].rsplit(" ", 1)[1]) == codes.count(503)
 
 
@@ -184,7 +204,9 @@ def test_slow_header_clients_do_not_stop_normal_requests(engine_backend):
                 for s in socks:
                     s.sendall(b"s")  # a byte a second, never finishing the headers
                 t0 = time.perf_counter()
-                r = httpx.post(srv.base_url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 4}, timeout=30)
+                r = httpx.post(
+                    srv.base_url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 4}, timeout=30
+                )
                 assert r.status_code == 200 and time.perf_counter() - t0 < 5
                 time.sleep(max(0.0, 1.0 - (time.perf_counter() - t0)))
         finally:
@@ -195,8 +217,27 @@ def test_slow_header_clients_do_not_stop_normal_requests(engine_backend):
 def test_sigterm_drains_a_real_server(random_tiny_engine_dir):
     port = free_port()
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": f"{REPO_ROOT}:{REPO_ROOT / 'build'}"}
-    proc = subprocess.Popen([sys.executable, "-m", "server", "--engine", str(random_tiny_engine_dir), "--device", "cpu", "--host", "127.0.0.1",
-                             "--port", str(port), "--log-level", "warning", "--drain-timeout", "5"], cwd=REPO_ROOT, env=env)  # fmt: skip
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "server",
+            "--engine",
+            str(random_tiny_engine_dir),
+            "--device",
+            "cpu",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--log-level",
+            "warning",
+            "--drain-timeout",
+            "5",
+        ],
+        cwd=REPO_ROOT,
+        env=env,
+    )
     base = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120
@@ -212,7 +253,10 @@ def test_sigterm_drains_a_real_server(random_tiny_engine_dir):
         async def scenario():
             async with httpx.AsyncClient(base_url=base, timeout=60) as client:
                 short = asyncio.create_task(read_stream(client, {"messages": USER, "max_tokens": 4}))
-                longs = [asyncio.create_task(read_stream(client, {"messages": USER, "max_tokens": 8000, "ignore_eos": True})) for _ in range(4)]
+                longs = [
+                    asyncio.create_task(read_stream(client, {"messages": USER, "max_tokens": 8000, "ignore_eos": True}))
+                    for _ in range(4)
+                ]
                 await asyncio.sleep(0.5)
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
@@ -247,7 +291,11 @@ def test_readiness_turns_503_when_the_engine_thread_dies(random_tiny_engine_dir)
         assert httpx.get(srv.base_url + "/v1/health/ready", timeout=30).status_code == 200
         backend.engine.engine.step = fatal
         with pytest.raises(httpx.ReadTimeout):  # the dead engine never answers (--request-timeout bounds this)
-            httpx.post(srv.base_url + "/v1/chat/completions", json={"messages": USER, "max_tokens": 4, "stream": True}, timeout=3)
+            httpx.post(
+                srv.base_url + "/v1/chat/completions",
+                json={"messages": USER, "max_tokens": 4, "stream": True},
+                timeout=3,
+            )
         t0 = time.perf_counter()
         ready = httpx.get(srv.base_url + "/v1/health/ready")
         assert ready.status_code == 503 and time.perf_counter() - t0 < 1.0

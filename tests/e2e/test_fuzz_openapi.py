@@ -28,7 +28,9 @@ def fuzz_base(random_tiny_engine_dir):
     from server.backend import EmbeddedBackend
     from server.settings import ServerSettings
 
-    backend = EmbeddedBackend.from_engine_dir(random_tiny_engine_dir, RuntimeConfig(max_num_seqs=16, max_model_len=96, device="cpu"))
+    backend = EmbeddedBackend.from_engine_dir(
+        random_tiny_engine_dir, RuntimeConfig(max_num_seqs=16, max_model_len=96, device="cpu")
+    )
     with UvicornThread(create_app(ServerSettings(), backend)) as srv:
         yield srv.base_url
 
@@ -42,7 +44,13 @@ def test_openapi_fuzz(fuzz_base):
         seen.append(operation.label)
 
         @given(case=operation.as_strategy())
-        @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), derandomize=True, database=None)
+        @settings(
+            max_examples=EXAMPLES,
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            derandomize=True,
+            database=None,
+        )
         def fuzz(case):
             response = case.call(base_url=fuzz_base, timeout=60)
             case.validate_response(response, checks=checks)

@@ -26,8 +26,10 @@ def servers(random_tiny_engine_dir):
 
     backend = EmbeddedBackend.from_engine_dir(random_tiny_engine_dir, RuntimeConfig(device="cpu", max_num_seqs=4))
     backend.start()
-    apps = {scope: create_app(ServerSettings(api_key=KEY, api_key_scope=scope), backend, manage_backend=False)
-            for scope in ("api", "all")}
+    apps = {
+        scope: create_app(ServerSettings(api_key=KEY, api_key_scope=scope), backend, manage_backend=False)
+        for scope in ("api", "all")
+    }
     try:
         with UvicornThread(apps["api"]) as api, UvicornThread(apps["all"]) as everything:
             yield {"api": api.base_url, "all": everything.base_url}
@@ -46,7 +48,9 @@ def test_health_is_open_and_the_api_needs_the_key(servers, scope):
     assert [status(base + p) for p in HEALTH] == [200, 200, 200]
     assert status(base + "/v1/models") == 401 and status(base + "/v1/models", KEY) == 200
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0).chat.completions.create(model="x", messages=HELLO)
+        openai.OpenAI(base_url=base + "/v1", api_key="wrong", max_retries=0).chat.completions.create(
+            model="x", messages=HELLO
+        )
 
 
 def test_scope_api_leaves_metrics_and_docs_open(servers):

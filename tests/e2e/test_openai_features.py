@@ -39,7 +39,11 @@ def test_plain_answer_sync_and_stream(client):
     out = client.chat.completions.create(model=MODEL, messages=HELLO, **GREEDY)
     assert out.choices[0].message.content == HELLO_REPLY and out.choices[0].finish_reason == "stop"
     assert out.choices[0].message.tool_calls is None
-    chunks = list(client.chat.completions.create(model=MODEL, messages=HELLO, stream=True, stream_options={"include_usage": True}, **GREEDY))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL, messages=HELLO, stream=True, stream_options={"include_usage": True}, **GREEDY
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     assert len({c.id for c in chunks}) == 1
     assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == HELLO_REPLY
@@ -48,20 +52,48 @@ def test_plain_answer_sync_and_stream(client):
 
 
 def test_reasoning_on_off_and_hidden(client):
-    msg = client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": MATH_QUESTION}], extra_body=THINKING, **GREEDY).choices[0].message
+    msg = (
+        client.chat.completions.create(
+            model=MODEL, messages=[{"role": "user", "content": MATH_QUESTION}], extra_body=THINKING, **GREEDY
+        )
+        .choices[0]
+        .message
+    )
     assert msg.content == MATH_ANSWER
     assert msg.model_extra["reasoning"] == MATH_REASONING and msg.model_extra["reasoning_content"] == MATH_REASONING
-    chunks = list(client.chat.completions.create(model=MODEL, messages=[{"role": "user", "content": MATH_QUESTION}], stream=True, extra_body=THINKING, **GREEDY))
+    chunks = list(
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": MATH_QUESTION}],
+            stream=True,
+            extra_body=THINKING,
+            **GREEDY,
+        )
+    )
     deltas = [c.choices[0].delta for c in chunks]
     assert "".join((d.model_extra or {}).get("reasoning") or "" for d in deltas) == MATH_REASONING
     assert "".join(d.content or "" for d in deltas) == MATH_ANSWER
-    hidden = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": MATH_QUESTION}], extra_body={**THINKING, "include_reasoning": False}, **GREEDY
-    ).choices[0].message
+    hidden = (
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": MATH_QUESTION}],
+            extra_body={**THINKING, "include_reasoning": False},
+            **GREEDY,
+        )
+        .choices[0]
+        .message
+    )
     assert hidden.content == MATH_ANSWER and "reasoning" not in hidden.model_extra
-    off = client.chat.completions.create(
-        model=MODEL, messages=[{"role": "user", "content": MATH_QUESTION}], extra_body={"chat_template_kwargs": {"enable_thinking": False}}, **GREEDY
-    ).choices[0].message
+    off = (
+        client.chat.completions.create(
+            model=MODEL,
+            messages=[{"role": "user", "content": MATH_QUESTION}],
+            extra_body={"chat_template_kwargs": {"enable_thinking": False}},
+            **GREEDY,
+        )
+        .choices[0]
+        .message
+    )
     assert off.content == MATH_ANSWER and off.model_extra.get("reasoning") is None
 
 
@@ -69,9 +101,23 @@ def test_tool_call_and_answer_after_tool_result(client):
     out = client.chat.completions.create(model=MODEL, messages=WEATHER_Q, tools=[WEATHER_TOOL], **GREEDY).choices[0]
     assert out.finish_reason == "tool_calls"
     (call,) = out.message.tool_calls
-    assert call.type == "function" and call.function.name == "get_weather" and json.loads(call.function.arguments) == {"location": "Paris"}
+    assert (
+        call.type == "function"
+        and call.function.name == "get_weather"
+        and json.loads(call.function.arguments) == {"location": "Paris"}
+    )
     history = WEATHER_Q + [
-        {"role": "assistant", "content": "", "tool_calls": [{"id": call.id, "type": "function", "function": {"name": "get_weather", "arguments": call.function.arguments}}]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {
+                    "id": call.id,
+                    "type": "function",
+                    "function": {"name": "get_weather", "arguments": call.function.arguments},
+                }
+            ],
+        },
         {"role": "tool", "tool_call_id": call.id, "content": '{"temperature": 21, "unit": "celsius"}'},
     ]
     answer = client.chat.completions.create(model=MODEL, messages=history, tools=[WEATHER_TOOL], **GREEDY).choices[0]
@@ -85,7 +131,9 @@ async def test_async_streaming_parallel_tool_calls(base):
 
 async def _parallel_tool_calls(aclient):
     messages = [{"role": "user", "content": "What is the weather in Paris and in London?"}]
-    stream = await aclient.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL], stream=True, **GREEDY)
+    stream = await aclient.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], stream=True, **GREEDY
+    )
     calls: dict[int, dict] = {}
     finish = None
     async for chunk in stream:
@@ -98,25 +146,40 @@ async def _parallel_tool_calls(aclient):
             call["arguments"] += d.function.arguments or ""
         finish = choice.finish_reason or finish
     assert finish == "tool_calls" and sorted(calls) == [0, 1]
-    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [("get_weather", {"location": "Paris"}), ("get_weather", {"location": "London"})]
-    single = await aclient.chat.completions.create(model=MODEL, messages=messages, tools=[WEATHER_TOOL], parallel_tool_calls=False, **GREEDY)
+    assert [(c["name"], json.loads(c["arguments"])) for c in calls.values()] == [
+        ("get_weather", {"location": "Paris"}),
+        ("get_weather", {"location": "London"}),
+    ]
+    single = await aclient.chat.completions.create(
+        model=MODEL, messages=messages, tools=[WEATHER_TOOL], parallel_tool_calls=False, **GREEDY
+    )
     assert [json.loads(c.function.arguments)["location"] for c in single.choices[0].message.tool_calls] == ["Paris"]
 
 
 def test_tool_choice_required_named_none(client):
     named = {"type": "function", "function": {"name": "get_weather"}}
-    out = client.chat.completions.create(model=MODEL, messages=WEATHER_Q, tools=[WEATHER_TOOL], tool_choice=named, **GREEDY).choices[0]
+    out = client.chat.completions.create(
+        model=MODEL, messages=WEATHER_Q, tools=[WEATHER_TOOL], tool_choice=named, **GREEDY
+    ).choices[0]
     assert out.message.tool_calls[0].function.name == "get_weather" and out.finish_reason == "stop"
     assert json.loads(out.message.tool_calls[0].function.arguments) == {"location": "Paris"}
-    out = client.chat.completions.create(model=MODEL, messages=WEATHER_Q, tools=[WEATHER_TOOL], tool_choice="required", **GREEDY).choices[0]
+    out = client.chat.completions.create(
+        model=MODEL, messages=WEATHER_Q, tools=[WEATHER_TOOL], tool_choice="required", **GREEDY
+    ).choices[0]
     assert out.message.tool_calls[0].function.name == "get_weather" and out.finish_reason == "tool_calls"
-    out = client.chat.completions.create(model=MODEL, messages=WEATHER_Q, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=40, **GREEDY).choices[0]
+    out = client.chat.completions.create(
+        model=MODEL, messages=WEATHER_Q, tools=[WEATHER_TOOL], tool_choice="none", max_tokens=40, **GREEDY
+    ).choices[0]
     assert out.message.tool_calls is None and out.finish_reason in ("stop", "length")
 
 
 def test_images_by_url_and_base64_change_the_answer(client, image_server):
     def ask(url: str) -> str:
-        return client.chat.completions.create(model=MODEL, messages=image_messages(url), **GREEDY).choices[0].message.content
+        return (
+            client.chat.completions.create(model=MODEL, messages=image_messages(url), **GREEDY)
+            .choices[0]
+            .message.content
+        )
 
     assert ask(f"{image_server}/red.png") == "A red square."
     assert ask(data_url(BLUE_SQUARE)) == "A blue square."
@@ -129,8 +192,17 @@ def test_sampling_controls(client):
     assert out.message.content == "Hello! How can I " and out.finish_reason == "stop"
     out = client.chat.completions.create(model=MODEL, messages=HELLO, max_completion_tokens=3, **GREEDY)
     assert out.choices[0].finish_reason == "length" and out.usage.completion_tokens == 3
-    sampled = dict(model=MODEL, messages=HELLO, temperature=1.5, top_p=0.9, seed=1234, max_tokens=12, presence_penalty=0.5,
-                   frequency_penalty=0.5, extra_body={"top_k": 50, "min_p": 0.01})  # fmt: skip
+    sampled = dict(
+        model=MODEL,
+        messages=HELLO,
+        temperature=1.5,
+        top_p=0.9,
+        seed=1234,
+        max_tokens=12,
+        presence_penalty=0.5,
+        frequency_penalty=0.5,
+        extra_body={"top_k": 50, "min_p": 0.01},
+    )
     a = client.chat.completions.create(**sampled).choices[0].message.content
     b = client.chat.completions.create(**sampled).choices[0].message.content
     assert a == b  # the same seed samples the same tokens
@@ -138,7 +210,9 @@ def test_sampling_controls(client):
     assert [c.message.content for c in out.choices] == [HELLO_REPLY, HELLO_REPLY]
     lps = out.choices[0].logprobs.content
     assert "".join(t.token for t in lps).startswith(HELLO_REPLY)
-    assert all(len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token for t in lps)  # greedy: the top one is chosen
+    assert all(
+        len(t.top_logprobs) == 3 and t.top_logprobs[0].token == t.token for t in lps
+    )  # greedy: the top one is chosen
 
 
 async def test_concurrent_async_streams(base):
@@ -172,7 +246,10 @@ def test_completions_text_and_token_ids(client, live_server):
     out = client.completions.create(model=MODEL, prompt=ids, max_tokens=30, temperature=0, logprobs=2)
     assert out.choices[0].text == HELLO_REPLY and out.usage.prompt_tokens == len(ids)
     assert len(out.choices[0].logprobs.tokens) == out.usage.completion_tokens
-    streamed = "".join(c.choices[0].text for c in client.completions.create(model=MODEL, prompt=ids, max_tokens=30, temperature=0, stream=True))
+    streamed = "".join(
+        c.choices[0].text
+        for c in client.completions.create(model=MODEL, prompt=ids, max_tokens=30, temperature=0, stream=True)
+    )
     assert streamed == HELLO_REPLY
 
 
@@ -182,11 +259,22 @@ def test_models_health_metrics(base, live_server):
     for path in ("/v1/health/ready", "/v1/health/live", "/health"):
         assert httpx.get(live_server.base_url + path).status_code == 200
     metrics = httpx.get(live_server.base_url + "/metrics").text
-    assert 'gemma_requests_total{endpoint="/v1/chat/completions",model_name="google/gemma-4-26b-a4b-it",status="200"}' in metrics
-    for name in ("gemma_time_to_first_token_seconds_count", "gemma_inter_token_latency_seconds_count", "gemma_e2e_request_latency_seconds_count",
-                 "gemma_num_requests_running", "gemma_num_requests_waiting", "gemma_kv_cache_usage_perc"):  # fmt: skip
+    assert (
+        'gemma_requests_total{endpoint="/v1/chat/completions",model_name="google/gemma-4-26b-a4b-it",status="200"}'
+        in metrics
+    )
+    for name in (
+        "gemma_time_to_first_token_seconds_count",
+        "gemma_inter_token_latency_seconds_count",
+        "gemma_e2e_request_latency_seconds_count",
+        "gemma_num_requests_running",
+        "gemma_num_requests_waiting",
+        "gemma_kv_cache_usage_perc",
+    ):
         assert name in metrics
-    ttft_count = next(line for line in metrics.splitlines() if line.startswith("gemma_time_to_first_token_seconds_count"))
+    ttft_count = next(
+        line for line in metrics.splitlines() if line.startswith("gemma_time_to_first_token_seconds_count")
+    )
     assert float(ttft_count.split()[-1]) > 0
 
 
@@ -194,14 +282,25 @@ def test_models_health_metrics(base, live_server):
 
 
 def test_error_statuses_and_envelopes(base, live_server, image_server):
-    assert_envelope(post(base, {"model": MODEL, "messages": HELLO, "stream_options": {"include_usage": True}}), 400, "stream_options")
+    assert_envelope(
+        post(base, {"model": MODEL, "messages": HELLO, "stream_options": {"include_usage": True}}),
+        400,
+        "stream_options",
+    )
     assert_envelope(post(base, {"model": MODEL, "messages": [{"role": "robot", "content": "x"}]}), 400)
     assert_envelope(post(base, {"model": MODEL, "messages": HELLO + HELLO}), 400, "alternate")
-    assert_envelope(post(base, {"model": MODEL, "messages": HELLO, "max_tokens": 100_000}), 400, "maximum context length")
+    assert_envelope(
+        post(base, {"model": MODEL, "messages": HELLO, "max_tokens": 100_000}), 400, "maximum context length"
+    )
     assert_envelope(post(base, {"model": "gpt-4o", "messages": HELLO}), 404, "gpt-4o")
     err = assert_envelope(post(base, {"model": MODEL, "messages": image_messages(f"{image_server}/red.bmp")}), 400)
     assert "BMP" in err["message"]
-    too_many = [{"role": "user", "content": [{"type": "image_url", "image_url": {"url": data_url(RED_SQUARE)}}] * (MAX_IMAGES + 1)}]
+    too_many = [
+        {
+            "role": "user",
+            "content": [{"type": "image_url", "image_url": {"url": data_url(RED_SQUARE)}}] * (MAX_IMAGES + 1),
+        }
+    ]
     assert_envelope(post(base, {"model": MODEL, "messages": too_many}), 400, f"At most {MAX_IMAGES} image(s)")
     assert_envelope(post(base, {"model": MODEL, "messages": image_messages(f"{image_server}/missing.png")}), 400)
     big = {"model": MODEL, "messages": [{"role": "user", "content": "x" * (5 * 1024 * 1024)}]}
@@ -209,7 +308,9 @@ def test_error_statuses_and_envelopes(base, live_server, image_server):
     secured = live_server.secured_url + "/v1"
     assert_envelope(httpx.get(secured + "/models"), 401)
     with pytest.raises(openai.AuthenticationError):
-        openai.OpenAI(base_url=secured, api_key="wrong", max_retries=0).chat.completions.create(model=MODEL, messages=HELLO)
+        openai.OpenAI(base_url=secured, api_key="wrong", max_retries=0).chat.completions.create(
+            model=MODEL, messages=HELLO
+        )
     ok = openai.OpenAI(base_url=secured, api_key=API_KEY, max_retries=0)
     assert ok.chat.completions.create(model=MODEL, messages=HELLO, **GREEDY).choices[0].message.content == HELLO_REPLY
     # that server keeps the default image policy: a loopback image URL is refused (SSRF guard)
@@ -230,8 +331,11 @@ def _wait_stats(backend, predicate, what: str, timeout: float = 10.0):
 
 
 def _wait_idle(backend):
-    _wait_stats(backend, lambda s: s.num_running == 0 and s.num_waiting == 0 and s.kv_blocks_free == s.kv_blocks_total,
-                "the engine did not free the request")
+    _wait_stats(
+        backend,
+        lambda s: s.num_running == 0 and s.num_waiting == 0 and s.kv_blocks_free == s.kv_blocks_total,
+        "the engine did not free the request",
+    )
 
 
 def test_client_disconnect_aborts_and_frees_kv(base, live_server):
@@ -241,8 +345,11 @@ def test_client_disconnect_aborts_and_frees_kv(base, live_server):
         lines = r.iter_lines()
         for _ in range(6):
             next(lines)
-        _wait_stats(backend, lambda s: s.num_running == 1 and s.kv_blocks_free < s.kv_blocks_total,
-                    "the streaming request should hold KV blocks")
+        _wait_stats(
+            backend,
+            lambda s: s.num_running == 1 and s.kv_blocks_free < s.kv_blocks_total,
+            "the streaming request should hold KV blocks",
+        )
     _wait_idle(backend)  # the stream was closed after a few chunks: aborted, KV blocks back
     # a non-streaming client that gives up (timeout) aborts its request too
     with pytest.raises(httpx.ReadTimeout):
@@ -266,7 +373,7 @@ def test_engine_failure_after_streaming_began_is_an_error_event_then_done(base, 
     body = {"model": MODEL, "messages": HELLO, "max_tokens": 50, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", base + "/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
-        events = [line[len("data: "):] for line in r.iter_lines() if line.startswith("data: ")]
+        events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
     assert events[-1] == "[DONE]"
     error = json.loads(events[-2])["error"]
     assert FAULT in error["message"] and set(error) == {"message", "type", "param", "code"}

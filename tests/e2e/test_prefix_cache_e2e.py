@@ -18,7 +18,9 @@ from tests.e2e.conftest import RUNTIME, SEED_MODEL, free_ports
 MODEL = SEED_MODEL
 
 # Long enough for many 16-token pages; unique to this module so no other test warms the cache for it.
-SYSTEM = "You are the prefix-cache test assistant. " + " ".join(f"Rule {i}: answer briefly and politely." for i in range(24))
+SYSTEM = "You are the prefix-cache test assistant. " + " ".join(
+    f"Rule {i}: answer briefly and politely." for i in range(24)
+)
 
 
 @pytest.fixture(scope="module", params=["embedded", "triton"])
@@ -39,8 +41,14 @@ def live_server(request, random_tiny_engine_dir, tmp_path_factory):
         from triton_bridge.launcher import TritonPorts, start_triton
 
         log = tmp_path_factory.mktemp("triton-prefix-log") / "tritonserver.log"
-        triton = start_triton(random_tiny_engine_dir, TritonPorts(*free_ports(3)), runtime_config=RUNTIME, log_path=log,
-                              timeout=300, record_engine_path=False)
+        triton = start_triton(
+            random_tiny_engine_dir,
+            TritonPorts(*free_ports(3)),
+            runtime_config=RUNTIME,
+            log_path=log,
+            timeout=300,
+            record_engine_path=False,
+        )
         backend = TritonBackend.from_uri(triton.backend_uri, engine_dir=random_tiny_engine_dir)
     app = create_app(ServerSettings(engine_dir=str(random_tiny_engine_dir), served_model_name=SEED_MODEL), backend)
     try:
@@ -88,8 +96,14 @@ def test_chat_reports_cached_tokens(client, live_server):
     cached = again.usage.prompt_tokens_details.cached_tokens
     # the system turn is shared: every full 16-token page of it comes from the cache
     assert 200 < cached < again.usage.prompt_tokens and cached % 16 == 0
-    stream = client.chat.completions.create(model=MODEL, messages=_messages("And now?"), max_tokens=4, temperature=0,
-                                            stream=True, stream_options={"include_usage": True})
+    stream = client.chat.completions.create(
+        model=MODEL,
+        messages=_messages("And now?"),
+        max_tokens=4,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     usage = [c.usage for c in stream if c.usage is not None][-1]
     assert usage.prompt_tokens_details.cached_tokens >= cached
 
@@ -99,8 +113,14 @@ def test_text_completion_reports_cached_tokens(client):
     client.completions.create(model=MODEL, prompt=prompt, max_tokens=3, temperature=0)
     again = client.completions.create(model=MODEL, prompt=prompt + " more", max_tokens=3, temperature=0)
     assert again.usage.prompt_tokens_details.cached_tokens > 200
-    stream = client.completions.create(model=MODEL, prompt=prompt + " again", max_tokens=3, temperature=0,
-                                       stream=True, stream_options={"include_usage": True})
+    stream = client.completions.create(
+        model=MODEL,
+        prompt=prompt + " again",
+        max_tokens=3,
+        temperature=0,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
     usage = [c.usage for c in stream if c.usage is not None][-1]
     assert usage.prompt_tokens_details.cached_tokens > 200
 
@@ -117,11 +137,19 @@ def test_prefix_cache_counters(client, live_server):
 
 def test_disconnect_mid_stream_leaves_pages_evictable(base, live_server):
     backend = live_server.backend
-    body = {"model": MODEL, "messages": _messages("Tell me everything."), "max_tokens": 4000, "ignore_eos": True, "stream": True}
+    body = {
+        "model": MODEL,
+        "messages": _messages("Tell me everything."),
+        "max_tokens": 4000,
+        "ignore_eos": True,
+        "stream": True,
+    }
     with httpx.stream("POST", base + "/chat/completions", json=body, timeout=60) as r:
         lines = r.iter_lines()
         for _ in range(6):
             next(lines)
     # aborted: every page is free again or cached and evictable (the gauge counts those as free)
-    _wait(lambda: (lambda s: s.num_running == 0 and s.kv_blocks_free == s.kv_blocks_total)(backend.stats()),
-          f"pages still held after the disconnect: {backend.stats()}")
+    _wait(
+        lambda: (lambda s: s.num_running == 0 and s.kv_blocks_free == s.kv_blocks_total)(backend.stats()),
+        f"pages still held after the disconnect: {backend.stats()}",
+    )

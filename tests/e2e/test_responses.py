@@ -45,7 +45,10 @@ def test_text_stream_equals_plain_and_store(client):
     assert plain.output_text == HELLO_REPLY and plain.status == "completed" and plain.model == MODEL
     assert [o.type for o in plain.output] == ["message"]
     usage = plain.usage
-    assert usage.total_tokens == usage.input_tokens + usage.output_tokens and usage.output_tokens_details.reasoning_tokens == 0
+    assert (
+        usage.total_tokens == usage.input_tokens + usage.output_tokens
+        and usage.output_tokens_details.reasoning_tokens == 0
+    )
     with client.responses.stream(model=MODEL, input="Hello!", **GREEDY) as stream:
         deltas = [e.delta for e in stream if e.type == "response.output_text.delta"]
         final = stream.get_final_response()
@@ -62,7 +65,9 @@ def test_reasoning_on_and_off(client):
     assert [o.type for o in on.output] == ["reasoning", "message"]
     assert on.output[0].content[0].text == MATH_REASONING and on.output_text == MATH_ANSWER
     assert on.usage.output_tokens_details.reasoning_tokens > len(MATH_REASONING.split()) // 2
-    raw = list(client.responses.create(model=MODEL, input=MATH_QUESTION, reasoning={"effort": "medium"}, stream=True, **GREEDY))
+    raw = list(
+        client.responses.create(model=MODEL, input=MATH_QUESTION, reasoning={"effort": "medium"}, stream=True, **GREEDY)
+    )
     assert "".join(e.delta for e in raw if e.type == "response.reasoning_text.delta") == MATH_REASONING
     assert [e.sequence_number for e in raw] == list(range(len(raw)))
     assert _without_ids(raw[-1].response.to_dict()) == _without_ids(on.to_dict())
@@ -73,13 +78,23 @@ def test_reasoning_on_and_off(client):
 
 async def test_function_call_then_its_output_via_previous_response_id(base):
     async with async_client(base) as aclient:
-        first = await aclient.responses.create(model=MODEL, input="What is the weather in Paris?", tools=[WEATHER], **GREEDY)
+        first = await aclient.responses.create(
+            model=MODEL, input="What is the weather in Paris?", tools=[WEATHER], **GREEDY
+        )
         (call,) = first.output
-        assert call.type == "function_call" and call.name == "get_weather" and json.loads(call.arguments) == {"location": "Paris"}
+        assert (
+            call.type == "function_call"
+            and call.name == "get_weather"
+            and json.loads(call.arguments) == {"location": "Paris"}
+        )
         stream = await aclient.responses.create(
-            model=MODEL, previous_response_id=first.id, tools=[WEATHER], stream=True, **GREEDY,
+            model=MODEL,
+            previous_response_id=first.id,
+            tools=[WEATHER],
+            stream=True,
+            **GREEDY,
             input=[{"type": "function_call_output", "call_id": call.call_id, "output": PARIS_RESULT}],
-        )  # fmt: skip
+        )
         events = [e async for e in stream]
     final = events[-1].response
     assert events[-1].type == "response.completed" and final.output_text == PARIS_ANSWER
@@ -89,7 +104,10 @@ async def test_function_call_then_its_output_via_previous_response_id(base):
 @pytest.mark.parametrize("spec, answer", [(RED_SQUARE, "A red square."), (BLUE_SQUARE, "A blue square.")])
 def test_image_input(client, image_server, spec, answer):
     url = data_url(spec) if spec is RED_SQUARE else f"{image_server}/blue.png"
-    content = [{"type": "input_text", "text": IMAGE_QUESTION}, {"type": "input_image", "image_url": url, "detail": "auto"}]
+    content = [
+        {"type": "input_text", "text": IMAGE_QUESTION},
+        {"type": "input_image", "image_url": url, "detail": "auto"},
+    ]
     out = client.responses.create(model=MODEL, input=[{"role": "user", "content": content}], **GREEDY)
     assert out.output_text == answer
 
@@ -100,7 +118,9 @@ def test_errors(client):
     assert bad.value.body["param"] == "background"
     with pytest.raises(openai.NotFoundError):
         client.responses.create(model=MODEL, input="Hello!", previous_response_id="resp_missing")
-    assert client.responses.create(model=MODEL, input="Hello!", **GREEDY).output_text == HELLO_REPLY  # the server goes on
+    assert (
+        client.responses.create(model=MODEL, input="Hello!", **GREEDY).output_text == HELLO_REPLY
+    )  # the server goes on
 
 
 async def test_agents_sdk_runs_a_function_tool(base):
@@ -112,9 +132,13 @@ async def test_agents_sdk_runs_a_function_tool(base):
         calls.append(json.loads(arguments))
         return PARIS_RESULT
 
-    tool = FunctionTool(name="get_weather", description=WEATHER_TOOL["function"]["description"],
-                        params_json_schema=WEATHER_TOOL["function"]["parameters"], on_invoke_tool=get_weather,
-                        strict_json_schema=False)  # fmt: skip
+    tool = FunctionTool(
+        name="get_weather",
+        description=WEATHER_TOOL["function"]["description"],
+        params_json_schema=WEATHER_TOOL["function"]["parameters"],
+        on_invoke_tool=get_weather,
+        strict_json_schema=False,
+    )
     async with async_client(base) as aclient:
         model = OpenAIResponsesModel(model=MODEL, openai_client=aclient)
         agent = Agent(name="weather", model=model, tools=[tool], model_settings=ModelSettings(temperature=0))

@@ -49,11 +49,15 @@ def test_seed_openai_sdk_image(base, image_server):
             ],
         }
     ]
-    chat_response = client.chat.completions.create(model="google/gemma-4-26b-a4b-it", messages=messages, max_tokens=1024, stream=False)
+    chat_response = client.chat.completions.create(
+        model="google/gemma-4-26b-a4b-it", messages=messages, max_tokens=1024, stream=False
+    )
     assistant_message = chat_response.choices[0].message
     assert assistant_message.role == "assistant" and isinstance(assistant_message.content, str)
 
-    stream = client.chat.completions.create(model="google/gemma-4-26b-a4b-it", messages=messages, max_tokens=1024, stream=True)
+    stream = client.chat.completions.create(
+        model="google/gemma-4-26b-a4b-it", messages=messages, max_tokens=1024, stream=True
+    )
     texts, finish = [], None
     for chunk in stream:
         delta = chunk.choices[0].delta
@@ -65,7 +69,9 @@ def test_seed_openai_sdk_image(base, image_server):
 
 def test_seed_base64_image(client):
     # the seed's base64 form: the same request with the image inline (JPEG, as in its example)
-    out = client.chat.completions.create(model="google/gemma-4-26b-a4b-it", messages=image_messages(data_url(RED_SQUARE, "JPEG")), max_tokens=1024)
+    out = client.chat.completions.create(
+        model="google/gemma-4-26b-a4b-it", messages=image_messages(data_url(RED_SQUARE, "JPEG")), max_tokens=1024
+    )
     assert out.choices[0].message.role == "assistant" and out.usage.prompt_tokens > 280
 
 
@@ -88,13 +94,18 @@ def test_seed_text_only_stream_curl_and_sdk(base):
         "model": "google/gemma-4-26b-a4b-it",
         "messages": [
             {"role": "system", "content": "You are a helpful assistant"},
-            {"role": "user", "content": "Create a detailed itinerary for a week-long adventure trip through Southeast Asia."},
+            {
+                "role": "user",
+                "content": "Create a detailed itinerary for a week-long adventure trip through Southeast Asia.",
+            },
         ],
         "max_tokens": 4096,
         "stream": True,
     }
     assert body["messages"][1]["content"] == ITINERARY_QUESTION
-    with httpx.stream("POST", base + "/chat/completions", json=body, headers={"Accept": "application/json"}, timeout=120) as r:
+    with httpx.stream(
+        "POST", base + "/chat/completions", json=body, headers={"Accept": "application/json"}, timeout=120
+    ) as r:
         assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
         lines = [line for line in r.iter_lines() if line]
     assert lines[-1] == "data: [DONE]"
@@ -104,8 +115,14 @@ def test_seed_text_only_stream_curl_and_sdk(base):
     from openai import OpenAI
 
     client = OpenAI(base_url=base, api_key="not-used")
-    stream = client.chat.completions.create(model="google/gemma-4-26b-a4b-it", messages=body["messages"], max_tokens=4096, stream=True)
-    pieces = [chunk.choices[0].delta.content for chunk in stream if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content]
+    stream = client.chat.completions.create(
+        model="google/gemma-4-26b-a4b-it", messages=body["messages"], max_tokens=4096, stream=True
+    )
+    pieces = [
+        chunk.choices[0].delta.content
+        for chunk in stream
+        if chunk.choices and chunk.choices[0].delta and chunk.choices[0].delta.content
+    ]
     assert isinstance("".join(pieces), str)
 
 
@@ -132,7 +149,9 @@ def test_seed_multi_turn(base, image_server):
     from openai import OpenAI
 
     client = OpenAI(base_url=base, api_key="not-used")
-    chat_response = client.chat.completions.create(model="google/gemma-4-26b-a4b-it", messages=messages, max_tokens=4096, stream=False)
+    chat_response = client.chat.completions.create(
+        model="google/gemma-4-26b-a4b-it", messages=messages, max_tokens=4096, stream=False
+    )
     assert chat_response.choices[0].message.role == "assistant"
 
 
@@ -142,7 +161,10 @@ def test_seed_multi_turn_ending_with_assistant_is_400(client):
         client.chat.completions.create(model=MODEL, messages=messages, max_tokens=8)
     assert "last message" in e.value.message
     out = client.chat.completions.create(
-        model=MODEL, messages=messages, max_tokens=8, extra_body={"add_generation_prompt": False, "continue_final_message": True}
+        model=MODEL,
+        messages=messages,
+        max_tokens=8,
+        extra_body={"add_generation_prompt": False, "continue_final_message": True},
     )
     assert out.choices[0].message.role == "assistant"
 

@@ -33,7 +33,9 @@ def _backend(kind: str, engine_dir, stack):
     from triton_bridge.client import TritonBackend
     from triton_bridge.launcher import TritonPorts, start_triton
 
-    triton = start_triton(engine_dir, TritonPorts(*free_ports(3)), runtime_config=RUNTIME, timeout=300, record_engine_path=False)
+    triton = start_triton(
+        engine_dir, TritonPorts(*free_ports(3)), runtime_config=RUNTIME, timeout=300, record_engine_path=False
+    )
     stack.append(triton.stop)
     return TritonBackend.from_uri(triton.backend_uri, engine_dir=engine_dir)
 
@@ -61,10 +63,18 @@ def test_every_chat_and_completion_reply_names_the_model_asked_for(aliased, aske
         asked = json.loads((random_tiny_engine_dir / "engine.json").read_text())["model_name"]
     client = openai.OpenAI(base_url=aliased, api_key="not-used", max_retries=0, timeout=120)
     assert client.chat.completions.create(model=asked, messages=HELLO, **SHORT).model == asked
-    chunks = list(client.chat.completions.create(model=asked, messages=HELLO, stream=True, stream_options={"include_usage": True}, **SHORT))
+    chunks = list(
+        client.chat.completions.create(
+            model=asked, messages=HELLO, stream=True, stream_options={"include_usage": True}, **SHORT
+        )
+    )
     assert len(chunks) >= 3 and {c.model for c in chunks} == {asked}
     assert client.completions.create(model=asked, prompt="Hello", **SHORT).model == asked
-    streamed = list(client.completions.create(model=asked, prompt="Hello", stream=True, stream_options={"include_usage": True}, **SHORT))
+    streamed = list(
+        client.completions.create(
+            model=asked, prompt="Hello", stream=True, stream_options={"include_usage": True}, **SHORT
+        )
+    )
     assert len(streamed) >= 2 and {c.model for c in streamed} == {asked}
 
 

@@ -29,13 +29,24 @@ from triton_bridge.launcher import DEFAULT_MODEL_REPO, TritonPorts, model_config
 
 # --- no server needed ---------------------------------------------------------------------------------
 
+
 def test_config_pbtxt_declares_the_protocol_tensors():
     from google.protobuf import text_format
     from tritonclient.grpc import model_config_pb2
 
-    config = text_format.Parse((DEFAULT_MODEL_REPO / "gemma4" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig())
-    dtype = {"BYTES": "TYPE_STRING", "INT32": "TYPE_INT32", "INT64": "TYPE_INT64", "FP32": "TYPE_FP32", "BOOL": "TYPE_BOOL"}
-    declared_in = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims), t.optional) for t in config.input}
+    config = text_format.Parse(
+        (DEFAULT_MODEL_REPO / "gemma4" / "config.pbtxt").read_text(), model_config_pb2.ModelConfig()
+    )
+    dtype = {
+        "BYTES": "TYPE_STRING",
+        "INT32": "TYPE_INT32",
+        "INT64": "TYPE_INT64",
+        "FP32": "TYPE_FP32",
+        "BOOL": "TYPE_BOOL",
+    }
+    declared_in = {
+        t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims), t.optional) for t in config.input
+    }
     declared_out = {t.name: (model_config_pb2.DataType.Name(t.data_type), tuple(t.dims)) for t in config.output}
     assert declared_in == {s.name: (dtype[s.datatype], s.dims, True) for s in protocol.INPUTS}
     assert declared_out == {s.name: (dtype[s.datatype], s.dims) for s in protocol.OUTPUTS}
@@ -45,10 +56,23 @@ def test_config_pbtxt_declares_the_protocol_tensors():
 
 
 def test_request_codec_round_trips_every_sampling_field():
-    sampling = SamplingParams(max_tokens=7, temperature=0.5, top_p=0.9, top_k=5, min_p=0.1, seed=11,
-                              presence_penalty=0.5, frequency_penalty=0.25, stop=("x", "yz"), stop_token_ids=(3, 4),
-                              ignore_eos=True, include_stop_str_in_output=True, logprobs=2, skip_special_tokens=True,
-                              min_tokens=2)
+    sampling = SamplingParams(
+        max_tokens=7,
+        temperature=0.5,
+        top_p=0.9,
+        top_k=5,
+        min_p=0.1,
+        seed=11,
+        presence_penalty=0.5,
+        frequency_penalty=0.25,
+        stop=("x", "yz"),
+        stop_token_ids=(3, 4),
+        ignore_eos=True,
+        include_stop_str_in_output=True,
+        logprobs=2,
+        skip_special_tokens=True,
+        min_tokens=2,
+    )
     request = GenerateRequest("r", "hi <|image|>", sampling, images=(b"\x89PNG..",), image_max_soft_tokens=70)
     tensors = protocol.encode_request(request)
     assert protocol.decode_request("r", tensors.get) == request
@@ -57,7 +81,9 @@ def test_request_codec_round_trips_every_sampling_field():
     with pytest.raises(ValueError, match="exactly one of text_input"):
         protocol.decode_request("r", {}.get)
     with pytest.raises(ValueError, match="max_tokens"):
-        protocol.decode_request("r", {"text_input": np.array([b"x"], dtype=object), "max_tokens": np.array([0], dtype=np.int32)}.get)
+        protocol.decode_request(
+            "r", {"text_input": np.array([b"x"], dtype=object), "max_tokens": np.array([0], dtype=np.int32)}.get
+        )
 
 
 def test_uri_and_ports():
@@ -66,7 +92,9 @@ def test_uri_and_ports():
     with pytest.raises(ValueError):
         parse_uri("http://h:1")
     assert TritonPorts.from_env({}) == TritonPorts(8010, 8011, 8012)
-    assert TritonPorts.from_env({"TRITON_HTTP_PORT": "1", "TRITON_GRPC_PORT": "2", "TRITON_METRICS_PORT": "3"}) == TritonPorts(1, 2, 3)
+    assert TritonPorts.from_env(
+        {"TRITON_HTTP_PORT": "1", "TRITON_GRPC_PORT": "2", "TRITON_METRICS_PORT": "3"}
+    ) == TritonPorts(1, 2, 3)
 
 
 def test_launcher_sets_the_engine_in_the_model_config(tmp_path):
@@ -77,11 +105,14 @@ def test_launcher_sets_the_engine_in_the_model_config(tmp_path):
 
 # --- against the running server -----------------------------------------------------------------------
 
+
 def test_health_and_stats_through_the_client(triton):
     _wait_for(triton.backend.health, what="backend health")
     # Earlier tests share this server: wait until whatever they left finishing is done, then every
     # page must be free again.
-    stats = _wait_for(lambda: (s := triton.backend.stats()).kv_blocks_total and s.num_running == 0 and s, 30, "idle stats")
+    stats = _wait_for(
+        lambda: (s := triton.backend.stats()).kv_blocks_total and s.num_running == 0 and s, 30, "idle stats"
+    )
     assert stats.kv_blocks_free == stats.kv_blocks_total > 0 and stats.num_waiting == 0
 
 
@@ -94,11 +125,14 @@ def test_translator_survives_triton_going_down_and_coming_back(engine_dir, tmp_p
     from server.settings import ServerSettings
 
     ports = TritonPorts(*free_ports(3))
-    backend = TritonBackend.from_uri(f"triton://127.0.0.1:{ports.grpc}?metrics_port={ports.metrics}", engine_dir=engine_dir)
+    backend = TritonBackend.from_uri(
+        f"triton://127.0.0.1:{ports.grpc}?metrics_port={ports.metrics}", engine_dir=engine_dir
+    )
     backend.poll_interval = 0.1
     app = create_app(ServerSettings(served_model_name="tiny"), backend)
     body = {"model": "tiny", "messages": [{"role": "user", "content": "Hello!"}], "max_tokens": 4}
     with UvicornThread(app) as http:
+
         def ready() -> int:
             return httpx.get(http.base_url + "/v1/health/ready", timeout=5).status_code
 
@@ -113,8 +147,14 @@ def test_translator_survives_triton_going_down_and_coming_back(engine_dir, tmp_p
 
         down_checks()
         for round_ in range(2):
-            server = start_triton(engine_dir, ports, runtime_config=RUNTIME, log_path=tmp_path / f"triton{round_}.log",
-                                  timeout=300, record_engine_path=False)
+            server = start_triton(
+                engine_dir,
+                ports,
+                runtime_config=RUNTIME,
+                log_path=tmp_path / f"triton{round_}.log",
+                timeout=300,
+                record_engine_path=False,
+            )
             try:
                 _wait_for(lambda: ready() == 200, 30, "ready once Triton is up")
                 r = chat()

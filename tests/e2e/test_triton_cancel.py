@@ -22,7 +22,9 @@ async def _start_long(backend, rid: str):
     outs: list = []
 
     async def run():
-        async for out in backend.generate(GenerateRequest(rid, PROMPTS[3], SamplingParams(max_tokens=3000, ignore_eos=True))):
+        async for out in backend.generate(
+            GenerateRequest(rid, PROMPTS[3], SamplingParams(max_tokens=3000, ignore_eos=True))
+        ):
             outs.append(out)
 
     task = asyncio.create_task(run())
@@ -39,7 +41,9 @@ def _busy(server):
 
 def _idle(server):
     m = _metrics(server)
-    return m if m["num_running"] == 0 and m["num_waiting"] == 0 and m["kv_blocks_free"] == m["kv_blocks_total"] else None
+    return (
+        m if m["num_running"] == 0 and m["num_waiting"] == 0 and m["kv_blocks_free"] == m["kv_blocks_total"] else None
+    )
 
 
 @session_loop
@@ -55,7 +59,9 @@ async def test_abort_cancels_the_triton_request_and_frees_kv_blocks(triton):
 
 @session_loop
 async def test_consumer_leaving_cancels_the_triton_request(triton):
-    stream = triton.backend.generate(GenerateRequest("long2", PROMPTS[4], SamplingParams(max_tokens=3000, ignore_eos=True)))
+    stream = triton.backend.generate(
+        GenerateRequest("long2", PROMPTS[4], SamplingParams(max_tokens=3000, ignore_eos=True))
+    )
     async for _ in stream:
         break
     await asyncio.to_thread(_wait_for, lambda: _busy(triton.server), 10, "the request to hold KV blocks")

@@ -15,15 +15,23 @@ import pytest
 from tests.e2e.conftest import RUNTIME, free_ports
 from triton_bridge.process_group import group_members
 
-pytestmark = pytest.mark.skipif(not (shutil.which("tritonserver") or importlib.util.find_spec("pytriton")),
-                                reason="no tritonserver on PATH and nvidia-pytriton is not installed")
+pytestmark = pytest.mark.skipif(
+    not (shutil.which("tritonserver") or importlib.util.find_spec("pytriton")),
+    reason="no tritonserver on PATH and nvidia-pytriton is not installed",
+)
 
 
 def start(engine_dir, tmp_path):
     from triton_bridge.launcher import TritonPorts, start_triton
 
-    server = start_triton(engine_dir, TritonPorts(*free_ports(3)), runtime_config=RUNTIME,
-                          log_path=tmp_path / "tritonserver.log", timeout=300, record_engine_path=False)
+    server = start_triton(
+        engine_dir,
+        TritonPorts(*free_ports(3)),
+        runtime_config=RUNTIME,
+        log_path=tmp_path / "tritonserver.log",
+        timeout=300,
+        record_engine_path=False,
+    )
     pgid = server.process.pid
     others = [p for p in group_members(pgid) if p != pgid]
     assert others, "the loaded model runs in a backend stub of the server's group"

@@ -30,9 +30,15 @@ def triton(random_tiny_engine_dir, tmp_path_factory):
     from tests.e2e.conftest import free_ports
 
     log = tmp_path_factory.mktemp("triton-overload") / "tritonserver.log"
-    server = start_triton(random_tiny_engine_dir, TritonPorts(*free_ports(3)), runtime_config={"max_num_seqs": 4, "device": "cpu"},
-                          log_path=log, timeout=300, record_engine_path=False,
-                          model_params={"max_queued_requests": 2, "drain_timeout": 2})  # fmt: skip
+    server = start_triton(
+        random_tiny_engine_dir,
+        TritonPorts(*free_ports(3)),
+        runtime_config={"max_num_seqs": 4, "device": "cpu"},
+        log_path=log,
+        timeout=300,
+        record_engine_path=False,
+        model_params={"max_queued_requests": 2, "drain_timeout": 2},
+    )
     yield server
     server.stop()
 
@@ -69,7 +75,9 @@ def test_overload_through_triton(triton, random_tiny_engine_dir):
         assert set(codes) <= {200, 503} and 503 in codes and codes.count(200) >= 6, codes
         assert all(r.headers.get("retry-after") == "1" for r in answers if r.status_code == 503)
         assert all(r.json()["usage"]["completion_tokens"] == 16 for r in answers if r.status_code == 200)
-    with UvicornThread(translator(triton, random_tiny_engine_dir, max_queued_requests=3)) as srv:  # the translator's bound
+    with UvicornThread(
+        translator(triton, random_tiny_engine_dir, max_queued_requests=3)
+    ) as srv:  # the translator's bound
         answers = asyncio.run(burst(srv.base_url, 12, body))
         refused = [r for r in answers if r.status_code == 503 and r.json()["error"]["code"] == "overloaded"]
         assert refused and {r.status_code for r in answers} <= {200, 503}
@@ -80,7 +88,9 @@ def test_translator_drains_in_front_of_triton(triton, random_tiny_engine_dir):
 
     app = translator(triton, random_tiny_engine_dir)
     port = free_port()
-    server = DrainingServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"), app.state.ctx.admission, 1.0)
+    server = DrainingServer(
+        uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"), app.state.ctx.admission, 1.0
+    )
     import threading
 
     thread = threading.Thread(target=server.run, daemon=True)
@@ -91,7 +101,10 @@ def test_translator_drains_in_front_of_triton(triton, random_tiny_engine_dir):
 
     async def scenario():
         async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-            streams = [asyncio.create_task(stream_done(client, {"messages": USER, "max_tokens": 6000, "ignore_eos": True})) for _ in range(3)]
+            streams = [
+                asyncio.create_task(stream_done(client, {"messages": USER, "max_tokens": 6000, "ignore_eos": True}))
+                for _ in range(3)
+            ]
             await asyncio.sleep(1.0)
             server.handle_exit(signal.SIGTERM, None)
             await asyncio.sleep(0.2)

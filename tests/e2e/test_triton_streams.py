@@ -48,7 +48,9 @@ async def test_grpc_model_stream_infer_with_tritonclient(triton, embedded):
 
 @session_loop
 async def test_http_generate_stream_sse(triton, embedded):
-    expected = await _collect(embedded.generate(GenerateRequest("h1", PROMPTS[1], SamplingParams(max_tokens=6, ignore_eos=True))))
+    expected = await _collect(
+        embedded.generate(GenerateRequest("h1", PROMPTS[1], SamplingParams(max_tokens=6, ignore_eos=True)))
+    )
     events = []
     async with httpx.AsyncClient(timeout=30) as http:
         body = {"id": "h1", "text_input": PROMPTS[1], "max_tokens": 6, "ignore_eos": True}
@@ -56,7 +58,7 @@ async def test_http_generate_stream_sse(triton, embedded):
             assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
             async for line in r.aiter_lines():
                 if line.startswith("data: "):
-                    events.append(json.loads(line[len("data: "):]))
+                    events.append(json.loads(line[len("data: ") :]))
     assert all("error" not in e for e in events)
     # generate_stream renders a one-element array as a scalar
     ids = [tuple(np.atleast_1d(e["output_ids"]).tolist()) for e in events]
@@ -71,30 +73,42 @@ async def test_http_generate_stream_reports_bad_requests(triton):
     async with httpx.AsyncClient(timeout=30) as http:
         url = f"{triton.server.http_url}/v2/models/gemma4/generate_stream"
         r = await http.post(url, json={"text_input": "hi", "max_tokens": 0})
-        assert json.loads(r.text.strip()[len("data: "):]) == {"error": "invalid request: max_tokens must be at least 1"}
+        assert json.loads(r.text.strip()[len("data: ") :]) == {
+            "error": "invalid request: max_tokens must be at least 1"
+        }
         r = await http.post(url, json={"max_tokens": 3})
         assert "exactly one of text_input" in r.text
 
 
 @session_loop
 async def test_backend_matches_embedded_with_logprobs_and_stops(triton, embedded):
-    for i, sampling in enumerate([SamplingParams(max_tokens=5, logprobs=3),
-                                  SamplingParams(max_tokens=12, stop=(" as",), temperature=0.8, seed=7),
-                                  SamplingParams(max_tokens=4, top_k=3, temperature=1.0, seed=1, stop_token_ids=(349,))]):
-        request = GenerateRequest(f"lp{i}", [2] + embedded.tokenizer.encode(PROMPTS[0], add_special_tokens=False), sampling)
+    for i, sampling in enumerate(
+        [
+            SamplingParams(max_tokens=5, logprobs=3),
+            SamplingParams(max_tokens=12, stop=(" as",), temperature=0.8, seed=7),
+            SamplingParams(max_tokens=4, top_k=3, temperature=1.0, seed=1, stop_token_ids=(349,)),
+        ]
+    ):
+        request = GenerateRequest(
+            f"lp{i}", [2] + embedded.tokenizer.encode(PROMPTS[0], add_special_tokens=False), sampling
+        )
         expected = await _collect(embedded.generate(request))
         got = await _collect(triton.backend.generate(request))
         assert _summary(got) == _summary(expected)
         if sampling.logprobs:
             for g, e in zip(got, expected):
-                assert [(t.token_id, [x for x, _ in t.top]) for t in g.logprobs] == [(t.token_id, [x for x, _ in t.top]) for t in e.logprobs]
+                assert [(t.token_id, [x for x, _ in t.top]) for t in g.logprobs] == [
+                    (t.token_id, [x for x, _ in t.top]) for t in e.logprobs
+                ]
                 np.testing.assert_allclose([t.logprob for t in g.logprobs], [t.logprob for t in e.logprobs], rtol=1e-5)
 
 
 @session_loop
 async def test_backend_images_match_embedded(triton, embedded):
     prompt = "<|turn>user\nWhat is in <|image|> and <|image|>?<turn|>\n<|turn>model\n"
-    request = GenerateRequest("img", prompt, SamplingParams(max_tokens=5), images=(_png(1), _png(2)), image_max_soft_tokens=70)
+    request = GenerateRequest(
+        "img", prompt, SamplingParams(max_tokens=5), images=(_png(1), _png(2)), image_max_soft_tokens=70
+    )
     expected = await _collect(embedded.generate(request))
     assert _summary(await _collect(triton.backend.generate(request))) == _summary(expected)
     assert expected[-1].usage.prompt_tokens > 140  # the soft tokens were counted, so the images went through
@@ -119,8 +133,10 @@ async def test_many_concurrent_streams(triton, embedded):
         warm = GenerateRequest(f"warm{i}", prompt, SamplingParams(max_tokens=1))
         await _collect(embedded.generate(warm))
         await _collect(triton.backend.generate(warm))
-    requests = [GenerateRequest(f"c{i}", PROMPTS[i % len(PROMPTS)], SamplingParams(max_tokens=4 + i % 9, ignore_eos=True))
-                for i in range(32)]
+    requests = [
+        GenerateRequest(f"c{i}", PROMPTS[i % len(PROMPTS)], SamplingParams(max_tokens=4 + i % 9, ignore_eos=True))
+        for i in range(32)
+    ]
     expected = await asyncio.gather(*[_collect(embedded.generate(r)) for r in requests])
     got = await asyncio.gather(*[_collect(triton.backend.generate(r)) for r in requests])
     for r, g, e in zip(requests, got, expected):

@@ -17,8 +17,14 @@ from triton_bridge import protocol
 # the session loop.
 session_loop = pytest.mark.asyncio(loop_scope="session")
 
-PROMPTS = ["Hello world", "The quick brown fox", "<|turn>user\nWhat is two plus two?<turn|>\n<|turn>model\n",
-           "a b c d e f g", "Once upon a time", "Tell me about Triton"]
+PROMPTS = [
+    "Hello world",
+    "The quick brown fox",
+    "<|turn>user\nWhat is two plus two?<turn|>\n<|turn>model\n",
+    "a b c d e f g",
+    "Once upon a time",
+    "Tell me about Triton",
+]
 
 
 async def _collect(stream) -> list:

@@ -17,8 +17,17 @@ from gemma_runtime.model.forward_batch import ForwardBatch  # noqa: E402
 from tests.gpu.kernel_support import DEVICE, DTYPES, HEAD_DIMS, TOL, rel_err  # noqa: E402
 
 
-def make_step(new_tokens: list[int], past: list[int], hq: int, hkv: int, d: int, window: int | None,
-              block_size: int, dtype: torch.dtype, seed: int):
+def make_step(
+    new_tokens: list[int],
+    past: list[int],
+    hq: int,
+    hkv: int,
+    d: int,
+    window: int | None,
+    block_size: int,
+    dtype: torch.dtype,
+    seed: int,
+):
     """One step of a batch: sequence b has past[b] tokens cached and brings new_tokens[b] queries.
 
     Pages are handed out shuffled (no sequence owns consecutive pages); on sliding layers the pages wholly
@@ -56,12 +65,15 @@ def make_step(new_tokens: list[int], past: list[int], hq: int, hkv: int, d: int,
     v = torch.randn(t, hkv, d, generator=g).to(dtype)
     as_dev = lambda x: torch.tensor(x, dtype=torch.int64, device=DEVICE)  # noqa: E731
     batch = ForwardBatch(
-        input_ids=torch.zeros(t, dtype=torch.int64, device=DEVICE), positions=as_dev(positions),
-        query_start=as_dev(query_start), context_lens=as_dev(ctx),
+        input_ids=torch.zeros(t, dtype=torch.int64, device=DEVICE),
+        positions=as_dev(positions),
+        query_start=as_dev(query_start),
+        context_lens=as_dev(ctx),
         slot_mapping={"sliding": as_dev(slots), "full": as_dev(slots)},
-        block_tables={"sliding": table.to(DEVICE), "full": table.to(DEVICE)}, block_size=block_size,
+        block_tables={"sliding": table.to(DEVICE), "full": table.to(DEVICE)},
+        block_size=block_size,
         logits_indices=as_dev([s - 1 for s in query_start[1:]]),
-    )  # fmt: skip
+    )
     dev = lambda x: x.to(DEVICE)  # noqa: E731
     return dev(q), dev(k), dev(v), (dev(k_cache), dev(v_cache)), batch
 
@@ -87,20 +99,32 @@ def compare_backends(step, kind: str, window: int) -> float:
 def test_decode_attention(dtype, d, kind):
     # 3 sequences, one query each; GQA group 4; lengths straddle pages and the window (window 24, page 8)
     hq, hkv, window = 8, 2, 24
-    step = make_step([1, 1, 1], past=[0, 30, 57], hq=hq, hkv=hkv, d=d, window=window if kind == "sliding" else None,
-                     block_size=8, dtype=dtype, seed=d)
+    step = make_step(
+        [1, 1, 1],
+        past=[0, 30, 57],
+        hq=hq,
+        hkv=hkv,
+        d=d,
+        window=window if kind == "sliding" else None,
+        block_size=8,
+        dtype=dtype,
+        seed=d,
+    )
     assert step[4].is_decode_only
     assert compare_backends(step, kind, window) < TOL[dtype]
 
 
 @pytest.mark.parametrize("splits", [1, 2, 8])
 def test_decode_split_count_does_not_change_the_result(splits):
-    q, k, v, (kc, vc), batch = make_step([1, 1], past=[5, 70], hq=4, hkv=1, d=64, window=None, block_size=16,
-                                         dtype=torch.float32, seed=splits)  # fmt: skip
+    q, k, v, (kc, vc), batch = make_step(
+        [1, 1], past=[5, 70], hq=4, hkv=1, d=64, window=None, block_size=16, dtype=torch.float32, seed=splits
+    )
     kc.index_copy_(0, batch.slot_mapping["full"], k)
     vc.index_copy_(0, batch.slot_mapping["full"], v)
     one = paged_decode_attention(q, kc, vc, batch.block_tables["full"], batch.context_lens, 16, None, num_splits=1)
-    many = paged_decode_attention(q, kc, vc, batch.block_tables["full"], batch.context_lens, 16, None, num_splits=splits)
+    many = paged_decode_attention(
+        q, kc, vc, batch.block_tables["full"], batch.context_lens, 16, None, num_splits=splits
+    )
     assert rel_err(many, one) < 1e-3
 
 
@@ -110,8 +134,17 @@ def test_decode_split_count_does_not_change_the_result(splits):
 def test_prefill_and_extend_attention(dtype, d, kind):
     # a fresh prompt, a chunk extending a cached prefix past the window, and a decode row mixed in
     window = 16
-    step = make_step([37, 20, 1], past=[0, 45, 9], hq=4, hkv=2, d=d, window=window if kind == "sliding" else None,
-                     block_size=8, dtype=dtype, seed=d + 1)
+    step = make_step(
+        [37, 20, 1],
+        past=[0, 45, 9],
+        hq=4,
+        hkv=2,
+        d=d,
+        window=window if kind == "sliding" else None,
+        block_size=8,
+        dtype=dtype,
+        seed=d + 1,
+    )
     assert not step[4].is_decode_only
     assert compare_backends(step, kind, window) < TOL[dtype]
 
@@ -133,8 +166,9 @@ def test_image_spans_are_bidirectional_on_sliding_layers(dtype, d):
     images; a chunk whose image (20 tokens) is longer than the window (16); two images in one prompt.
     Full layers ignore the spans (causal)."""
     window = 16
-    q, k, v, cache, batch = make_step([20, 6, 30, 25], past=[0, 3, 10, 0], hq=4, hkv=2, d=d, window=window,
-                                      block_size=8, dtype=dtype, seed=7)  # fmt: skip
+    q, k, v, cache, batch = make_step(
+        [20, 6, 30, 25], past=[0, 3, 10, 0], hq=4, hkv=2, d=d, window=window, block_size=8, dtype=dtype, seed=7
+    )
     batch.bidirectional_spans = [[(4, 12)], [], [(14, 34)], [(2, 7), (9, 20)]]
     batch.span_bounds = span_bounds(batch)
     for kind in ("sliding", "full"):

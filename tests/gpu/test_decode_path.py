@@ -38,10 +38,29 @@ DEVICE = torch.device("cuda" if CUDA else "cpu")
 RUNTIME = str(Path(__import__("gemma_runtime").__file__).parent)
 TORCH = str(Path(torch.__file__).parent)
 # torch calls that wait for the device (on CUDA) before they return
-READS_BACK = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__", "nonzero", "argwhere", "bincount",
-              "cpu", "numpy", "unique", "unique_consecutive", "masked_select", "equal", "allclose"}
-PROMPTS = ["The quick brown fox jumps over the lazy dog near the river bank.", "Hi there",
-           "<bos><|turn>user\nTell me a story about the sea.<turn|>\n<|turn>model\n"]
+READS_BACK = {
+    "item",
+    "tolist",
+    "__bool__",
+    "__int__",
+    "__float__",
+    "__index__",
+    "nonzero",
+    "argwhere",
+    "bincount",
+    "cpu",
+    "numpy",
+    "unique",
+    "unique_consecutive",
+    "masked_select",
+    "equal",
+    "allclose",
+}
+PROMPTS = [
+    "The quick brown fox jumps over the lazy dog near the river bank.",
+    "Hi there",
+    "<bos><|turn>user\nTell me a story about the sea.<turn|>\n<|turn>model\n",
+]
 
 
 class HostReadDetector(TorchFunctionMode):
@@ -56,8 +75,11 @@ class HostReadDetector(TorchFunctionMode):
         kwargs = kwargs or {}
         name = getattr(func, "__name__", str(func))
         reads = name in READS_BACK or (name in ("__getitem__", "__setitem__") and _has_bool_index(args))
-        reads = reads or (name == "repeat_interleave" and isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"),
-                                                                     torch.Tensor) and "output_size" not in kwargs)
+        reads = reads or (
+            name == "repeat_interleave"
+            and isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"), torch.Tensor)
+            and "output_size" not in kwargs
+        )
         if reads:
             caller = _first_caller_outside_torch()
             if caller is not None and caller.startswith(RUNTIME):
@@ -94,8 +116,10 @@ def engine_on_device(engine_dir, **kwargs) -> LLMEngine:
 
 
 def requests(**sampling):
-    return [GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=6, ignore_eos=True, **sampling))
-            for i, p in enumerate(PROMPTS)]
+    return [
+        GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=6, ignore_eos=True, **sampling))
+        for i, p in enumerate(PROMPTS)
+    ]
 
 
 @pytest.mark.parametrize("kind", ["moe", "dense"])
@@ -103,9 +127,16 @@ def test_engine_greedy_with_triton_backends_matches_reference(request, kind):
     """The tiny engine, MoE (the 26B-A4B's layers) and dense (the 31B's), decodes the same greedy tokens
     with the Triton backends as with the reference (float32 on the CPU interpreter; on CUDA in float32
     too, where tf32 dots leave the argmax alone). Prompts longer and shorter than the window (8)."""
-    engine_dir = request.getfixturevalue({"moe": "random_tiny_engine_dir", "dense": "random_tiny_dense_engine_dir"}[kind])
-    requests = lambda: [GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=12, ignore_eos=True))  # noqa: E731
-                        for i, p in enumerate(PROMPTS[:2])]
+    engine_dir = request.getfixturevalue(
+        {"moe": "random_tiny_engine_dir", "dense": "random_tiny_dense_engine_dir"}[kind]
+    )
+
+    def requests():
+        return [
+            GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=12, ignore_eos=True))
+            for i, p in enumerate(PROMPTS[:2])
+        ]
+
     ref = LLMEngine(engine_dir, RuntimeConfig(block_size=4, max_model_len=128)).generate(requests())
     assert engine_on_device(engine_dir).generate(requests()) == ref
 
@@ -121,8 +152,11 @@ def test_detector_sees_host_reads(random_tiny_engine_dir):
     assert len(detector.found) == 1 and "cuda_backends.py" in detector.found[0]  # int(tensor) there, not here
 
 
-@pytest.mark.parametrize("sampling", [dict(), dict(temperature=0.8, top_k=20, top_p=0.9, min_p=0.01, seed=1, logprobs=2)],
-                         ids=["greedy", "sampled"])
+@pytest.mark.parametrize(
+    "sampling",
+    [dict(), dict(temperature=0.8, top_k=20, top_p=0.9, min_p=0.01, seed=1, logprobs=2)],
+    ids=["greedy", "sampled"],
+)
 def test_a_decode_launch_reads_nothing_back(random_tiny_engine_dir, sampling):
     engine = engine_on_device(random_tiny_engine_dir, overlap_scheduling=True, decode_graph_max_batch=4)
     for r in requests(**sampling):
@@ -163,8 +197,9 @@ def test_moe_side_stream_decodes_the_plain_engines_tokens(random_tiny_engine_dir
     from gemma_runtime.model import gemma4
     from gemma_runtime.model.gemma4 import Gemma4TextModel
 
-    want = engine_on_device(random_tiny_engine_dir, overlap_scheduling=False, decode_graph_max_batch=0,
-                            moe_side_stream=False).generate(requests())
+    want = engine_on_device(
+        random_tiny_engine_dir, overlap_scheduling=False, decode_graph_max_batch=0, moe_side_stream=False
+    ).generate(requests())
     mlp = Gemma4TextModel._mlp
 
     def slow_mlp(self, p, x):
@@ -173,8 +208,9 @@ def test_moe_side_stream_decodes_the_plain_engines_tokens(random_tiny_engine_dir
 
     monkeypatch.setattr(Gemma4TextModel, "_mlp", slow_mlp)  # before the engine captures its graphs
     monkeypatch.setattr(gemma4, "SIDE_STREAM_MAX_ROWS", 4)
-    beside = engine_on_device(random_tiny_engine_dir, overlap_scheduling=True, decode_graph_max_batch=4,
-                              moe_side_stream=True)
+    beside = engine_on_device(
+        random_tiny_engine_dir, overlap_scheduling=True, decode_graph_max_batch=4, moe_side_stream=True
+    )
     assert beside.runner.text.side_stream is not None and sorted(beside.runner.graphs.graphs) == [1, 2, 4]
     assert beside.generate(requests()) == want
 
@@ -190,12 +226,21 @@ def test_taught_replies_in_bf16_through_the_fast_decode_path(taught_checkpoint_d
     from engine_builder.tiny.taught_corpus import TAUGHT_CONVERSATIONS
 
     tokenizer = AutoTokenizer.from_pretrained(taught_checkpoint_dir)
-    engine = LLMEngine(taught_engine_dir, RuntimeConfig(device=DEVICE.type, dtype="bfloat16", max_num_seqs=16,
-                                                        overlap_scheduling=True, decode_graph_max_batch=16))
-    requests = [GenerateRequest(c["name"], render_prompt(tokenizer, c),
-                                SamplingParams(max_tokens=len(tokenizer.encode(c["reply"])) + 8),
-                                images=tuple(spec.image() for spec in c.get("images", ())))
-                for c in TAUGHT_CONVERSATIONS]  # fmt: skip
+    engine = LLMEngine(
+        taught_engine_dir,
+        RuntimeConfig(
+            device=DEVICE.type, dtype="bfloat16", max_num_seqs=16, overlap_scheduling=True, decode_graph_max_batch=16
+        ),
+    )
+    requests = [
+        GenerateRequest(
+            c["name"],
+            render_prompt(tokenizer, c),
+            SamplingParams(max_tokens=len(tokenizer.encode(c["reply"])) + 8),
+            images=tuple(spec.image() for spec in c.get("images", ())),
+        )
+        for c in TAUGHT_CONVERSATIONS
+    ]
     got = {name: tokenizer.decode(ids, skip_special_tokens=False) for name, ids in engine.generate(requests).items()}
     assert got == {c["name"]: c["reply"] for c in TAUGHT_CONVERSATIONS}
 
@@ -211,8 +256,11 @@ def test_image_prompts_with_the_triton_kernels(random_tiny_engine_dir):
         return Image.fromarray(np.random.default_rng(seed).integers(0, 256, size=(h, w, 3), dtype=np.uint8))
 
     prompt = "<bos><|turn>user\nLook: <|image|> and then <|image|> now tell me<turn|>\n<|turn>model\n"
-    request = lambda: GenerateRequest("img", prompt, SamplingParams(max_tokens=3, ignore_eos=True),  # noqa: E731
-                                      images=(noise(120, 90, 1), noise(64, 160, 2)))
+
+    def request():
+        images = (noise(120, 90, 1), noise(64, 160, 2))
+        return GenerateRequest("img", prompt, SamplingParams(max_tokens=3, ignore_eos=True), images=images)
+
     settings = dict(block_size=4, max_model_len=256, max_num_batched_tokens=24, default_image_soft_tokens=70)
     ref = LLMEngine(random_tiny_engine_dir, RuntimeConfig(**settings))
     assert len(ref.prepare(request()).image_spans) == 2

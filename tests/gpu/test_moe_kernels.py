@@ -28,13 +28,19 @@ def test_routing_kernel_matches_reference(tokens):
     w_ref, ids_ref = route_hidden(router_in, proj, k)
     w, ids = topk_softmax(torch.nn.functional.linear(router_in, proj), k)
     assert torch.equal(ids, ids_ref)
-    assert torch.allclose(w, w_ref, atol=1e-5) and torch.allclose(w.sum(-1), torch.ones(tokens, device=DEVICE), atol=1e-5)
+    assert torch.allclose(w, w_ref, atol=1e-5) and torch.allclose(
+        w.sum(-1), torch.ones(tokens, device=DEVICE), atol=1e-5
+    )
 
 
-@pytest.mark.parametrize("tokens, k, experts, block_m", [(4, 2, 5, 2), (1, 8, 128, 16), (37, 8, 128, 16), (300, 8, 128, 64)])
+@pytest.mark.parametrize(
+    "tokens, k, experts, block_m", [(4, 2, 5, 2), (1, 8, 128, 16), (37, 8, 128, 16), (300, 8, 128, 64)]
+)
 def test_align_by_expert_groups_rows_into_single_expert_tiles(tokens, k, experts, block_m):
     g = torch.Generator().manual_seed(tokens)
-    ids = torch.stack([torch.randperm(experts, generator=g)[:k] for _ in range(tokens)]).to(DEVICE)  # [T, k] distinct per token
+    ids = torch.stack([torch.randperm(experts, generator=g)[:k] for _ in range(tokens)]).to(
+        DEVICE
+    )  # [T, k] distinct per token
     if tokens == 4:
         ids = torch.tensor([[3, 0], [3, 1], [0, 3], [2, 3]], device=DEVICE)
     rows, tile_expert = align_by_expert(ids, num_experts=experts, block_m=block_m)
@@ -106,8 +112,9 @@ def test_one_row_expert_kernels_match_the_reference(dtype, fp8, tokens):
         (gate_up, gu_s), (down, dn_s) = quantize_per_row(gate_up), quantize_per_row(down)
         scales = dict(gate_up_scale=gu_s, down_scale=dn_s)
     dense = (lambda w, s: dequantize(w, s, dtype)) if fp8 else (lambda w, s: w)
-    ref = TorchGroupedExperts()(x, weights, ids, dense(gate_up, scales.get("gate_up_scale")),
-                                dense(down, scales.get("down_scale")))
+    ref = TorchGroupedExperts()(
+        x, weights, ids, dense(gate_up, scales.get("gate_up_scale")), dense(down, scales.get("down_scale"))
+    )
     per_slot = moe_gemv.experts_gemv(x, weights, ids, gate_up, down, **scales)
     assert per_slot.shape == (tokens, k, H) and per_slot.dtype == torch.float32
     assert rel_err(per_slot.sum(1).to(dtype), ref) < TOL[dtype]
@@ -116,15 +123,19 @@ def test_one_row_expert_kernels_match_the_reference(dtype, fp8, tokens):
 def test_the_one_row_expert_kernels_take_one_or_two_tokens_of_fp8_experts():
     """The measured policy (kernels/moe_gemv.py): e4m3 stacks at up to 16 routed rows; bf16 keeps the tiles."""
     stack = lambda dtype: torch.empty((128, 1408, 2816), dtype=dtype, device="meta")  # noqa: E731
-    assert moe_gemv.takes_expert_gemv(8, stack(torch.float8_e4m3fn)) and moe_gemv.takes_expert_gemv(16, stack(torch.float8_e4m3fn))
+    assert moe_gemv.takes_expert_gemv(8, stack(torch.float8_e4m3fn)) and moe_gemv.takes_expert_gemv(
+        16, stack(torch.float8_e4m3fn)
+    )
     assert not moe_gemv.takes_expert_gemv(24, stack(torch.float8_e4m3fn))
     assert not moe_gemv.takes_expert_gemv(8, stack(torch.bfloat16))
 
 
 @pytest.mark.parametrize("fp8", [False, True], ids=["bf16 experts", "fp8 experts"])
-@pytest.mark.parametrize("tokens, expert_gemv", [(1, True), (2, True), (1, False), (2, False), (3, False), (70, False)],
-                         ids=["T=1 one-row kernels", "T=2 one-row kernels", "T=1 row tiles", "T=2 row tiles",
-                              "T=3", "T=70"])  # fmt: skip
+@pytest.mark.parametrize(
+    "tokens, expert_gemv",
+    [(1, True), (2, True), (1, False), (2, False), (3, False), (70, False)],
+    ids=["T=1 one-row kernels", "T=2 one-row kernels", "T=1 row tiles", "T=2 row tiles", "T=3", "T=70"],
+)
 def test_routed_experts_from_the_router_input_match_the_reference(tokens, fp8, expert_gemv, monkeypatch):
     """The backends' one entry point from the router's input (router GEMM, routing, experts) at the
     26B-A4B's E=128, k=8, each dtype through both forms for one or two tokens: a matrix-vector product

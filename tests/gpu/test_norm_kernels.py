@@ -28,8 +28,9 @@ def f64(value):
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=str)
-@pytest.mark.parametrize("form", ["weight", "no weight", "residual", "residual and scale", "strided heads", "rope",
-                                  "proportional rope"])
+@pytest.mark.parametrize(
+    "form", ["weight", "no weight", "residual", "residual and scale", "strided heads", "rope", "proportional rope"]
+)
 def test_fused_rms_norm_matches_the_reference(dtype, form):
     """Each form the decoder uses, against the reference norm and its add and scalar. H = 2816 (the
     26B-A4B's hidden size, not a power of two); the strided form is q inside a fused QKV projection."""
@@ -39,8 +40,12 @@ def test_fused_rms_norm_matches_the_reference(dtype, form):
     w = (torch.rand(H, generator=g) + 0.5).to(DEVICE, dtype)
     residual = torch.randn(T, H, generator=g).to(DEVICE, dtype)
     scale = torch.tensor([0.7]).to(DEVICE, dtype)
-    args = {"weight": (x, w, {}), "no weight": (x, None, {}), "residual": (x, w, {"residual": residual}),
-            "residual and scale": (x, w, {"residual": residual, "scale": scale})}.get(form)
+    args = {
+        "weight": (x, w, {}),
+        "no weight": (x, None, {}),
+        "residual": (x, w, {"residual": residual}),
+        "residual and scale": (x, w, {"residual": residual, "scale": scale}),
+    }.get(form)
     if form in ("strided heads", "rope", "proportional rope"):
         qkv = (torch.randn(T, (4 + 2 * 2) * 256, generator=g) * 3).to(DEVICE, dtype)  # 4 q heads, 2 kv heads, d=256
         q = qkv[:, : 4 * 256].view(T, 4, 256)  # [T, 4, 256] with a token stride of 8 * 256
@@ -61,7 +66,7 @@ def test_fused_rms_norm_matches_the_reference(dtype, form):
     if dtype == torch.float32:
         torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-6)
     else:
-        torch.testing.assert_close(out, ref, rtol=2 ** -7, atol=2 ** -4)
+        torch.testing.assert_close(out, ref, rtol=2**-7, atol=2**-4)
         if CUDA:
             assert_as_accurate(out, ref, TorchRMSNorm()(f64(x_in), f64(weight), 1e-6, **f64(extra)))
 
@@ -74,7 +79,9 @@ def test_ffn_prologue_in_one_launch_matches_the_reference(dtype, moe):
     g = torch.Generator().manual_seed(7 + moe)
     T, H = 5, 2816
     h, residual = ((torch.randn(T, H, generator=g) * 3).to(DEVICE, dtype) for _ in range(2))
-    w_post_attn, w_pre_ffn, w_experts, router_scale = ((torch.rand(H, generator=g) + 0.5).to(DEVICE, dtype) for _ in range(4))
+    w_post_attn, w_pre_ffn, w_experts, router_scale = (
+        (torch.rand(H, generator=g) + 0.5).to(DEVICE, dtype) for _ in range(4)
+    )
     args = (h, residual, w_post_attn, w_pre_ffn, 1e-6, *((w_experts, router_scale) if moe else ()))
     ref = TorchRMSNorm().ffn_prologue(*args)
     out = TritonRMSNorm().ffn_prologue(*args)
@@ -100,7 +107,9 @@ def test_layer_end_in_one_launch_matches_the_reference(dtype, slots):
     g = torch.Generator().manual_seed((slots or 1) + 3)
     T, H = 5, 2816
     dense, residual = ((torch.randn(T, H, generator=g) * 3).to(DEVICE, dtype) for _ in range(2))
-    experts = torch.randn(T, slots, H, generator=g).to(DEVICE) if slots else torch.randn(T, H, generator=g).to(DEVICE, dtype)
+    experts = (
+        torch.randn(T, slots, H, generator=g).to(DEVICE) if slots else torch.randn(T, H, generator=g).to(DEVICE, dtype)
+    )
     w_dense, w_experts, w_post, w_next = ((torch.rand(H, generator=g) + 0.5).to(DEVICE, dtype) for _ in range(4))
     scalar = torch.tensor([0.7]).to(DEVICE, dtype)
     if slots is None:
@@ -130,8 +139,10 @@ def test_fused_qkv_norm_writes_the_cache_and_returns_q_like_the_reference(dtype,
     inv_freq = rope_inv_freq(d, 1e6, d // 8 if k_eq_v else d // 2)  # full layers: proportional rope
     rope = tuple(t.to(DEVICE) for t in rope_cos_sin(torch.tensor([0, 1, 7, 300, 5000]), inv_freq))
     slots = torch.tensor([17, 3, 38, 0, 22], device=DEVICE)
-    caches = {name: [torch.full((slots_total, nkv, d), float("nan"), dtype=dtype, device=DEVICE) for _ in range(2)]
-              for name in ("ref", "out")}  # fmt: skip
+    caches = {
+        name: [torch.full((slots_total, nkv, d), float("nan"), dtype=dtype, device=DEVICE) for _ in range(2)]
+        for name in ("ref", "out")
+    }
     ref_q = TorchKVWrite()(qkv, nq, nkv, d, k_eq_v, q_w, k_w, 1e-6, rope, caches["ref"], slots)
     out_q = TritonKVWrite()(qkv, nq, nkv, d, k_eq_v, q_w, k_w, 1e-6, rope, caches["out"], slots)
     assert out_q.shape == ref_q.shape == (T, nq, d) and out_q.dtype == dtype
@@ -143,8 +154,10 @@ def test_fused_qkv_norm_writes_the_cache_and_returns_q_like_the_reference(dtype,
     tol = dict(rtol=1e-5, atol=1e-6) if dtype == torch.float32 else dict(rtol=2**-7, atol=2**-4)
     truth_cache = [torch.zeros(slots_total, nkv, d, dtype=torch.float64, device=DEVICE) for _ in range(2)]
     truth_q = TorchKVWrite()(f64(qkv), nq, nkv, d, k_eq_v, f64(q_w), f64(k_w), 1e-6, f64(rope), truth_cache, slots)
-    for ref, out, truth in [(ref_q, out_q, truth_q),
-                            *((r[slots], o[slots], t[slots]) for r, o, t in zip(caches["ref"], caches["out"], truth_cache))]:
+    for ref, out, truth in [
+        (ref_q, out_q, truth_q),
+        *((r[slots], o[slots], t[slots]) for r, o, t in zip(caches["ref"], caches["out"], truth_cache)),
+    ]:
         torch.testing.assert_close(out, ref, **tol)
         if CUDA and dtype == torch.bfloat16:
             assert_as_accurate(out, ref, truth)

@@ -44,15 +44,20 @@ class Outcome:
 
 
 def copy_tree(src: Path, dst: Path, tests_from: str | None) -> None:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src, check=True,
-                           capture_output=True).stdout.decode().split("\0")
+    files = (
+        subprocess.run(["git", "ls-files", "-co", "--exclude-standard", "-z"], cwd=src, check=True, capture_output=True)
+        .stdout.decode()
+        .split("\0")
+    )
     for rel in filter(None, files):
         if (src / rel).is_file():
             (dst / rel).parent.mkdir(parents=True, exist_ok=True)
             shutil.copy2(src / rel, dst / rel)
     if tests_from:
         shutil.rmtree(dst / "tests")
-        archive = subprocess.run(["git", "archive", tests_from, "tests"], cwd=src, check=True, capture_output=True).stdout
+        archive = subprocess.run(
+            ["git", "archive", tests_from, "tests"], cwd=src, check=True, capture_output=True
+        ).stdout
         subprocess.run(["tar", "-x", "-C", str(dst)], input=archive, check=True)
         # the runner itself stays this tree's
         shutil.copytree(src / "tests" / "mutation", dst / "tests" / "mutation", dirs_exist_ok=True)
@@ -67,7 +72,9 @@ def environment(root: Path) -> dict[str, str]:
 
 def check_imports(root: Path, python: str) -> None:
     code = "import gemma_runtime, engine_builder, server; print(gemma_runtime.__file__, engine_builder.__file__, server.__file__)"
-    out = subprocess.run([python, "-c", code], cwd=root, env=environment(root), capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(
+        [python, "-c", code], cwd=root, env=environment(root), capture_output=True, text=True, check=True
+    ).stdout
     for path in out.split():
         if not Path(path).resolve().is_relative_to(root.resolve()):
             raise SystemExit(f"the copy imports {path}, not its own sources")
@@ -80,7 +87,11 @@ def run_tests(root: Path, python: str, tests: tuple[str, ...], timeout: float) -
         proc = subprocess.run(cmd, cwd=root, env=environment(root), capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return "timeout", time.monotonic() - start, ""
-    return ("passed" if proc.returncode == 0 else "failed"), time.monotonic() - start, proc.stdout[-3000:] + proc.stderr[-2000:]
+    return (
+        ("passed" if proc.returncode == 0 else "failed"),
+        time.monotonic() - start,
+        proc.stdout[-3000:] + proc.stderr[-2000:],
+    )
 
 
 def end_leftovers(root: Path) -> list[int]:
@@ -129,8 +140,12 @@ def mutate_and_test(root: Path, python: str, m: Mutation, timeout: float) -> Out
 def table(outcomes: list[Outcome], label: str) -> str:
     caught = sum(o.result == "caught" for o in outcomes)
     timeouts = sum(o.result == "timeout" for o in outcomes)
-    lines = [f"### {label}: {caught} of {len(outcomes)} caught, {timeouts} timed out", "", "| mutation | issue 20 | result | seconds | tests |",
-             "| --- | --- | --- | --- | --- |"]
+    lines = [
+        f"### {label}: {caught} of {len(outcomes)} caught, {timeouts} timed out",
+        "",
+        "| mutation | issue 20 | result | seconds | tests |",
+        "| --- | --- | --- | --- | --- |",
+    ]
     for o in outcomes:
         tests = ", ".join(Path(t).name for t in o.tests) or "-"
         lines.append(f"| {o.name} | {'yes' if o.issue20 else ''} | {o.result} | {o.seconds:.0f} | {tests} |")
@@ -139,7 +154,9 @@ def table(outcomes: list[Outcome], label: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--tests-from", default=None, help="git ref whose tests/ folder is used (the sources stay this tree's)")
+    p.add_argument(
+        "--tests-from", default=None, help="git ref whose tests/ folder is used (the sources stay this tree's)"
+    )
     p.add_argument("--only", nargs="*", default=None, help="run the mutations whose names contain one of these")
     p.add_argument("--timeout", type=float, default=300.0, help="seconds per mutant's test run")
     p.add_argument("--json", default=None, help="write the outcomes here")

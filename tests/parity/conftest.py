@@ -34,4 +34,4 @@ def hf_greedy(hf, prompt_ids: list[int], max_new_tokens: int, **image_inputs) ->
             kwargs["mm_token_type_ids"] = torch.tensor([mm_types + [0] * (len(ids) - len(mm_types))])
         logits = hf(input_ids=torch.tensor([ids]), **kwargs).logits[0, -1]
         ids.append(int(torch.argmax(logits)))
-    return ids[len(prompt_ids):]
+    return ids[len(prompt_ids) :]

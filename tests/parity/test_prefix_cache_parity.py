@@ -230,8 +230,12 @@ def test_images_in_the_shared_prefix(tiny):
     engine = cached_engine(engine_dir, max_model_len=256, default_image_soft_tokens=70)
     free_at_start = engine.blocks.num_free
     spec = engine.spec
-    processor = Gemma4ImageProcessorPil(patch_size=spec.vision.patch_size, pooling_kernel_size=spec.vision.pooling_kernel_size)
-    pictures = [Image.fromarray(np.random.default_rng(s).integers(0, 256, (90, 120, 3), dtype=np.uint8)) for s in (1, 2)]
+    processor = Gemma4ImageProcessorPil(
+        patch_size=spec.vision.patch_size, pooling_kernel_size=spec.vision.pooling_kernel_size
+    )
+    pictures = [
+        Image.fromarray(np.random.default_rng(s).integers(0, 256, (90, 120, 3), dtype=np.uint8)) for s in (1, 2)
+    ]
     template = "<bos><|turn>user\nLook: <|image|> then tell me {}<turn|>\n<|turn>model\n"
     cases = [("same0", 0, "what it is"), ("same1", 0, "its colours"), ("other", 1, "what it is")]
     first_ids = None
@@ -241,8 +245,14 @@ def test_images_in_the_shared_prefix(tiny):
         tokens, usage = run(engine, [request])
         pixels = processor(images=[pictures[picture]], max_soft_tokens=70, return_tensors="pt")
         mm_types = [1 if t == spec.multimodal.image_token_id else 0 for t in prepared.token_ids]
-        ref = hf_greedy(hf, prepared.token_ids, NEW_TOKENS, pixel_values=pixels["pixel_values"],
-                        image_position_ids=pixels["image_position_ids"], mm_token_type_ids=mm_types)
+        ref = hf_greedy(
+            hf,
+            prepared.token_ids,
+            NEW_TOKENS,
+            pixel_values=pixels["pixel_values"],
+            image_position_ids=pixels["image_position_ids"],
+            mm_token_type_ids=mm_types,
+        )
         assert tokens[rid] == ref, rid
         span = prepared.image_spans[0]
         if first_ids is None:

@@ -95,7 +95,12 @@ def test_preprocess_matches_hf(hf_processor, name: str, budget: int):
     assert torch.equal(ours.pixel_values, ref["pixel_values"][0][:n].float())
     hf_tokens = int(ref["num_soft_tokens_per_image"][0])
     assert ours.num_soft_tokens == hf_tokens <= budget
-    assert num_soft_tokens_for(image.width, image.height, patch_size=PATCH, pooling_kernel_size=POOL, max_soft_tokens=budget) == hf_tokens
+    assert (
+        num_soft_tokens_for(
+            image.width, image.height, patch_size=PATCH, pooling_kernel_size=POOL, max_soft_tokens=budget
+        )
+        == hf_tokens
+    )
 
 
 def test_token_counts_from_the_reference_brief():
@@ -118,10 +123,21 @@ def test_unsupported_budget_is_rejected(budget: int):
 
 def tiny_config() -> Gemma4Config:
     text = dict(
-        vocab_size=512, hidden_size=TEXT_HIDDEN, intermediate_size=96, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=2, head_dim=16, global_head_dim=32, num_global_key_value_heads=1, attention_k_eq_v=True,
-        sliding_window=8, layer_types=["sliding_attention", "full_attention"], final_logit_softcapping=30.0,
-        use_bidirectional_attention="vision", hidden_size_per_layer_input=0,
+        vocab_size=512,
+        hidden_size=TEXT_HIDDEN,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        head_dim=16,
+        global_head_dim=32,
+        num_global_key_value_heads=1,
+        attention_k_eq_v=True,
+        sliding_window=8,
+        layer_types=["sliding_attention", "full_attention"],
+        final_logit_softcapping=30.0,
+        use_bidirectional_attention="vision",
+        hidden_size_per_layer_input=0,
         rope_parameters={
             "sliding_attention": {"rope_type": "default", "rope_theta": 10000.0},
             "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1000000.0},
@@ -129,13 +145,30 @@ def tiny_config() -> Gemma4Config:
         max_position_embeddings=4096,
     )
     vision = dict(
-        hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-        head_dim=16, patch_size=PATCH, pooling_kernel_size=POOL, position_embedding_size=1024, standardize=True,
-        rms_norm_eps=1e-6, rope_parameters={"rope_type": "default", "rope_theta": 100.0},
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        num_key_value_heads=2,
+        head_dim=16,
+        patch_size=PATCH,
+        pooling_kernel_size=POOL,
+        position_embedding_size=1024,
+        standardize=True,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 100.0},
     )
     return Gemma4Config(
-        text_config=text, vision_config=vision, audio_config=None, boi_token_id=500, eoi_token_id=501,
-        image_token_id=502, video_token_id=503, boa_token_id=504, eoa_token_index=505, audio_token_id=506,
+        text_config=text,
+        vision_config=vision,
+        audio_config=None,
+        boi_token_id=500,
+        eoi_token_id=501,
+        image_token_id=502,
+        video_token_id=503,
+        boa_token_id=504,
+        eoa_token_index=505,
+        audio_token_id=506,
     )
 
 
@@ -159,7 +192,7 @@ def vision_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     out = {}
     for name, t in model.state_dict().items():
         if name.startswith("model.vision_tower."):
-            out[name[len("model.vision_tower."):].replace(".linear.", ".")] = t
+            out[name[len("model.vision_tower.") :].replace(".linear.", ".")] = t
         elif name == "model.embed_vision.embedding_projection.weight":
             out["embedding_projection.weight"] = t
     return out
@@ -168,10 +201,17 @@ def vision_weights(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def spec_from(config: Gemma4Config) -> VisionSpec:
     v = config.vision_config
     return VisionSpec(
-        hidden_size=v.hidden_size, intermediate_size=v.intermediate_size, num_layers=v.num_hidden_layers,
-        num_attention_heads=v.num_attention_heads, head_dim=v.head_dim, patch_size=v.patch_size,
-        pooling_kernel_size=v.pooling_kernel_size, position_embedding_size=v.position_embedding_size,
-        rope_theta=v.rope_parameters["rope_theta"], rms_norm_eps=v.rms_norm_eps, standardize=v.standardize,
+        hidden_size=v.hidden_size,
+        intermediate_size=v.intermediate_size,
+        num_layers=v.num_hidden_layers,
+        num_attention_heads=v.num_attention_heads,
+        head_dim=v.head_dim,
+        patch_size=v.patch_size,
+        pooling_kernel_size=v.pooling_kernel_size,
+        position_embedding_size=v.position_embedding_size,
+        rope_theta=v.rope_parameters["rope_theta"],
+        rms_norm_eps=v.rms_norm_eps,
+        standardize=v.standardize,
     )
 
 
@@ -196,7 +236,9 @@ def test_soft_tokens_match_hf(models, hf_processor, budget: int):
     images = [noise(256, 256, seed=7), gradient(90, 300)]
     ref = hf_processor(images=images, max_soft_tokens=budget, return_tensors="pt")
     with torch.no_grad():
-        hf_out = hf.model.get_image_features(ref["pixel_values"], ref["image_position_ids"], return_dict=True).pooler_output
+        hf_out = hf.model.get_image_features(
+            ref["pixel_values"], ref["image_position_ids"], return_dict=True
+        ).pooler_output
 
     pre = [preprocess_image(im, patch_size=PATCH, pooling_kernel_size=POOL, max_soft_tokens=budget) for im in images]
     got = ours(pre)
@@ -236,10 +278,18 @@ def test_bfloat16_is_as_close_as_hf_bfloat16(models, hf_processor):
     images = [noise(256, 256, seed=9), gradient(300, 90)]
     ref = hf_processor(images=images, max_soft_tokens=70, return_tensors="pt")
     with torch.no_grad():
-        truth = hf.model.get_image_features(ref["pixel_values"], ref["image_position_ids"], return_dict=True).pooler_output
-        hf_low = hf_bf16.model.get_image_features(ref["pixel_values"], ref["image_position_ids"], return_dict=True).pooler_output
-    got = ours_bf16([preprocess_image(im, patch_size=PATCH, pooling_kernel_size=POOL, max_soft_tokens=70) for im in images])
+        truth = hf.model.get_image_features(
+            ref["pixel_values"], ref["image_position_ids"], return_dict=True
+        ).pooler_output
+        hf_low = hf_bf16.model.get_image_features(
+            ref["pixel_values"], ref["image_position_ids"], return_dict=True
+        ).pooler_output
+    got = ours_bf16(
+        [preprocess_image(im, patch_size=PATCH, pooling_kernel_size=POOL, max_soft_tokens=70) for im in images]
+    )
     for g, t, h in zip(got, truth, hf_low):
         assert g.dtype == torch.bfloat16 and g.shape == t.shape
-        print(f"\nbf16 error against float32: ours {rel_err(g.float(), t):.2e}, transformers {rel_err(h.float(), t):.2e}")
+        print(
+            f"\nbf16 error against float32: ours {rel_err(g.float(), t):.2e}, transformers {rel_err(h.float(), t):.2e}"
+        )
         assert rel_err(g.float(), t) < max(3 * rel_err(h.float(), t), 1e-2)

@@ -24,15 +24,30 @@ def tiny_tokenizer():
 def tiny_spec(max_model_len: int = 256, vision: bool = True) -> EngineSpec:
     layer = LayerSpec(type="sliding", head_dim=16, num_kv_heads=2, k_eq_v=False, rope_theta=1e4, rope_angles=8)
     text = TextSpec(
-        vocab_size=512, hidden_size=64, num_layers=1, num_attention_heads=4, intermediate_size=96, rms_norm_eps=1e-6,
-        final_logit_softcapping=30.0, sliding_window=8, embed_scale=8.0, layers=(layer,),
-    )  # fmt: skip
+        vocab_size=512,
+        hidden_size=64,
+        num_layers=1,
+        num_attention_heads=4,
+        intermediate_size=96,
+        rms_norm_eps=1e-6,
+        final_logit_softcapping=30.0,
+        sliding_window=8,
+        embed_scale=8.0,
+        layers=(layer,),
+    )
     vis = VisionSpec(32, 64, 1, 2, 16, 16, 3, 64, 100.0, 1e-6, False, default_output_length=16) if vision else None
     mm = MultimodalSpec(image_token_id=19, boi_token_id=17, eoi_token_id=18) if vision else None
     return EngineSpec(
-        model_name="google/gemma-4-tiny-it", architecture="Gemma4ForConditionalGeneration", dtype="float32",
-        max_model_len=max_model_len, text=text, tokens=TokenSpec(2, 1, 0), stop_token_ids=(1, 6, 14), vision=vis, multimodal=mm,
-    )  # fmt: skip
+        model_name="google/gemma-4-tiny-it",
+        architecture="Gemma4ForConditionalGeneration",
+        dtype="float32",
+        max_model_len=max_model_len,
+        text=text,
+        tokens=TokenSpec(2, 1, 0),
+        stop_token_ids=(1, 6, 14),
+        vision=vis,
+        multimodal=mm,
+    )
 
 
 @dataclass
@@ -95,6 +110,11 @@ class FakeBackend:
             if last:
                 self.finished.append(request.request_id)
             yield RequestOutput(
-                request_id=request.request_id, token_ids=(100 + i % 50,), text=piece, logprobs=lps, finished=last,
-                finish_reason=reason, usage=Usage(prompt_len, len(pieces)) if last else None,
-            )  # fmt: skip
+                request_id=request.request_id,
+                token_ids=(100 + i % 50,),
+                text=piece,
+                logprobs=lps,
+                finished=last,
+                finish_reason=reason,
+                usage=Usage(prompt_len, len(pieces)) if last else None,
+            )

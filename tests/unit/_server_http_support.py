@@ -19,9 +19,20 @@ except ImportError:
 
 MODEL = "google/gemma-4-tiny-it"
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}},
-    {"type": "function", "function": {"name": "get_time", "description": "Time", "parameters": {"type": "object", "properties": {}}}}]  # fmt: skip
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    },
+    {
+        "type": "function",
+        "function": {"name": "get_time", "description": "Time", "parameters": {"type": "object", "properties": {}}},
+    },
+]
 CALL_TEXT = '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>'
 THINK_TEXT = "<|channel>thought\nThe user asks. I answer.<channel|>It is sunny."
 
@@ -42,7 +53,11 @@ def scripted_server(param):
     script, settings = param if isinstance(param, tuple) else (param, {})
     backend, client = make(script, **settings)
     with client:
-        yield backend, client, openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=client, max_retries=0)
+        yield (
+            backend,
+            client,
+            openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=client, max_retries=0),
+        )
 
 
 def sse_events(client: TestClient, body: dict) -> list:

@@ -34,8 +34,12 @@ def _tool(call_id: str, content, name: str | None = None) -> dict:
 
 
 def _case(name: str, messages: list, tools=None, generation_prompt: bool = True, **kwargs) -> dict:
-    return {"name": name, "messages": messages, "tools": tools,
-            "kwargs": {"add_generation_prompt": generation_prompt, **kwargs}}  # fmt: skip
+    return {
+        "name": name,
+        "messages": messages,
+        "tools": tools,
+        "kwargs": {"add_generation_prompt": generation_prompt, **kwargs},
+    }
 
 
 USER_HI = {"role": "user", "content": "Hi"}
@@ -90,21 +94,28 @@ CHAT_CORPUS: list[dict] = [
         "assistant_list_content",
         [
             USER_HI,
-            {"role": "assistant", "content": [
-                {"type": "text", "text": "<|channel>thought\nhmm<channel|> Hello "},
-                {"type": "text", "text": " there."},
-            ]},
+            {
+                "role": "assistant",
+                "content": [
+                    {"type": "text", "text": "<|channel>thought\nhmm<channel|> Hello "},
+                    {"type": "text", "text": " there."},
+                ],
+            },
             {"role": "user", "content": [{"type": "text", "text": " Bye "}]},
         ],
-    ),  # fmt: skip
+    ),
     _case("one_tool_no_system", [WEATHER_Q], tools=[WEATHER_TOOL]),
     _case(
         "system_and_many_tools",
         [{"role": "system", "content": "Use tools when useful."}, WEATHER_Q],
         tools=[WEATHER_TOOL, FLIGHTS_TOOL, TIME_TOOL, CALCULATOR_TOOL],
     ),
-    _case("developer_tools_thinking", [{"role": "developer", "content": "Be precise."}, WEATHER_Q],
-          tools=[FLIGHTS_TOOL], enable_thinking=True),  # fmt: skip
+    _case(
+        "developer_tools_thinking",
+        [{"role": "developer", "content": "Be precise."}, WEATHER_Q],
+        tools=[FLIGHTS_TOOL],
+        enable_thinking=True,
+    ),
     _case("odd_schemas", [USER_HI], tools=[ODD_SCHEMA_TOOL, UNTYPED_PARAMS_TOOL]),
     _case("tool_call_unanswered", [WEATHER_Q, PARIS_CALL], tools=[WEATHER_TOOL]),
     _case("tool_call_unanswered_no_prompt", [WEATHER_Q, PARIS_CALL], tools=[WEATHER_TOOL], generation_prompt=False),
@@ -129,17 +140,20 @@ CHAT_CORPUS: list[dict] = [
         "parallel_calls_out_of_order",
         [
             {"role": "user", "content": "Weather in Paris and Rome, and the time?"},
-            {"role": "assistant", "tool_calls": [
-                _call("a", "get_weather", {"location": "Paris", "unit": "celsius", "days": 2}),
-                _call("b", "get_weather", {"location": "Rome"}),
-                _call("c", "get_time", {}),
-            ]},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    _call("a", "get_weather", {"location": "Paris", "unit": "celsius", "days": 2}),
+                    _call("b", "get_weather", {"location": "Rome"}),
+                    _call("c", "get_time", {}),
+                ],
+            },
             _tool("b", "rainy"),
             _tool("a", "sunny"),
             _tool("c", "12:00"),
         ],
         tools=[WEATHER_TOOL, TIME_TOOL],
-    ),  # fmt: skip
+    ),
     _case(
         "tool_name_fallback",
         [WEATHER_Q, PARIS_CALL, _tool("unknown-id", "cloudy", name="weather_service")],
@@ -149,24 +163,40 @@ CHAT_CORPUS: list[dict] = [
         "nested_arguments",
         [
             {"role": "user", "content": "Book it"},
-            {"role": "assistant", "tool_calls": [_call("f1", "search_flights", {
-                "origin": "CDG", "destination": "FCO",
-                "passengers": [{"name": "Ann", "age": 34, "seat": "aisle"}, {"name": "Bo", "age": 7}],
-                "filters": {"max_price": 199.5, "airlines": ["AF", "AZ"], "nonstop": True},
-                "flexible": False, "note": None, "Zulu": "last?", "alpha": "first",
-            })]},
+            {
+                "role": "assistant",
+                "tool_calls": [
+                    _call(
+                        "f1",
+                        "search_flights",
+                        {
+                            "origin": "CDG",
+                            "destination": "FCO",
+                            "passengers": [{"name": "Ann", "age": 34, "seat": "aisle"}, {"name": "Bo", "age": 7}],
+                            "filters": {"max_price": 199.5, "airlines": ["AF", "AZ"], "nonstop": True},
+                            "flexible": False,
+                            "note": None,
+                            "Zulu": "last?",
+                            "alpha": "first",
+                        },
+                    )
+                ],
+            },
             _tool("f1", [{"type": "text", "text": '[{"flight": "AF1204", "price": 150}]'}]),
             {"role": "assistant", "content": "Found AF1204 for 150 euros."},
         ],
         tools=[FLIGHTS_TOOL],
         generation_prompt=False,
-    ),  # fmt: skip
+    ),
     _case(
         "string_arguments_pasted",
-        [WEATHER_Q, {"role": "assistant", "tool_calls": [_call("s1", "get_weather", '{"location": "Paris"}')]},
-         _tool("s1", "sunny")],
+        [
+            WEATHER_Q,
+            {"role": "assistant", "tool_calls": [_call("s1", "get_weather", '{"location": "Paris"}')]},
+            _tool("s1", "sunny"),
+        ],
         tools=[WEATHER_TOOL],
-    ),  # fmt: skip
+    ),
     _case(
         "call_with_text_and_response",
         [
@@ -183,16 +213,22 @@ CHAT_CORPUS: list[dict] = [
             {"role": "user", "content": "Plan a trip"},
             {"role": "assistant", "content": "Old answer.", "reasoning_content": "old reasoning, before the last user"},
             {"role": "user", "content": "Check the weather in Paris, then compute 21*2."},
-            {"role": "assistant", "reasoning_content": "I need the weather first.",
-             "tool_calls": PARIS_CALL["tool_calls"]},
+            {
+                "role": "assistant",
+                "reasoning_content": "I need the weather first.",
+                "tool_calls": PARIS_CALL["tool_calls"],
+            },
             _tool("c1", "21 degrees"),
-            {"role": "assistant", "reasoning": "Now multiply.",
-             "tool_calls": [_call("c2", "calculate", {"expression": "21*2"})]},
+            {
+                "role": "assistant",
+                "reasoning": "Now multiply.",
+                "tool_calls": [_call("c2", "calculate", {"expression": "21*2"})],
+            },
             _tool("c2", "42"),
         ],
         tools=[WEATHER_TOOL, CALCULATOR_TOOL],
         enable_thinking=True,
-    ),  # fmt: skip
+    ),
     _case(
         "reasoning_without_calls_dropped",
         [USER_HI, {"role": "assistant", "content": "Hello!", "reasoning_content": "greet back"}],
@@ -209,34 +245,45 @@ CHAT_CORPUS: list[dict] = [
         "legacy_tool_responses",
         [
             WEATHER_Q,
-            {"role": "assistant", "tool_calls": PARIS_CALL["tool_calls"], "tool_responses": [
-                {"name": "get_weather", "response": {"temp": 21, "ok": True, "items": [1, 2], "msg": "hey"}},
-                {"response": "no name"},
-            ]},
+            {
+                "role": "assistant",
+                "tool_calls": PARIS_CALL["tool_calls"],
+                "tool_responses": [
+                    {"name": "get_weather", "response": {"temp": 21, "ok": True, "items": [1, 2], "msg": "hey"}},
+                    {"response": "no name"},
+                ],
+            },
             {"role": "assistant", "content": "Done."},
         ],
         tools=[WEATHER_TOOL],
-    ),  # fmt: skip
+    ),
     _case(
         "image_in_user_turn",
-        [{"role": "user", "content": [{"type": "image", "url": PARIS_IMAGE_URL},
-                                      {"type": "text", "text": "Describe."}]}],
-    ),  # fmt: skip
+        [
+            {
+                "role": "user",
+                "content": [{"type": "image", "url": PARIS_IMAGE_URL}, {"type": "text", "text": "Describe."}],
+            }
+        ],
+    ),
     _case(
         "multiple_images_multi_turn",
         [
             {"role": "system", "content": "You describe pictures."},
-            {"role": "user", "content": [
-                {"type": "text", "text": "Compare "},
-                {"type": "image", "url": PARIS_IMAGE_URL},
-                {"type": "text", "text": " and "},
-                {"type": "image", "url": "https://example.com/rome.png"},
-            ]},
+            {
+                "role": "user",
+                "content": [
+                    {"type": "text", "text": "Compare "},
+                    {"type": "image", "url": PARIS_IMAGE_URL},
+                    {"type": "text", "text": " and "},
+                    {"type": "image", "url": "https://example.com/rome.png"},
+                ],
+            },
             {"role": "assistant", "content": "The first is Paris."},
             {"role": "user", "content": [{"type": "image", "url": PARIS_IMAGE_URL}]},
         ],
         enable_thinking=True,
-    ),  # fmt: skip
+    ),
     _case(
         "audio_and_video_parts",
         [{"role": "user", "content": [{"type": "audio"}, {"type": "video"}, {"type": "text", "text": "Transcribe."}]}],

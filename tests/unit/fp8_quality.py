@@ -70,7 +70,9 @@ def make_trained_checkpoint(folder, seed: int = SEED) -> Path:
     ckpt = make_tiny_checkpoint(folder, kind="moe", seed=seed, sliding_window=8, with_vision=False)
     tokenizer = PreTrainedTokenizerFast.from_pretrained(str(ckpt))
     # eager experts: the grouped-mm path takes no float64
-    model = Gemma4ForConditionalGeneration.from_pretrained(str(ckpt), dtype=torch.float64, experts_implementation="eager")
+    model = Gemma4ForConditionalGeneration.from_pretrained(
+        str(ckpt), dtype=torch.float64, experts_implementation="eager"
+    )
     texts = [torch.tensor([tokenizer.encode(t, add_special_tokens=False)]) for t in PASSAGES]
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
     with _threads(TRAIN_THREADS):
@@ -95,10 +97,15 @@ def next_token_logits(engine: LLMEngine, ids: list[int]) -> torch.Tensor:
     arange = torch.arange(n)
     table = torch.arange(pages)[None, :]  # [1, pages] one sequence owns the first pages of both pools
     batch = ForwardBatch(
-        input_ids=torch.tensor(ids), positions=arange, query_start=torch.tensor([0, n]), context_lens=torch.tensor([n]),
-        slot_mapping={"full": arange, "sliding": arange}, block_tables={"full": table, "sliding": table},
-        block_size=BLOCK, logits_indices=arange,
-    )  # fmt: skip
+        input_ids=torch.tensor(ids),
+        positions=arange,
+        query_start=torch.tensor([0, n]),
+        context_lens=torch.tensor([n]),
+        slot_mapping={"full": arange, "sliding": arange},
+        block_tables={"full": table, "sliding": table},
+        block_size=BLOCK,
+        logits_indices=arange,
+    )
     text = engine.runner.text
     return text.logits(text.forward(batch, engine.runner.kv_caches)).float()
 
@@ -145,7 +152,9 @@ def build_engines(root: Path) -> dict[str, LLMEngine]:
     out = {}
     for dtype in ("fp32", "bf16", "fp8"):
         path = build_engine(str(ckpt), root / "engines", dtype=dtype, progress=False)
-        out[dtype] = LLMEngine(path, RuntimeConfig(dtype="float32", block_size=BLOCK, max_model_len=512, max_num_seqs=4))
+        out[dtype] = LLMEngine(
+            path, RuntimeConfig(dtype="float32", block_size=BLOCK, max_model_len=512, max_num_seqs=4)
+        )
         if dtype != "fp32":
             out[dtype + "-native"] = LLMEngine(path, RuntimeConfig(block_size=BLOCK, max_model_len=512, max_num_seqs=4))
     return out

@@ -33,12 +33,19 @@ def _value(rng: random.Random, depth: int) -> dict:
     if depth > 0 and roll < 0.25:
         return _object(rng, depth - 1)
     if depth > 0 and roll < 0.45:
-        return {"type": "array", "items": _value(rng, depth - 1), "minItems": rng.randint(0, 1), "maxItems": rng.randint(1, 3)}
+        return {
+            "type": "array",
+            "items": _value(rng, depth - 1),
+            "minItems": rng.randint(0, 1),
+            "maxItems": rng.randint(1, 3),
+        }
     return _leaf(rng)
 
 
 def _object(rng: random.Random, depth: int) -> dict:
-    names = rng.sample(["id", "name", "color", "size", "tags", "meta", "count", "ok", "kind", "extra"], rng.randint(1, 4))
+    names = rng.sample(
+        ["id", "name", "color", "size", "tags", "meta", "count", "ok", "kind", "extra"], rng.randint(1, 4)
+    )
     props = {n: _value(rng, depth) for n in names}
     required = [n for n in names if rng.random() < 0.6]
     return {"type": "object", "properties": props, "required": required, "additionalProperties": False}
@@ -67,7 +74,13 @@ def features(schemas: list[dict]) -> set[str]:
         elif s.get("type") == "array":
             found.add("array")
             walk(s["items"])
-        for key, name in (("enum", "enum"), ("const", "const"), ("anyOf", "anyOf"), ("maxLength", "string"), ("minimum", "integer")):
+        for key, name in (
+            ("enum", "enum"),
+            ("const", "const"),
+            ("anyOf", "anyOf"),
+            ("maxLength", "string"),
+            ("minimum", "integer"),
+        ):
             if key in s:
                 found.add(name)
 
@@ -76,5 +89,16 @@ def features(schemas: list[dict]) -> set[str]:
     return found
 
 
-ALL_FEATURES = {"object", "nested", "array", "enum", "const", "anyOf", "integer", "string", "required", "optional",
-                "additionalProperties"}
+ALL_FEATURES = {
+    "object",
+    "nested",
+    "array",
+    "enum",
+    "const",
+    "anyOf",
+    "integer",
+    "string",
+    "required",
+    "optional",
+    "additionalProperties",
+}

@@ -39,7 +39,9 @@ async def wait_for_idle(engine, free_blocks: int) -> None:
 
 async def test_concurrent_streams_match_sequential_greedy(engine):
     free = engine.stats().kv_blocks_free
-    requests = [GenerateRequest(f"c{i}", PROMPT + "x" * i, SamplingParams(max_tokens=16, ignore_eos=True)) for i in range(8)]
+    requests = [
+        GenerateRequest(f"c{i}", PROMPT + "x" * i, SamplingParams(max_tokens=16, ignore_eos=True)) for i in range(8)
+    ]
     together = await asyncio.gather(*(collect(engine, r) for r in requests))
     for r, outs in zip(requests, together):
         alone = await collect(engine, GenerateRequest(r.request_id + "-alone", r.prompt, r.sampling))
@@ -65,7 +67,9 @@ async def test_cancelled_task_aborts_the_request(engine):
     started = asyncio.Event()
 
     async def consume():
-        async for _ in engine.generate(GenerateRequest("cancel-me", PROMPT, SamplingParams(max_tokens=200, ignore_eos=True))):
+        async for _ in engine.generate(
+            GenerateRequest("cancel-me", PROMPT, SamplingParams(max_tokens=200, ignore_eos=True))
+        ):
             started.set()
 
     task = asyncio.create_task(consume())
@@ -80,7 +84,9 @@ async def test_explicit_abort_finishes_the_stream(engine):
     outs = []
 
     async def consume():
-        async for o in engine.generate(GenerateRequest("abort-me", PROMPT, SamplingParams(max_tokens=200, ignore_eos=True))):
+        async for o in engine.generate(
+            GenerateRequest("abort-me", PROMPT, SamplingParams(max_tokens=200, ignore_eos=True))
+        ):
             outs.append(o)
             if len(outs) == 2:
                 await engine.abort("abort-me")

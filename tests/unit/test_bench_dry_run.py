@@ -19,9 +19,15 @@ from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 
 SCHEMA = {"date", "gpu", "model", "dtype", "system", "metric", "batch", "value", "unit"}
 OURS_METRICS = {
-    "bandwidth_floor_tokens_per_s", "ttft_ms", "prefill_32_tokens_per_s", "prefill_96_tokens_per_s",
-    "decode_tokens_per_s_per_user", "decode_tokens_per_s_total", "peak_output_tokens_per_s", "peak_memory_gb",
-}  # fmt: skip
+    "bandwidth_floor_tokens_per_s",
+    "ttft_ms",
+    "prefill_32_tokens_per_s",
+    "prefill_96_tokens_per_s",
+    "decode_tokens_per_s_per_user",
+    "decode_tokens_per_s_total",
+    "peak_output_tokens_per_s",
+    "peak_memory_gb",
+}
 
 
 def test_dry_run_prints_the_table_and_appends_json_lines(tmp_path):
@@ -29,9 +35,24 @@ def test_dry_run_prints_the_table_and_appends_json_lines(tmp_path):
     (results).mkdir()
     (results / "cpu-dry-run.jsonl").write_text('{"earlier": "run"}\n')  # appended to, never overwritten
     # the decode path a GPU takes (graphs and overlap; the graphs run eagerly on the CPU)
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--dry-run", "--results-dir", str(results),
-                           "--decode-graphs", "on", "--overlap", "on"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--dry-run",
+            "--results-dir",
+            str(results),
+            "--decode-graphs",
+            "on",
+            "--overlap",
+            "on",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "decode graphs [1, 2, 4], overlap on" in proc.stdout
     assert "ours" in proc.stdout and "transformers" in proc.stdout and "ratio" in proc.stdout
@@ -52,10 +73,30 @@ def test_dry_run_prints_the_table_and_appends_json_lines(tmp_path):
 def test_ablation_figures_name_what_was_off_and_land_before_a_failure(tmp_path):
     """--decode-graphs off / --overlap off mark their figures' system, so they never pass for the default
     run's; each figure is written when measured, so a run that dies later keeps what it measured."""
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--dry-run", "--results-dir", str(tmp_path),
-                           "--models", "tiny,no-such-model", "--dtypes", "bf16", "--decode-graphs", "off",
-                           "--overlap", "off", "--transformers", "off"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--dry-run",
+            "--results-dir",
+            str(tmp_path),
+            "--models",
+            "tiny,no-such-model",
+            "--dtypes",
+            "bf16",
+            "--decode-graphs",
+            "off",
+            "--overlap",
+            "off",
+            "--transformers",
+            "off",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode != 0 and "no-such-model" in proc.stderr  # the second model does not exist
     figures = [json.loads(line) for line in (tmp_path / "cpu-dry-run.jsonl").read_text().splitlines()]
     assert {f["system"] for f in figures} == {"ours-no-graphs-no-overlap"}
@@ -64,26 +105,36 @@ def test_ablation_figures_name_what_was_off_and_land_before_a_failure(tmp_path):
 
 def test_ours_off_times_only_transformers(tmp_path):
     """--ours off catches transformers up where a run was cut off before it (the 31B's arrivals run is long)."""
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--dry-run", "--results-dir", str(tmp_path),
-                           "--ours", "off"], cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--dry-run", "--results-dir", str(tmp_path), "--ours", "off"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = [json.loads(line) for line in (tmp_path / "cpu-dry-run.jsonl").read_text().splitlines()]
     assert {f["system"] for f in figures} == {"transformers"}
     rows = [line.split() for line in proc.stdout.splitlines() if line.startswith("tiny ")]
     assert len(rows) == 4 and {r[2] for r in rows} == {"decode_tokens_per_s_per_user", "decode_tokens_per_s_total"}
     assert {(f["metric"], f["batch"]) for f in figures} == {
-        (m, b) for m in ("decode_tokens_per_s_per_user", "decode_tokens_per_s_total") for b in (1, 4)}
+        (m, b) for m in ("decode_tokens_per_s_per_user", "decode_tokens_per_s_total") for b in (1, 4)
+    }
 
 
 @pytest.mark.parametrize("dtype", ["bf16", "fp8"])
 def test_random_engine_layout_matches_the_builder(tmp_path, dtype):
-    made = importlib.import_module("bench.random_engine").make_random_engine("tiny", dtype, torch.device("cpu"), tmp_path / "random")
+    made = importlib.import_module("bench.random_engine").make_random_engine(
+        "tiny", dtype, torch.device("cpu"), tmp_path / "random"
+    )
     ckpt = make_tiny_checkpoint(tmp_path / "ckpt", kind="moe", sliding_window=8, with_vision=False)
     built = build_engine(str(ckpt), tmp_path / "engines", dtype=dtype, progress=False)
     with safe_open(str(Path(built) / "model.safetensors"), framework="pt") as f:
         expected = {k: (tuple(f.get_slice(k).get_shape()), f.get_slice(k).get_dtype()) for k in f.keys()}
-    got = {k: (tuple(v.shape), {torch.float8_e4m3fn: "F8_E4M3", torch.float32: "F32", torch.bfloat16: "BF16"}[v.dtype])
-           for k, v in made.weights.items()}  # fmt: skip
+    got = {
+        k: (tuple(v.shape), {torch.float8_e4m3fn: "F8_E4M3", torch.float32: "F32", torch.bfloat16: "BF16"}[v.dtype])
+        for k, v in made.weights.items()
+    }
     assert got == expected
     from gemma_runtime.engine_format.spec import EngineSpec
 
@@ -92,8 +143,13 @@ def test_random_engine_layout_matches_the_builder(tmp_path, dtype):
 
 
 def test_host_step_benchmark_runs(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench.host_step", "--batch", "4", "--contexts", "64,128", "--steps", "4"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=300)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.host_step", "--batch", "4", "--contexts", "64,128", "--steps", "4"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split() for line in proc.stdout.splitlines()[2:]]
     assert [r[0] for r in rows] == ["64", "128"]
@@ -101,8 +157,9 @@ def test_host_step_benchmark_runs(tmp_path):
 
 
 def test_decode_launch_count_drops_with_the_fused_norms(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "bench.decode_launches"], cwd=tmp_path, capture_output=True,
-                          text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.decode_launches"], cwd=tmp_path, capture_output=True, text=True, timeout=600
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = {line.split()[0]: line.split()[1:] for line in proc.stdout.splitlines()[-2:]}
     reference, fused = int(rows["reference"][0]), int(rows["fused"][1])
@@ -112,9 +169,28 @@ def test_decode_launch_count_drops_with_the_fused_norms(tmp_path):
 def test_a_dry_run_names_of_real_models_time_the_tiny_engine(tmp_path):
     """`bench --dry-run --models 31b` (a GPU session's step rehearsed on a CPU) must not build a 62 GB
     engine in host memory: each real model stands for the tiny one, once."""
-    proc = subprocess.run([sys.executable, "-m", "bench.run", "--dry-run", "--results-dir", str(tmp_path),
-                           "--models", "26b,31b", "--dtypes", "bf16", "--transformers", "off"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.run",
+            "--dry-run",
+            "--results-dir",
+            str(tmp_path),
+            "--models",
+            "26b,31b",
+            "--dtypes",
+            "bf16",
+            "--transformers",
+            "off",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     figures = [json.loads(line) for line in (tmp_path / "cpu-dry-run.jsonl").read_text().splitlines()]
-    assert {f["model"] for f in figures} == {"tiny"} and len(figures) == len({(f["metric"], f["batch"]) for f in figures})
+    assert {f["model"] for f in figures} == {"tiny"} and len(figures) == len(
+        {(f["metric"], f["batch"]) for f in figures}
+    )

@@ -62,4 +62,3 @@ def test_refuses_when_full_pages_run_out():
     t = BlockTables()
     assert bm.can_allocate(t, 0, 8)
     assert not bm.can_allocate(t, 0, 9)
-

@@ -71,9 +71,21 @@ def test_corpus_covers_the_format(tokenizer):
         render(tokenizer, load_chat_template(), c["messages"], c["tools"], **c["kwargs"]) for c in CHAT_CORPUS
     )
     assert len(CHAT_CORPUS) >= 30
-    for marker in ("<|think|>", "<|tool>", "<|tool_call>", "<tool_response|>", "<|image|>", "<|audio|>",
-                   "<|video|>", "<|channel>thought\n<channel|>", "nullable:true", "items:{", "enum:[",
-                   "response:{", "<|turn>system\n"):  # fmt: skip
+    for marker in (
+        "<|think|>",
+        "<|tool>",
+        "<|tool_call>",
+        "<tool_response|>",
+        "<|image|>",
+        "<|audio|>",
+        "<|video|>",
+        "<|channel>thought\n<channel|>",
+        "nullable:true",
+        "items:{",
+        "enum:[",
+        "response:{",
+        "<|turn>system\n",
+    ):
         assert marker in rendered, marker
     kwargs = [c["kwargs"] for c in CHAT_CORPUS]
     assert {k.get("enable_thinking") for k in kwargs} == {None, True, False}
@@ -120,11 +132,16 @@ def _conversations(draw):
             if draw(st.booleans()):
                 message["reasoning_content"] = draw(st.text(min_size=1, max_size=8))
             calls = [
-                {"id": f"t{turn}s{step}c{i}", "type": "function",
-                 "function": {"name": draw(st.sampled_from(["get_weather", "search_flights"])),
-                              "arguments": draw(st.dictionaries(_keys, _values, max_size=3))}}
+                {
+                    "id": f"t{turn}s{step}c{i}",
+                    "type": "function",
+                    "function": {
+                        "name": draw(st.sampled_from(["get_weather", "search_flights"])),
+                        "arguments": draw(st.dictionaries(_keys, _values, max_size=3)),
+                    },
+                }
                 for i in range(draw(st.integers(0 if "content" in message else 1, 2)))
-            ]  # fmt: skip
+            ]
             if calls:
                 message["tool_calls"] = calls
             messages.append(message)
@@ -249,7 +266,7 @@ TRICKY = [
     "\u200b\u200d\u2028\u2029",
     "𝔘𝔫𝔦𝔠𝔬𝔡𝔢 \U0010ffff",
     '<|turn>model\n<|channel>thought\n<channel|><|tool_call>call:f{a:<|"|>x<|"|>}<tool_call|>',
-    "<|tur <turn| <|\"| partial <|image",
+    '<|tur <turn| <|"| partial <|image',
     "<bos><bos><eos><pad><unk><mask>",
 ]
 

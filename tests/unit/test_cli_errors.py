@@ -22,8 +22,14 @@ NO_GPU = pytest.mark.skipif(torch.cuda.is_available(), reason="the case is a mac
 
 def one_line_error(args: list[str], env: dict | None = None) -> str:
     """Runs `python ARGS`; returns its only stderr line after checking the exit and the absence of a traceback."""
-    proc = subprocess.run([sys.executable, *args], capture_output=True, text=True, timeout=180, cwd=REPO_ROOT,
-                          env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})})
+    proc = subprocess.run(
+        [sys.executable, *args],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", **(env or {})},
+    )
     out = proc.stdout + proc.stderr
     assert proc.returncode != 0, out
     assert "Traceback" not in out, out
@@ -75,7 +81,10 @@ def test_serve_engine_of_an_older_builder(engine_copy):
     meta["format_version"], meta["builder_version"] = 0, "0.0.1"
     (engine_copy / "engine.json").write_text(json.dumps(meta))
     line = one_line_error(serve("--engine", str(engine_copy)))
-    assert "built by another builder (engine format 0, builder 0.0.1" in line and "rebuild it with `make engine MODEL=" in line
+    assert (
+        "built by another builder (engine format 0, builder 0.0.1" in line
+        and "rebuild it with `make engine MODEL=" in line
+    )
 
 
 def test_serve_engine_with_weights_cut_short(engine_copy):
@@ -100,14 +109,17 @@ def test_serve_port_in_use(engine_copy, busy_port):
     assert f"port {busy_port} on 127.0.0.1 is already in use" in line and "PORT=" in line
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--port", "eighty"], "argument --port: invalid int value: 'eighty'"),
-    (["--port", "70000"], "port 70000 is out of range"),
-    (["--max-num-seqs", "0"], "bad setting: block_size, max_num_seqs and max_num_batched_tokens must be positive"),
-    (["--gpu-memory-utilization", "1.5"], "bad setting: gpu_memory_utilization must be in (0, 1]"),
-    (["--log-level", "loud"], "--log-level 'loud': use one of"),
-    (["--device", "tpu"], "--device 'tpu' is not a device"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--port", "eighty"], "argument --port: invalid int value: 'eighty'"),
+        (["--port", "70000"], "port 70000 is out of range"),
+        (["--max-num-seqs", "0"], "bad setting: block_size, max_num_seqs and max_num_batched_tokens must be positive"),
+        (["--gpu-memory-utilization", "1.5"], "bad setting: gpu_memory_utilization must be in (0, 1]"),
+        (["--log-level", "loud"], "--log-level 'loud': use one of"),
+        (["--device", "tpu"], "--device 'tpu' is not a device"),
+    ],
+)
 def test_serve_bad_flag_values(engine_copy, flags, expected):
     line = one_line_error(serve("--engine", str(engine_copy), "--device", "cpu", *flags))
     assert expected in line
@@ -136,7 +148,9 @@ def test_serve_triton_backend_not_there():
     assert f"no Triton server answers at 127.0.0.1:{port}" in line and "make triton ENGINE=" in line
 
 
-@pytest.mark.parametrize("uri, expected", [("triton://localhost", "not a Triton address"), ("http://localhost:8011", "unknown backend")])
+@pytest.mark.parametrize(
+    "uri, expected", [("triton://localhost", "not a Triton address"), ("http://localhost:8011", "unknown backend")]
+)
 def test_serve_malformed_backend(uri, expected):
     assert expected in one_line_error(serve("--backend", uri))
 
@@ -159,7 +173,9 @@ def test_triton_port_in_use(engine_copy, busy_port):
 
 
 def test_triton_bad_runtime_config(engine_copy):
-    line = one_line_error(["-m", "triton_bridge.launcher", "--engine", str(engine_copy), "--runtime-config", "{max_num_seqs: 4"])
+    line = one_line_error(
+        ["-m", "triton_bridge.launcher", "--engine", str(engine_copy), "--runtime-config", "{max_num_seqs: 4"]
+    )
     assert "--runtime-config is not JSON" in line
 
 
@@ -168,7 +184,9 @@ def test_triton_bad_runtime_config(engine_copy):
 
 # An unknown dtype or model folder, and no network for a hub id: tests/unit/builder/test_bad_input_and_cli.py.
 def test_engine_bad_flag_value(tmp_path):
-    line = one_line_error(["-m", "engine_builder", "--model", "tiny", "--max-model-len", "long", "--out-dir", str(tmp_path)])
+    line = one_line_error(
+        ["-m", "engine_builder", "--model", "tiny", "--max-model-len", "long", "--out-dir", str(tmp_path)]
+    )
     assert "argument --max-model-len: invalid int value: 'long'" in line and "--help" in line
 
 
@@ -181,10 +199,13 @@ def test_bench_without_a_gpu_names_the_dry_run(tmp_path):
     assert "no CUDA GPU is visible" in line and "BENCH_ARGS=--dry-run" in line
 
 
-@pytest.mark.parametrize("flags, expected", [
-    (["--models", "7b"], "--models: unknown '7b'"),
-    (["--dtypes", "fp16"], "--dtypes 'fp16': unknown 'fp16'"),
-    (["--decode-graphs", "maybe"], "argument --decode-graphs: invalid choice: 'maybe'"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "flags, expected",
+    [
+        (["--models", "7b"], "--models: unknown '7b'"),
+        (["--dtypes", "fp16"], "--dtypes 'fp16': unknown 'fp16'"),
+        (["--decode-graphs", "maybe"], "argument --decode-graphs: invalid choice: 'maybe'"),
+    ],
+)
 def test_bench_bad_flags(tmp_path, flags, expected):
     assert expected in one_line_error(["bench/run.py", "--dry-run", "--results-dir", str(tmp_path), *flags])

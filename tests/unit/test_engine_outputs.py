@@ -50,8 +50,12 @@ def test_stop_string_cuts_the_text_and_is_held_back(engine):
     cut = "".join(o.text for o in outs)
     assert cut == text[: text.find(stop)]
     assert outs[-1].finish_reason == "stop" and outs[-1].stop_reason == stop
-    outs = run(engine, GenerateRequest("c", PROMPT, SamplingParams(max_tokens=40, ignore_eos=True, stop=(stop,),
-                                                                     include_stop_str_in_output=True)))
+    outs = run(
+        engine,
+        GenerateRequest(
+            "c", PROMPT, SamplingParams(max_tokens=40, ignore_eos=True, stop=(stop,), include_stop_str_in_output=True)
+        ),
+    )
     assert "".join(o.text for o in outs) == text[: text.find(stop) + len(stop)]
     assert engine.stats().kv_blocks_free == free
 
@@ -72,7 +76,9 @@ def test_logprobs_and_seeded_sampling(engine):
     p = SamplingParams(max_tokens=12, temperature=1.0, seed=1234, logprobs=3, ignore_eos=True)
     a = run(engine, GenerateRequest("f", PROMPT, p))
     b = run(engine, GenerateRequest("g", PROMPT, p))
-    c = run(engine, GenerateRequest("h", PROMPT, SamplingParams(max_tokens=12, temperature=1.0, seed=99, ignore_eos=True)))
+    c = run(
+        engine, GenerateRequest("h", PROMPT, SamplingParams(max_tokens=12, temperature=1.0, seed=99, ignore_eos=True))
+    )
     ids = lambda outs: [t for o in outs for t in o.token_ids]  # noqa: E731
     assert ids(a) == ids(b) and ids(a) != ids(c)
     for o in a:
@@ -92,9 +98,12 @@ def test_too_long_prompts_are_refused(engine):
 
 def test_full_layer_pages_are_capped_by_the_kv_budget(random_tiny_engine_dir):
     """Every sequence at the full context when the budget allows; never fewer pages than one sequence needs."""
+
     def engine(kv_bytes):
-        return LLMEngine(random_tiny_engine_dir, RuntimeConfig(block_size=4, max_model_len=256, max_num_seqs=8,
-                                                               kv_cache_bytes=kv_bytes))
+        return LLMEngine(
+            random_tiny_engine_dir,
+            RuntimeConfig(block_size=4, max_model_len=256, max_num_seqs=8, kv_cache_bytes=kv_bytes),
+        )
 
     one_sequence = 256 // 4
     assert engine(1 << 30).blocks.full.num_blocks == 8 * one_sequence

@@ -59,8 +59,14 @@ def test_fp8_engine_layout(engines):
             assert (w.float().abs().amax(-1) == 448).all()  # every row uses e4m3's whole range
         quantized = set(spec.quantization.modules)
         kinds = {n.split(".", 2)[2] for n in quantized}
-        assert kinds == {"attn.qkv_proj.weight", "attn.o_proj.weight", "mlp.gate_up_proj.weight", "mlp.down_proj.weight",
-                         "moe.gate_up_proj", "moe.down_proj"}  # fmt: skip
+        assert kinds == {
+            "attn.qkv_proj.weight",
+            "attn.o_proj.weight",
+            "mlp.gate_up_proj.weight",
+            "mlp.down_proj.weight",
+            "moe.gate_up_proj",
+            "moe.down_proj",
+        }
         for name in names - quantized:
             if not name.endswith("_scale"):
                 assert f.get_tensor(name).dtype == torch.bfloat16, name  # embeddings, norms, router stay bf16
@@ -92,18 +98,24 @@ def bf16_continuations(engines):
 def test_fp8_agrees_with_bf16(engines, bf16_continuations):
     """FP8 against bf16, both over their stored weights in float32 arithmetic: what the FP8 rounding costs."""
     agreement = teacher_forced_agreement(bf16_continuations, engines["fp8"])
-    same_prefix = [next((i for i, (a, b) in enumerate(zip(ref, greedy(engines["fp8"], ids))) if a != b), len(ref))
-                   for ids, ref in bf16_continuations]
-    print(f"\nfp8 vs bf16 greedy: teacher-forced agreement {agreement:.1%}; identical free-running prefix "
-          f"{sum(same_prefix) / len(same_prefix):.1f} of {NEW_TOKENS} tokens on average")
+    same_prefix = [
+        next((i for i, (a, b) in enumerate(zip(ref, greedy(engines["fp8"], ids))) if a != b), len(ref))
+        for ids, ref in bf16_continuations
+    ]
+    print(
+        f"\nfp8 vs bf16 greedy: teacher-forced agreement {agreement:.1%}; identical free-running prefix "
+        f"{sum(same_prefix) / len(same_prefix):.1f} of {NEW_TOKENS} tokens on average"
+    )
     assert agreement >= MIN_AGREEMENT
 
 
 def test_fp8_perplexity_close_to_bf16(engines):
     ppl = {k: perplexity(engines[k]) for k in ("fp32", "bf16", "fp8")}
     change = (ppl["fp8"] - ppl["bf16"]) / ppl["bf16"]
-    print(f"\nperplexity over the passages: float32 {ppl['fp32']:.3f}, bf16 {ppl['bf16']:.3f}, fp8 {ppl['fp8']:.3f} "
-          f"({change:+.2%} against bf16)")
+    print(
+        f"\nperplexity over the passages: float32 {ppl['fp32']:.3f}, bf16 {ppl['bf16']:.3f}, fp8 {ppl['fp8']:.3f} "
+        f"({change:+.2%} against bf16)"
+    )
     assert math.isfinite(ppl["fp8"]) and change < MAX_PPL_CHANGE
     assert abs(ppl["bf16"] - ppl["fp32"]) / ppl["fp32"] < BF16_WEIGHTS_PPL_CHANGE  # the yardstick itself
 
@@ -116,7 +128,9 @@ def test_native_bf16_arithmetic_stays_within_the_kernels_spread(engines, bf16_co
     native_bf16 = abs(ppl["bf16-native"] - ppl["bf16"]) / ppl["bf16"]
     native_fp8 = (ppl["fp8-native"] - ppl["bf16"]) / ppl["bf16"]
     agree = {k: teacher_forced_agreement(bf16_continuations, engines[k]) for k in ("bf16-native", "fp8-native")}
-    print(f"\nnative bf16 arithmetic: bf16 perplexity {native_bf16:+.2%}, fp8 {native_fp8:+.2%} against the float32 "
-          f"arithmetic bf16; agreement {agree['bf16-native']:.1%} (bf16), {agree['fp8-native']:.1%} (fp8)")
+    print(
+        f"\nnative bf16 arithmetic: bf16 perplexity {native_bf16:+.2%}, fp8 {native_fp8:+.2%} against the float32 "
+        f"arithmetic bf16; agreement {agree['bf16-native']:.1%} (bf16), {agree['fp8-native']:.1%} (fp8)"
+    )
     assert native_bf16 < NATIVE_BF16_PPL_CHANGE and agree["bf16-native"] >= NATIVE_BF16_MIN_AGREEMENT
     assert native_fp8 < MAX_PPL_CHANGE and agree["fp8-native"] >= MIN_AGREEMENT

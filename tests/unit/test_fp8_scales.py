@@ -74,7 +74,10 @@ def engines(tmp_path_factory):
     tensors = load_file(str(file))
     for name, t in tensors.items():
         if name.endswith("proj.weight") and ".layers." in name and t.dim() == 2:
-            tensors[name] = t * row_ramp(t.shape[0])[torch.randperm(t.shape[0], generator=torch.Generator().manual_seed(3))][:, None]
+            tensors[name] = (
+                t
+                * row_ramp(t.shape[0])[torch.randperm(t.shape[0], generator=torch.Generator().manual_seed(3))][:, None]
+            )
     save_file(tensors, str(file), metadata={"format": "pt"})
     return {d: build_engine(str(ckpt), root / "engines", dtype=d, progress=False) for d in ("fp32", "fp8")}
 
@@ -82,8 +85,10 @@ def engines(tmp_path_factory):
 def test_built_fp8_engine_keeps_every_row_of_every_linear(engines):
     spec = EngineSpec.load(engines["fp8"])
     assert spec.quantization.granularity == "per_channel" and spec.quantization.modules
-    with safe_open(str(engines["fp8"] / "model.safetensors"), framework="pt") as f8, \
-         safe_open(str(engines["fp32"] / "model.safetensors"), framework="pt") as f32:
+    with (
+        safe_open(str(engines["fp8"] / "model.safetensors"), framework="pt") as f8,
+        safe_open(str(engines["fp32"] / "model.safetensors"), framework="pt") as f32,
+    ):
         for name in spec.quantization.modules:
             w = f8.get_tensor(name)
             got = dequantize(w, f8.get_tensor(name + "_scale"), torch.float32)

@@ -15,7 +15,9 @@ SCRIPT = REPO_ROOT / "bench" / "gpu_session.sh"
 
 def run_step(tmp_path, *args: str) -> subprocess.CompletedProcess:
     env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / "out"), SITE=str(tmp_path / "site"))
-    return subprocess.run(["bash", str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    return subprocess.run(
+        ["bash", str(SCRIPT), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
 
 
 def test_chained_steps_leave_their_figures_and_logs_in_out(tmp_path):
@@ -45,9 +47,13 @@ def test_a_session_skips_the_steps_its_budget_cannot_hold(tmp_path):
     session = run_step(tmp_path, "session", "40")
     assert session.returncode == 0, session.stdout[-2000:] + session.stderr[-2000:]
     log = (tmp_path / "out" / "session.log").read_text().splitlines()
-    expected = ["== skip bench --models 26b --dtypes bf16", "== skip bench --models 26b --dtypes fp8 --transformers off",
-                "== skip bench --models 31b --dtypes fp8 --transformers off", "== skip profile --model 26b --batch 1",
-                "== skip check"]
+    expected = [
+        "== skip bench --models 26b --dtypes bf16",
+        "== skip bench --models 26b --dtypes fp8 --transformers off",
+        "== skip bench --models 31b --dtypes fp8 --transformers off",
+        "== skip profile --model 26b --batch 1",
+        "== skip check",
+    ]
     assert len(log) == len(expected) and all(line.startswith(want) for line, want in zip(log, expected)), log
 
 

@@ -55,7 +55,9 @@ def expected_with(engine: LLMEngine, ids: list[int], stop: int, min_tokens: int)
 def test_stop_token_on_and_around_the_min_tokens_boundary(engine, reference, shift):
     ids, n, stop = reference
     min_tokens = n + shift  # shift 0: the stop token is token number min_tokens exactly
-    got, last = run(engine, f"m{shift}", SamplingParams(max_tokens=MAX_TOKENS, min_tokens=min_tokens, stop_token_ids=(stop,)))
+    got, last = run(
+        engine, f"m{shift}", SamplingParams(max_tokens=MAX_TOKENS, min_tokens=min_tokens, stop_token_ids=(stop,))
+    )
     want, reason = expected_with(engine, ids, stop, min_tokens)
     assert got == want and last.finish_reason == reason
     if shift < 0:

@@ -40,22 +40,50 @@ def workload(engine: LLMEngine) -> list[tuple[int, GenerateRequest]]:
     p = SamplingParams
     return [
         (0, GenerateRequest("greedy", PROMPTS[0], p(max_tokens=30, ignore_eos=True))),
-        (0, GenerateRequest("seeded", PROMPTS[1], p(max_tokens=25, temperature=0.9, top_k=40, top_p=0.9, seed=3, ignore_eos=True))),
-        (1, GenerateRequest("stop-token", PROMPTS[2], p(max_tokens=40, temperature=1.0, seed=11, stop_token_ids=(stop_id,)))),
-        (2, GenerateRequest("min-tokens", PROMPTS[2], p(max_tokens=40, temperature=1.0, seed=11, min_tokens=6,
-                                                        stop_token_ids=(stop_id,)))),
-        (3, GenerateRequest("stop-string", PROMPTS[3], p(max_tokens=40, temperature=0.7, seed=5, stop=("e ", "a"),
-                                                         ignore_eos=True))),
+        (
+            0,
+            GenerateRequest(
+                "seeded", PROMPTS[1], p(max_tokens=25, temperature=0.9, top_k=40, top_p=0.9, seed=3, ignore_eos=True)
+            ),
+        ),
+        (
+            1,
+            GenerateRequest(
+                "stop-token", PROMPTS[2], p(max_tokens=40, temperature=1.0, seed=11, stop_token_ids=(stop_id,))
+            ),
+        ),
+        (
+            2,
+            GenerateRequest(
+                "min-tokens",
+                PROMPTS[2],
+                p(max_tokens=40, temperature=1.0, seed=11, min_tokens=6, stop_token_ids=(stop_id,)),
+            ),
+        ),
+        (
+            3,
+            GenerateRequest(
+                "stop-string", PROMPTS[3], p(max_tokens=40, temperature=0.7, seed=5, stop=("e ", "a"), ignore_eos=True)
+            ),
+        ),
         (3, GenerateRequest("one-token", PROMPTS[1], p(max_tokens=1))),
         (5, GenerateRequest("logprobs", PROMPTS[3], p(max_tokens=12, logprobs=3, ignore_eos=True))),
-        (6, GenerateRequest("penalties", PROMPTS[0], p(max_tokens=20, frequency_penalty=0.8, presence_penalty=0.5,
-                                                       ignore_eos=True))),
-        (8, GenerateRequest("late", PROMPTS[1], p(max_tokens=15, temperature=1.2, min_p=0.05, seed=9, ignore_eos=True))),
+        (
+            6,
+            GenerateRequest(
+                "penalties", PROMPTS[0], p(max_tokens=20, frequency_penalty=0.8, presence_penalty=0.5, ignore_eos=True)
+            ),
+        ),
+        (
+            8,
+            GenerateRequest("late", PROMPTS[1], p(max_tokens=15, temperature=1.2, min_p=0.05, seed=9, ignore_eos=True)),
+        ),
     ]
 
 
-def run_workload(engine: LLMEngine, abort: tuple[str, int] | None = None, without: tuple[str, ...] = ()
-                 ) -> dict[str, list[RequestOutput]]:
+def run_workload(
+    engine: LLMEngine, abort: tuple[str, int] | None = None, without: tuple[str, ...] = ()
+) -> dict[str, list[RequestOutput]]:
     """Adds each request at its arrival step, optionally aborts one at a step, runs everything out."""
     pending = [(step, r) for step, r in workload(engine) if r.request_id not in without]
     outputs: dict[str, list[RequestOutput]] = {r.request_id: [] for _, r in pending}
@@ -77,13 +105,25 @@ def run_workload(engine: LLMEngine, abort: tuple[str, int] | None = None, withou
 def summary(outputs: dict[str, list[RequestOutput]]) -> dict[str, tuple]:
     """Per request: tokens, text, finish and stop reason, usage, then the logprobs as (token, value,
     top ids, top values). Padding changes the batch's float rounding (1e-6), never a token."""
-    def logprobs(outs):
-        return tuple((lp.token_id, lp.logprob, tuple(t for t, _ in lp.top), tuple(v for _, v in lp.top))
-                     for o in outs for lp in (o.logprobs or ()))
 
-    return {rid: (tuple(t for o in outs for t in o.token_ids), "".join(o.text for o in outs),
-                  outs[-1].finish_reason, outs[-1].stop_reason, outs[-1].usage, logprobs(outs))
-            for rid, outs in outputs.items()}
+    def logprobs(outs):
+        return tuple(
+            (lp.token_id, lp.logprob, tuple(t for t, _ in lp.top), tuple(v for _, v in lp.top))
+            for o in outs
+            for lp in (o.logprobs or ())
+        )
+
+    return {
+        rid: (
+            tuple(t for o in outs for t in o.token_ids),
+            "".join(o.text for o in outs),
+            outs[-1].finish_reason,
+            outs[-1].stop_reason,
+            outs[-1].usage,
+            logprobs(outs),
+        )
+        for rid, outs in outputs.items()
+    }
 
 
 def assert_same(got: dict[str, tuple], want: dict[str, tuple]) -> None:
@@ -92,7 +132,9 @@ def assert_same(got: dict[str, tuple], want: dict[str, tuple]) -> None:
         assert got[rid][:5] == want[rid][:5], rid
         assert len(got[rid][5]) == len(want[rid][5]), rid
         for (t, v, ids, vals), (t0, v0, ids0, vals0) in zip(got[rid][5], want[rid][5]):
-            assert (t, ids) == (t0, ids0) and v == pytest.approx(v0, abs=1e-4) and vals == pytest.approx(vals0, abs=1e-4)
+            assert (
+                (t, ids) == (t0, ids0) and v == pytest.approx(v0, abs=1e-4) and vals == pytest.approx(vals0, abs=1e-4)
+            )
 
 
 @pytest.fixture(scope="module")
@@ -135,11 +177,18 @@ def test_preemption_really_happens_with_the_tight_pool(random_tiny_engine_dir, m
     """Guards the test above: with 40 full pages this workload does preempt, also while tokens are pending.
     (Without the penalties request: while it runs, each step's tokens are read before the next is
     scheduled, as its penalties need them, so nothing is pending when the scheduler preempts.)"""
-    engine = engine_for(random_tiny_engine_dir, num_full_blocks=40, max_num_batched_tokens=32, overlap_scheduling=True,
-                        enable_prefix_caching=False)
+    engine = engine_for(
+        random_tiny_engine_dir,
+        num_full_blocks=40,
+        max_num_batched_tokens=32,
+        overlap_scheduling=True,
+        enable_prefix_caching=False,
+    )
     seen = []
     real = engine.scheduler._preempt
-    monkeypatch.setattr(engine.scheduler, "_preempt", lambda seq: (seen.append((seq.request_id, seq.num_pending)), real(seq)))
+    monkeypatch.setattr(
+        engine.scheduler, "_preempt", lambda seq: (seen.append((seq.request_id, seq.num_pending)), real(seq))
+    )
     run_workload(engine, without=("penalties",))
     assert seen, "no preemption: the tight pool no longer tests anything"
     assert any(pending for _, pending in seen), "no sequence was preempted with a token still on the device"
@@ -163,7 +212,9 @@ def test_length_limit_is_not_scheduled_again_while_pending(random_tiny_engine_di
     engine = engine_for(random_tiny_engine_dir, overlap_scheduling=True)
     launched = []
     real = engine.runner.launch
-    engine.runner.launch = lambda scheduled: (launched.append([s.seq.request_id for s in scheduled]), real(scheduled))[1]
+    engine.runner.launch = lambda scheduled: (launched.append([s.seq.request_id for s in scheduled]), real(scheduled))[
+        1
+    ]
     engine.generate([GenerateRequest("a", PROMPTS[2], SamplingParams(max_tokens=3, ignore_eos=True))])
     assert launched == [["a"]] * 3  # prefill + 2 decodes for 3 tokens
 
@@ -180,7 +231,9 @@ def test_padded_decode_matches_the_plain_forward(random_tiny_engine_dir):
     """Three sequences decoded through the size-4 buffers (one padding row writing to the scratch page)
     give the hidden states of the plain forward, and leave every sequence's cache as the plain one does."""
     engine = engine_for(random_tiny_engine_dir, decode_graph_max_batch=8)
-    requests = [GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=4, ignore_eos=True)) for i, p in enumerate(PROMPTS[:3])]
+    requests = [
+        GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=4, ignore_eos=True)) for i, p in enumerate(PROMPTS[:3])
+    ]
     for r in requests:
         engine.add_request(r)
     for _ in range(3):  # prefills and a decode, so every sequence is mid-decode

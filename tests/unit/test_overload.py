@@ -39,7 +39,7 @@ def stream_events(base: str, body: dict, out: list, timeout: float = 30) -> None
         out.append(r.status_code)
         for line in r.iter_lines():
             if line.startswith("data: "):
-                data = line[len("data: "):]
+                data = line[len("data: ") :]
                 out.append(data if data == "[DONE]" else json.loads(data))
 
 
@@ -68,7 +68,10 @@ def test_overload_is_503_with_retry_after_and_nothing_lost():
     with UvicornThread(create_app(ServerSettings(max_queued_requests=2), backend)) as srv:
         base = srv.base_url
         a, b = [], []
-        threads = [started(stream_events, base, {"messages": USER}, a), started(stream_events, base, {"messages": USER}, b)]
+        threads = [
+            started(stream_events, base, {"messages": USER}, a),
+            started(stream_events, base, {"messages": USER}, b),
+        ]
         wait_for(lambda: len(backend.requests) == 2)
         r = httpx.post(base + "/v1/chat/completions", json={"messages": USER})
         assert r.status_code == 503 and r.headers["retry-after"] == "1"
@@ -81,7 +84,10 @@ def test_overload_is_503_with_retry_after_and_nothing_lost():
             t.join(timeout=30)
         for events in (a, b):  # the admitted ones are complete
             assert events[0] == 200 and events[-1] == "[DONE]" and events[-2]["choices"][0]["finish_reason"] == "stop"
-        assert httpx.post(base + "/v1/chat/completions", json={"messages": USER, "max_tokens": 5}, timeout=30).status_code == 200
+        assert (
+            httpx.post(base + "/v1/chat/completions", json={"messages": USER, "max_tokens": 5}, timeout=30).status_code
+            == 200
+        )
         assert metric(base, "gemma_num_requests_in_flight") == 0
 
 
@@ -89,7 +95,12 @@ def test_500_keeps_the_connection_and_disconnects_are_not_errors(caplog):
     backend = FakeBackend(Script(["x"], error_after=0))
     with UvicornThread(create_app(ServerSettings(), backend)) as srv:
         conn = http.client.HTTPConnection("127.0.0.1", srv.port, timeout=10)
-        conn.request("POST", "/v1/chat/completions", body=json.dumps({"messages": USER}), headers={"content-type": "application/json"})
+        conn.request(
+            "POST",
+            "/v1/chat/completions",
+            body=json.dumps({"messages": USER}),
+            headers={"content-type": "application/json"},
+        )
         r = conn.getresponse()
         assert r.status == 500 and json.loads(r.read())["error"]["type"] == "server_error"
         conn.request("GET", "/v1/models")  # the same keep-alive connection
@@ -105,7 +116,9 @@ def test_500_keeps_the_connection_and_disconnects_are_not_errors(caplog):
                 httpx.post(srv.base_url + "/v1/chat/completions", json={"messages": USER, "stream": True}, timeout=0.3)
             wait_for(lambda: len(backend.aborted) == 1)
             assert backend.finished == []
-            wait_for(lambda: metric(srv.base_url, "gemma_requests_total", endpoint="/v1/chat/completions", status="499") == 1)
+            wait_for(
+                lambda: metric(srv.base_url, "gemma_requests_total", endpoint="/v1/chat/completions", status="499") == 1
+            )
         assert not [r for r in caplog.records if r.levelno >= logging.ERROR], [r.getMessage() for r in caplog.records]
         assert metric(srv.base_url, "gemma_requests_total", endpoint="/v1/chat/completions", status="500") == 1
 
@@ -138,8 +151,10 @@ def test_sigterm_drains_then_ends_what_is_left():
     backend.shutdown = lambda: shut.append(time.monotonic())
     srv = DrainingThread(create_app(ServerSettings(), backend), drain_timeout_s=5.0)
     short, long_ = [], []
-    threads = [started(stream_events, srv.base, {"messages": USER, "max_tokens": 20}, short),
-               started(stream_events, srv.base, {"messages": USER}, long_)]  # fmt: skip
+    threads = [
+        started(stream_events, srv.base, {"messages": USER, "max_tokens": 20}, short),
+        started(stream_events, srv.base, {"messages": USER}, long_),
+    ]
     wait_for(lambda: len(backend.requests) == 2)
     t0 = time.monotonic()
     srv.server.handle_exit(signal.SIGTERM, None)

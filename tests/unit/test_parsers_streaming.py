@@ -107,7 +107,8 @@ def test_call_is_emitted_whole_at_its_close_tag():
     assert not parser.saw_tool_calls
     d = parser.feed(tail)
     assert [(c.index, c.id, c.name, c.arguments) for c in d.tool_calls] == [
-        (0, "call_x", "get_weather", '{"location": "Paris", "days": 2}')]
+        (0, "call_x", "get_weather", '{"location": "Paris", "days": 2}')
+    ]
     assert parser.saw_tool_calls
     assert parser.finish() == ParsedDelta()
 

@@ -30,9 +30,14 @@ def template():
 def model_turn(template, calls: list[tuple[str, dict]]) -> str:
     messages = [
         {"role": "user", "content": "hi"},
-        {"role": "assistant", "content": "", "tool_calls": [
-            {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": a}}
-            for i, (n, a) in enumerate(calls)]},
+        {
+            "role": "assistant",
+            "content": "",
+            "tool_calls": [
+                {"id": f"c{i}", "type": "function", "function": {"name": n, "arguments": a}}
+                for i, (n, a) in enumerate(calls)
+            ],
+        },
     ]
     text = template.render(messages=messages, bos_token="<bos>", add_generation_prompt=False)
     return text.split("<|turn>model\n", 1)[1]
@@ -47,7 +52,8 @@ def test_reads_what_the_official_template_writes(template, calls, data):
     assert msg.content is None and msg.reasoning is None
     # the template sorts keys and renders floats with str(): compare values, not text
     assert [(c.name, json.loads(c.arguments)) for c in msg.tool_calls] == [
-        (n, json.loads(json.dumps(a))) for n, a in calls]
+        (n, json.loads(json.dumps(a))) for n, a in calls
+    ]
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=20)))
     parser = Gemma4OutputParser()
     chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
@@ -66,13 +72,18 @@ CALL_FORMS = {
 
 
 @settings(max_examples=60, deadline=None)
-@given(calls=st.lists(st.tuples(KEYS, ARGS, st.sampled_from(sorted(CALL_FORMS))), min_size=1, max_size=3), data=st.data())
+@given(
+    calls=st.lists(st.tuples(KEYS, ARGS, st.sampled_from(sorted(CALL_FORMS))), min_size=1, max_size=3), data=st.data()
+)
 def test_every_call_form_parses_streaming_and_not(calls, data):
-    text = "".join(CALL_FORMS[form](name, to_gemma4_value(args)[1:-1]) for name, args, form in calls) + "<|tool_response>"
+    text = (
+        "".join(CALL_FORMS[form](name, to_gemma4_value(args)[1:-1]) for name, args, form in calls) + "<|tool_response>"
+    )
     msg = parse_output(text)
     assert msg.content is None and msg.reasoning is None
     assert [(c.name, json.loads(c.arguments)) for c in msg.tool_calls] == [
-        (n, json.loads(json.dumps(a))) for n, a, _ in calls]
+        (n, json.loads(json.dumps(a))) for n, a, _ in calls
+    ]
     cuts = sorted(data.draw(st.lists(st.integers(0, len(text)), max_size=20)))
     parser = Gemma4OutputParser()
     chunks = [text[a:b] for a, b in zip([0, *cuts], [*cuts, len(text)])]
@@ -85,7 +96,9 @@ def test_every_call_form_parses_streaming_and_not(calls, data):
 def test_a_broken_call_form_stays_content(name, args, cut, form):
     """A parenthesised call missing its `)` (or with `}` in its place) is not a call: the text is content."""
     good = CALL_FORMS[form](name, to_gemma4_value(args)[1:-1])
-    broken = good.replace(")<tool_call|>", "}<tool_call|>" if cut == 1 else ("<tool_call|>" if cut == 2 else ")x<tool_call|>"))
+    broken = good.replace(
+        ")<tool_call|>", "}<tool_call|>" if cut == 1 else ("<tool_call|>" if cut == 2 else ")x<tool_call|>")
+    )
     msg = parse_output(broken)
     assert msg.tool_calls == ()
     assert msg.content == broken

@@ -32,8 +32,12 @@ def test_cached_tokens_cross_the_triton_wire():
 
 
 def test_usage_object_has_prompt_tokens_details():
-    assert usage_json(40, 2, 32) == {"prompt_tokens": 40, "completion_tokens": 2, "total_tokens": 42,
-                                     "prompt_tokens_details": {"cached_tokens": 32}}
+    assert usage_json(40, 2, 32) == {
+        "prompt_tokens": 40,
+        "completion_tokens": 2,
+        "total_tokens": 42,
+        "prompt_tokens_details": {"cached_tokens": 32},
+    }
 
 
 class _Backend:

@@ -18,31 +18,53 @@ except ImportError:
 def test_items_fold_into_chat_turns():
     items = [
         {"role": "developer", "content": "Answer in French."},
-        {"type": "message", "role": "user", "content": [{"type": "input_text", "text": "Look:"},
-                                                        {"type": "input_image", "image_url": "data:image/png;base64,AA=="}]},
+        {
+            "type": "message",
+            "role": "user",
+            "content": [
+                {"type": "input_text", "text": "Look:"},
+                {"type": "input_image", "image_url": "data:image/png;base64,AA=="},
+            ],
+        },
         {"type": "reasoning", "id": "rs", "summary": [{"type": "summary_text", "text": "think"}]},
-        {"type": "message", "role": "assistant", "content": [{"type": "output_text", "text": "Un carré.", "annotations": []}]},
+        {
+            "type": "message",
+            "role": "assistant",
+            "content": [{"type": "output_text", "text": "Un carré.", "annotations": []}],
+        },
         {"type": "function_call", "call_id": "c1", "name": "f", "arguments": "{}"},
         {"type": "function_call_output", "call_id": "c1", "output": [{"type": "input_text", "text": "ok"}]},
-    ]  # fmt: skip
+    ]
     messages = to_chat_messages(items, "Be brief.")
     assert messages == [
         {"role": "system", "content": "Be brief.\n\nAnswer in French."},
-        {"role": "user", "content": [{"type": "text", "text": "Look:"},
-                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA==", "detail": None}}]},
-        {"role": "assistant", "content": "Un carré.", "reasoning": "think",
-         "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "Look:"},
+                {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA==", "detail": None}},
+            ],
+        },
+        {
+            "role": "assistant",
+            "content": "Un carré.",
+            "reasoning": "think",
+            "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}],
+        },
         {"role": "tool", "tool_call_id": "c1", "content": "ok"},
-    ]  # fmt: skip
+    ]
     assert to_chat_messages(normalize_input("Hi"), None) == [{"role": "user", "content": "Hi"}]
 
 
-@pytest.mark.parametrize("item, param", [
-    ({"role": "tool", "content": "x"}, "input.0.role"),
-    ({"type": "function_call", "name": "f", "arguments": "{}"}, "input.0.call_id"),
-    ({"role": "assistant", "content": [{"type": "input_image", "image_url": "http://x"}]}, "input.0.content.0"),
-    ({"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}, "input.0.content.0"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "item, param",
+    [
+        ({"role": "tool", "content": "x"}, "input.0.role"),
+        ({"type": "function_call", "name": "f", "arguments": "{}"}, "input.0.call_id"),
+        ({"role": "assistant", "content": [{"type": "input_image", "image_url": "http://x"}]}, "input.0.content.0"),
+        ({"role": "user", "content": [{"type": "input_image", "file_id": "file-1"}]}, "input.0.content.0"),
+    ],
+)
 def test_bad_items_name_their_place(item, param):
     with pytest.raises(APIError) as e:
         to_chat_messages([item], None)

@@ -73,7 +73,9 @@ def test_logprobs_are_the_model_distribution():
     assert math.isclose(lp.top[0][1], float(expected[2]), rel_tol=1e-6)
 
 
-@pytest.mark.parametrize("kwargs", [dict(max_tokens=0), dict(temperature=-1), dict(top_p=0), dict(min_p=2), dict(logprobs=21)])
+@pytest.mark.parametrize(
+    "kwargs", [dict(max_tokens=0), dict(temperature=-1), dict(top_p=0), dict(min_p=2), dict(logprobs=21)]
+)
 def test_bad_params_are_refused(kwargs):
     with pytest.raises(ValueError):
         SamplingParams(**kwargs)

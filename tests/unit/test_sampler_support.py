@@ -28,8 +28,10 @@ def test_top_k_support_is_exactly_the_k_most_likely(k):
 def test_top_k_rows_of_one_batch_keep_their_own_k():
     gen = torch.Generator().manual_seed(1)
     seen: list[set[int]] = [set(), set()]
-    batch = [SamplingInput(SamplingParams(temperature=1.0, top_k=2), [], None),
-             SamplingInput(SamplingParams(temperature=1.0, top_k=4), [], None)]
+    batch = [
+        SamplingInput(SamplingParams(temperature=1.0, top_k=2), [], None),
+        SamplingInput(SamplingParams(temperature=1.0, top_k=4), [], None),
+    ]
     for _ in range(300):
         tokens, _ = sample(torch.stack([LEADERS, LEADERS]), batch, gen)
         for row, token in enumerate(tokens):

@@ -25,8 +25,13 @@ def make_scheduler(budget: int, max_num_seqs: int = 8, blocks: int = 4000, windo
 
 
 def seq(name: str, prompt_len: int, spans=()) -> Sequence:
-    return Sequence(name, list(range(3, 3 + prompt_len)), SamplingParams(max_tokens=4), frozenset(),
-                    image_spans=[ImageSpan(a, b) for a, b in spans])
+    return Sequence(
+        name,
+        list(range(3, 3 + prompt_len)),
+        SamplingParams(max_tokens=4),
+        frozenset(),
+        image_spans=[ImageSpan(a, b) for a, b in spans],
+    )
 
 
 def run_step(s: Scheduler, outputs_per_seq: int = 3) -> list[tuple[str, int]]:
@@ -66,9 +71,17 @@ def test_no_step_exceeds_the_budget_and_full_steps_use_all_of_it(budget):
         assert steps < 1000
 
 
-@pytest.mark.parametrize("prompt_len,budget,chunks", [
-    (10, 4, [4, 4, 2]), (8, 4, [4, 4]), (9, 4, [4, 4, 1]), (5, 5, [5]), (6, 5, [5, 1]), (3, 1, [1, 1, 1]),
-])
+@pytest.mark.parametrize(
+    "prompt_len,budget,chunks",
+    [
+        (10, 4, [4, 4, 2]),
+        (8, 4, [4, 4]),
+        (9, 4, [4, 4, 1]),
+        (5, 5, [5]),
+        (6, 5, [5, 1]),
+        (3, 1, [1, 1, 1]),
+    ],
+)
 def test_a_long_prompt_is_split_into_budget_sized_chunks(prompt_len, budget, chunks):
     s = make_scheduler(budget)
     s.add(seq("a", prompt_len))

@@ -74,7 +74,11 @@ def test_reasoning_field_in_message_and_deltas(server):
     assert "".join(d.get("reasoning", "") for d in deltas) == "The user asks. I answer."
     assert "".join(d.get("content", "") for d in deltas) == "It is sunny."
     # include_reasoning=false: the model still reasons, the answer does not carry it
-    msg = sdk.chat.completions.create(model=MODEL, messages=USER, extra_body={**thinking, "include_reasoning": False}).choices[0].message
+    msg = (
+        sdk.chat.completions.create(model=MODEL, messages=USER, extra_body={**thinking, "include_reasoning": False})
+        .choices[0]
+        .message
+    )
     assert msg.content == "It is sunny." and "reasoning" not in msg.model_extra
     events = sse_events(client, {**body, "stream": True, "include_reasoning": False})[:-1]
     assert not any("reasoning" in c["choices"][0]["delta"] for c in events)
@@ -90,7 +94,9 @@ def test_streamed_tool_call_shape_and_sdk_accumulation(server):
     assert call_deltas[0]["id"].startswith("call_") and call_deltas[0]["function"]["name"] == "get_weather"
     assert sum("id" in d for d in call_deltas) == 1  # id/name once, never repeated
     # the header chunk first (empty arguments, as OpenAI streams it), then argument fragments only
-    assert call_deltas[0]["function"]["arguments"] == "" and all(set(d) == {"index", "function"} for d in call_deltas[1:])
+    assert call_deltas[0]["function"]["arguments"] == "" and all(
+        set(d) == {"index", "function"} for d in call_deltas[1:]
+    )
     assert all(set(d["function"]) == {"arguments"} for d in call_deltas[1:]) and len(call_deltas) >= 2
     assert json.loads("".join(d["function"]["arguments"] for d in call_deltas)) == {"city": "Paris"}
     assert events[-1]["choices"][0]["finish_reason"] == "tool_calls"
@@ -99,7 +105,9 @@ def test_streamed_tool_call_shape_and_sdk_accumulation(server):
         final = stream.get_final_completion()
     choice = final.choices[0]
     assert choice.finish_reason == "tool_calls" and choice.message.content == "I will check."
-    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [("get_weather", {"city": "Paris"})]
+    assert [(c.function.name, json.loads(c.function.arguments)) for c in choice.message.tool_calls] == [
+        ("get_weather", {"city": "Paris"})
+    ]
     # non-streaming agrees
     msg = sdk.chat.completions.create(**body).choices[0].message
     assert msg.content == "I will check." and msg.tool_calls[0].function.name == "get_weather"
@@ -113,7 +121,10 @@ def test_parallel_tool_calls(server):
     _, client, sdk = server
     body = {"model": MODEL, "messages": USER, "tools": TOOLS}
     calls = sdk.chat.completions.create(**body).choices[0].message.tool_calls
-    assert [(c.function.name, c.function.arguments) for c in calls] == [("get_weather", '{"city": "Paris"}'), ("get_time", "{}")]
+    assert [(c.function.name, c.function.arguments) for c in calls] == [
+        ("get_weather", '{"city": "Paris"}'),
+        ("get_time", "{}"),
+    ]
     assert len({c.id for c in calls}) == 2
     events = sse_events(client, {**body, "stream": True})[:-1]
     deltas = [d for c in events for d in c["choices"][0]["delta"].get("tool_calls", [])]
@@ -141,7 +152,9 @@ def test_required_tool_choice_prefills_call_start(server):
     out = sdk.chat.completions.create(model=MODEL, messages=USER, tools=TOOLS, tool_choice="required").choices[0]
     assert backend.tokenizer.decode(backend.requests[-1].prompt).endswith("<|tool_call>call:")
     assert out.finish_reason == "tool_calls" and out.message.tool_calls[0].function.name == "get_weather"
-    events = sse_events(client, {"model": MODEL, "messages": USER, "tools": TOOLS, "tool_choice": "required", "stream": True})[:-1]
+    events = sse_events(
+        client, {"model": MODEL, "messages": USER, "tools": TOOLS, "tool_choice": "required", "stream": True}
+    )[:-1]
     deltas = [d for c in events for d in c["choices"][0]["delta"].get("tool_calls", [])]
     assert [d["function"]["name"] for d in deltas if "name" in d["function"]] == ["get_weather"]
     assert json.loads("".join(d["function"]["arguments"] for d in deltas)) == {"city": "Paris"}
@@ -158,7 +171,15 @@ def test_tool_choice_none_returns_text(server):
 @pytest.mark.parametrize("server", [Script(pieces("abcdefgh", 1))], indirect=True)
 def test_usage_chunk_n_and_logprobs(server):
     _, client, sdk = server
-    body = {"model": MODEL, "messages": USER, "stream": True, "stream_options": {"include_usage": True}, "n": 2, "logprobs": True, "top_logprobs": 2}
+    body = {
+        "model": MODEL,
+        "messages": USER,
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "n": 2,
+        "logprobs": True,
+        "top_logprobs": 2,
+    }
     events = sse_events(client, body)
     assert events[-1] == "[DONE]"
     usage = events[-2]
@@ -171,10 +192,14 @@ def test_usage_chunk_n_and_logprobs(server):
         assert "".join(c["delta"].get("content", "") for c in mine) == "abcdefgh"
         lps = [lp for c in mine if c["logprobs"] for lp in c["logprobs"]["content"]]
         assert len(lps) == 8 and all(len(lp["top_logprobs"]) == 2 for lp in lps)
-    out = sdk.chat.completions.create(model=MODEL, messages=USER, n=2, logprobs=True, top_logprobs=1, max_completion_tokens=3)
+    out = sdk.chat.completions.create(
+        model=MODEL, messages=USER, n=2, logprobs=True, top_logprobs=1, max_completion_tokens=3
+    )
     assert [c.index for c in out.choices] == [0, 1] and out.usage.completion_tokens == 6
     assert all(c.finish_reason == "length" and c.message.content == "abc" for c in out.choices)
-    assert len(out.choices[0].logprobs.content) == 3 and out.choices[0].logprobs.content[0].top_logprobs[0].logprob == -0.5
+    assert (
+        len(out.choices[0].logprobs.content) == 3 and out.choices[0].logprobs.content[0].top_logprobs[0].logprob == -0.5
+    )
 
 
 @pytest.mark.parametrize("server", [Script(pieces("Hello world", 2), error_after=2)], indirect=True)
@@ -193,11 +218,27 @@ def test_error_after_stream_began_is_an_event_then_done(server):
 def test_sampling_params_reach_the_runtime(server):
     backend, _, sdk = server
     sdk.chat.completions.create(
-        model=MODEL, messages=USER, temperature=0.3, top_p=0.5, seed=7, stop=["END", "STOP"], max_tokens=9,
-        presence_penalty=0.5, frequency_penalty=-0.5, extra_body={"top_k": 5, "min_p": 0.1},
-    )  # fmt: skip
+        model=MODEL,
+        messages=USER,
+        temperature=0.3,
+        top_p=0.5,
+        seed=7,
+        stop=["END", "STOP"],
+        max_tokens=9,
+        presence_penalty=0.5,
+        frequency_penalty=-0.5,
+        extra_body={"top_k": 5, "min_p": 0.1},
+    )
     s = backend.requests[-1].sampling
-    assert (s.temperature, s.top_p, s.top_k, s.min_p, s.seed, s.stop, s.max_tokens) == (0.3, 0.5, 5, 0.1, 7, ("END", "STOP"), 9)
+    assert (s.temperature, s.top_p, s.top_k, s.min_p, s.seed, s.stop, s.max_tokens) == (
+        0.3,
+        0.5,
+        5,
+        0.1,
+        7,
+        ("END", "STOP"),
+        9,
+    )
     assert (s.presence_penalty, s.frequency_penalty, s.logprobs) == (0.5, -0.5, None)
     sdk.chat.completions.create(model=MODEL, messages=USER, max_completion_tokens=4, max_tokens=100)
     s = backend.requests[-1].sampling
@@ -222,12 +263,20 @@ def test_models_health_metrics_completions(server):
     out = sdk.completions.create(model="my-gemma", prompt=[[5, 6], [7]], max_tokens=20, n=2)
     assert [c.index for c in out.choices] == [0, 1, 2, 3] and out.usage.prompt_tokens == 3
     assert backend.requests[-1].prompt == [7]
-    text = "".join(c.choices[0].text for c in sdk.completions.create(model="my-gemma", prompt="Once", max_tokens=20, stream=True))
+    text = "".join(
+        c.choices[0].text for c in sdk.completions.create(model="my-gemma", prompt="Once", max_tokens=20, stream=True)
+    )
     assert text == " and more"
     metrics = client.get("/metrics").text
-    for name in ("gemma_requests_total", "gemma_time_to_first_token_seconds_bucket", "gemma_inter_token_latency_seconds_bucket",
-                 "gemma_e2e_request_latency_seconds_bucket", "gemma_num_requests_running", "gemma_num_requests_waiting",
-                 "gemma_kv_cache_usage_perc"):  # fmt: skip
+    for name in (
+        "gemma_requests_total",
+        "gemma_time_to_first_token_seconds_bucket",
+        "gemma_inter_token_latency_seconds_bucket",
+        "gemma_e2e_request_latency_seconds_bucket",
+        "gemma_num_requests_running",
+        "gemma_num_requests_waiting",
+        "gemma_kv_cache_usage_perc",
+    ):
         assert name in metrics, name
     assert 'endpoint="/v1/completions",model_name="my-gemma",status="200"' in metrics
     backend.healthy = False

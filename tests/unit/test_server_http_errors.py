@@ -54,20 +54,31 @@ def test_validation_errors_are_400_envelopes(server):
         err = assert_envelope(client.post("/v1/chat/completions", json=body), 400)
         assert needle in err["message"] or needle == err["param"], (body, err)
         assert err["type"] == "invalid_request_error"
-    assert_envelope(client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}), 400)
+    assert_envelope(
+        client.post("/v1/chat/completions", content=b"{not json", headers={"content-type": "application/json"}), 400
+    )
     assert_envelope(client.post("/v1/completions", json={"prompt": [99999]}), 400, contains="token ids")
 
 
 @pytest.mark.parametrize("server", [Script(["x"])], indirect=True)
 def test_context_length_and_runtime_refusal(server):
     backend, client, sdk = server
-    err = assert_envelope(client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 1000}), 400, param="max_completion_tokens")
+    err = assert_envelope(
+        client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 1000}),
+        400,
+        param="max_completion_tokens",
+    )
     assert err["code"] == "context_length_exceeded"
     long_prompt = [{"role": "user", "content": "word " * 400}]
-    assert assert_envelope(client.post("/v1/chat/completions", json={"messages": long_prompt}), 400)["code"] == "context_length_exceeded"
+    assert (
+        assert_envelope(client.post("/v1/chat/completions", json={"messages": long_prompt}), 400)["code"]
+        == "context_length_exceeded"
+    )
     assert_envelope(client.post("/v1/completions", json={"prompt": "hi", "max_tokens": 1000}), 400, param="max_tokens")
     backend.script = Script(["x"], refuse="image too large for the engine")
-    assert_envelope(client.post("/v1/chat/completions", json={"messages": USER, "stream": True}), 400, contains="image too large")
+    assert_envelope(
+        client.post("/v1/chat/completions", json={"messages": USER, "stream": True}), 400, contains="image too large"
+    )
     with pytest.raises(openai.BadRequestError):
         sdk.chat.completions.create(model=MODEL, messages=USER)
 
@@ -81,7 +92,9 @@ def test_unknown_model_404(server):
     assert_envelope(client.post("/v1/completions", json={"model": "nope", "prompt": "hi"}), 404)
 
 
-@pytest.mark.parametrize("server", [(Script(["hello"]), {"model_aliases": ("google/gemma-4-26b-a4b-it",)})], indirect=True)
+@pytest.mark.parametrize(
+    "server", [(Script(["hello"]), {"model_aliases": ("google/gemma-4-26b-a4b-it",)})], indirect=True
+)
 def test_model_aliases_are_listed_and_answered(server):
     _, client, sdk = server
     ids = [m["id"] for m in client.get("/v1/models").json()["data"]]
@@ -114,7 +127,9 @@ def test_body_over_limit_is_413(server):
     def chunked():  # no Content-Length: the limit is enforced while reading
         yield json.dumps({"messages": big}).encode()
 
-    assert_envelope(client.post("/v1/chat/completions", content=chunked(), headers={"content-type": "application/json"}), 413)
+    assert_envelope(
+        client.post("/v1/chat/completions", content=chunked(), headers={"content-type": "application/json"}), 413
+    )
     assert client.post("/v1/chat/completions", json={"messages": USER}).status_code == 200
 
 
@@ -126,7 +141,13 @@ def png_data_url(fmt: str = "PNG") -> str:
 
 
 def image_message(*urls: str) -> list[dict]:
-    return [{"role": "user", "content": [{"type": "text", "text": "What is this?"}] + [{"type": "image_url", "image_url": {"url": u}} for u in urls]}]
+    return [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "What is this?"}]
+            + [{"type": "image_url", "image_url": {"url": u}} for u in urls],
+        }
+    ]
 
 
 @pytest.mark.parametrize("server", [(Script(["A red square."]), {"max_images_per_prompt": 2})], indirect=True)
@@ -137,15 +158,29 @@ def test_images_reach_the_runtime_and_limits(server):
         assert r.status_code == 200, r.text
         assert backend.requests[-1].images[0] == base64.b64decode(png_data_url(fmt).split(",", 1)[1])
     assert backend.tokenizer.decode(backend.requests[-1].prompt).count("<|image|>") == 1
-    err = assert_envelope(client.post("/v1/chat/completions", json={"messages": image_message(*[png_data_url()] * 3)}), 400)
+    err = assert_envelope(
+        client.post("/v1/chat/completions", json={"messages": image_message(*[png_data_url()] * 3)}), 400
+    )
     assert "At most 2 image(s)" in err["message"]
-    err = assert_envelope(client.post("/v1/chat/completions", json={"messages": image_message(png_data_url("BMP"))}), 400)
+    err = assert_envelope(
+        client.post("/v1/chat/completions", json={"messages": image_message(png_data_url("BMP"))}), 400
+    )
     assert "BMP" in err["message"]
-    assert_envelope(client.post("/v1/chat/completions", json={"messages": image_message("file:///etc/passwd")}), 400, contains="file")
-    assert_envelope(client.post("/v1/chat/completions", json={"messages": image_message("http://127.0.0.1:1/x.png")}), 400)
+    assert_envelope(
+        client.post("/v1/chat/completions", json={"messages": image_message("file:///etc/passwd")}),
+        400,
+        contains="file",
+    )
+    assert_envelope(
+        client.post("/v1/chat/completions", json={"messages": image_message("http://127.0.0.1:1/x.png")}), 400
+    )
 
 
 def test_text_only_engine_refuses_images():
     backend = FakeBackend(Script(["x"]), spec=tiny_spec(vision=False))
     with TestClient(create_app(ServerSettings(), backend)) as client:
-        assert_envelope(client.post("/v1/chat/completions", json={"messages": image_message(png_data_url())}), 400, contains="does not accept images")
+        assert_envelope(
+            client.post("/v1/chat/completions", json={"messages": image_message(png_data_url())}),
+            400,
+            contains="does not accept images",
+        )

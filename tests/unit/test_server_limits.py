@@ -39,7 +39,12 @@ def refused(client, body: dict, path: str = "/v1/chat/completions", contains: st
 
 def test_template_kwargs_only_the_templates_own_variables(app):
     backend, client = app
-    assert client.post("/v1/chat/completions", json={"messages": USER, "chat_template_kwargs": {"enable_thinking": True}}).status_code == 200
+    assert (
+        client.post(
+            "/v1/chat/completions", json={"messages": USER, "chat_template_kwargs": {"enable_thinking": True}}
+        ).status_code
+        == 200
+    )
     injected = {"chat_template": "{{ 7 * 7 }}"}
     err = refused(client, {"messages": USER, "chat_template_kwargs": injected}, contains="chat_template")
     assert "49" not in err["message"] and err["param"] == "chat_template_kwargs"
@@ -51,7 +56,9 @@ def test_template_kwargs_only_the_templates_own_variables(app):
 def test_trust_flag_lets_a_template_through():
     backend = FakeBackend(Script(["hi"]))
     with TestClient(create_app(ServerSettings(trust_request_chat_template=True), backend)) as client:
-        r = client.post("/v1/chat/completions", json={"messages": USER, "chat_template_kwargs": {"chat_template": "X{{ 6 * 7 }}"}})
+        r = client.post(
+            "/v1/chat/completions", json={"messages": USER, "chat_template_kwargs": {"chat_template": "X{{ 6 * 7 }}"}}
+        )
         assert r.status_code == 200
         assert backend.tokenizer.decode(backend.requests[-1].prompt).startswith("X42")
 
@@ -60,25 +67,39 @@ def test_template_variables_of_the_engine_template(app):
     backend, _ = app
     names = template_variables(backend.tokenizer.chat_template)
     assert "enable_thinking" in names
-    assert not names & {"chat_template", "tokenize", "return_dict", "messages", "tools", "add_generation_prompt", "bos_token"}
+    assert not names & {
+        "chat_template",
+        "tokenize",
+        "return_dict",
+        "messages",
+        "tools",
+        "add_generation_prompt",
+        "bos_token",
+    }
     assert template_variables(None) == frozenset() and template_variables("{% if %}") == frozenset()
 
 
-@pytest.mark.parametrize("body, contains", [
-    ({"stop": ["s"] * 17}, "--max-stop-strings"),
-    ({"stop": "x" * 257}, "--max-stop-string-length"),
-    ({"seed": 2**63}, "seed"),
-    ({"seed": -(2**63) - 1}, "seed"),
-    ({"seed": 2**63 - 2, "n": 4}, "seed + n - 1"),
-    ({"top_k": 2**40}, "top_k"),
-    ({"min_tokens": 10**9}, "min_tokens"),
-    ({"stop_token_ids": [10**12]}, "stop_token_ids"),
-    ({"temperature": True}, "boolean"),
-    ({"n": True}, "boolean"),
-    ({"max_tokens": False}, "boolean"),
-    ({"tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]}, "--max-tools"),
-    ({"tools": [{"type": "function", "function": {"name": "f", "description": "d" * 300_000}}]}, "--max-tools-bytes"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    "body, contains",
+    [
+        ({"stop": ["s"] * 17}, "--max-stop-strings"),
+        ({"stop": "x" * 257}, "--max-stop-string-length"),
+        ({"seed": 2**63}, "seed"),
+        ({"seed": -(2**63) - 1}, "seed"),
+        ({"seed": 2**63 - 2, "n": 4}, "seed + n - 1"),
+        ({"top_k": 2**40}, "top_k"),
+        ({"min_tokens": 10**9}, "min_tokens"),
+        ({"stop_token_ids": [10**12]}, "stop_token_ids"),
+        ({"temperature": True}, "boolean"),
+        ({"n": True}, "boolean"),
+        ({"max_tokens": False}, "boolean"),
+        ({"tools": [{"type": "function", "function": {"name": f"f{i}"}} for i in range(129)]}, "--max-tools"),
+        (
+            {"tools": [{"type": "function", "function": {"name": "f", "description": "d" * 300_000}}]},
+            "--max-tools-bytes",
+        ),
+    ],
+)
 def test_chat_caps(app, body, contains):
     backend, client = app
     refused(client, {"messages": USER, **body}, contains=contains)
@@ -94,25 +115,38 @@ def test_seed_at_the_edges_is_accepted(app):
 
 def test_lone_surrogates_are_400_not_500(app):
     _, client = app
-    for body in ('{"messages": [{"role": "user", "content": "a\\ud800b"}]}',
-                 '{"model": "\\udfff", "messages": [{"role": "user", "content": "hi"}]}',
-                 '{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udc00"}]}]}'):  # fmt: skip
+    for body in (
+        '{"messages": [{"role": "user", "content": "a\\ud800b"}]}',
+        '{"model": "\\udfff", "messages": [{"role": "user", "content": "hi"}]}',
+        '{"messages": [{"role": "user", "content": [{"type": "text", "text": "\\udc00"}]}]}',
+    ):
         r = client.post("/v1/chat/completions", content=body, headers={"content-type": "application/json"})
         assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"], r.text
     r = client.post("/v1/completions", content='{"prompt": "x\\ud83d"}', headers={"content-type": "application/json"})
     assert r.status_code == 400 and "surrogate" in r.text
     # A valid pair is one character, not a lone surrogate.
-    r = client.post("/v1/chat/completions", content='{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}',
-                    headers={"content-type": "application/json"})  # fmt: skip
+    r = client.post(
+        "/v1/chat/completions",
+        content='{"messages": [{"role": "user", "content": "\\ud83d\\ude00"}]}',
+        headers={"content-type": "application/json"},
+    )
     assert r.status_code == 200
 
 
 def test_invalid_utf8_and_malformed_bodies_are_400(app):
     _, client = app
     user = b'"messages": [{"role": "user", "content": "hi"}]'
-    for raw in (b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}', b'{"messages": ', b"[" * 100_000, b"\x00",
-                b"{" + user + b', "temperature": 1e999}', b"{" + user + b', "top_p": NaN}', b"{" + user + b', "max_tokens": 1' + b"0" * 5000 + b"}",
-                b"{" + user + b', "n": 2, "n": "x"}', b'{"messages": "\\u0000"}'):  # fmt: skip
+    for raw in (
+        b'{"messages": [{"role": "user", "content": "\xff\xfe"}]}',
+        b'{"messages": ',
+        b"[" * 100_000,
+        b"\x00",
+        b"{" + user + b', "temperature": 1e999}',
+        b"{" + user + b', "top_p": NaN}',
+        b"{" + user + b', "max_tokens": 1' + b"0" * 5000 + b"}",
+        b"{" + user + b', "n": 2, "n": "x"}',
+        b'{"messages": "\\u0000"}',
+    ):
         r = client.post("/v1/chat/completions", content=raw, headers={"content-type": "application/json"})
         assert r.status_code == 400 and "error" in r.json(), (raw[:20], r.status_code, r.text[:200])
 

@@ -22,8 +22,16 @@ except ImportError:
 
 MODEL = "google/gemma-4-tiny-it"
 USER = [{"role": "user", "content": "What is the weather in Paris?"}]
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]}}}]  # fmt: skip
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}, "required": ["city"]},
+        },
+    }
+]
 CALL_TEXT = '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>}<tool_call|>'
 # The model's reply, one RequestOutput per piece: a whole call, then more text a max_tokens may cut.
 CALL_THEN_MORE = [CALL_TEXT[:20], CALL_TEXT[20:], "Then", " more."]
@@ -34,7 +42,11 @@ CALL_PIECES = 2  # the call is complete after this many pieces
 def server():
     backend = FakeBackend(Script(list(CALL_THEN_MORE)))
     with TestClient(create_app(ServerSettings(), backend)) as client:
-        yield backend, client, openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=client, max_retries=0)
+        yield (
+            backend,
+            client,
+            openai.OpenAI(base_url="http://testserver/v1", api_key="k", http_client=client, max_retries=0),
+        )
 
 
 def streamed_finish(sdk, **body) -> tuple[list[str | None], list]:
@@ -46,12 +58,15 @@ def streamed_finish(sdk, **body) -> tuple[list[str | None], list]:
     return [r for r in reasons if r], calls
 
 
-@pytest.mark.parametrize("max_tokens,reason", [
-    (CALL_PIECES, "length"),  # the call is complete, and the reply was cut right after it
-    (CALL_PIECES + 1, "length"),  # cut in the text after the call
-    (1, "length"),  # cut inside the call
-    (None, "tool_calls"),  # the model ended on its own (the script's engine reason is "stop")
-])
+@pytest.mark.parametrize(
+    "max_tokens,reason",
+    [
+        (CALL_PIECES, "length"),  # the call is complete, and the reply was cut right after it
+        (CALL_PIECES + 1, "length"),  # cut in the text after the call
+        (1, "length"),  # cut inside the call
+        (None, "tool_calls"),  # the model ended on its own (the script's engine reason is "stop")
+    ],
+)
 def test_chat_finish_reason_after_a_tool_call(server, max_tokens, reason):
     _, _, sdk = server
     limit = {"max_tokens": max_tokens} if max_tokens else {}
@@ -69,7 +84,9 @@ def test_chat_finish_reason_after_a_tool_call(server, max_tokens, reason):
 def test_forced_named_call_cut_by_max_tokens_is_length(server):
     _, _, sdk = server
     named = {"type": "function", "function": {"name": "get_weather"}}
-    out = sdk.chat.completions.create(model=MODEL, messages=USER, tools=TOOLS, tool_choice=named, max_tokens=CALL_PIECES)
+    out = sdk.chat.completions.create(
+        model=MODEL, messages=USER, tools=TOOLS, tool_choice=named, max_tokens=CALL_PIECES
+    )
     assert out.choices[0].finish_reason == "length"
     assert streamed_finish(sdk, messages=USER, tools=TOOLS, tool_choice=named, max_tokens=CALL_PIECES)[0] == ["length"]
 
@@ -80,8 +97,11 @@ def test_completions_finish_reason(server, max_tokens, reason):
     limit = {"max_tokens": max_tokens} if max_tokens else {"max_tokens": 64}
     out = sdk.completions.create(model=MODEL, prompt="What is the weather in Paris?", **limit)
     assert out.choices[0].finish_reason == reason
-    reasons = [c.choices[0].finish_reason for c in sdk.completions.create(model=MODEL, prompt="Hi", stream=True, **limit)
-               if c.choices and c.choices[0].finish_reason]
+    reasons = [
+        c.choices[0].finish_reason
+        for c in sdk.completions.create(model=MODEL, prompt="Hi", stream=True, **limit)
+        if c.choices and c.choices[0].finish_reason
+    ]
     assert reasons == [reason]
 
 
@@ -104,6 +124,11 @@ def test_reasoning_effort_reaches_the_prompt(server, effort, thinks):
 def test_explicit_enable_thinking_wins_over_reasoning_effort(server, effort):
     backend, _, sdk = server
     wanted = effort == "none"  # the opposite of what the effort alone would give
-    sdk.chat.completions.create(model=MODEL, messages=USER, reasoning_effort=effort, max_tokens=1,
-                                extra_body={"chat_template_kwargs": {"enable_thinking": wanted}})
+    sdk.chat.completions.create(
+        model=MODEL,
+        messages=USER,
+        reasoning_effort=effort,
+        max_tokens=1,
+        extra_body={"chat_template_kwargs": {"enable_thinking": wanted}},
+    )
     assert ("<|think|>" in backend.tokenizer.decode(backend.requests[-1].prompt)) is wanted

@@ -26,22 +26,52 @@ def test_env_then_flags_override_defaults(monkeypatch):
 
 def test_cli_flags(monkeypatch):
     monkeypatch.setenv("NIM_MAX_IMAGES_PER_PROMPT", "7")
-    args = parse_args(["--engine", "e", "--port", "9000", "--served-model-name", "m", "--api-key", "k", "--allow-local-image-urls"])
-    s = settings_from_args(args)
-    assert (s.engine_dir, s.port, s.host, s.served_model_name, s.api_key, s.allow_local_image_urls, s.max_images_per_prompt) == (
-        "e", 9000, "0.0.0.0", "m", "k", True, 7
+    args = parse_args(
+        ["--engine", "e", "--port", "9000", "--served-model-name", "m", "--api-key", "k", "--allow-local-image-urls"]
     )
+    s = settings_from_args(args)
+    assert (
+        s.engine_dir,
+        s.port,
+        s.host,
+        s.served_model_name,
+        s.api_key,
+        s.allow_local_image_urls,
+        s.max_images_per_prompt,
+    ) == ("e", 9000, "0.0.0.0", "m", "k", True, 7)
     assert settings_from_args(parse_args(["--backend", "triton://h:8001"])).backend == "triton://h:8001"
 
 
 def test_runtime_flags():
     """The embedded engine's settings: defaults are the runtime's own (device: cuda when visible)."""
     assert runtime_config_from_args(parse_args(["--engine", "e", "--device", "cpu"])) == RuntimeConfig(device="cpu")
-    args = parse_args(["--engine", "e", "--device", "cpu", "--dtype", "bfloat16", "--max-num-seqs", "8", "--max-model-len", "4096",
-                       "--gpu-memory-utilization", "0.8", "--enforce-eager", "--disable-overlap-schedule"])
-    assert runtime_config_from_args(args) == RuntimeConfig(device="cpu", dtype="bfloat16", max_num_seqs=8, max_model_len=4096,
-                                                           gpu_memory_utilization=0.8, decode_graph_max_batch=0,
-                                                           overlap_scheduling=False)
+    args = parse_args(
+        [
+            "--engine",
+            "e",
+            "--device",
+            "cpu",
+            "--dtype",
+            "bfloat16",
+            "--max-num-seqs",
+            "8",
+            "--max-model-len",
+            "4096",
+            "--gpu-memory-utilization",
+            "0.8",
+            "--enforce-eager",
+            "--disable-overlap-schedule",
+        ]
+    )
+    assert runtime_config_from_args(args) == RuntimeConfig(
+        device="cpu",
+        dtype="bfloat16",
+        max_num_seqs=8,
+        max_model_len=4096,
+        gpu_memory_utilization=0.8,
+        decode_graph_max_batch=0,
+        overlap_scheduling=False,
+    )
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
         runtime_config_from_args(parse_args(["--engine", "e", "--gpu-memory-utilization", "1.5"]))
 

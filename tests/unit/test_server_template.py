@@ -14,9 +14,25 @@ try:
 except ImportError:
     from _server_fakes import tiny_tokenizer
 
-CALL = {"id": "call_1", "type": "function", "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'}}
-TOOLS = [{"type": "function", "function": {"name": "get_weather", "description": "Get the weather", "parameters": {
-    "type": "object", "properties": {"city": {"type": "string"}, "days": {"type": "integer"}}, "required": ["city"]}}}]  # fmt: skip
+CALL = {
+    "id": "call_1",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": '{"city": "Paris", "days": 2}'},
+}
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Get the weather",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}, "days": {"type": "integer"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
 
 
 def msgs(*items) -> list[ChatMessage]:
@@ -91,18 +107,22 @@ def test_enable_thinking_puts_think_token_in_system_turn():
 def test_tool_call_arguments_string_becomes_gemma_object():
     text = render(messages=[U, AC, T], tools=TOOLS)
     # json.loads before templating: Gemma syntax, not the client's JSON pasted raw
-    assert "<|tool_call>call:get_weather{city:<|\"|>Paris<|\"|>,days:2}<tool_call|>" in text
+    assert '<|tool_call>call:get_weather{city:<|"|>Paris<|"|>,days:2}<tool_call|>' in text
     assert '{"city"' not in text
-    assert "<|tool_response>response:get_weather{value:<|\"|>sunny<|\"|>}<tool_response|>" in text
+    assert '<|tool_response>response:get_weather{value:<|"|>sunny<|"|>}<tool_response|>' in text
     assert "<|tool>declaration:get_weather{" in text
     assert text.endswith("<tool_response|>")  # after tool results the model continues its turn
 
 
 def test_tool_content_parts_and_dict_arguments():
-    tool = {"role": "tool", "tool_call_id": "call_1", "content": [{"type": "text", "text": "sun"}, {"type": "text", "text": "ny"}]}
+    tool = {
+        "role": "tool",
+        "tool_call_id": "call_1",
+        "content": [{"type": "text", "text": "sun"}, {"type": "text", "text": "ny"}],
+    }
     call = {**CALL, "function": {"name": "get_weather", "arguments": {"city": "Paris"}}}
     text = render(messages=[U, {"role": "assistant", "tool_calls": [call]}, tool], tools=TOOLS)
-    assert "call:get_weather{city:<|\"|>Paris<|\"|>}" in text and "value:<|\"|>sunny<|\"|>" in text
+    assert 'call:get_weather{city:<|"|>Paris<|"|>}' in text and 'value:<|"|>sunny<|"|>' in text
 
 
 def test_bad_arguments_json_is_400():
@@ -130,11 +150,17 @@ def test_images_become_placeholders_in_order():
 
 def test_images_outside_user_messages_are_400():
     with pytest.raises(APIError):
-        to_template_messages(msgs(U, {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "http://a"}}]}))
+        to_template_messages(
+            msgs(U, {"role": "assistant", "content": [{"type": "image_url", "image_url": {"url": "http://a"}}]})
+        )
 
 
 def test_continue_final_message_ends_in_the_partial_answer():
-    text = render(messages=[U, {"role": "assistant", "content": "The answer is"}], add_generation_prompt=False, continue_final_message=True)
+    text = render(
+        messages=[U, {"role": "assistant", "content": "The answer is"}],
+        add_generation_prompt=False,
+        continue_final_message=True,
+    )
     assert text.endswith("<|turn>model\nThe answer is")
 
 

@@ -66,8 +66,10 @@ def test_every_schema_validates_and_stops(random_tiny_dense_engine_dir, mode, mo
     lags = engine.structured.lags
     monkeypatch.setattr(engine.structured, "lags", lambda scheduled: deferred.append(lags(scheduled)) or deferred[-1])
     # greedy for half, seeded sampling with top-k / top-p / min-p for the rest: every sampling path
-    sampling = [dict() if i % 2 == 0 else dict(temperature=1.0, top_k=50, top_p=0.95, min_p=0.01, seed=i)
-                for i in range(len(SCHEMAS))]
+    sampling = [
+        dict() if i % 2 == 0 else dict(temperature=1.0, top_k=50, top_p=0.95, min_p=0.01, seed=i)
+        for i in range(len(SCHEMAS))
+    ]
     got = run(engine, [schema_request(i, s, **sampling[i]) for i, s in enumerate(SCHEMAS)])
     for i, schema in enumerate(SCHEMAS):
         text, reason, _ = got[f"s{i}"]
@@ -82,7 +84,9 @@ def test_every_schema_validates_and_stops(random_tiny_dense_engine_dir, mode, mo
 def test_the_constraint_is_real(random_tiny_dense_engine_dir):
     """The same requests without the grammar: the untrained model's text is not valid output."""
     engine = engine_for(random_tiny_dense_engine_dir)
-    got = run(engine, [GenerateRequest(f"s{i}", PROMPT, SamplingParams(max_tokens=40)) for i in range(len(SCHEMAS[:8]))])
+    got = run(
+        engine, [GenerateRequest(f"s{i}", PROMPT, SamplingParams(max_tokens=40)) for i in range(len(SCHEMAS[:8]))]
+    )
     for i, schema in enumerate(SCHEMAS[:8]):
         text = got[f"s{i}"][0]
         with pytest.raises((json.JSONDecodeError, jsonschema.ValidationError)):
@@ -91,8 +95,12 @@ def test_the_constraint_is_real(random_tiny_dense_engine_dir):
 
 def test_json_object_and_stop_strings_and_logprobs(random_tiny_dense_engine_dir):
     engine = engine_for(random_tiny_dense_engine_dir)
-    small = {"type": "object", "properties": {"color": {"enum": ["red", "green"]}, "n": {"type": "integer", "minimum": 1, "maximum": 3}},
-             "required": ["color", "n"], "additionalProperties": False}
+    small = {
+        "type": "object",
+        "properties": {"color": {"enum": ["red", "green"]}, "n": {"type": "integer", "minimum": 1, "maximum": 3}},
+        "required": ["color", "n"],
+        "additionalProperties": False,
+    }
     requests = [
         schema_request(0, small, logprobs=5),
         schema_request(1, small, stop=('"n"',)),  # a stop string still cuts a constrained reply
@@ -115,7 +123,12 @@ def test_json_object_and_stop_strings_and_logprobs(random_tiny_dense_engine_dir)
 
 def test_logprobs_are_of_the_constrained_distribution(random_tiny_dense_engine_dir):
     engine = engine_for(random_tiny_dense_engine_dir)
-    schema = {"type": "object", "properties": {"a": {"enum": ["x", "y"]}}, "required": ["a"], "additionalProperties": False}
+    schema = {
+        "type": "object",
+        "properties": {"a": {"enum": ["x", "y"]}},
+        "required": ["a"],
+        "additionalProperties": False,
+    }
     got = run(engine, [schema_request(0, schema, logprobs=20)])
     text, reason, outputs = got["s0"]
     assert reason == "stop" and json.loads(text)["a"] in ("x", "y")
@@ -131,10 +144,17 @@ def test_logit_bias(random_tiny_dense_engine_dir):
     free = run(engine, [GenerateRequest("free", PROMPT, SamplingParams(max_tokens=6, ignore_eos=True))])["free"][2]
     free_ids = [t for o in free for t in o.token_ids]
     forced, banned = 77, free_ids[0]
-    got = run(engine, [
-        GenerateRequest("forced", PROMPT, SamplingParams(max_tokens=6, ignore_eos=True, logit_bias=((forced, 100.0),))),
-        GenerateRequest("banned", PROMPT, SamplingParams(max_tokens=6, ignore_eos=True, logit_bias=((banned, -100.0),))),
-    ])
+    got = run(
+        engine,
+        [
+            GenerateRequest(
+                "forced", PROMPT, SamplingParams(max_tokens=6, ignore_eos=True, logit_bias=((forced, 100.0),))
+            ),
+            GenerateRequest(
+                "banned", PROMPT, SamplingParams(max_tokens=6, ignore_eos=True, logit_bias=((banned, -100.0),))
+            ),
+        ],
+    )
     assert [t for o in got["forced"][2] for t in o.token_ids] == [forced] * 6
     banned_ids = [t for o in got["banned"][2] for t in o.token_ids]
     assert banned not in banned_ids and banned_ids != free_ids
@@ -144,14 +164,17 @@ def test_logit_bias(random_tiny_dense_engine_dir):
         SamplingParams(logit_bias=((1, 101.0),))
 
 
-@pytest.mark.parametrize("schema, feature", [
-    ({"type": "object", "not": {"required": ["a"]}}, "'not'"),
-    ({"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}, "'uniqueItems'"),
-    ({"type": "object", "patternProperties": {"^x": {"type": "string"}}}, "'patternProperties'"),
-    ({"type": "object", "allOf": [{"type": "object"}]}, "'allOf'"),
-    ({"type": "object", "properties": {"a": {"type": "string", "format": "color"}}}, "'color'"),
-    ({"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 3}}}, "'multipleOf'"),
-])
+@pytest.mark.parametrize(
+    "schema, feature",
+    [
+        ({"type": "object", "not": {"required": ["a"]}}, "'not'"),
+        ({"type": "object", "properties": {"a": {"type": "array", "uniqueItems": True}}}, "'uniqueItems'"),
+        ({"type": "object", "patternProperties": {"^x": {"type": "string"}}}, "'patternProperties'"),
+        ({"type": "object", "allOf": [{"type": "object"}]}, "'allOf'"),
+        ({"type": "object", "properties": {"a": {"type": "string", "format": "color"}}}, "'color'"),
+        ({"type": "object", "properties": {"a": {"type": "integer", "multipleOf": 3}}}, "'multipleOf'"),
+    ],
+)
 def test_unsupported_schema_features_are_refused_by_name(random_tiny_dense_engine_dir, schema, feature):
     engine = engine_for(random_tiny_dense_engine_dir)
     with pytest.raises(RequestError, match=feature):
@@ -185,7 +208,7 @@ def test_mask_application_matches_xgrammars_own():
     gen = torch.Generator().manual_seed(0)
     vocab = 1000  # not a multiple of 32: the last word is partly padding
     logits = torch.randn(5, vocab, generator=gen)
-    bits = torch.randint(-2**31, 2**31 - 1, (5, -(-vocab // 32)), dtype=torch.int32, generator=gen)
+    bits = torch.randint(-(2**31), 2**31 - 1, (5, -(-vocab // 32)), dtype=torch.int32, generator=gen)
     for rows in ([0, 1, 2, 3, 4], [4, 0, 2]):
         for finite in (False, True):
             masked = apply_token_mask(logits.clone(), TokenMask(rows, bits), finite=finite)

@@ -71,10 +71,14 @@ def test_served_engine_writes_the_replies(taught, taught_engine_dir):
     ckpt, _, tokenizer = taught
     engine = LLMEngine(taught_engine_dir, RuntimeConfig(max_num_seqs=16))
     requests = [
-        GenerateRequest(c["name"], render_prompt(tokenizer, c), SamplingParams(max_tokens=len(tokenizer.encode(c["reply"])) + 8),
-                        images=tuple(spec.image() for spec in c.get("images", ())))
+        GenerateRequest(
+            c["name"],
+            render_prompt(tokenizer, c),
+            SamplingParams(max_tokens=len(tokenizer.encode(c["reply"])) + 8),
+            images=tuple(spec.image() for spec in c.get("images", ())),
+        )
         for c in TAUGHT_CONVERSATIONS
-    ]  # fmt: skip
+    ]
     out = engine.generate(requests)
     got = {name: tokenizer.decode(ids, skip_special_tokens=False) for name, ids in out.items()}
     assert got == {c["name"]: c["reply"] for c in TAUGHT_CONVERSATIONS}

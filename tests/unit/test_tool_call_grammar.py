@@ -18,12 +18,32 @@ from server.parsers import parse_output
 
 PROMPT = "<bos><|turn>user\nDo it.<turn|>\n<|turn>model\n"
 TOOLS = [
-    {"name": "get_weather", "parameters": {"type": "object", "required": ["location"], "properties": {
-        "location": {"type": "string", "maxLength": 10}, "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}}}},
-    {"name": "book_room", "parameters": {"type": "object", "additionalProperties": False, "required": ["room", "nights"],
-        "properties": {"room": {"enum": ["single", "double"]}, "nights": {"type": "integer", "minimum": 1, "maximum": 14},
-                       "guests": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 2},
-                       "vip": {"type": "boolean"}, "note": {"anyOf": [{"type": "null"}, {"const": "late"}]}}}},
+    {
+        "name": "get_weather",
+        "parameters": {
+            "type": "object",
+            "required": ["location"],
+            "properties": {
+                "location": {"type": "string", "maxLength": 10},
+                "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]},
+            },
+        },
+    },
+    {
+        "name": "book_room",
+        "parameters": {
+            "type": "object",
+            "additionalProperties": False,
+            "required": ["room", "nights"],
+            "properties": {
+                "room": {"enum": ["single", "double"]},
+                "nights": {"type": "integer", "minimum": 1, "maximum": 14},
+                "guests": {"type": "array", "items": {"type": "string", "maxLength": 6}, "maxItems": 2},
+                "vip": {"type": "boolean"},
+                "note": {"anyOf": [{"type": "null"}, {"const": "late"}]},
+            },
+        },
+    },
     {"name": "ping", "parameters": {"type": "object", "properties": {}}},
 ]
 SCHEMAS = {t["name"]: t["parameters"] for t in TOOLS}
@@ -31,13 +51,20 @@ SCHEMAS = {t["name"]: t["parameters"] for t in TOOLS}
 
 @pytest.fixture(scope="module")
 def engine(random_tiny_dense_engine_dir) -> LLMEngine:
-    return LLMEngine(random_tiny_dense_engine_dir, RuntimeConfig(block_size=4, max_model_len=512, overlap_scheduling=True))
+    return LLMEngine(
+        random_tiny_dense_engine_dir, RuntimeConfig(block_size=4, max_model_len=512, overlap_scheduling=True)
+    )
 
 
-def tools_request(rid: str, prefill: str, choice: str, name: str | None = None, parallel: bool = True, seed: int | None = None):
+def tools_request(
+    rid: str, prefill: str, choice: str, name: str | None = None, parallel: bool = True, seed: int | None = None
+):
     source = {"tools": TOOLS, "choice": choice, "name": name, "parallel": parallel}
-    sampling = SamplingParams(max_tokens=200, structured=StructuredOutput("tool_calls", json.dumps(source)),
-                              **(dict(temperature=1.0, seed=seed) if seed is not None else {}))
+    sampling = SamplingParams(
+        max_tokens=200,
+        structured=StructuredOutput("tool_calls", json.dumps(source)),
+        **(dict(temperature=1.0, seed=seed) if seed is not None else {}),
+    )
     return GenerateRequest(rid, PROMPT + prefill, sampling)
 
 
@@ -65,20 +92,25 @@ def test_required_and_named_calls_validate(engine):
         for call in msg.tool_calls:
             jsonschema.validate(json.loads(call.arguments), SCHEMAS[call.name])
         if rid.startswith("named-"):
-            assert [c.name for c in msg.tool_calls] == [rid[len("named-"):]]
+            assert [c.name for c in msg.tool_calls] == [rid[len("named-") :]]
         if rid == "single":
             assert len(msg.tool_calls) == 1
 
 
-@pytest.mark.parametrize("schema, feature", [
-    ({"type": "object", "properties": {"x": {"type": "string", "pattern": "a+"}}}, "'pattern'"),
-    ({"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 10**6}}}, "integer range"),
-    ({"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}}, "'\\$ref'"),
-    ({"type": "array"}, "must be an object"),
-])
+@pytest.mark.parametrize(
+    "schema, feature",
+    [
+        ({"type": "object", "properties": {"x": {"type": "string", "pattern": "a+"}}}, "'pattern'"),
+        ({"type": "object", "properties": {"x": {"type": "integer", "minimum": 0, "maximum": 10**6}}}, "integer range"),
+        ({"type": "object", "properties": {"x": {"$ref": "#/$defs/a"}}}, "'\\$ref'"),
+        ({"type": "array"}, "must be an object"),
+    ],
+)
 def test_unenforceable_tool_schemas_are_refused_by_name(engine, schema, feature):
     source = {"tools": [{"name": "f", "parameters": schema}], "choice": "required", "parallel": True}
-    request = GenerateRequest("bad", PROMPT, SamplingParams(structured=StructuredOutput("tool_calls", json.dumps(source))))
+    request = GenerateRequest(
+        "bad", PROMPT, SamplingParams(structured=StructuredOutput("tool_calls", json.dumps(source)))
+    )
     with pytest.raises(RequestError, match=feature):
         engine.prepare(request)
 
@@ -119,9 +151,20 @@ def test_auto_with_a_strict_tool_holds_every_opened_call(engine):
     tools = [dict(TOOLS[1], strict=True), TOOLS[2]]
     source = {"tools": tools, "choice": "auto", "parallel": True}
     call_open = engine.tokenizer.convert_tokens_to_ids("<|tool_call>")
-    requests = [GenerateRequest(f"auto{i}", PROMPT, SamplingParams(
-        max_tokens=120, temperature=1.0, seed=i, logit_bias=((call_open, 8.0),),
-        structured=StructuredOutput("tool_calls", json.dumps(source)))) for i in range(4)]
+    requests = [
+        GenerateRequest(
+            f"auto{i}",
+            PROMPT,
+            SamplingParams(
+                max_tokens=120,
+                temperature=1.0,
+                seed=i,
+                logit_bias=((call_open, 8.0),),
+                structured=StructuredOutput("tool_calls", json.dumps(source)),
+            ),
+        )
+        for i in range(4)
+    ]
     got = run(engine, requests)
     seen = 0
     for text, _ in got.values():
@@ -132,5 +175,7 @@ def test_auto_with_a_strict_tool_holds_every_opened_call(engine):
             if call.name == "book_room":
                 jsonschema.validate(json.loads(call.arguments), SCHEMAS["book_room"])
         # an opened call never stays malformed: whatever follows <|tool_call> parsed as a call
-        assert text.count("<|tool_call>") <= len(msg.tool_calls) + (0 if "<tool_call|>" in text.rsplit("<|tool_call>", 1)[-1] else 1)
+        assert text.count("<|tool_call>") <= len(msg.tool_calls) + (
+            0 if "<tool_call|>" in text.rsplit("<|tool_call>", 1)[-1] else 1
+        )
     assert seen, "the bias opened no call: the test checks nothing"

@@ -14,8 +14,12 @@ from triton_bridge import protocol
 
 
 def test_round_trip():
-    structured = StructuredOutput("json_schema", json.dumps({"type": "object", "properties": {"a": {"enum": ["x"]}}}), "optional")
-    request = GenerateRequest("r", "prompt", SamplingParams(max_tokens=5, structured=structured, logit_bias=((3, -100.0), (7, 0.3))))
+    structured = StructuredOutput(
+        "json_schema", json.dumps({"type": "object", "properties": {"a": {"enum": ["x"]}}}), "optional"
+    )
+    request = GenerateRequest(
+        "r", "prompt", SamplingParams(max_tokens=5, structured=structured, logit_bias=((3, -100.0), (7, 0.3)))
+    )
     tensors = protocol.encode_request(request)
     assert tensors["logit_bias_ids"].tolist() == [3, 7] and tensors["structured_output"].shape == (1,)
     assert protocol.decode_request("r", tensors.get) == request
@@ -23,13 +27,25 @@ def test_round_trip():
     assert not {"structured_output", "logit_bias_ids"} & set(protocol.encode_request(plain))
 
 
-@pytest.mark.parametrize("extra, message", [
-    ({"structured_output": np.array([b"not json"], dtype=object)}, "structured_output"),
-    ({"structured_output": np.array([b'{"kind": "json_schema", "thought": "maybe"}'], dtype=object)}, "thought"),
-    ({"logit_bias_ids": np.array([1, 2], dtype=np.int32)}, "go together"),
-    ({"logit_bias_ids": np.array([1, 2], dtype=np.int32), "logit_bias_values": np.array([1.0], dtype=np.float32)}, "entries"),
-    ({"logit_bias_ids": np.array([1], dtype=np.int32), "logit_bias_values": np.array([101.0], dtype=np.float32)}, "between -100 and 100"),
-])
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        ({"structured_output": np.array([b"not json"], dtype=object)}, "structured_output"),
+        ({"structured_output": np.array([b'{"kind": "json_schema", "thought": "maybe"}'], dtype=object)}, "thought"),
+        ({"logit_bias_ids": np.array([1, 2], dtype=np.int32)}, "go together"),
+        (
+            {
+                "logit_bias_ids": np.array([1, 2], dtype=np.int32),
+                "logit_bias_values": np.array([1.0], dtype=np.float32),
+            },
+            "entries",
+        ),
+        (
+            {"logit_bias_ids": np.array([1], dtype=np.int32), "logit_bias_values": np.array([101.0], dtype=np.float32)},
+            "between -100 and 100",
+        ),
+    ],
+)
 def test_malformed_inputs_are_refused(extra, message):
     tensors = {"text_input": np.array([b"x"], dtype=object), **extra}
     with pytest.raises(ValueError, match=message):
@@ -37,7 +53,7 @@ def test_malformed_inputs_are_refused(extra, message):
 
 
 def test_config_pbtxt_declares_the_new_inputs():
-    text = (protocol.__file__.rsplit("/server/", 1)[0] + "/triton_model_repo/gemma4/config.pbtxt")
+    text = protocol.__file__.rsplit("/server/", 1)[0] + "/triton_model_repo/gemma4/config.pbtxt"
     config = open(text).read()
     for spec in protocol.STRUCTURED_INPUTS:
         assert f'name: "{spec.name}"' in config

@@ -15,12 +15,26 @@ import torch
 
 def test_dry_run_swaps_every_kernels_tiles_and_writes_json_lines(tmp_path):
     results = tmp_path / "tune.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "bench.tune_kernels", "--dry-run", "--results", str(results)],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.tune_kernels", "--dry-run", "--results", str(results)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = [json.loads(line) for line in results.read_text().splitlines()]
-    assert {r["kernel"] for r in lines} == {"decode", "prefill", "moe", "w8a16", "w8a16-switch", "gemv", "gemv-switch",
-                                             "expert-gemv", "expert-gemv-switch"}
+    assert {r["kernel"] for r in lines} == {
+        "decode",
+        "prefill",
+        "moe",
+        "w8a16",
+        "w8a16-switch",
+        "gemv",
+        "gemv-switch",
+        "expert-gemv",
+        "expert-gemv-switch",
+    }
     # every candidate of the dry run computes what the runtime's own tiles compute
     assert all(r["status"] == "ok" and r["ms"] > 0 for r in lines), [r for r in lines if r["status"] != "ok"]
     # the tile functions really were swapped: two distinct candidates per case
@@ -81,9 +95,24 @@ def test_timed_runs_take_enough_weight_copies_in_turn_to_miss_l2(monkeypatch):
 
 def test_shapes_keeps_only_the_cases_it_names(tmp_path):
     results = tmp_path / "tune.jsonl"
-    proc = subprocess.run([sys.executable, "-m", "bench.tune_kernels", "--dry-run", "--results", str(results),
-                           "--kernels", "w8a16,gemv", "--shapes", "M=5,M=9"],
-                          cwd=tmp_path, capture_output=True, text=True, timeout=600)  # fmt: skip
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "bench.tune_kernels",
+            "--dry-run",
+            "--results",
+            str(results),
+            "--kernels",
+            "w8a16,gemv",
+            "--shapes",
+            "M=5,M=9",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert {json.loads(line)["shape"] for line in results.read_text().splitlines()} == {"tiny [96x128] M=5"}
     assert "1 cases" in proc.stdout

@@ -18,28 +18,51 @@ import torch
 from .tokenizer import TINY_VOCAB_SIZE, load_chat_template, make_tiny_tokenizer
 
 TINY_TEXT = dict(
-    vocab_size=TINY_VOCAB_SIZE, hidden_size=64, intermediate_size=96, num_attention_heads=4,
-    num_key_value_heads=2, head_dim=16, global_head_dim=32, num_global_key_value_heads=1,
-    attention_k_eq_v=True, final_logit_softcapping=30.0, use_bidirectional_attention="vision",
-    hidden_size_per_layer_input=0, max_position_embeddings=8192, rms_norm_eps=1e-6,
+    vocab_size=TINY_VOCAB_SIZE,
+    hidden_size=64,
+    intermediate_size=96,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    head_dim=16,
+    global_head_dim=32,
+    num_global_key_value_heads=1,
+    attention_k_eq_v=True,
+    final_logit_softcapping=30.0,
+    use_bidirectional_attention="vision",
+    hidden_size_per_layer_input=0,
+    max_position_embeddings=8192,
+    rms_norm_eps=1e-6,
     rope_parameters={
         "sliding_attention": {"rope_type": "default", "rope_theta": 10_000.0},
         "full_attention": {"rope_type": "proportional", "partial_rotary_factor": 0.25, "rope_theta": 1_000_000.0},
     },
-)  # fmt: skip
+)
 TINY_MOE = dict(enable_moe_block=True, num_experts=8, top_k_experts=2, moe_intermediate_size=32)
 TINY_DENSE = dict(enable_moe_block=False, num_experts=None, top_k_experts=None, moe_intermediate_size=None)
 KINDS = {"moe": TINY_MOE, "dense": TINY_DENSE}
 TINY_VISION = dict(
-    hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=2, num_key_value_heads=2,
-    head_dim=16, patch_size=16, pooling_kernel_size=3, position_embedding_size=1024, standardize=True,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    num_key_value_heads=2,
+    head_dim=16,
+    patch_size=16,
+    pooling_kernel_size=3,
+    position_embedding_size=1024,
+    standardize=True,
     rope_parameters={"rope_type": "default", "rope_theta": 100.0},
-)  # fmt: skip
+)
 # the config's multimodal ids, by Gemma 4 token string (ids come from the tokenizer, never hard-coded)
 MM_TOKENS = {
-    "boi_token_id": "<|image>", "eoi_token_id": "<image|>", "image_token_id": "<|image|>", "video_token_id": "<|video|>",
-    "audio_token_id": "<|audio|>", "boa_token_id": "<|audio>", "eoa_token_index": "<audio|>",
-}  # fmt: skip
+    "boi_token_id": "<|image>",
+    "eoi_token_id": "<image|>",
+    "image_token_id": "<|image|>",
+    "video_token_id": "<|video|>",
+    "audio_token_id": "<|audio|>",
+    "boa_token_id": "<|audio>",
+    "eoa_token_index": "<audio|>",
+}
 GENERATION_DEFAULTS = dict(do_sample=True, temperature=1.0, top_p=0.95, top_k=64)
 
 
@@ -108,15 +131,26 @@ def tiny_config(
         raise ValueError(f"kind must be one of {sorted(KINDS)}, not {kind!r}")
     bos, eos, pad, turn_end = _ids(tokenizer, ["<bos>", "<eos>", "<pad>", "<turn|>"])
     text = dict(
-        TINY_TEXT, **KINDS[kind], num_hidden_layers=num_layers, sliding_window=sliding_window,
-        layer_types=layer_types(num_layers), bos_token_id=bos, pad_token_id=pad, eos_token_id=[eos, turn_end],
-    )  # fmt: skip
+        TINY_TEXT,
+        **KINDS[kind],
+        num_hidden_layers=num_layers,
+        sliding_window=sliding_window,
+        layer_types=layer_types(num_layers),
+        bos_token_id=bos,
+        pad_token_id=pad,
+        eos_token_id=[eos, turn_end],
+    )
     text.update(text_overrides or {})
     mm = dict(zip(MM_TOKENS, _ids(tokenizer, list(MM_TOKENS.values()))))
     return Gemma4Config(
-        text_config=text, vision_config=dict(TINY_VISION) if with_vision else None, audio_config=None,
-        eos_token_id=[eos, turn_end], bos_token_id=bos, pad_token_id=pad, **mm,
-    )  # fmt: skip
+        text_config=text,
+        vision_config=dict(TINY_VISION) if with_vision else None,
+        audio_config=None,
+        eos_token_id=[eos, turn_end],
+        bos_token_id=bos,
+        pad_token_id=pad,
+        **mm,
+    )
 
 
 @contextmanager
@@ -158,6 +192,8 @@ def make_tiny_checkpoint(
     if not (out / "chat_template.jinja").is_file():
         (out / "chat_template.jinja").write_text(tokenizer.chat_template or load_chat_template())
     eos, turn_end, tool_response, bos, pad = _ids(tokenizer, ["<eos>", "<turn|>", "<|tool_response>", "<bos>", "<pad>"])
-    generation = dict(eos_token_id=[eos, turn_end, tool_response], bos_token_id=bos, pad_token_id=pad, **GENERATION_DEFAULTS)
+    generation = dict(
+        eos_token_id=[eos, turn_end, tool_response], bos_token_id=bos, pad_token_id=pad, **GENERATION_DEFAULTS
+    )
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
     return out

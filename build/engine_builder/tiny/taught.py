@@ -82,13 +82,19 @@ def encode(tokenizer, config, conversation: dict, budget: int = TAUGHT_IMAGE_SOF
     images = tuple(spec.image() for spec in conversation.get("images", ()))
     vision = config.vision_config
     counts = [
-        preprocess_image(im, patch_size=vision.patch_size, pooling_kernel_size=vision.pooling_kernel_size, max_soft_tokens=budget).num_soft_tokens
+        preprocess_image(
+            im, patch_size=vision.patch_size, pooling_kernel_size=vision.pooling_kernel_size, max_soft_tokens=budget
+        ).num_soft_tokens
         for im in images
     ]
     prompt = tokenizer.encode(render_prompt(tokenizer, conversation), add_special_tokens=False)
     if prompt.count(config.image_token_id) != len(images):
-        raise ValueError(f"{conversation['name']}: {prompt.count(config.image_token_id)} image placeholders for {len(images)} images")
-    prompt = expand_images(prompt, counts, image_id=config.image_token_id, boi_id=config.boi_token_id, eoi_id=config.eoi_token_id)
+        raise ValueError(
+            f"{conversation['name']}: {prompt.count(config.image_token_id)} image placeholders for {len(images)} images"
+        )
+    prompt = expand_images(
+        prompt, counts, image_id=config.image_token_id, boi_id=config.boi_token_id, eoi_id=config.eoi_token_id
+    )
     reply = tokenizer.encode(conversation["reply"], add_special_tokens=False)
     return Example(conversation["name"], tuple(prompt + reply), len(prompt), images)
 
@@ -150,9 +156,14 @@ def greedy_reply(model, tokenizer, config, example: Example, stop_ids: list[int]
         kwargs["mm_token_type_ids"] = _mm_types(prompt, config.image_token_id)
     max_new = len(example.ids) - example.prompt_len + 8  # room to show a reply that fails to stop
     out = model.generate(
-        input_ids=prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=max_new,
-        eos_token_id=stop_ids, pad_token_id=config.text_config.pad_token_id, **kwargs,
-    )  # fmt: skip
+        input_ids=prompt,
+        attention_mask=torch.ones_like(prompt),
+        do_sample=False,
+        max_new_tokens=max_new,
+        eos_token_id=stop_ids,
+        pad_token_id=config.text_config.pad_token_id,
+        **kwargs,
+    )
     return tokenizer.decode(out[0, example.prompt_len :].tolist(), skip_special_tokens=False)
 
 
@@ -202,7 +213,9 @@ def _freeze_vision(model, batch: Batch) -> Batch:
     return Batch(batch.input_ids, batch.labels, kwargs)
 
 
-def train(model, tokenizer, config, examples: list[Example], *, steps: int | None, settings: TrainSettings, log=None) -> int:
+def train(
+    model, tokenizer, config, examples: list[Example], *, steps: int | None, settings: TrainSettings, log=None
+) -> int:
     """AdamW on the reply tokens; returns the steps taken. With steps=None, train until greedy decoding
     reproduces every reply (tried once every reply token clears the margin), else raise."""
     batch = _freeze_vision(model, make_batch(examples, config))
@@ -239,7 +252,9 @@ def train(model, tokenizer, config, examples: list[Example], *, steps: int | Non
     return limit
 
 
-def make_taught_tiny_model(*, steps: int | None = None, seed: int = 0, settings: TrainSettings = TrainSettings(), log=None):
+def make_taught_tiny_model(
+    *, steps: int | None = None, seed: int = 0, settings: TrainSettings = TrainSettings(), log=None
+):
     """(model, tokenizer, steps taken): the tiny MoE Gemma 4 trained on TAUGHT_CONVERSATIONS.
 
     steps=None trains until transformers' greedy decoding reproduces every reply (raising past
@@ -269,11 +284,19 @@ def make_taught_tiny_checkpoint(out_dir: str | Path, *, steps: int | None = None
     if not (out / "chat_template.jinja").is_file():
         (out / "chat_template.jinja").write_text(tokenizer.chat_template or load_chat_template())
     bos, pad = tokenizer.convert_tokens_to_ids(["<bos>", "<pad>"])
-    generation = dict(eos_token_id=stop_token_ids(tokenizer), bos_token_id=bos, pad_token_id=pad, **TAUGHT_GENERATION_DEFAULTS)
+    generation = dict(
+        eos_token_id=stop_token_ids(tokenizer), bos_token_id=bos, pad_token_id=pad, **TAUGHT_GENERATION_DEFAULTS
+    )
     (out / "generation_config.json").write_text(json.dumps(generation, indent=2) + "\n")
-    info = dict(steps=taken, seed=seed, verified=steps is None, seconds=round(time.perf_counter() - start, 1),
-                weights_sha256=weights_digest(model), image_soft_tokens=TAUGHT_IMAGE_SOFT_TOKENS,
-                conversations=[c["name"] for c in TAUGHT_CONVERSATIONS])  # fmt: skip
+    info = dict(
+        steps=taken,
+        seed=seed,
+        verified=steps is None,
+        seconds=round(time.perf_counter() - start, 1),
+        weights_sha256=weights_digest(model),
+        image_soft_tokens=TAUGHT_IMAGE_SOFT_TOKENS,
+        conversations=[c["name"] for c in TAUGHT_CONVERSATIONS],
+    )
     (out / "taught.json").write_text(json.dumps(info, indent=2) + "\n")
     if log:
         log(f"taught tiny model: {taken} steps, {info['seconds']} s")

@@ -57,8 +57,14 @@ MATH_QUESTION = "What is 25 * 37? Think step by step."
 IMAGE_QUESTION = "What is in this image?"
 ITINERARY_SYSTEM = "You are a helpful assistant"
 ITINERARY_QUESTION = "Create a detailed itinerary for a week-long adventure trip through Southeast Asia."
-DGX_ANSWER = "This image shows an **NVIDIA DGX system**, which is NVIDIA's flagship line of AI supercomputers/servers. ..."
-PARIS_CALL = {"id": "call_0", "type": "function", "function": {"name": "get_weather", "arguments": {"location": "Paris"}}}
+DGX_ANSWER = (
+    "This image shows an **NVIDIA DGX system**, which is NVIDIA's flagship line of AI supercomputers/servers. ..."
+)
+PARIS_CALL = {
+    "id": "call_0",
+    "type": "function",
+    "function": {"name": "get_weather", "arguments": {"location": "Paris"}},
+}
 PARIS_RESULT = '{"temperature": 21, "unit": "celsius"}'
 
 

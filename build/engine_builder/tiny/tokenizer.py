@@ -21,14 +21,26 @@ CHAT_TEMPLATE_PATH = Path(__file__).parent.parent / "assets" / "chat_template.ji
 # <pad>/<eos>/<bos> keep Gemma's ids 0/1/2 (and Gemma 3's unk/mask 3/4); the rest follow in order.
 BASE_SPECIAL_TOKENS = ("<pad>", "<eos>", "<bos>", "<unk>", "<mask>")
 CONTROL_TOKENS = (
-    "<|turn>", "<turn|>",
-    "<|think|>", "<|channel>", "<channel|>",
-    "<|tool>", "<tool|>", "<|tool_call>", "<tool_call|>", "<|tool_response>", "<tool_response|>",
+    "<|turn>",
+    "<turn|>",
+    "<|think|>",
+    "<|channel>",
+    "<channel|>",
+    "<|tool>",
+    "<tool|>",
+    "<|tool_call>",
+    "<tool_call|>",
+    "<|tool_response>",
+    "<tool_response|>",
     '<|"|>',
-    "<|image>", "<image|>", "<|image|>",
-    "<|audio>", "<audio|>", "<|audio|>",
+    "<|image>",
+    "<image|>",
+    "<|image|>",
+    "<|audio>",
+    "<audio|>",
+    "<|audio|>",
     "<|video|>",
-)  # fmt: skip
+)
 SPECIAL_TOKENS = BASE_SPECIAL_TOKENS + CONTROL_TOKENS
 
 # Training text: ordinary English plus the words chat, tool-calling and reasoning prompts use, so the

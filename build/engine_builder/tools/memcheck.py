@@ -40,14 +40,23 @@ def write_random_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tiny_tokenizer(out)
     overrides = dict(
-        hidden_size=hidden_size, intermediate_size=intermediate_size, num_experts=num_experts,
-        moe_intermediate_size=moe_intermediate_size, head_dim=head_dim, global_head_dim=2 * head_dim,
-        num_attention_heads=max(1, hidden_size // head_dim), num_key_value_heads=max(1, hidden_size // head_dim // 2),
+        hidden_size=hidden_size,
+        intermediate_size=intermediate_size,
+        num_experts=num_experts,
+        moe_intermediate_size=moe_intermediate_size,
+        head_dim=head_dim,
+        global_head_dim=2 * head_dim,
+        num_attention_heads=max(1, hidden_size // head_dim),
+        num_key_value_heads=max(1, hidden_size // head_dim // 2),
         num_global_key_value_heads=1,
-    )  # fmt: skip
+    )
     config = tiny_config(tokenizer, "moe", num_layers=num_layers, text_overrides=overrides)
     with torch.device("meta"):  # names and shapes only, no memory
-        shapes = {k: tuple(v.shape) for k, v in Gemma4ForConditionalGeneration(config).state_dict().items() if k != "lm_head.weight"}
+        shapes = {
+            k: tuple(v.shape)
+            for k, v in Gemma4ForConditionalGeneration(config).state_dict().items()
+            if k != "lm_head.weight"
+        }
     config.architectures = ["Gemma4ForConditionalGeneration"]
     config.save_pretrained(str(out))
     (out / GENERATION_CONFIG).write_text(json.dumps(GENERATION_DEFAULTS) + "\n")
@@ -66,7 +75,10 @@ def write_random_checkpoint(
     weight_map, total = {}, 0
     for k, shard in enumerate(shards):
         fname = f"model-{k + 1:05d}-of-{len(shards):05d}.safetensors"
-        tensors = {n: (torch.randn(shapes[n], generator=g) * 0.05 + (1.0 if "norm" in n or "scal" in n else 0.0)).to(dtype) for n in shard}
+        tensors = {
+            n: (torch.randn(shapes[n], generator=g) * 0.05 + (1.0 if "norm" in n or "scal" in n else 0.0)).to(dtype)
+            for n in shard
+        }
         save_file(tensors, str(out / fname), metadata={"format": "pt"})
         total += sum(t.numel() * itemsize for t in tensors.values())
         weight_map.update({n: fname for n in shard})
@@ -95,15 +107,19 @@ print(json.dumps({"engine": str(path), "seconds": seconds, "baseline_rss": base,
 """
 
 
-def measure_conversion(folder: str | Path, out_dir: str | Path, *, dtype: str = "bfloat16", shard_bytes: int = 2 * 1024**3) -> dict:
+def measure_conversion(
+    folder: str | Path, out_dir: str | Path, *, dtype: str = "bfloat16", shard_bytes: int = 2 * 1024**3
+) -> dict:
     """Convert in a fresh Python process; returns seconds, baseline_rss and peak_rss (bytes) of that process.
 
     Linux only: the peak is VmHWM after resetting it through /proc/self/clear_refs once imports are done.
     """
     proc = subprocess.run(
         [sys.executable, "-c", _MEASURE, str(folder), str(out_dir), dtype, str(shard_bytes)],
-        capture_output=True, text=True, check=False,
-    )  # fmt: skip
+        capture_output=True,
+        text=True,
+        check=False,
+    )
     if proc.returncode != 0:
         raise RuntimeError(f"conversion failed ({proc.returncode}): {proc.stderr.strip()[-2000:]}")
     result = json.loads(proc.stdout.strip().splitlines()[-1])

@@ -32,7 +32,9 @@ def hf_tensors(folder: Path) -> dict[str, torch.Tensor]:
 
 def engine_tensors(engine: Path) -> dict[str, torch.Tensor]:
     index = engine / "model.safetensors.index.json"
-    files = sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    files = (
+        sorted(set(json.loads(index.read_text())["weight_map"].values())) if index.is_file() else ["model.safetensors"]
+    )
     out: dict[str, torch.Tensor] = {}
     for f in files:
         with safe_open(str(engine / f), framework="pt") as h:  # the real safetensors reader accepts our files
@@ -68,7 +70,9 @@ def expected_engine_tensors(hf: dict[str, torch.Tensor], config: dict) -> dict[s
             out[o + "moe.router_scale"] = hf[p + "router.scale"]
             out[o + "moe.gate_up_proj"] = hf[p + "experts.gate_up_proj"]
             scale = hf[p + "router.per_expert_scale"]
-            out[o + "moe.down_proj"] = torch.stack([hf[p + "experts.down_proj"][e] * scale[e] for e in range(scale.numel())])
+            out[o + "moe.down_proj"] = torch.stack(
+                [hf[p + "experts.down_proj"][e] * scale[e] for e in range(scale.numel())]
+            )
             out[o + "moe.pre_norm.weight"] = hf[p + "pre_feedforward_layernorm_2.weight"]
             out[o + "moe.post_norm_dense.weight"] = hf[p + "post_feedforward_layernorm_1.weight"]
             out[o + "moe.post_norm_experts.weight"] = hf[p + "post_feedforward_layernorm_2.weight"]

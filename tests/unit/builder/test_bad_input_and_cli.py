@@ -21,17 +21,34 @@ from tests.unit.builder.conftest import assert_nothing_left, copy_checkpoint, ed
 
 
 BAD_INPUTS = {
-    "missing shard": (lambda f: next(f.glob("model-00002-*.safetensors")).unlink(),
-                      r"shard model-00002-of-\d+\.safetensors named in model\.safetensors\.index\.json is missing"),
-    "wrong architecture": (lambda f: edit_config(f, architectures=["LlamaForCausalLM"]),
-                           r"architectures \['LlamaForCausalLM'\] do not include Gemma4ForConditionalGeneration"),
+    "missing shard": (
+        lambda f: next(f.glob("model-00002-*.safetensors")).unlink(),
+        r"shard model-00002-of-\d+\.safetensors named in model\.safetensors\.index\.json is missing",
+    ),
+    "wrong architecture": (
+        lambda f: edit_config(f, architectures=["LlamaForCausalLM"]),
+        r"architectures \['LlamaForCausalLM'\] do not include Gemma4ForConditionalGeneration",
+    ),
     "wrong model_type": (lambda f: edit_config(f, model_type="gemma3"), r"model_type is 'gemma3', expected 'gemma4'"),
-    "missing tokenizer": (lambda f: (f / "tokenizer.json").unlink(), r"has no tokenizer\.json: the tokenizer is missing"),
-    "missing config": (lambda f: (f / "config.json").unlink(), r"has no config\.json: not a Hugging Face checkpoint folder"),
-    "missing weights": (lambda f: [p.unlink() for p in f.glob("model*")], r"has no model\.safetensors nor model\.safetensors\.index\.json"),
-    "config disagrees": (lambda f: edit_config(f, text_config={**json.loads((f / "config.json").read_text())["text_config"], "hidden_size": 32}),
-                         r"embed_tokens\.weight: shape \[512, 64\] does not match config\.json \(expected \[512, 32\]\)"),
-}  # fmt: skip
+    "missing tokenizer": (
+        lambda f: (f / "tokenizer.json").unlink(),
+        r"has no tokenizer\.json: the tokenizer is missing",
+    ),
+    "missing config": (
+        lambda f: (f / "config.json").unlink(),
+        r"has no config\.json: not a Hugging Face checkpoint folder",
+    ),
+    "missing weights": (
+        lambda f: [p.unlink() for p in f.glob("model*")],
+        r"has no model\.safetensors nor model\.safetensors\.index\.json",
+    ),
+    "config disagrees": (
+        lambda f: edit_config(
+            f, text_config={**json.loads((f / "config.json").read_text())["text_config"], "hidden_size": 32}
+        ),
+        r"embed_tokens\.weight: shape \[512, 64\] does not match config\.json \(expected \[512, 32\]\)",
+    ),
+}
 
 
 @pytest.mark.parametrize("case", list(BAD_INPUTS))
@@ -65,7 +82,9 @@ def test_unknown_model_and_offline_hub(tmp_path, monkeypatch):
         raise LocalEntryNotFoundError("Got: ConnectError: [Errno -2] Name or service not known")
 
     monkeypatch.setattr(huggingface_hub, "snapshot_download", offline)
-    with pytest.raises(BuildError, match=r"^cannot download google/gemma-4-26b-a4b-it: the Hugging Face Hub is unreachable"):
+    with pytest.raises(
+        BuildError, match=r"^cannot download google/gemma-4-26b-a4b-it: the Hugging Face Hub is unreachable"
+    ):
         build_engine("26b", tmp_path, progress=False)
     with pytest.raises(BuildError, match="cannot download someone/some-model"):
         build_engine("someone/some-model", tmp_path, dtype="bf16", progress=False)
@@ -96,7 +115,9 @@ def test_failure_mid_write_leaves_nothing(ckpts, tmp_path, monkeypatch, exc):
 
 
 def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "engine_builder", *args], cwd=cwd, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "engine_builder", *args], cwd=cwd, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_builds_tiny(tmp_path):
@@ -109,10 +130,13 @@ def test_cli_builds_tiny(tmp_path):
     assert sorted(p.name for p in (tmp_path / "engines").iterdir()) == ["gemma-4-tiny-it-float32"]
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (("--model", "tiny", "--dtype", "int3"), "unknown dtype 'int3'"),
-    (("--model", "missing-folder"), "is neither tiny"),
-])  # fmt: skip
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("--model", "tiny", "--dtype", "int3"), "unknown dtype 'int3'"),
+        (("--model", "missing-folder"), "is neither tiny"),
+    ],
+)
 def test_cli_bad_input_is_one_line(tmp_path, args, message):
     proc = _cli(*args, "--out-dir", "engines", cwd=tmp_path)
     assert proc.returncode == 1
@@ -123,12 +147,16 @@ def test_cli_bad_input_is_one_line(tmp_path, args, message):
 # ---------------------------------------------------------------- memory
 
 
-@pytest.mark.skipif(not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs to reset peak RSS")
+@pytest.mark.skipif(
+    not os.access("/proc/self/clear_refs", os.W_OK), reason="needs Linux /proc/self/clear_refs to reset peak RSS"
+)
 def test_conversion_peak_memory_is_bounded(tmp_path):
     from engine_builder.tools.memcheck import measure_conversion, write_random_checkpoint
 
     # ~46 MB float32 checkpoint, largest tensor 2 MB: holding the checkpoint (or a shard of it) would show
-    folder, size = write_random_checkpoint(tmp_path / "ckpt", num_layers=8, dtype=torch.float32, shard_bytes=16 * 1024**2)
+    folder, size = write_random_checkpoint(
+        tmp_path / "ckpt", num_layers=8, dtype=torch.float32, shard_bytes=16 * 1024**2
+    )
     assert size > 40 * 1024**2
     result = measure_conversion(folder, tmp_path / "out", dtype="bfloat16", shard_bytes=16 * 1024**2)
     engine = Path(result["engine"])

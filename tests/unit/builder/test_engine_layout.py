@@ -44,9 +44,31 @@ def test_tiny_checkpoint_is_a_real_hf_model_with_perturbed_weights(ckpts, kind):
     assert tc.enable_moe_block is (kind == "moe") and tc.attention_k_eq_v and tc.final_logit_softcapping == 30.0
     assert tc.use_bidirectional_attention == "vision" and tc.hidden_size_per_layer_input == 0
     assert tc.rope_parameters["full_attention"]["rope_type"] == "proportional"
-    ids = {t: tok.convert_tokens_to_ids(t) for t in ["<|image>", "<image|>", "<|image|>", "<|video|>", "<eos>", "<turn|>", "<bos>", "<pad>", "<|tool_response>"]}
-    assert (cfg.boi_token_id, cfg.eoi_token_id, cfg.image_token_id, cfg.video_token_id) == (ids["<|image>"], ids["<image|>"], ids["<|image|>"], ids["<|video|>"])
-    assert list(tc.eos_token_id) == [ids["<eos>"], ids["<turn|>"]] and tc.bos_token_id == ids["<bos>"] and tc.pad_token_id == ids["<pad>"]
+    ids = {
+        t: tok.convert_tokens_to_ids(t)
+        for t in [
+            "<|image>",
+            "<image|>",
+            "<|image|>",
+            "<|video|>",
+            "<eos>",
+            "<turn|>",
+            "<bos>",
+            "<pad>",
+            "<|tool_response>",
+        ]
+    }
+    assert (cfg.boi_token_id, cfg.eoi_token_id, cfg.image_token_id, cfg.video_token_id) == (
+        ids["<|image>"],
+        ids["<image|>"],
+        ids["<|image|>"],
+        ids["<|video|>"],
+    )
+    assert (
+        list(tc.eos_token_id) == [ids["<eos>"], ids["<turn|>"]]
+        and tc.bos_token_id == ids["<bos>"]
+        and tc.pad_token_id == ids["<pad>"]
+    )
     gen = json.loads((folder / "generation_config.json").read_text())
     assert gen["eos_token_id"] == [ids["<eos>"], ids["<turn|>"], ids["<|tool_response>"]]
     assert (gen["do_sample"], gen["temperature"], gen["top_p"], gen["top_k"]) == (True, 1.0, 0.95, 64)
@@ -87,14 +109,23 @@ def test_engine_json(ckpts, engines, kind, dtype):
     config = json.loads((folder / "config.json").read_text())
     tc = config["text_config"]
     raw = json.loads((engine / "engine.json").read_text())
-    assert raw["format_version"] == 1 and raw["quantization"] is None and raw["architecture"] == "Gemma4ForConditionalGeneration"
+    assert (
+        raw["format_version"] == 1
+        and raw["quantization"] is None
+        and raw["architecture"] == "Gemma4ForConditionalGeneration"
+    )
     spec = EngineSpec.load(engine)
     assert spec.dtype == dtype and spec.model_name == f"tiny-{kind}"
     assert spec.max_model_len == min(tc["max_position_embeddings"], 32768)
     assert spec.source["checkpoint"] == str(folder.resolve()) and len(spec.source["sha256"]) == 64
     t = spec.text
     assert (t.vocab_size, t.hidden_size, t.num_layers, t.num_attention_heads, t.intermediate_size) == (
-        tc["vocab_size"], tc["hidden_size"], tc["num_hidden_layers"], tc["num_attention_heads"], tc["intermediate_size"])  # fmt: skip
+        tc["vocab_size"],
+        tc["hidden_size"],
+        tc["num_hidden_layers"],
+        tc["num_attention_heads"],
+        tc["intermediate_size"],
+    )
     assert t.sliding_window == 8 and t.final_logit_softcapping == 30.0 and t.rms_norm_eps == tc["rms_norm_eps"]
     assert t.embed_scale == torch.tensor(math.sqrt(64), dtype=DTYPES[dtype]).item()
     for i, layer in enumerate(t.layers):
@@ -109,12 +140,25 @@ def test_engine_json(ckpts, engines, kind, dtype):
     else:
         assert t.moe is None
     v = spec.vision
-    assert (v.hidden_size, v.num_layers, v.head_dim, v.patch_size, v.pooling_kernel_size, v.standardize, v.rope_theta) == (32, 2, 16, 16, 3, True, 100.0)
+    assert (
+        v.hidden_size,
+        v.num_layers,
+        v.head_dim,
+        v.patch_size,
+        v.pooling_kernel_size,
+        v.standardize,
+        v.rope_theta,
+    ) == (32, 2, 16, 16, 3, True, 100.0)
     mm = spec.multimodal
     assert (mm.image_token_id, mm.boi_token_id, mm.eoi_token_id, mm.video_token_id) == tuple(
-        tokenizer_id(folder, s) for s in ("<|image|>", "<|image>", "<image|>", "<|video|>"))  # fmt: skip
+        tokenizer_id(folder, s) for s in ("<|image|>", "<|image>", "<image|>", "<|video|>")
+    )
     ids = {s: tokenizer_id(folder, s) for s in ("<eos>", "<turn|>", "<|tool_response>", "<bos>", "<pad>")}
-    assert (spec.tokens.bos_token_id, spec.tokens.eos_token_id, spec.tokens.pad_token_id) == (ids["<bos>"], ids["<eos>"], ids["<pad>"])
+    assert (spec.tokens.bos_token_id, spec.tokens.eos_token_id, spec.tokens.pad_token_id) == (
+        ids["<bos>"],
+        ids["<eos>"],
+        ids["<pad>"],
+    )
     assert spec.stop_token_ids == (ids["<eos>"], ids["<turn|>"], ids["<|tool_response>"])
     gen = json.loads((engine / "generation_config.json").read_text())
     assert gen["eos_token_id"] == list(spec.stop_token_ids) and gen["top_k"] == 64 and gen["top_p"] == 0.95
@@ -149,8 +193,11 @@ def test_engine_weights_match_layout_and_hf_sources(ckpts, engines, kind, dtype)
     for name, t in got.items():
         assert t.dtype == DTYPES[dtype], name
         assert t.shape == want[name].shape, name
-        torch.testing.assert_close(t, want[name].to(DTYPES[dtype]), rtol=0, atol=0, msg=name) if dtype == "float32" else \
-            torch.testing.assert_close(t.float(), want[name].float(), rtol=8e-3, atol=1e-6, msg=name)  # fmt: skip
+        torch.testing.assert_close(
+            t, want[name].to(DTYPES[dtype]), rtol=0, atol=0, msg=name
+        ) if dtype == "float32" else torch.testing.assert_close(
+            t.float(), want[name].float(), rtol=8e-3, atol=1e-6, msg=name
+        )
     # the fold really happened: the scaled experts differ from the raw HF ones
     if kind == "moe":
         raw = hf_tensors(folder)[LM + "layers.0.experts.down_proj"]
@@ -196,14 +243,20 @@ def test_many_layers_per_layer_config_keys(tmp_path):
     spec = EngineSpec.load(build_engine(folder, tmp_path / "out", dtype="float32", progress=False))
     full = [i for i, layer in enumerate(spec.text.layers) if layer.type == "full"]
     assert full == [2, 5, 8, 11]
-    assert all((layer.head_dim, layer.num_kv_heads) == ((32, 1) if i in full else (16, 2)) for i, layer in enumerate(spec.text.layers))
+    assert all(
+        (layer.head_dim, layer.num_kv_heads) == ((32, 1) if i in full else (16, 2))
+        for i, layer in enumerate(spec.text.layers)
+    )
 
 
 def test_released_config_format(ckpts, engines, tmp_path):
     # the released config.json names global_head_dim / num_global_key_value_heads instead of per_layer_config
     folder = copy_checkpoint(ckpts["moe"], tmp_path / "ckpt")
     tc = json.loads((folder / "config.json").read_text())["text_config"]
-    released = {k: v for k, v in tc.items() if k != "per_layer_config"} | {"global_head_dim": 32, "num_global_key_value_heads": 1}
+    released = {k: v for k, v in tc.items() if k != "per_layer_config"} | {
+        "global_head_dim": 32,
+        "num_global_key_value_heads": 1,
+    }
     edit_config(folder, text_config=released)
     spec = EngineSpec.load(build_engine(folder, tmp_path / "out", dtype="float32", progress=False))
     assert spec.text == EngineSpec.load(engines[("moe", "float32")]).text

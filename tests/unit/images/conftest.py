@@ -32,11 +32,12 @@ IMAGES = {fmt: make_image(fmt) for fmt in ("PNG", "JPEG", "GIF", "WEBP", "BMP")}
 
 def png_claiming(width: int, height: int) -> bytes:
     """A well-formed PNG whose header declares width x height over a tiny (truncated) IDAT."""
+
     def chunk(kind: bytes, body: bytes) -> bytes:
         return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
     ihdr = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, 2, 0, 0, 0])
-    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
-            + chunk(b"IEND", b""))
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
 
 
 def gif_with_huge_second_frame() -> bytes:
@@ -175,6 +176,7 @@ class RecordingTransport(httpx.AsyncHTTPTransport):
 def no_resolve(monkeypatch):
     async def forbidden(host, port):
         raise AssertionError(f"resolved {host}, but a literal must be judged without the network")
+
     monkeypatch.setattr(addresses, "_getaddrinfo", forbidden)
 
 
@@ -188,6 +190,7 @@ def fake_dns(monkeypatch):
         calls.append(host)
         answers = table[host]
         return answers.pop(0) if len(answers) > 1 else answers[0]
+
     monkeypatch.setattr(addresses, "_getaddrinfo", resolve)
     return table, calls
 

@@ -26,19 +26,22 @@ async def test_loopback_refused_by_default_and_allowed_when_set(srv):
     assert await load_image(f"{srv.base}/img/PNG", ImageFetchPolicy(allow_private_addresses=True)) == IMAGES["PNG"]
 
 
-@pytest.mark.parametrize("url", [
-    "http://10.1.2.3/a.png",
-    "http://169.254.169.254/latest/meta-data/",
-    "http://[::1]:8080/a.png",
-    "http://0.0.0.0/a.png",
-    "http://192.168.0.1/a.png",
-    "http://100.64.0.1/a.png",         # carrier-grade NAT
-    "http://[fe80::1]/a.png",
-    "http://[::ffff:127.0.0.1]/a.png",  # IPv4-mapped loopback
-    "http://[::ffff:a9fe:a9fe]/a.png",  # IPv4-mapped metadata address
-    "https://224.0.0.1/a.png",          # multicast
-    "http://[fd00::1]/a.png",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "http://10.1.2.3/a.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://[::1]:8080/a.png",
+        "http://0.0.0.0/a.png",
+        "http://192.168.0.1/a.png",
+        "http://100.64.0.1/a.png",  # carrier-grade NAT
+        "http://[fe80::1]/a.png",
+        "http://[::ffff:127.0.0.1]/a.png",  # IPv4-mapped loopback
+        "http://[::ffff:a9fe:a9fe]/a.png",  # IPv4-mapped metadata address
+        "https://224.0.0.1/a.png",  # multicast
+        "http://[fd00::1]/a.png",
+    ],
+)
 async def test_private_literals_refused_without_any_traffic(url, no_resolve):
     sent: list[httpx.Request] = []
     client = httpx.AsyncClient(transport=httpx.MockTransport(lambda r: sent.append(r) or httpx.Response(200)))
@@ -47,14 +50,29 @@ async def test_private_literals_refused_without_any_traffic(url, no_resolve):
     assert sent == [] and "is a private or reserved address" in err.message
 
 
-@pytest.mark.parametrize("address, allowed", [
-    ("8.8.8.8", True), ("2001:4860:4860::8888", True), ("93.184.216.34", True),
-    ("127.0.0.1", False), ("10.0.0.1", False), ("172.16.5.4", False), ("169.254.169.254", False),
-    ("0.0.0.0", False), ("255.255.255.255", False), ("192.0.2.1", False), ("198.18.0.1", False),
-    ("::", False), ("::1", False), ("fec0::1", False), ("ff02::1", False),
-    ("2002:7f00:1::", False), ("2002:0808:0808::", True),  # 6to4 judged by the IPv4 inside
-    ("64:ff9b::a00:1", False),                             # NAT64 to 10.0.0.1
-])
+@pytest.mark.parametrize(
+    "address, allowed",
+    [
+        ("8.8.8.8", True),
+        ("2001:4860:4860::8888", True),
+        ("93.184.216.34", True),
+        ("127.0.0.1", False),
+        ("10.0.0.1", False),
+        ("172.16.5.4", False),
+        ("169.254.169.254", False),
+        ("0.0.0.0", False),
+        ("255.255.255.255", False),
+        ("192.0.2.1", False),
+        ("198.18.0.1", False),
+        ("::", False),
+        ("::1", False),
+        ("fec0::1", False),
+        ("ff02::1", False),
+        ("2002:7f00:1::", False),
+        ("2002:0808:0808::", True),  # 6to4 judged by the IPv4 inside
+        ("64:ff9b::a00:1", False),  # NAT64 to 10.0.0.1
+    ],
+)
 def test_address_classes(address, allowed):
     assert is_address_allowed(ipaddress.ip_address(address), ImageFetchPolicy()) is allowed
 
@@ -88,6 +106,7 @@ async def test_https_pinning_keeps_sni_and_host(fake_dns):
     def answer(request: httpx.Request) -> httpx.Response:
         seen.append(request)
         return httpx.Response(200, stream=httpx.ByteStream(IMAGES["GIF"]))
+
     async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
         assert await load_image("https://images.example/cat.gif", ImageFetchPolicy(), client) == IMAGES["GIF"]
     (request,) = seen
@@ -116,12 +135,15 @@ async def test_redirect_to_allowed_address_followed(srv):
     assert await load_image(f"{srv.base}/redirect?to=/img/PNG", PINNED) == IMAGES["PNG"]  # relative
 
 
-@pytest.mark.parametrize("target", [
-    "http://10.0.0.1/a.png",
-    "http://169.254.169.254/latest/meta-data/",
-    "http://127.0.0.2:{port}/img/PNG",  # loopback, but outside the one allowed address
-    "http://[::1]:{port}/img/PNG",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "http://10.0.0.1/a.png",
+        "http://169.254.169.254/latest/meta-data/",
+        "http://127.0.0.2:{port}/img/PNG",  # loopback, but outside the one allowed address
+        "http://[::1]:{port}/img/PNG",
+    ],
+)
 async def test_redirect_to_refused_address_stops_before_connecting(srv, target):
     transport = RecordingTransport()
     target = target.format(port=srv.server_address[1])
@@ -151,10 +173,18 @@ async def test_redirect_limits(srv):
 # schemes and data URLs
 
 
-@pytest.mark.parametrize("url", [
-    "file:///etc/passwd", "FILE:///etc/passwd", "ftp://127.0.0.1/a.png", "gopher://example.com/",
-    "javascript:alert(1)", "/etc/passwd", "example.com/a.png",
-])
+@pytest.mark.parametrize(
+    "url",
+    [
+        "file:///etc/passwd",
+        "FILE:///etc/passwd",
+        "ftp://127.0.0.1/a.png",
+        "gopher://example.com/",
+        "javascript:alert(1)",
+        "/etc/passwd",
+        "example.com/a.png",
+    ],
+)
 async def test_other_schemes_refused(url, no_resolve):
     err = await expect_error(url, LOCAL)
     assert "is not allowed" in err.message and "use http, https or a base64 data URL" in err.message
@@ -171,7 +201,7 @@ async def test_data_urls_good(fmt, mime):
     b64 = base64.b64encode(IMAGES[fmt]).decode()
     assert await load_image(f"data:{mime};base64,{b64}", ImageFetchPolicy()) == IMAGES[fmt]
     # line-wrapped base64 (as some clients send it) and a lying media type are fine too
-    wrapped = "\n".join(b64[i:i + 76] for i in range(0, len(b64), 76))
+    wrapped = "\n".join(b64[i : i + 76] for i in range(0, len(b64), 76))
     assert await load_image(f"data:image/webp;base64,{wrapped}", ImageFetchPolicy()) == IMAGES[fmt]
 
 
@@ -183,8 +213,7 @@ async def test_data_urls_bad():
     assert "must be base64-encoded" in err.message
     err = await expect_error("data:image/png;base64", ImageFetchPolicy())
     assert "no ','" in err.message
-    err = await expect_error(f"data:image/webp;base64,{base64.b64encode(IMAGES['WEBP']).decode()}",
-                             ImageFetchPolicy())
+    err = await expect_error(f"data:image/webp;base64,{base64.b64encode(IMAGES['WEBP']).decode()}", ImageFetchPolicy())
     assert "image format WEBP is not supported (from a data URL)" in err.message
     big = base64.b64encode(make_image("PNG", (128, 128))).decode()
     err = await expect_error(f"data:image/png;base64,{big}", ImageFetchPolicy(max_bytes=200))

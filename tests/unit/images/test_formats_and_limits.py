@@ -87,8 +87,9 @@ async def test_chunked_body_over_cap_aborted_while_streaming(srv):
 
 async def test_no_headers_times_out_504(srv):
     t0 = time.monotonic()
-    err = await expect_error(f"{srv.base}/hang", ImageFetchPolicy(allow_private_addresses=True, timeout_s=0.3),
-                             status=504)
+    err = await expect_error(
+        f"{srv.base}/hang", ImageFetchPolicy(allow_private_addresses=True, timeout_s=0.3), status=504
+    )
     assert "within 0.3 s" in err.message and "127.0.0.1" in err.message
     assert time.monotonic() - t0 < 1.0
 
@@ -96,8 +97,7 @@ async def test_no_headers_times_out_504(srv):
 async def test_timeout_is_total_not_per_read(srv):
     # every read succeeds within 50 ms; only a budget for the whole fetch can stop it
     t0 = time.monotonic()
-    await expect_error(f"{srv.base}/dribble", ImageFetchPolicy(allow_private_addresses=True, timeout_s=0.4),
-                       status=504)
+    await expect_error(f"{srv.base}/dribble", ImageFetchPolicy(allow_private_addresses=True, timeout_s=0.4), status=504)
     assert time.monotonic() - t0 < 1.0
 
 
@@ -107,6 +107,7 @@ async def test_slow_dns_counts_against_the_timeout(monkeypatch):
     async def slow(host, port):
         await asyncio.sleep(5)
         return ["93.184.216.34"]
+
     monkeypatch.setattr(addresses, "_getaddrinfo", slow)
     await expect_error("http://slow-dns.test/a.png", ImageFetchPolicy(timeout_s=0.2), status=504)
 
@@ -135,6 +136,7 @@ async def test_nothing_listening_is_400():
 class socket_closed_port:
     def __enter__(self) -> int:
         import socket
+
         s = socket.socket()
         s.bind(("127.0.0.1", 0))
         self.port = s.getsockname()[1]

@@ -62,7 +62,9 @@ class TritonPythonModel:
 
         self.protocol = protocol
         engine_dir = self._engine_dir(params, Path(args["model_repository"]))
-        runtime_config = self._runtime_config(params.get("runtime_config") or "{}", params.get("enable_prefix_caching", ""))
+        runtime_config = self._runtime_config(
+            params.get("runtime_config") or "{}", params.get("enable_prefix_caching", "")
+        )
         pb_utils.Logger.log_info(f"gemma4: loading engine {engine_dir} ({runtime_config})")
         self.engine = AsyncEngine.from_engine_dir(engine_dir, runtime_config)
         self.engine.start()
@@ -127,7 +129,8 @@ class TritonPythonModel:
             if not file.is_file():
                 raise pb_utils.TritonModelException(
                     f"gemma4: no engine given: set the engine_dir parameter in config.pbtxt or write the engine "
-                    f"directory into {file} (`make triton ENGINE=engines/<name>` does this)")
+                    f"directory into {file} (`make triton ENGINE=engines/<name>` does this)"
+                )
             path, source = file.read_text().strip(), str(file)
         engine_dir = Path(path)
         if not engine_dir.is_absolute():
@@ -135,7 +138,8 @@ class TritonPythonModel:
         if not (engine_dir / ENGINE_JSON).is_file():
             raise pb_utils.TritonModelException(
                 f"gemma4: {engine_dir} (from {source}) is not an engine directory: no engine.json "
-                f"(build one with `make engine MODEL=...`)")
+                f"(build one with `make engine MODEL=...`)"
+            )
         return engine_dir
 
     @staticmethod
@@ -151,7 +155,9 @@ class TritonPythonModel:
         overrides.setdefault("device", "cuda" if torch.cuda.is_available() else "cpu")
         switch = {"true": True, "false": False, "": None}.get(prefix_caching.strip().lower(), "bad")
         if switch == "bad":
-            raise pb_utils.TritonModelException(f"gemma4: enable_prefix_caching must be true or false, not {prefix_caching!r}")
+            raise pb_utils.TritonModelException(
+                f"gemma4: enable_prefix_caching must be true or false, not {prefix_caching!r}"
+            )
         if switch is not None:
             overrides.setdefault("enable_prefix_caching", switch)
         try:
@@ -168,12 +174,16 @@ class TritonPythonModel:
             try:
                 greq = self.protocol.decode_request(runtime_id, lambda n, r=request: _input(r, n))
             except (ValueError, TypeError) as e:
-                self._outbox.put((None, sender, _error(self.protocol.INVALID_REQUEST_PREFIX + str(e), invalid=True), True))
+                self._outbox.put(
+                    (None, sender, _error(self.protocol.INVALID_REQUEST_PREFIX + str(e), invalid=True), True)
+                )
                 continue
             with self._live_lock:
                 refused = self._stopping.is_set() or len(self._live) >= self._capacity
             if refused:
-                why = "the model is unloading" if self._stopping.is_set() else f"{self._capacity} requests are in flight"
+                why = (
+                    "the model is unloading" if self._stopping.is_set() else f"{self._capacity} requests are in flight"
+                )
                 self._outbox.put((None, sender, _error(f"{self.protocol.OVERLOADED_PREFIX}{why}"), True))
                 continue
             item = _Live(request, sender, runtime_id)
@@ -193,7 +203,9 @@ class TritonPythonModel:
             async for out in self.engine.generate(greq):
                 final_sent = out.finished
                 if out.finish_reason == "error":  # a runtime failure ends the stream as a Triton error
-                    self._outbox.put((item, item.sender, _error(self.protocol.ENGINE_ERROR_PREFIX + (out.error or "failed")), True))
+                    self._outbox.put(
+                        (item, item.sender, _error(self.protocol.ENGINE_ERROR_PREFIX + (out.error or "failed")), True)
+                    )
                     break
                 self._outbox.put((item, item.sender, self._response(out), out.finished))
                 if out.finished:
@@ -205,15 +217,26 @@ class TritonPythonModel:
             self._outbox.put((item, item.sender, self._response(abort), True))
             final_sent = True
         except RequestError as e:
-            self._outbox.put((item, item.sender, _error(self.protocol.INVALID_REQUEST_PREFIX + str(e), invalid=True), True))
+            self._outbox.put(
+                (item, item.sender, _error(self.protocol.INVALID_REQUEST_PREFIX + str(e), invalid=True), True)
+            )
             final_sent = True
         except Exception as e:  # noqa: BLE001  any failure must end the stream with a readable error
             pb_utils.Logger.log_error(f"gemma4: request {greq.request_id} failed: {traceback.format_exc()}")
-            self._outbox.put((item, item.sender, _error(f"{self.protocol.ENGINE_ERROR_PREFIX}{type(e).__name__}: {e}"), True))
+            self._outbox.put(
+                (item, item.sender, _error(f"{self.protocol.ENGINE_ERROR_PREFIX}{type(e).__name__}: {e}"), True)
+            )
             final_sent = True
         finally:
             if not final_sent:
-                self._outbox.put((item, item.sender, _error(self.protocol.ENGINE_ERROR_PREFIX + "stream ended without a final output"), True))
+                self._outbox.put(
+                    (
+                        item,
+                        item.sender,
+                        _error(self.protocol.ENGINE_ERROR_PREFIX + "stream ended without a final output"),
+                        True,
+                    )
+                )
             with self._live_lock:
                 self._live.pop(item.runtime_id, None)
             item.done.set()
@@ -274,8 +297,9 @@ class TritonPythonModel:
     def _make_gauges(self):
         families, gauges = [], {}
         for attr, metric in self.protocol.STATS_METRICS.items():
-            family = pb_utils.MetricFamily(name=metric, description=f"gemma4 runtime {attr.replace('_', ' ')}",
-                                           kind=pb_utils.MetricFamily.GAUGE)
+            family = pb_utils.MetricFamily(
+                name=metric, description=f"gemma4 runtime {attr.replace('_', ' ')}", kind=pb_utils.MetricFamily.GAUGE
+            )
             families.append(family)
             gauges[attr] = family.Metric(labels={"model": self.protocol.MODEL_NAME})
         return families, gauges
