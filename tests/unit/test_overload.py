@@ -146,7 +146,8 @@ class DrainingThread:
 
 
 def test_sigterm_drains_then_ends_what_is_left():
-    backend = FakeBackend(slow(500, 0.02))  # 10 s streams
+    # 12 s streams: the context (256) caps a reply at ~236 tokens, which must outlast the 5 s drain with room
+    backend = FakeBackend(slow(500, 0.05))
     shut = []
     backend.shutdown = lambda: shut.append(time.monotonic())
     srv = DrainingThread(create_app(ServerSettings(), backend), drain_timeout_s=5.0)

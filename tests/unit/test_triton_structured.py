@@ -4,6 +4,7 @@ and malformed ones are refused with a message (the Triton path then answers 400)
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -53,7 +54,7 @@ def test_malformed_inputs_are_refused(extra, message):
 
 
 def test_config_pbtxt_declares_the_new_inputs():
-    text = protocol.__file__.rsplit("/server/", 1)[0] + "/triton_model_repo/gemma4/config.pbtxt"
+    text = str(Path(protocol.__file__).resolve().parent.parent / "triton_model_repo" / "gemma4" / "config.pbtxt")
     config = open(text).read()
     for spec in protocol.STRUCTURED_INPUTS:
         assert f'name: "{spec.name}"' in config
