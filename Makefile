@@ -14,6 +14,10 @@ SERVED_MODEL_NAME ?=
 API_KEY ?=
 SERVER_ARGS ?=
 BENCH_ARGS ?=
+# pytest workers for `make test`: one per core (each takes whole test files, so a file's module-scoped
+# servers and engines are built once), at most 4 (each holds its own servers and engines in memory);
+# TEST_WORKERS=0 runs everything in this process
+TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
 TINY_ENGINE := engines/gemma-4-tiny-it-float32
 # The tiny demo also answers to the NIM's model names, so the NIM's examples run against it as written.
 DEMO_ALIASES := --model-alias google/gemma-4-26b-a4b-it --model-alias google/gemma-4-31b-it
@@ -31,7 +35,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: install
-	$(PY) -m pytest -q -ra tests
+	$(PY) -m pytest -q -ra -n $(TEST_WORKERS) --dist loadfile tests
 
 # ruff's settings are in pyproject.toml (it reads build/ too, which it would skip by default)
 lint: install

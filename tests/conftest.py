@@ -7,6 +7,7 @@ once, a rerun with unchanged sources reuses it.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import os
 import shutil
@@ -19,6 +20,15 @@ if not torch.cuda.is_available():
     # Triton kernels run under Triton's CPU interpreter here. Triton reads this when it is first
     # imported, which another test's imports (transformers, torch) may do before the kernel tests.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    # pytest-xdist runs a worker per core: torch's intra-op threads would otherwise oversubscribe the
+    # cores (every worker spinning on all of them), which slows the suite down rather than speeding it
+    # up. Servers the tests start in subprocesses inherit the same share through the environment.
+    _share = max(1, (os.cpu_count() or 1) // _WORKERS)
+    torch.set_num_threads(_share)
+    os.environ.setdefault("OMP_NUM_THREADS", str(_share))
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = REPO_ROOT / ".cache" / "taught-tiny"
@@ -40,12 +50,16 @@ def taught_checkpoint_dir() -> Path:
     from engine_builder.tiny.taught import make_taught_tiny_checkpoint
 
     folder = CACHE / _taught_fingerprint() / "gemma-4-tiny-it"
-    if not (folder / "config.json").is_file():
-        shutil.rmtree(CACHE, ignore_errors=True)  # checkpoints of older sources
-        tmp = folder.with_name(folder.name + ".tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        make_taught_tiny_checkpoint(tmp, seed=0)
-        tmp.rename(folder)
+    CACHE.parent.mkdir(parents=True, exist_ok=True)
+    # pytest-xdist workers (and concurrent runs in one clone) share the cache: the first to take the
+    # lock trains, the others wait and then find the finished checkpoint
+    with open(CACHE.parent / "taught-tiny.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "config.json").is_file():
+            shutil.rmtree(CACHE, ignore_errors=True)  # checkpoints of older sources
+            tmp = folder.with_name(folder.name + ".tmp")
+            make_taught_tiny_checkpoint(tmp, seed=0)
+            tmp.rename(folder)
     return folder
 
 
