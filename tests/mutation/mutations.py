@@ -29,14 +29,14 @@ class Mutation:
 U = "tests/unit/"
 PARITY = ("tests/parity/test_text_parity.py",)
 SAMPLER_TESTS = (U + "test_sampler_support.py", U + "test_sampler.py")
-SCHEDULER_TESTS = (U + "test_scheduler_budget.py", U + "test_engine_outputs.py")
+SCHEDULER_TESTS = (U + "test_scheduler_budget.py", U + "test_scheduler_preemption.py", U + "test_engine_outputs.py")
 BLOCK_TESTS = (
     U + "test_block_manager_window.py",
     U + "test_block_manager.py",
     U + "test_device_block_tables.py",
     U + "test_engine_outputs.py",
 )
-DETOK_TESTS = (U + "test_detokenizer_unicode.py", U + "test_engine_outputs.py")
+DETOK_TESTS = (U + "test_detokenizer_unicode.py", U + "test_text_stream.py", U + "test_engine_outputs.py")
 ENGINE_TESTS = (U + "test_min_tokens_boundary.py", U + "test_engine_outputs.py", U + "test_overlap_and_graphs.py")
 # the parsers' own tests, then the HTTP layer that streams through them
 PARSER_TESTS = (
