@@ -4,6 +4,7 @@ the tests that should catch it, and prints which were caught and which survived.
     .venv/bin/python tests/mutation/run.py --json tests/mutation/results/after.json            # this tree's tests
     .venv/bin/python tests/mutation/run.py --tests-from c50d712 --json before.json  # the same sources, older tests
     .venv/bin/python tests/mutation/run.py --only "top_k" --timeout 120 --part 2/3 --resume --json out.json
+    .venv/bin/python tests/mutation/run.py --tiers broader --only "top_k" --json parity.json  # a first-tier survivor
     .venv/bin/python tests/mutation/report.py --before before*.json --after after*.json   # the joined table
 
 The copy holds the files git tracks plus untracked ones it does not ignore (no .venv, .cache, engines);
@@ -56,10 +57,11 @@ def baseline(root: Path, python: str, tests: tuple[str, ...], timeout: float, re
     return True
 
 
-def mutate_and_test(
-    root: Path, python: str, m: Mutation, timeout: float, results: Results, broader: bool = True
-) -> Outcome:
-    tiers = [t for t in (existing(root, m.tests), existing(root, m.broader) if broader else ()) if t]
+def mutate_and_test(root: Path, python: str, m: Mutation, timeout: float, results: Results, which: str) -> Outcome:
+    """which: both tiers (the broader only for a survivor of the first), the first, or the broader alone."""
+    first = existing(root, m.tests) if which in ("both", "first") else ()
+    broader = existing(root, m.broader) if which in ("both", "broader") else ()
+    tiers = [t for t in (first, broader) if t]
     if not tiers:
         return Outcome(m.name, m.issue20, "no tests", 0.0, ())
     seconds, ran = 0.0, ()
@@ -92,7 +94,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--resume", action="store_true", help="keep the outcomes in --json (but those --only names), run the rest"
     )
-    p.add_argument("--first-tier-only", action="store_true", help="survivors do not run their broader tier")
+    p.add_argument(
+        "--tiers",
+        choices=("both", "first", "broader"),
+        default="both",
+        help="first: survivors skip the broader tier; broader: only it (for the survivors of a 'first' run)",
+    )
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--part", default=None, help="K/N: every Nth mutation from the Kth (runs split across processes)")
     p.add_argument("--no-baseline", action="store_true", help="skip the unmutated run (when it was checked already)")
@@ -109,13 +116,13 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="mutation-") as tmp:
         root = make_copy(Path(tmp), REPO_ROOT, args.tests_from)
         check_imports(root, args.python)
-        used = tuple(dict.fromkeys(t for m in chosen for t in existing(root, m.tests)))
+        used = tuple(dict.fromkeys(t for m in chosen for t in existing(root, m.tests) if args.tiers != "broader"))
         if args.no_baseline:
             results.checked = tuple(results.checked) + used + tuple(t for m in chosen for t in m.broader)
         elif not baseline(root, args.python, used, args.timeout * 4, results):
             return 2
         for m in chosen:
-            o = mutate_and_test(root, args.python, m, args.timeout, results, not args.first_tier_only)
+            o = mutate_and_test(root, args.python, m, args.timeout, results, args.tiers)
             results.add(o)
             print(f">> {o.result:9s} {o.seconds:6.0f} s  {o.name}  {o.caught_by}", flush=True)
     print("\n" + table(results.outcomes, label + (f" (part {args.part})" if args.part else "")))
