@@ -1,8 +1,12 @@
 """The mutation run's list: small, plausible bugs (file, old snippet, new snippet) in the sampler, scheduler,
-block manager, detokenizer, engine stop checks, parsers and server, each with the test files that
-should catch it. The seven bugs of issue 20 are marked `issue20`. Each old snippet must occur exactly
-once in its file (tests/unit/test_mutation_list.py checks it), so a refactor that moves code shows up as
-a broken list, not as mutants that silently stop applying.
+block manager, detokenizer, engine stop checks, parsers and server, each with the tests that should catch
+it. The seven bugs of issue 20 are marked `issue20`. Each old snippet must occur exactly once in its file
+(tests/unit/test_mutation_list.py checks it), so a refactor that moves code shows up as a broken list, not
+as mutants that silently stop applying.
+
+`tests` is the first tier: the smallest set of fast test files that should catch the mutant, cheapest and
+likeliest first (the run stops at the first failure). `broader` runs only when the first tier lets the
+mutant through: the slower suite (parity against transformers) that would otherwise be its only catcher.
 """
 
 from __future__ import annotations
@@ -16,34 +20,33 @@ class Mutation:
     file: str
     old: str
     new: str
-    tests: tuple[str, ...]  # test files (relative to the repo root) that should catch it
+    tests: tuple[str, ...]  # first tier: test files (relative to the repo root) that should catch it
     issue20: bool = False  # one of the seven bugs the suite let through
+    broader: tuple[str, ...] = ()  # second tier, run only on a survivor of the first
+    timeout: float | None = None  # seconds per tier, where the run's default is too short (e2e)
 
 
-SAMPLER_TESTS = ("tests/unit/test_sampler.py", "tests/unit/test_sampler_support.py")
-SCHEDULER_TESTS = ("tests/unit/test_scheduler_budget.py", "tests/unit/test_engine_outputs.py")
+U = "tests/unit/"
+PARITY = ("tests/parity/test_text_parity.py",)
+SAMPLER_TESTS = (U + "test_sampler_support.py", U + "test_sampler.py")
+SCHEDULER_TESTS = (U + "test_scheduler_budget.py", U + "test_scheduler_preemption.py", U + "test_engine_outputs.py")
 BLOCK_TESTS = (
-    "tests/unit/test_block_manager.py",
-    "tests/unit/test_block_manager_window.py",
-    "tests/unit/test_device_block_tables.py",
-    "tests/unit/test_engine_outputs.py",
+    U + "test_block_manager_window.py",
+    U + "test_block_manager.py",
+    U + "test_device_block_tables.py",
+    U + "test_engine_outputs.py",
 )
-DETOK_TESTS = ("tests/unit/test_detokenizer_unicode.py", "tests/unit/test_engine_outputs.py")
-ENGINE_TESTS = (
-    "tests/unit/test_min_tokens_boundary.py",
-    "tests/unit/test_engine_outputs.py",
-    "tests/unit/test_overlap_and_graphs.py",
+DETOK_TESTS = (U + "test_detokenizer_unicode.py", U + "test_text_stream.py", U + "test_engine_outputs.py")
+ENGINE_TESTS = (U + "test_min_tokens_boundary.py", U + "test_engine_outputs.py", U + "test_overlap_and_graphs.py")
+# the parsers' own tests, then the HTTP layer that streams through them
+PARSER_TESTS = (
+    U + "test_parsers.py",
+    U + "test_parsers_streaming.py",
+    U + "test_parsers_tool_calls.py",
+    U + "test_server_http.py",
 )
-SERVER_TESTS = (
-    "tests/unit/test_parsers.py",
-    "tests/unit/test_parsers_streaming.py",
-    "tests/unit/test_parsers_tool_calls.py",
-    "tests/unit/test_server_http.py",
-    "tests/unit/test_server_http_errors.py",
-    "tests/unit/test_server_outcomes.py",
-    "tests/unit/test_server_template.py",
-)
-FP8_TESTS = ("tests/unit/test_fp8_scales.py", "tests/unit/test_fp8.py")
+OUTCOME_TESTS = (U + "test_server_outcomes.py", U + "test_server_http.py", U + "test_server_template.py")
+FP8_TESTS = (U + "test_fp8_scales.py", U + "test_fp8.py")
 TRITON_TESTS = ("tests/e2e/test_triton_cleanup.py",)
 
 S, SC = "gemma_runtime/executor/sampler.py", "gemma_runtime/scheduling/scheduler.py"
@@ -58,6 +61,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "logits.masked_fill(logits < kth, neg_inf)",
         "logits.masked_fill(logits <= kth, neg_inf)",
         SAMPLER_TESTS,
+        broader=PARITY,
         issue20=True,
     ),
     Mutation(
@@ -66,15 +70,24 @@ MUTATIONS: tuple[Mutation, ...] = (
         "presence * (counts > 0).to(logits.dtype)",
         "presence * counts",
         SAMPLER_TESTS,
+        broader=PARITY,
         issue20=True,
     ),
-    Mutation("min_p absolute", S, "probs < min_p * probs.amax(dim=-1, keepdim=True)", "probs < min_p", SAMPLER_TESTS),
+    Mutation(
+        "min_p absolute",
+        S,
+        "probs < min_p * probs.amax(dim=-1, keepdim=True)",
+        "probs < min_p",
+        SAMPLER_TESTS,
+        broader=PARITY,
+    ),
     Mutation(
         "top_p drops the crossing token",
         S,
         "(torch.cumsum(sorted_probs, dim=-1) - sorted_probs) >= top_p",
         "torch.cumsum(sorted_probs, dim=-1) >= top_p",
         SAMPLER_TESTS,
+        broader=PARITY,
     ),
     Mutation(
         "temperature inverted",
@@ -82,14 +95,23 @@ MUTATIONS: tuple[Mutation, ...] = (
         "_filter(logits / temperature, rows)",
         "_filter(logits * temperature, rows)",
         SAMPLER_TESTS,
+        broader=PARITY,
     ),
-    Mutation("frequency penalty sign", S, "logits[index] -= frequency", "logits[index] += frequency", SAMPLER_TESTS),
+    Mutation(
+        "frequency penalty sign",
+        S,
+        "logits[index] -= frequency",
+        "logits[index] += frequency",
+        SAMPLER_TESTS,
+        broader=PARITY,
+    ),
     Mutation(
         "logprobs after penalties",
         S,
         "out.chosen_logprobs = raw_logprobs.gather(",
         "out.chosen_logprobs = torch.log_softmax(logits, dim=-1).gather(",
         SAMPLER_TESTS,
+        broader=PARITY,
     ),
     Mutation(
         "seeded rows share the default generator",
@@ -97,6 +119,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "row.generator is not None and row.generator is not default",
         "row.generator is not None and row.generator is default",
         SAMPLER_TESTS,
+        broader=PARITY,
     ),
     # -- scheduler ----------------------------------------------------------------------------------
     Mutation(
@@ -105,6 +128,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "end = min(seq.num_tokens, start + budget)",
         "end = min(seq.num_tokens, start + budget + 1)",
         SCHEDULER_TESTS,
+        broader=PARITY,
         issue20=True,
     ),
     Mutation(
@@ -113,6 +137,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "end = span.start if span.start > start else span.end",
         "end = span.end if span.start > start else span.start",
         SCHEDULER_TESTS,
+        broader=PARITY,
     ),
     Mutation(
         "sequence cap off by one",
@@ -120,6 +145,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "len(self.running) < self.max_num_seqs",
         "len(self.running) <= self.max_num_seqs",
         SCHEDULER_TESTS,
+        broader=PARITY,
     ),
     Mutation(
         "waiting prefill not charged",
@@ -127,6 +153,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "            scheduled.append(ScheduledSeq(seq, num_new))\n            budget -= num_new\n        return",
         "            scheduled.append(ScheduledSeq(seq, num_new))\n            budget -= 1\n        return",
         SCHEDULER_TESTS,
+        broader=PARITY,
     ),
     Mutation(
         "preempted sequence keeps its progress",
@@ -134,6 +161,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        seq.num_computed = 0\n        seq.num_preemptions += 1\n",
         "        seq.num_preemptions += 1\n",
         SCHEDULER_TESTS,
+        broader=PARITY,
+    ),
+    Mutation(
+        "running chunk not charged to the budget",
+        SC,
+        "                budget -= num_new\n                i += 1\n",
+        "                i += 1\n",
+        SCHEDULER_TESTS,
+        broader=PARITY,
     ),
     # -- block manager ------------------------------------------------------------------------------
     Mutation(
@@ -142,6 +178,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "first_query_pos - self.window + 1",
         "first_query_pos - self.window + 2",
         BLOCK_TESTS,
+        broader=PARITY,
     ),
     Mutation(
         "sliding page reclaimed one page late",
@@ -149,6 +186,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "range(tables.sliding_reclaimed, min(first, len(tables.sliding)))",
         "range(tables.sliding_reclaimed, min(first - 1, len(tables.sliding)))",
         BLOCK_TESTS,
+        broader=PARITY,
     ),
     Mutation(
         "can_allocate ignores reclaimable pages",
@@ -156,8 +194,16 @@ MUTATIONS: tuple[Mutation, ...] = (
         "sliding <= self.sliding.num_free + reclaimable",
         "sliding <= self.sliding.num_free",
         BLOCK_TESTS,
+        broader=PARITY,
     ),
-    Mutation("free keeps the reclaimed index", BM, "        tables.sliding_reclaimed = 0\n", "", BLOCK_TESTS),
+    Mutation(
+        "free keeps the reclaimed index",
+        BM,
+        "        tables.sliding_reclaimed = 0\n",
+        "",
+        BLOCK_TESTS,
+        broader=PARITY,
+    ),
     # -- detokenizer and stop strings ---------------------------------------------------------------
     Mutation(
         "partial UTF-8 streamed early",
@@ -165,6 +211,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         'len(new_text) > len(prefix_text) and not new_text.endswith("\\ufffd")',
         "len(new_text) > len(prefix_text)",
         DETOK_TESTS,
+        broader=PARITY,
         issue20=True,
     ),
     Mutation(
@@ -173,6 +220,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "range(min(len(s) - 1, len(self.text)), longest, -1)",
         "range(min(len(s) - 2, len(self.text)), longest, -1)",
         DETOK_TESTS,
+        broader=PARITY,
     ),
     Mutation(
         "stop search only in the new delta",
@@ -180,6 +228,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "search_from = max(0, len(self.text) - max((len(s) for s in self.stop), default=0))",
         "search_from = len(self.text)",
         DETOK_TESTS,
+        broader=PARITY,
     ),
     Mutation(
         "include_stop_str inverted",
@@ -187,6 +236,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "(len(s) if self.include_stop_str else 0)",
         "(0 if self.include_stop_str else len(s))",
         DETOK_TESTS,
+        broader=PARITY,
     ),
     Mutation(
         "held-back bytes dropped at the end",
@@ -194,6 +244,15 @@ MUTATIONS: tuple[Mutation, ...] = (
         "                state.text.append(state.detokenizer.flush())\n",
         "                pass\n",
         DETOK_TESTS,
+        broader=PARITY,
+    ),
+    Mutation(
+        "the later of two stop strings wins",
+        DT,
+        "idx < hit[0]",
+        "idx > hit[0]",
+        DETOK_TESTS,
+        broader=PARITY,
     ),
     # -- engine stop checks -------------------------------------------------------------------------
     Mutation(
@@ -202,9 +261,17 @@ MUTATIONS: tuple[Mutation, ...] = (
         "token in seq.stop_token_ids and n_out > p.min_tokens",
         "token in seq.stop_token_ids and n_out >= p.min_tokens",
         ENGINE_TESTS,
+        broader=PARITY,
         issue20=True,
     ),
-    Mutation("max_tokens off by one", ENG, "elif n_out >= p.max_tokens", "elif n_out > p.max_tokens", ENGINE_TESTS),
+    Mutation(
+        "max_tokens off by one",
+        ENG,
+        "elif n_out >= p.max_tokens",
+        "elif n_out > p.max_tokens",
+        (U + "test_engine_outputs.py", U + "test_min_tokens_boundary.py", U + "test_overlap_and_graphs.py"),
+        broader=PARITY,
+    ),
     # -- parsers and server -------------------------------------------------------------------------
     Mutation(
         "tool_calls beats length",
@@ -213,7 +280,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         '    if has_calls and mode in ("auto", "required"):\n        return "tool_calls"\n',
         '    if has_calls and mode in ("auto", "required"):\n        return "tool_calls"\n'
         '    if engine_reason == "length":\n        return "length"\n',
-        SERVER_TESTS,
+        OUTCOME_TESTS,
         issue20=True,
     ),
     Mutation(
@@ -221,7 +288,7 @@ MUTATIONS: tuple[Mutation, ...] = (
         "server/protocol.py",
         'self.reasoning_effort != "none"',
         'self.reasoning_effort not in ("none", "low")',
-        SERVER_TESTS,
+        OUTCOME_TESTS,
         issue20=True,
     ),
     Mutation(
@@ -229,31 +296,63 @@ MUTATIONS: tuple[Mutation, ...] = (
         LEX,
         "len(buf) - pos < self._max_len and",
         "len(buf) - pos < self._max_len - 1 and",
-        SERVER_TESTS,
+        PARSER_TESTS,
     ),
     Mutation(
         "thought label without its newline first",
         "server/parsers/reasoning.py",
         "for label in (THOUGHT_LABEL, _LABEL_WORD):",
         "for label in (_LABEL_WORD, THOUGHT_LABEL):",
-        SERVER_TESTS,
+        PARSER_TESTS,
     ),
     Mutation(
         "every call gets index 0",
         OUT,
         "ToolCallDelta(self._num_calls, self._new_id()",
         "ToolCallDelta(0, self._new_id()",
-        SERVER_TESTS,
+        PARSER_TESTS,
     ),
     Mutation(
         "arguments escaped to ASCII",
         "server/parsers/tool_calls.py",
         "json.dumps(args, ensure_ascii=False)",
         "json.dumps(args, ensure_ascii=True)",
-        SERVER_TESTS,
+        PARSER_TESTS,
     ),
     Mutation(
-        "parallel_tool_calls=false keeps two", "server/chat.py", "if c.index == 0)", "if c.index <= 1)", SERVER_TESTS
+        "parallel_tool_calls=false keeps two",
+        "server/chat.py",
+        "if c.index == 0)",
+        "if c.index <= 1)",
+        (U + "test_server_http.py",),
+    ),
+    Mutation(
+        "lexer flush drops held text",
+        LEX,
+        "return [(False, held)] if held else []",
+        "return []",
+        PARSER_TESTS,
+    ),
+    Mutation(
+        "unterminated call text dropped",
+        OUT,
+        "        self._content.append(self._pending)\n",
+        "",
+        PARSER_TESTS,
+    ),
+    Mutation(
+        "integer arguments become floats",
+        "server/parsers/values.py",
+        "            return int(word)\n",
+        "            return float(word)\n",
+        PARSER_TESTS,
+    ),
+    Mutation(
+        "parenthesised call keeps its closing paren",
+        "server/parsers/tool_calls.py",
+        'args_text = "{" + inner[1:-1] + "}"',
+        'args_text = "{" + inner[1:] + "}"',
+        PARSER_TESTS,
     ),
     # -- FP8 scales and tritonserver cleanup --------------------------------------------------------
     Mutation(
@@ -278,5 +377,6 @@ MUTATIONS: tuple[Mutation, ...] = (
         "        end_process_group(self.process.pid)\n",
         "",
         TRITON_TESTS,
+        timeout=600,
     ),
 )

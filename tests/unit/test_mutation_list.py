@@ -1,5 +1,5 @@
 """The mutation run's list stays applicable: every old snippet occurs exactly once in its file, every
-mutant changes the code, and every test file it names exists (tests/mutation/run.py)."""
+mutant changes the code, and every test file it names (either tier) exists (tests/mutation/run.py)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ def test_mutation_applies_once_and_names_real_tests(m):
     assert source.count(m.old) == 1, f"{m.old!r} occurs {source.count(m.old)} times in {m.file}"
     assert m.new != m.old and source.replace(m.old, m.new) != source
     assert m.tests and all((REPO_ROOT / t).is_file() for t in m.tests), m.tests
+    assert all((REPO_ROOT / t).is_file() for t in m.broader), m.broader
 
 
 def test_the_seven_bugs_of_issue_20_are_listed():
