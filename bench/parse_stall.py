@@ -4,7 +4,8 @@
 
 A ticker on the loop wakes every millisecond; its largest gap while a body is parsed and validated
 (`ChatCompletionRequest`) is the stall every other request and stream would see. Three ways:
-  on-loop   json.loads and pydantic on the loop (FastAPI's own path, main before issue 13's last fix)
+  on-loop   json.loads and pydantic on the loop (FastAPI's own path for small bodies; this tree's
+            validators, so without the 2 s regex surrogate scan that main ran there before)
   thread    orjson and pydantic on a worker thread (server/body_route.py)
   process   orjson and pydantic in a process pool, the validated model pickled back
 A thread cannot preempt a C call that holds the GIL (orjson's parse is one), so "thread" still stalls for
