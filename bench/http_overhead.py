@@ -8,6 +8,10 @@ exactly --tokens tokens; the server runs in this process (uvicorn thread) like `
 clients run in a process of their own (`--client separate`, the default), as real clients do: in the
 server's process (`--client shared`) their parsing takes the interpreter lock from the server and the
 engine loop, and the figure measures the bench's client as much as the server.
+
+Each --repeat is one pair (runtime alone, HTTP), interleaved in ABBA order, printed as a line; the summary
+gives the median share of the rate over the pairs and the share by CPU time (the runtime's CPU ms per token
+over the HTTP path's, in the server's process), which a neighbour's load on a shared machine barely moves.
 """
 
 from __future__ import annotations
@@ -15,7 +19,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
+import statistics
 import time
+from dataclasses import dataclass
 
 import httpx
 
@@ -81,6 +87,49 @@ def http_load(base_url: str, streams: int, tokens: int, client: str) -> tuple[in
         return pool.submit(_http_in_child, base_url, streams, tokens).result()
 
 
+@dataclass(frozen=True)
+class Run:
+    tokens: int
+    seconds: float
+    cpu_s: float  # this process's CPU time (server, engine, uvicorn threads; not a separate client)
+
+    @property
+    def rate(self) -> float:
+        return self.tokens / self.seconds
+
+    @property
+    def cpu_ms_per_token(self) -> float:
+        return 1e3 * self.cpu_s / self.tokens
+
+
+@dataclass(frozen=True)
+class Pair:
+    runtime: Run
+    http: Run
+
+    def line(self) -> str:
+        rt, http = self.runtime, self.http
+        return (
+            f"runtime alone {rt.rate:.0f} tok/s ({rt.cpu_ms_per_token:.3f} CPU ms/token) | "
+            f"HTTP {http.rate:.0f} tok/s ({http.cpu_ms_per_token:.3f} CPU ms/token) = "
+            f"{100 * http.rate / rt.rate:.1f}% of the rate, {100 * rt.cpu_ms_per_token / http.cpu_ms_per_token:.1f}% by CPU"
+        )
+
+
+def summary(pairs: list[Pair]) -> str:
+    """The verdict over every pair: the median share of the rate (one noisy pair moves it little), and
+    the CPU-time share (the runtime's CPU ms per token over the HTTP path's, in the server's process),
+    which other work on a shared machine barely moves."""
+    rate_shares = [p.http.rate / p.runtime.rate for p in pairs]
+    rt_cpu = statistics.median(p.runtime.cpu_ms_per_token for p in pairs)
+    http_cpu = statistics.median(p.http.cpu_ms_per_token for p in pairs)
+    return (
+        f"summary over {len(pairs)} pairs: HTTP keeps {100 * statistics.median(rate_shares):.1f}% of the runtime's rate "
+        f"(median; mean {100 * statistics.mean(rate_shares):.1f}%, range {100 * min(rate_shares):.1f}-{100 * max(rate_shares):.1f}%), "
+        f"CPU ms/token {http_cpu:.3f} (HTTP) vs {rt_cpu:.3f} (runtime alone) = {100 * rt_cpu / http_cpu:.1f}% by CPU"
+    )
+
+
 def main() -> None:
     p = argparse.ArgumentParser(prog="python -m bench.http_overhead")
     p.add_argument("--engine", required=True)
@@ -88,7 +137,7 @@ def main() -> None:
     p.add_argument("--tokens", type=int, default=128)
     p.add_argument("--device", default="cpu")
     p.add_argument("--triton", action="store_true", help="also measure the translator in front of tritonserver")
-    p.add_argument("--repeat", type=int, default=1, help="runtime-alone / HTTP pairs to measure, one after the other")
+    p.add_argument("--repeat", type=int, default=1, help="runtime-alone / HTTP pairs to measure, interleaved (ABBA)")
     p.add_argument(
         "--client",
         choices=("separate", "shared"),
@@ -108,31 +157,33 @@ def main() -> None:
     prompt = backend.tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
     prompt_ids = backend.tokenizer.encode(prompt, add_special_tokens=False)
     print(f"{args.streams} streams x {args.tokens} tokens, engine {args.engine}, HTTP clients: {args.client} process")
+    pairs: list[Pair] = []
     with UvicornThread(create_app(ServerSettings(), backend)) as server:
         asyncio.run(runtime_alone(backend, prompt_ids, args.streams, 8))  # warm-up
-        for _ in range(args.repeat):  # alternated, so a neighbour's load on a shared CPU hits both alike
-            # CPU seconds of this process (every thread): unlike tok/s, unmoved by other work on a shared machine.
-            cpu = time.process_time()
-            n_rt, t_rt = asyncio.run(runtime_alone(backend, prompt_ids, args.streams, args.tokens))
-            cpu_rt, cpu = time.process_time() - cpu, time.process_time()
-            n_http, t_http = http_load(server.base_url, args.streams, args.tokens, args.client)
-            cpu_http = time.process_time() - cpu
-            rt, http = n_rt / t_rt, n_http / t_http
-            print(
-                f"runtime alone          : {n_rt} tokens in {t_rt:.2f} s = {rt:.0f} tok/s, "
-                f"{1e3 * cpu_rt / n_rt:.3f} CPU ms/token"
-            )
-            print(
-                f"HTTP, embedded         : {n_http} tokens in {t_http:.2f} s = {http:.0f} tok/s "
-                f"({100 * http / rt:.1f}% of the runtime alone), {1e3 * cpu_http / n_http:.3f} CPU ms/token in the server's process",
-                flush=True,
-            )
+        http_load(server.base_url, args.streams, 8, args.client)  # warm-up
+        for i in range(args.repeat):
+            # Interleaved, and in ABBA order (even pairs runtime first, odd pairs HTTP first): a neighbour's
+            # load on a shared CPU, and its drift within a pair, hit both sides alike.
+            runs = {}
+            for side in ("runtime", "http") if i % 2 == 0 else ("http", "runtime"):
+                # CPU seconds of this process (every thread): unlike tok/s, unmoved by other work on a shared machine.
+                cpu = time.process_time()
+                if side == "runtime":
+                    n, t = asyncio.run(runtime_alone(backend, prompt_ids, args.streams, args.tokens))
+                else:
+                    n, t = http_load(server.base_url, args.streams, args.tokens, args.client)
+                runs[side] = Run(n, t, time.process_time() - cpu)
+            pair = Pair(runs["runtime"], runs["http"])
+            pairs.append(pair)
+            print(pair.line(), flush=True)
+    print(summary(pairs), flush=True)
     if args.triton:
         n_tr, t_tr = through_triton(args)
         tr = n_tr / t_tr
+        http = statistics.median(p.http.rate for p in pairs)
         print(
             f"HTTP, translator+Triton: {n_tr} tokens in {t_tr:.2f} s = {tr:.0f} tok/s "
-            f"({100 * (1 - tr / http):.1f}% fewer than embedded)"
+            f"({100 * (1 - tr / http):.1f}% fewer than embedded's median)"
         )
 
 

@@ -48,10 +48,13 @@ def report(name: str, value) -> None:
 
 
 _HEALTH_POLLER = """
-import sys, time, http.client
+import sys, threading, time, http.client
 host, port = sys.argv[1].rsplit("/", 1)[-1].split(":")
+# Polls until its stdin closes (or for argv[2] seconds), then prints its worst latency.
+stop = threading.Event()
+threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
 worst, end = 0.0, time.monotonic() + float(sys.argv[2])
-while time.monotonic() < end:
+while time.monotonic() < end and not stop.is_set():
     t0 = time.perf_counter()
     try:
         c = http.client.HTTPConnection(host, int(port), timeout=120)
@@ -64,6 +67,17 @@ while time.monotonic() < end:
     time.sleep(0.02)
 print(round(worst, 3))
 """
+
+
+def health_poller(base: str, seconds: float = 600) -> subprocess.Popen:
+    """/v1/health/live polled from a process of its own: this one's loop is busy with the clients (and
+    with encoding a giant body), which would count in an in-process poller's figure."""
+    return subprocess.Popen(
+        [sys.executable, "-c", _HEALTH_POLLER, base, str(seconds)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
 
 
 class Probe:
@@ -90,18 +104,6 @@ class Probe:
             pass
         return {"times": times, "done": done, "errors": errors}
 
-    async def health_poller(self, stop: asyncio.Event) -> float:
-        worst = 0.0
-        while not stop.is_set():
-            t0 = time.perf_counter()
-            try:
-                await self.client.get("/v1/health/live")
-            except httpx.HTTPError:
-                pass
-            worst = max(worst, time.perf_counter() - t0)
-            await asyncio.sleep(0.02)
-        return worst
-
     async def beside_streams(self, name: str, work, n_streams: int = 8, max_tokens: int = 4000) -> None:
         """Runs `work()` while n streams decode; prints its time, the streams' largest token gap and
         rate during it, and the worst health latency."""
@@ -109,13 +111,12 @@ class Probe:
         records = [{} for _ in range(n_streams)]
         streams = [asyncio.create_task(self.stream(body, rec=rec)) for rec in records]
         await asyncio.sleep(1.5)
-        stop = asyncio.Event()
-        poller = asyncio.create_task(self.health_poller(stop))
+        poller = health_poller(self.base)
+        await asyncio.sleep(0.5)  # the poller's interpreter starting
         t0 = time.perf_counter()
         outcome = await work()
         t1 = time.perf_counter()
-        stop.set()
-        worst_health = await poller
+        worst_health = float((await asyncio.to_thread(poller.communicate, ""))[0].strip())
         await self.client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 1})  # flush
         for s in streams:
             s.cancel()
@@ -130,9 +131,12 @@ class Probe:
         report(f"{name}.streams_tokens_per_s", round(tokens / max(t1 - t0, 1e-9), 1))
         report(f"{name}.max_health_latency_s", round(worst_health, 3))
 
-    async def post(self, body: dict, path: str = "/v1/chat/completions"):
+    async def post(self, body: dict | bytes, path: str = "/v1/chat/completions"):
         try:
-            r = await self.client.post(path, json=body)
+            if isinstance(body, bytes):  # encoded beforehand: outside the timed window
+                r = await self.client.post(path, content=body, headers={"content-type": "application/json"})
+            else:
+                r = await self.client.post(path, json=body)
             return r.status_code, r.text[:120]
         except httpx.HTTPError as e:
             return "error", type(e).__name__
@@ -140,14 +144,13 @@ class Probe:
     async def giant_prompt(self, megabytes: int, pid: int) -> None:
         before = rss_mb(pid)
         body = {"messages": [{"role": "user", "content": "word " * (megabytes * 1024 * 1024 // 5)}], "max_tokens": 1}
+        body = json.dumps(body).encode()
         await self.beside_streams(f"prompt_{megabytes}mb", lambda: self.post(body), max_tokens=4000)
         report(f"prompt_{megabytes}mb.rss_mb_before_after", f"{before:.0f} -> {rss_mb(pid):.0f}")
 
     async def thousand_at_once(self) -> None:
         # Health is polled from a process of its own: this one is busy with the 1,000 clients.
-        poller = subprocess.Popen(
-            [sys.executable, "-c", _HEALTH_POLLER, self.base, "30"], stdout=subprocess.PIPE, text=True
-        )
+        poller = health_poller(self.base, 30)
         t0 = time.perf_counter()
 
         async def one():
@@ -244,6 +247,7 @@ async def run(args, proc: subprocess.Popen, base: str) -> None:
     probe = Probe(base)
     wanted = set(args.only.split(",")) if args.only else None
     steps = [
+        ("idle", lambda: probe.beside_streams("idle", lambda: asyncio.sleep(3))),  # the baseline
         ("giant", lambda: probe.giant_prompt(5, proc.pid)),
         ("giant30", lambda: probe.giant_prompt(30, proc.pid)),
         ("thousand", probe.thousand_at_once),
@@ -265,7 +269,7 @@ def main() -> None:
     p.add_argument("--python", default=sys.executable)
     p.add_argument("--server-args", default="")
     p.add_argument(
-        "--only", default="", help="comma-separated steps: giant,giant30,thousand,template,stop,n,fuzz,sigterm"
+        "--only", default="", help="comma-separated steps: idle,giant,giant30,thousand,template,stop,n,fuzz,sigterm"
     )
     args = p.parse_args()
     port = free_port()

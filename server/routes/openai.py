@@ -5,6 +5,7 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from server.body_route import OffloadedBodyRoute
 from server.chat import chat_completion, chat_stream, prepare_chat
 from server.completions import completion, completion_stream, prepare_completion
 from server.context import ServerContext
@@ -14,7 +15,7 @@ from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.sse import SSEResponse
 from server.streams import start_all, until_disconnect
 
-router = APIRouter()
+router = APIRouter(route_class=OffloadedBodyRoute)  # large bodies parsed off the loop
 
 
 def _ctx(request: Request) -> ServerContext:

@@ -7,6 +7,7 @@ import json
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
+from server.body_route import OffloadedBodyRoute
 from server.errors import APIError
 from server.responses.protocol import ResponsesRequest
 from server.responses.service import prepare_response, response_events, run_to_end
@@ -15,7 +16,7 @@ from server.routes.openai import check_model
 from server.sse import SSEResponse
 from server.streams import start_all, until_disconnect
 
-router = APIRouter()
+router = APIRouter(route_class=OffloadedBodyRoute)  # large bodies parsed off the loop
 
 
 def _store(request: Request) -> ResponseStore:

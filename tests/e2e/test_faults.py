@@ -3,7 +3,8 @@ with random disconnects, head-of-line blocking by giant prompts, overload, slow-
 SIGTERM on a real `python -m server` process. Bounded: well under a minute together on 2 cores.
 
 Bounds stated here (docs/operations.md): while a 5 MB and a 30 MB prompt arrive, running streams'
-largest gap between tokens and /v1/health/live stay under HOL_BOUND_S."""
+largest gap between tokens and /v1/health/live stay within an allowance (HOL_BOUND_S, or three parses of
+the 30 MB body on a slower machine) of what they are without them."""
 
 from __future__ import annotations
 
@@ -19,16 +20,20 @@ import time
 from pathlib import Path
 
 import httpx
+import orjson
 import pytest
 
 from bench.uvicorn_thread import UvicornThread, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 USER = [{"role": "user", "content": "Hello"}]
-# Generous for 2 cores shared by several test runs: the largest stall left is the 30 MB body's JSON parse on
-# the event loop (0.4 s on an idle machine, up to ~4 s at a load average of 24); before the size bound,
-# rendering and tokenizing the 5 MB prompt alone froze everything for 15-38 s.
-HOL_BOUND_S = 5.0
+# What the giant prompts may add to the worst health latency and token gap seen without them (a baseline
+# window measured first, on the same loaded machine). The one stall left is the 30 MB body's parse: one
+# orjson call on a prompt worker, which holds the interpreter lock (server/body_route.py); it is allowed
+# three times what that parse takes in this process just before, when that is above HOL_BOUND_S (a machine
+# shared by several test runs). Before the fix the parse and a surrogate scan ran on the event loop
+# (1.4-3.9 s); before the size bound, rendering and tokenizing the 5 MB prompt froze everything for 15-38 s.
+HOL_BOUND_S = 0.5
 
 
 @pytest.fixture(scope="module")
@@ -107,6 +112,18 @@ def test_storm_of_streams_with_random_disconnects(engine_backend):
 
 
 def test_giant_prompts_do_not_stall_streams_or_health(engine_backend):
+    # Encoded before any clock starts: the client shares this process (and its GIL) with the server.
+    giants = [
+        json.dumps({"messages": [{"role": "user", "content": "word " * (mb * 1024 * 1024 // 5)}]}).encode()
+        for mb in (5, 30)
+    ]
+    parse_s = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        orjson.loads(giants[1])
+        parse_s.append(time.perf_counter() - t0)
+    allowance = max(HOL_BOUND_S, 3 * sorted(parse_s)[1])
+
     async def scenario(base: str):
         limits = httpx.Limits(max_connections=20)
         async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
@@ -114,22 +131,24 @@ def test_giant_prompts_do_not_stall_streams_or_health(engine_backend):
             records = [{} for _ in range(8)]
             streams = [asyncio.create_task(read_stream(client, body, record=rec)) for rec in records]
             await asyncio.sleep(1.0)
-            stop, worst = asyncio.Event(), [0.0]
+            stop, worst = asyncio.Event(), {}
 
-            async def poll():
+            async def poll(window: str):
                 while not stop.is_set():
                     t0 = time.perf_counter()
                     assert (await client.get("/v1/health/live")).status_code == 200
-                    worst[0] = max(worst[0], time.perf_counter() - t0)
+                    worst[window] = max(worst.get(window, 0.0), time.perf_counter() - t0)
                     await asyncio.sleep(0.02)
 
-            # Encoded before the clock starts: the client shares this process (and its GIL) with the server.
-            giants = [
-                json.dumps({"messages": [{"role": "user", "content": "word " * (mb * 1024 * 1024 // 5)}]}).encode()
-                for mb in (5, 30)
-            ]
             headers = {"content-type": "application/json"}
-            poller = asyncio.create_task(poll())
+            poller = asyncio.create_task(poll("baseline"))
+            b0 = time.perf_counter()
+            await asyncio.sleep(2.0)
+            b1 = time.perf_counter()
+            stop.set()
+            await poller
+            stop.clear()
+            poller = asyncio.create_task(poll("giants"))
             t0 = time.perf_counter()
             answers = await asyncio.gather(
                 *(client.post("/v1/chat/completions", content=g, headers=headers) for g in giants)
@@ -140,25 +159,32 @@ def test_giant_prompts_do_not_stall_streams_or_health(engine_backend):
             for s in streams:
                 s.cancel()
             await asyncio.gather(*streams, return_exceptions=True)
-            return answers, records, t0, t1, worst[0]
+            return answers, records, (b0, b1), (t0, t1), worst
 
     with serve(engine_backend) as srv:
-        answers, streams, t0, t1, worst_health = asyncio.run(scenario(srv.base_url))
+        answers, streams, baseline, window, worst = asyncio.run(scenario(srv.base_url))
     for r in answers:
         assert r.status_code in (400, 413) and r.json()["error"]["code"] in (
             "context_length_exceeded",
             "request_too_large",
         ), r.text[:200]
-    assert t1 - t0 < 60
-    gaps = []
-    for rec in streams:
-        gaps += [b - a for a, b in zip(rec["times"], rec["times"][1:]) if b >= t0 and a <= t1]
-    assert gaps, "the streams produced nothing while the giants arrived"
+    assert window[1] - window[0] < 60
+
+    def largest_gap(start: float, end: float, within: bool) -> float:
+        """The largest gap between two tokens of a stream: inside the window, or overlapping it at all."""
+        pairs = [(a, b) for rec in streams for a, b in zip(rec["times"], rec["times"][1:])]
+        gaps = [b - a for a, b in pairs if (start <= a and b <= end if within else b >= start and a <= end)]
+        assert gaps, "the streams produced nothing in the window"
+        return max(gaps)
+
+    base_gap, gap = largest_gap(*baseline, within=True), largest_gap(*window, within=False)
     print(
-        f"giant prompts: {t1 - t0:.2f} s to both refusals, largest stream gap {max(gaps):.3f} s, health {worst_health:.3f} s"
+        f"giant prompts: {window[1] - window[0]:.2f} s to both refusals; largest stream gap {gap:.3f} s "
+        f"(baseline {base_gap:.3f} s), health {worst['giants']:.3f} s (baseline {worst['baseline']:.3f} s); "
+        f"allowance {allowance:.3f} s (a 30 MB parse here: {sorted(parse_s)[1]:.3f} s)"
     )
-    assert max(gaps) < HOL_BOUND_S, f"largest token gap {max(gaps):.3f} s"
-    assert worst_health < HOL_BOUND_S, f"health took {worst_health:.3f} s"
+    assert gap < base_gap + allowance, f"largest token gap {gap:.3f} s"
+    assert worst["giants"] < worst["baseline"] + allowance, f"health took {worst['giants']:.3f} s"
 
 
 def test_overload_gets_503_retry_after_and_nothing_else(engine_backend):

@@ -110,3 +110,22 @@ async def test_a_failing_step_fails_its_requests_and_the_loop_goes_on(engine, mo
     await wait_for_idle(engine, free)
     outs = await collect(engine, GenerateRequest("after", PROMPT, SamplingParams(max_tokens=5, ignore_eos=True)))
     assert outs[-1].finished and outs[-1].usage.completion_tokens == 5
+
+
+async def test_one_wake_up_per_engine_step_not_per_output(engine, monkeypatch):
+    """8 streams decoding together: each step's outputs reach the loop in one `call_soon_threadsafe` (one
+    self-pipe write and callback), not one per output; every output still arrives, in order."""
+    loop = asyncio.get_running_loop()
+    calls = []
+    real = loop.call_soon_threadsafe
+
+    def counting(callback, *args, **kwargs):
+        calls.append(callback)
+        return real(callback, *args, **kwargs)
+
+    monkeypatch.setattr(loop, "call_soon_threadsafe", counting)
+    requests = [GenerateRequest(f"w{i}", PROMPT, SamplingParams(max_tokens=12, ignore_eos=True)) for i in range(8)]
+    together = await asyncio.gather(*(collect(engine, r) for r in requests))
+    outputs = sum(len(outs) for outs in together)
+    assert all(sum(len(o.token_ids) for o in outs) == 12 and outs[-1].finished for outs in together)
+    assert len(calls) < outputs / 2, (len(calls), outputs)  # 8 streams in one batch: ~1/8 of the outputs
