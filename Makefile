@@ -18,11 +18,13 @@ BENCH_ARGS ?=
 # servers and engines are built once), at most 4 (each holds its own servers and engines in memory);
 # TEST_WORKERS=0 runs everything in this process
 TEST_WORKERS ?= $(shell n=$$(nproc 2>/dev/null || echo 2); echo $$(( n < 4 ? n : 4 )))
+REFERENCE ?=
+VERIFY_ARGS ?=
 TINY_ENGINE := engines/gemma-4-tiny-it-float32
 # The tiny demo also answers to the NIM's model names, so the NIM's examples run against it as written.
 DEMO_ALIASES := --model-alias google/gemma-4-26b-a4b-it --model-alias google/gemma-4-31b-it
 
-.PHONY: install test lint serve engine triton bench clean
+.PHONY: install test lint serve engine triton bench verify clean
 
 install: $(STAMP)
 
@@ -66,6 +68,11 @@ triton: install
 
 bench: install
 	$(PY) -m bench.run $(BENCH_ARGS)
+
+# the engine against the Hugging Face checkpoint it was built from (REFERENCE: engine.json's source by default)
+verify: install
+	@test -n "$(ENGINE)" || { echo "usage: make verify ENGINE=engines/<name> [REFERENCE=<checkpoint folder or hub id>]"; exit 2; }
+	$(PY) -m bench.verify --engine "$(ENGINE)" $(if $(REFERENCE),--reference "$(REFERENCE)") $(VERIFY_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -11,7 +11,9 @@
 #   bench/gpu_session.sh bench ARGS...     # THERE: python -m bench.run ARGS, its JSON lines into $OUT
 #   bench/gpu_session.sh tune ARGS...      # THERE: python -m bench.tune_kernels ARGS
 #   bench/gpu_session.sh profile ARGS...   # THERE: python -m bench.profile_decode ARGS
-#   bench/gpu_session.sh session SECONDS [PLAN]  # THERE: a plan's steps (bench, decode, owed, tiles), each capped
+#   bench/gpu_session.sh session SECONDS [PLAN]  # THERE: a plan's steps (bench, decode, owed, tiles, h200), each capped
+#   bench/gpu_session.sh summary           # THERE: the short table of $OUT's figures and the steps' exits
+#   DRY_RUN=1 bench/gpu_session.sh session 900 h200   # HERE: the h200 plan rehearsed on the CPU (tiny sizes)
 #
 # Several steps chain in one device call (a fresh machine costs minutes):
 #   bench/gpu_session.sh check && bench/gpu_session.sh bench --models 26b --dtypes bf16
@@ -80,6 +82,15 @@ case "$step" in
     prepare
     "$PYTHON" -m bench.profile_decode --out "$OUT" "$@" 2>&1 | tee -a "$OUT/profile.log"
     ;;
+  truedims)
+    # correctness at the true dimensions against transformers (tests/gpu/test_true_dimensions.py)
+    prepare
+    "$PYTHON" -m pytest -q -ra -s -p no:cacheprovider tests/gpu/test_true_dimensions.py "$@" 2>&1 | tee "$OUT/truedims.log"
+    ;;
+  summary)
+    prepare > /dev/null
+    "$PYTHON" -m bench.session_summary "$OUT" 2>&1 | tee "$OUT/summary.log"
+    ;;
   session)
     # One device call for a short lease: each step runs in its own process under a cap (a hang or a
     # crash costs that step, not the call), in the order of need. Figures are written as they are
@@ -92,6 +103,10 @@ case "$step" in
     #           kernels' and W8A16's tiles (docs/benchmarks.md, "What is next")
     #   tiles:  transformers at the 31B (cut off in `owed`), then the tiles `owed` chose and the MoE side
     #           stream: their check, whole decode steps, and W8A16's new tiles at the 26B-A4B's shapes
+    #   h200:   issue 19: correctness at the true dimensions (logits, 32 greedy steps, FP8 against bf16),
+    #           the kernels' check, then make bench re-anchored on the H200 (its copy rate measured first,
+    #           the floors from it), the short table last. DRY_RUN=1: the same steps on the CPU at tiny
+    #           sizes (the true-dimension test at the tiny geometry, bench --dry-run), to know it runs
     budget=${1:-540}
     plan=${2:-bench}
     deadline=$((SECONDS + budget))
@@ -138,8 +153,21 @@ case "$step" in
         capped 35 profile --model 26b --dtype bf16 --trace off
         capped 60 tune --kernels w8a16 --models 26b --shapes M=16,M=64
         ;;
-      *) echo "unknown plan: $plan (bench, decode, owed, tiles)" | tee -a "$OUT/session.log" >&2; exit 2 ;;
+      h200)
+        if [ "${DRY_RUN:-0}" = 1 ]; then
+          export GEMMA_TRUE_DIMS_DRY_RUN=1
+          capped 400 truedims
+          capped 300 bench --dry-run --dtypes bf16
+        else
+          capped 240 truedims
+          capped 90 check -k "not true_dimensions"
+          capped 130 bench --models 26b --dtypes bf16,fp8 --transformers off
+          capped 100 bench --models 31b --dtypes fp8 --transformers off
+        fi
+        "$0" summary
+        ;;
+      *) echo "unknown plan: $plan (bench, decode, owed, tiles, h200)" | tee -a "$OUT/session.log" >&2; exit 2 ;;
     esac
     ;;
-  *) echo "unknown step: $step (wheels, check, bench, tune, profile)" >&2; exit 2 ;;
+  *) echo "unknown step: $step (wheels, check, bench, tune, profile, truedims, summary, session)" >&2; exit 2 ;;
 esac

@@ -32,6 +32,10 @@ def test_chained_steps_leave_their_figures_and_logs_in_out(tmp_path):
     assert [json.loads(line)["kernel"] for line in (out / "tune.jsonl").read_text().splitlines()] == ["w8a16"] * 2
     assert "figures appended" in (out / "bench.log").read_text()
     assert "tuning on" in (out / "tune.log").read_text()
+    summary = run_step(tmp_path, "summary")  # the closing table reads the figures, not tune.jsonl's tiles
+    assert summary.returncode == 0, summary.stdout[-2000:] + summary.stderr[-2000:]
+    (row,) = [line.split() for line in summary.stdout.splitlines() if line.startswith("tiny")]
+    assert row[:2] == ["tiny", "bf16"] and row[4].endswith("%") and float(row[2]) > 0, summary.stdout
 
 
 def test_a_failing_step_fails_the_chain(tmp_path):
@@ -69,5 +73,16 @@ def test_the_decode_plan_runs_its_own_steps_and_an_unknown_plan_is_refused(tmp_p
     assert owed.returncode == 0, owed.stdout[-2000:] + owed.stderr[-2000:]
     first = (tmp_path / "owed" / "out" / "session.log").read_text().splitlines()[0]
     assert first.startswith("== skip bench --models 31b --dtypes bf16")  # the table's missing model first
+    (tmp_path / "h200").mkdir()
+    h200 = run_step(tmp_path / "h200", "session", "40", "h200")
+    assert h200.returncode == 0, h200.stdout[-2000:] + h200.stderr[-2000:]
+    log = (tmp_path / "h200" / "out" / "session.log").read_text().splitlines()
+    assert [line.split(":")[0] for line in log] == [
+        "== skip truedims",
+        "== skip check -k not true_dimensions",
+        "== skip bench --models 26b --dtypes bf16,fp8 --transformers off",
+        "== skip bench --models 31b --dtypes fp8 --transformers off",
+    ]
+    assert "== summary" in h200.stdout  # the table comes last, whatever ran
     unknown = run_step(tmp_path, "session", "40", "everything")
     assert unknown.returncode == 2 and "unknown plan" in unknown.stderr

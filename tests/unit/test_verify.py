@@ -1,0 +1,92 @@
+"""`make verify` (bench/verify) on the tiny taught engines: it passes on correct float32, bf16 and FP8
+engines, fails on a copy with one weight scaled, and answers the user's mistakes in one line."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+from safetensors.torch import load_file, save_file
+
+from bench.verify.__main__ import main
+from engine_builder.convert import build_engine
+from tests.conftest import REPO_ROOT
+
+# q_norm scales the queries after their RMSNorm: attention sharpens. (A whole o_proj or down_proj scaled
+# would change nothing: the post-attention and post-feedforward norms divide a uniform scale back out.)
+CORRUPTED = "layers.1.attn.q_norm.weight"
+
+
+@pytest.fixture(scope="module")
+def engines(taught_checkpoint_dir, tmp_path_factory) -> dict:
+    """float32, bf16 and fp8 engines of the taught checkpoint, built from its folder (engine.json records it)."""
+    out = tmp_path_factory.mktemp("verify-engines")
+    return {
+        d: build_engine(str(taught_checkpoint_dir), out, dtype=d, progress=False) for d in ("float32", "bf16", "fp8")
+    }
+
+
+def corrupted_copy(engine, dst, scale: float):
+    shutil.copytree(engine, dst)
+    weights = load_file(dst / "model.safetensors")
+    weights[CORRUPTED] = weights[CORRUPTED] * scale
+    save_file(weights, dst / "model.safetensors")
+    return dst
+
+
+@pytest.mark.parametrize("dtype", ["float32", "bf16", "fp8"])
+def test_a_correct_engine_passes_against_the_checkpoint_engine_json_names(engines, dtype, capsys):
+    assert main(["--engine", str(engines[dtype]), "--steps", "8"]) == 0
+    out = capsys.readouterr().out
+    rows = {line.split("  ")[0]: line for line in out.splitlines()}
+    assert all(rows[p].endswith("pass") for p in ("text", "thinking", "tool call", "image")), out
+    assert "perplexity on the fixed text" in out and out.rstrip().splitlines()[-1].startswith("verify passed")
+    if dtype == "float32":  # rounding only: every position agrees and the logits match to 1e-3 of their range
+        assert "100.0% of" in rows["tool call"] and "perplexity change within ±0.1%" in out
+
+
+@pytest.mark.parametrize("dtype,scale", [("float32", 3.0), ("bf16", 3.0)])
+def test_an_engine_with_one_weight_scaled_fails(engines, dtype, scale, tmp_path, capsys):
+    bad = corrupted_copy(engines[dtype], tmp_path / "bad", scale)
+    assert main(["--engine", str(bad), "--steps", "8"]) == 1
+    captured = capsys.readouterr()
+    line = captured.err.strip().splitlines()[-1]  # one clear line says why, last
+    assert line.startswith(f"verify FAILED: {bad} against ") and "top-1 agreement" in line
+    assert "FAIL" in captured.out
+
+
+def test_user_mistakes_are_one_line(engines, tmp_path):
+    with pytest.raises(SystemExit, match="does not exist"):
+        main(["--engine", str(tmp_path / "nope")])
+    with pytest.raises(SystemExit, match="REFERENCE=.*does not exist"):
+        main(["--engine", str(engines["float32"]), "--reference", str(tmp_path / "no-checkpoint")])
+    with pytest.raises(SystemExit, match="not a Hugging Face Gemma 4 checkpoint"):
+        main(["--engine", str(engines["float32"]), "--reference", str(tmp_path)])
+    # built by `make engine MODEL=tiny`: its checkpoint was temporary, so REFERENCE must be given
+    tiny = shutil.copytree(engines["float32"], tmp_path / "tiny-engine")
+    meta = json.loads((tiny / "engine.json").read_text())
+    (tiny / "engine.json").write_text(json.dumps({**meta, "source": {"checkpoint": "tiny", "sha256": "x"}}))
+    with pytest.raises(SystemExit, match="pass REFERENCE="):
+        main(["--engine", str(tiny)])
+
+
+def test_an_unmatched_reference_is_refused_in_one_line_without_a_traceback(engines, tmp_path):
+    from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
+
+    other = make_tiny_checkpoint(tmp_path / "other", kind="dense", seed=5, sliding_window=8, with_vision=False)
+    env = dict(os.environ, PYTHONPATH=f"{REPO_ROOT}:{REPO_ROOT / 'build'}")
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.verify", "--engine", str(engines["fp8"]), "--reference", str(other)],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
+    (line,) = run.stderr.strip().splitlines()
+    assert line.startswith(f"error: REFERENCE={other} is not the checkpoint") and "--any-checkpoint" in line
