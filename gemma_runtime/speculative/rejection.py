@@ -10,6 +10,8 @@ draft iff y == x, which is what the engine's verify step does for such drafts (v
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
 
@@ -40,3 +42,25 @@ def rejection_sample(
         residual = residual / total if total > 0 else p[i]
         return [*draft_ids[:i], int(torch.multinomial(residual, 1, generator=generator))]
     return [*draft_ids, int(torch.multinomial(p[n], 1, generator=generator))]
+
+
+@dataclass(frozen=True)
+class RejectionGroup:
+    """A sampled sequence's verify rows whose drafts came with probabilities: rows [row, row + n]."""
+
+    row: int
+    draft_ids: list[int]
+    draft_probs: torch.Tensor  # [n, V]
+    generator: torch.Generator | None
+
+
+def apply_rejection(tokens: torch.Tensor, probs: torch.Tensor, groups: list[RejectionGroup]) -> torch.Tensor:
+    """tokens [R] (one sample per row), probs [R, V] the rows' target distributions: each group's rows
+    get its rejection-sampled run written from its first row (verify.accepted_run then finds it: a
+    drawn residual token never equals the rejected draft, whose residual mass is 0)."""
+    tokens = tokens.clone()
+    for g in groups:
+        n = len(g.draft_ids)
+        run = rejection_sample(probs[g.row : g.row + n + 1], g.draft_ids, g.draft_probs, g.generator)
+        tokens[g.row : g.row + len(run)] = torch.tensor(run, dtype=tokens.dtype, device=tokens.device)
+    return tokens
