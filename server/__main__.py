@@ -100,7 +100,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--speculative-max-batch",
         type=int,
         default=None,
-        help="a step with more decoding sequences drafts nothing (default: 8 on CPU, 32 on CUDA)",
+        help="a step with more decoding sequences drafts nothing (default 32)",
     )
     add_limit_args(p)
     return p.parse_args(argv)
