@@ -37,7 +37,8 @@ def measure_decode(
     engine: LLMEngine, batch: int, sizes: Sizes, clock: Clock, rng: random.Random
 ) -> tuple[float, float]:
     """(tokens/s per user, tokens/s in total) over decode steps with `batch` sequences all running."""
-    n = decode_max_tokens(sizes, batch)
+    spec = engine.config.speculative != "off"
+    n = decode_max_tokens(sizes, batch, engine.config.num_speculative_tokens + 1 if spec else 1)
     ids = {f"decode-{batch}-{i}" for i in range(batch)}
     for rid in sorted(ids):
         engine.add_request(GenerateRequest(rid, prompt_ids(sizes.prompt, rng), greedy(n)))
@@ -50,7 +51,8 @@ def measure_decode(
         produced += sum(len(o.token_ids) for o in engine.step())
     elapsed = clock.now() - start
     drain(engine)
-    if produced != batch * sizes.decode_steps:
+    # each sequence gains one token a step, or (speculating) one to N + 1
+    if produced < batch * sizes.decode_steps or (not spec and produced != batch * sizes.decode_steps):
         raise RuntimeError(
             f"decode batch {batch}: {produced} tokens in {sizes.decode_steps} steps (the batch did not stay whole)"
         )
@@ -117,15 +119,26 @@ def measure_ours(
     record,
     graphs: bool | None = None,
     overlap: bool | None = None,
+    speculative: str = "off",
+    num_speculative_tokens: int = 3,
 ) -> None:
-    """Runs every measurement on one random engine."""
+    """Runs every measurement on one random engine (speculating when asked: then its counters and the
+    step costs of bench/spec_decode.py too)."""
     clock, rng = Clock(device), random.Random(0)
-    system = system_name(graphs, overlap)
+    system = system_name(graphs, overlap) + (f"-spec-{speculative}" if speculative != "off" else "")
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     made = make_random_engine(model, dtype, device, workdir / f"{model}-{dtype}")
     floor = bandwidth / active_bytes_per_token(made.spec.text, made.weights)
-    config = runtime_config(made.spec, sizes, device, graphs, overlap)
+    config = runtime_config(
+        made.spec,
+        sizes,
+        device,
+        graphs,
+        overlap,
+        speculative=speculative,
+        num_speculative_tokens=num_speculative_tokens,
+    )
     with weights_in_memory(made.weights):
         engine = LLMEngine(made.engine_dir, config)
     print(
@@ -178,9 +191,25 @@ def measure_ours(
         measure_arrivals(engine, sizes, clock, rng),
         "tok/s",
     )
+    if engine.speculation is not None:
+        report_speculation(
+            engine, device, lambda metric, batch, value, unit: record(model, dtype, system, metric, batch, value, unit)
+        )
     record(model, dtype, system, "peak_memory_gb", 0, peak_memory_gb(device), "GB")
     del engine
     release(device)
+
+
+def report_speculation(engine: LLMEngine, device: torch.device, record) -> None:
+    """The speculation counters over the runs above, then the draft/verify step costs and their curve."""
+    from bench.spec_decode import measure as measure_spec_steps
+
+    stats = engine.stats()
+    record("spec_decode_drafted_tokens", 0, stats.spec_decode_drafted, "tokens")
+    record("spec_decode_accepted_tokens", 0, stats.spec_decode_accepted, "tokens")
+    mean = stats.spec_decode_emitted / stats.spec_decode_verifies if stats.spec_decode_verifies else 0.0
+    record("spec_decode_mean_accepted_length", 0, mean, "tokens")
+    measure_spec_steps(engine, engine.config.num_speculative_tokens, device, record)
 
 
 # ------------------------------------------------------------------ transformers

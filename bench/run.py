@@ -15,6 +15,7 @@ tested (tests/unit/test_bench_dry_run.py); those figures mean nothing for speed.
     .venv/bin/python -m bench.run [--dry-run] [--models 26b,31b] [--dtypes bf16,fp8] [--results-dir bench/results]
                                   [--decode-graphs auto|on|off] [--overlap auto|on|off]
                                   [--transformers on|off] [--ours on|off]
+                                  [--speculative off|ngram|mtp] [--num-speculative-tokens N]
 
 --decode-graphs and --overlap switch the decode path's CUDA graphs and overlapped scheduling (default:
 the runtime's own choice, on for CUDA) so their effect can be measured one at a time.
@@ -57,6 +58,13 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="off: only transformers (a run cut off before it, at the 31B's size, catches up)",
     )
+    p.add_argument(
+        "--speculative",
+        choices=("off", "ngram", "mtp"),
+        default="off",
+        help="speculate in our runs: its counters and the draft/verify step costs (bench/spec_decode.py) too",
+    )
+    p.add_argument("--num-speculative-tokens", type=int, default=3, help="drafts per sequence per step")
     args = p.parse_args(argv)
     check_bench_args(args, torch.cuda.is_available())
 
@@ -99,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
                         record,
                         SWITCH[args.decode_graphs],
                         SWITCH[args.overlap],
+                        args.speculative,
+                        args.num_speculative_tokens,
                     )
                 if args.transformers == "on":
                     measure_transformers(model, hf_config, sizes, device, record)

@@ -110,15 +110,16 @@ def system_name(graphs: bool | None, overlap: bool | None) -> str:
 STEP_TOKENS = 2048  # the engine's token budget per step (max_num_batched_tokens)
 
 
-def decode_max_tokens(sizes: Sizes, batch: int) -> int:
+def decode_max_tokens(sizes: Sizes, batch: int, tokens_per_step: int = 1) -> int:
     """Output tokens each sequence of a decode run is given. The batch's prompts take several steps to
     prefill (STEP_TOKENS a step, and one more step of lag with overlapped scheduling), so the sequences
     prefilled first run that many tokens ahead of the last; each must still be running at the last timed
-    step, or the batch shrinks inside the measurement."""
+    step, or the batch shrinks inside the measurement. With speculation a step may give a sequence up to
+    tokens_per_step (N + 1) tokens."""
     prefill_steps = -(
         -batch * sizes.prompt // (STEP_TOKENS - batch)
     )  # running sequences' decode tokens share the budget
-    return sizes.warmup_steps + sizes.decode_steps + 2 + prefill_steps + 1
+    return (sizes.warmup_steps + sizes.decode_steps + 2) * tokens_per_step + prefill_steps + 1
 
 
 def runtime_config(
@@ -128,13 +129,16 @@ def runtime_config(
     graphs: bool | None = None,
     overlap: bool | None = None,
     moe_side_stream: bool | None = None,
+    speculative: str = "off",
+    num_speculative_tokens: int = 3,
 ) -> RuntimeConfig:
     """Pages for the largest decode batch and the longest prefill, within 85% of what the weights leave free.
     The batch sizes that do not fit are skipped (and said so) rather than preempting mid-measurement."""
     bs, window = sizes.block_size, spec.text.sliding_window
+    per_step = num_speculative_tokens + 1 if speculative != "off" else 1
     max_batch = max(sizes.batches + (min(sizes.arrivals, max(sizes.batches)),))
     ctx = max(
-        sizes.prompt + max(decode_max_tokens(sizes, b) for b in sizes.batches),
+        sizes.prompt + max(decode_max_tokens(sizes, b, per_step) for b in sizes.batches),
         sizes.arrival_prompt + sizes.arrival_output + 1,
     )
     longest = max(max(sizes.prefill_lens) + 2, ctx)
@@ -160,4 +164,6 @@ def runtime_config(
         decode_graph_max_batch=None if graphs is None else max_batch if graphs else 0,
         overlap_scheduling=overlap,
         moe_side_stream=moe_side_stream,
+        speculative=speculative,
+        num_speculative_tokens=num_speculative_tokens,
     )

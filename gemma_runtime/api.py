@@ -109,6 +109,12 @@ class EngineStats:
     kv_blocks_free: int  # cached pages no sequence holds count as free: they are evicted on demand
     prefix_cache_queries: int = 0  # prompt tokens looked up in the prefix cache
     prefix_cache_hits: int = 0  # of which found
+    # speculative decoding (gemma_runtime/speculative/metrics.py): drafts verified, of which kept; the
+    # sequence-steps that verified drafts and the tokens they emitted (mean accepted length = emitted / verifies)
+    spec_decode_drafted: int = 0
+    spec_decode_accepted: int = 0
+    spec_decode_verifies: int = 0
+    spec_decode_emitted: int = 0
 
     @property
     def kv_usage(self) -> float:

@@ -11,6 +11,9 @@ if TYPE_CHECKING:
     import torch
 
 
+SPECULATIVE_METHODS = ("off", "mtp", "ngram")
+
+
 @dataclass(frozen=True)
 class RuntimeConfig:
     device: str = "cpu"
@@ -43,6 +46,14 @@ class RuntimeConfig:
     # Full pages are shared between sequences with the same prefix and kept after they end (evictable);
     # a next turn or a shared system prompt then starts where the cached prefix ends (scheduling/prefix_cache.py).
     enable_prefix_caching: bool = True
+    # Speculative decoding (gemma_runtime/speculative/): "off", "ngram" (prompt lookup) or "mtp" (the
+    # engine's Gemma 4 assistant drafter). Up to num_speculative_tokens drafts per sequence per step are
+    # verified in one forward. A step whose decoding sequences outnumber speculative_max_batch drafts
+    # nothing (verifying costs more than it saves once a batch is compute-bound); None: the measured
+    # default (speculative/policy.py).
+    speculative: str = "off"
+    num_speculative_tokens: int = 3
+    speculative_max_batch: int | None = None
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
@@ -51,6 +62,12 @@ class RuntimeConfig:
             raise ValueError("decode_graph_max_batch must be 0 (off) or positive")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.speculative not in SPECULATIVE_METHODS:
+            raise ValueError(f"speculative must be one of {', '.join(SPECULATIVE_METHODS)}, not {self.speculative!r}")
+        if self.num_speculative_tokens < 1:
+            raise ValueError("num_speculative_tokens must be positive")
+        if self.speculative_max_batch is not None and self.speculative_max_batch < 0:
+            raise ValueError("speculative_max_batch must be 0 (never) or positive")
 
 
 def default_device() -> str:
@@ -79,6 +96,9 @@ class ResolvedConfig:
     overlap_scheduling: bool
     moe_side_stream: bool
     enable_prefix_caching: bool
+    speculative: str = "off"  # "off", "mtp" or "ngram"
+    num_speculative_tokens: int = 3
+    speculative_max_batch: int = 0  # decoding sequences above which a step drafts nothing
 
     @property
     def max_pages_per_seq(self) -> int:

@@ -7,14 +7,20 @@ import logging
 
 import uvicorn
 
-from gemma_runtime.config import RuntimeConfig, default_device
+from gemma_runtime.config import SPECULATIVE_METHODS, RuntimeConfig, default_device
 from server.app import create_app
 from server.backend import create_backend
 from server.cli_errors import OneLineParser, UserError
 from server.drain import DrainingServer
 from server.key_scope import SCOPES
 from server.limit_flags import add_limit_args, limit_overrides
-from server.preflight import check_device, check_engine_dir, check_port_free, check_triton_reachable
+from server.preflight import (
+    check_device,
+    check_drafter,
+    check_engine_dir,
+    check_port_free,
+    check_triton_reachable,
+)
 from server.settings import ServerSettings
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
@@ -80,6 +86,22 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="recompute every prompt (prefix caching of shared prompt pages is on by default)",
     )
+    rt.add_argument(
+        "--speculative",
+        choices=list(SPECULATIVE_METHODS),
+        default=None,
+        help="speculative decoding: mtp (the engine's drafter, `make engine ... ASSISTANT=auto`), ngram (prompt "
+        "lookup) or off (default)",
+    )
+    rt.add_argument(
+        "--num-speculative-tokens", type=int, default=None, help="drafts verified per sequence per step (default 3)"
+    )
+    rt.add_argument(
+        "--speculative-max-batch",
+        type=int,
+        default=None,
+        help="a step with more decoding sequences drafts nothing (default 32)",
+    )
     add_limit_args(p)
     return p.parse_args(argv)
 
@@ -93,6 +115,9 @@ def runtime_config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         "decode_graph_max_batch": 0 if args.enforce_eager else None,
         "overlap_scheduling": False if args.disable_overlap_schedule else None,
         "enable_prefix_caching": False if args.no_prefix_caching else None,
+        "speculative": args.speculative,
+        "num_speculative_tokens": args.num_speculative_tokens,
+        "speculative_max_batch": args.speculative_max_batch,
     }
     return RuntimeConfig(device=args.device or default_device(), **{k: v for k, v in given.items() if v is not None})
 
@@ -122,6 +147,8 @@ def preflight(settings: ServerSettings, runtime: RuntimeConfig) -> None:
         raise UserError(f"--log-level {settings.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
     if settings.engine_dir:
         check_engine_dir(settings.engine_dir)
+        if not settings.backend:
+            check_drafter(settings.engine_dir, runtime.speculative)
     if settings.backend and settings.backend.startswith("triton://"):
         check_triton_reachable(settings.backend)
     elif not settings.backend and settings.engine_dir:

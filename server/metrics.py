@@ -12,6 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, gene
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
 
 from server.prefix_cache_metrics import PrefixCacheCollector
+from server.spec_decode_metrics import SpecDecodeCollector
 
 _LATENCY_BUCKETS = (
     0.001,
@@ -116,6 +117,7 @@ class ServerMetrics:
         kv.labels(**labels).set_function(lambda: self._stat("kv_usage"))
         self._model_name = model_name
         self.registry.register(PrefixCacheCollector(backend, model_name))
+        self.registry.register(SpecDecodeCollector(backend, model_name))
 
     def _stat(self, name: str) -> float:
         try:

@@ -153,3 +153,11 @@ def check_triton_reachable(uri: str, wait_s: float = 3.0) -> None:
                     f"(it prints the address to use), or fix BACKEND"
                 ) from None
             time.sleep(0.2)
+
+
+def check_drafter(engine: str | Path, speculative: str) -> None:
+    """--speculative mtp needs the drafter converted into the engine folder."""
+    from gemma_runtime.speculative.registry import engine_has_drafter, missing_drafter_message
+
+    if speculative == "mtp" and not engine_has_drafter(engine):
+        raise UserError(missing_drafter_message(engine))

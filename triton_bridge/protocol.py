@@ -39,6 +39,10 @@ STATS_METRICS = {
     "kv_blocks_free": "gemma4_kv_blocks_free",
     "prefix_cache_queries": "gemma4_prefix_cache_queries",
     "prefix_cache_hits": "gemma4_prefix_cache_hits",
+    "spec_decode_drafted": "gemma4_spec_decode_drafted",
+    "spec_decode_accepted": "gemma4_spec_decode_accepted",
+    "spec_decode_verifies": "gemma4_spec_decode_verifies",
+    "spec_decode_emitted": "gemma4_spec_decode_emitted",
 }
 
 

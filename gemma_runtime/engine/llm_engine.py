@@ -21,6 +21,9 @@ from gemma_runtime.scheduling.block_manager import BlockManager
 from gemma_runtime.scheduling.prefix_cache import CachingBlockPool
 from gemma_runtime.scheduling.scheduler import Scheduler
 from gemma_runtime.scheduling.sequence import Sequence, SequenceStatus
+from gemma_runtime.speculative.engine_hooks import Speculation
+from gemma_runtime.speculative.protocol import DrafterContext
+from gemma_runtime.speculative.registry import build_drafter
 
 
 @dataclass
@@ -60,6 +63,18 @@ class LLMEngine:
         self.requests: dict[str, _RequestState] = {}
         self.structured = StructuredDecoding(self.tokenizer, self.spec.text.vocab_size, self.stop_token_ids)
         self.runner.constraints = self.structured
+        self.speculation = None  # speculative decoding (gemma_runtime/speculative/), when configured
+        if c.speculative != "off":
+            ctx = DrafterContext(
+                str(self.engine_dir),
+                self.spec,
+                c,
+                c.num_speculative_tokens,
+                self.runner.kv_caches,
+                self.runner.text.w["embed_tokens.weight"],
+            )
+            drafter = build_drafter(c.speculative, ctx)
+            self.speculation = Speculation(drafter, c.num_speculative_tokens, c.speculative_max_batch)
 
     # --- requests ----------------------------------------------------------------------------------
 
@@ -96,15 +111,21 @@ class LLMEngine:
         if state is None:
             return None
         self.scheduler.remove(state.seq)
-        self.runner.release(state.seq)
+        self._release(state.seq)
         state.seq.status = SequenceStatus.FINISHED
         return RequestOutput(request_id, (), "", finished=True, finish_reason="abort", usage=self._usage(state.seq))
+
+    def _release(self, seq: Sequence) -> None:
+        self.runner.release(seq)
+        if self.speculation is not None:
+            self.speculation.release(seq)
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work() or self.in_flight is not None
 
     def stats(self) -> EngineStats:
         prefix = self.scheduler.prefix.stats if self.scheduler.prefix is not None else None
+        spec = self.speculation.counters if self.speculation is not None else None
         return EngineStats(
             len(self.scheduler.running),
             len(self.scheduler.waiting),
@@ -112,6 +133,10 @@ class LLMEngine:
             self.blocks.num_free,
             prefix.queries if prefix else 0,
             prefix.hits if prefix else 0,
+            spec.drafted if spec else 0,
+            spec.accepted if spec else 0,
+            spec.verifies if spec else 0,
+            spec.emitted if spec else 0,
         )
 
     # --- the step ----------------------------------------------------------------------------------
@@ -130,7 +155,13 @@ class LLMEngine:
         if self.in_flight is not None and self.in_flight.needs_host_tokens:
             outputs += self._resolve(self.in_flight)
             self.in_flight = None
+        if self.speculation is not None:
+            self.speculation.draft(self.scheduler.running, self.runner.hidden_of)
         plan = self.scheduler.schedule()
+        for seq in plan.preempted:
+            self.runner.forget_hidden(seq)
+            if self.speculation is not None:
+                self.speculation.release(seq)
         launched = None
         if not plan.is_empty:
             launched = self.runner.launch(plan.scheduled)
@@ -152,9 +183,14 @@ class LLMEngine:
 
     def _resolve(self, launched: LaunchedStep) -> list[RequestOutput]:
         outputs = []
-        for sampled in self.runner.resolve(launched):
-            seq = sampled.seq
+        sampled_tokens = self.runner.resolve(launched)
+        for seq in launched.seqs:
             seq.num_pending -= 1
+        for v in launched.verified:  # before the tokens: a stop among them frees the pages
+            if not v.seq.is_finished:
+                self.speculation.verified(v.seq, self.blocks, v.num_drafts, v.num_emitted)
+        for sampled in sampled_tokens:
+            seq = sampled.seq
             state = self.requests.get(seq.request_id)
             if state is None or state.seq is not seq:
                 continue  # finished (by the step before) or aborted while this step ran: the token is dropped
@@ -183,7 +219,7 @@ class LLMEngine:
                 state.text.append(state.detokenizer.flush())
             del self.requests[seq.request_id]
             self.scheduler.remove(seq)
-            self.runner.release(seq)
+            self._release(seq)
             seq.status = SequenceStatus.FINISHED
         return RequestOutput(
             request_id=seq.request_id,

@@ -8,6 +8,7 @@ from gemma_runtime.config import ResolvedConfig, RuntimeConfig
 from gemma_runtime.engine.kv_sizing import kv_pool_sizes
 from gemma_runtime.engine_format.dtypes import TORCH_DTYPES
 from gemma_runtime.engine_format.spec import EngineSpec
+from gemma_runtime.speculative.policy import resolve_spec_max_batch
 
 MAX_GRAPH_BATCH = 256  # the largest decode graph captured when decode_graph_max_batch is None (on CUDA)
 
@@ -46,7 +47,11 @@ def resolve_config(config: RuntimeConfig, spec: EngineSpec) -> ResolvedConfig:
         seed=config.seed,
         decode_graph_max_batch=graph_max,
         capture_graphs=on_cuda,
-        overlap_scheduling=on_cuda_unless(config.overlap_scheduling),
+        # a drafter reads each sequence's newest token on the host, so speculation resolves every step
+        overlap_scheduling=on_cuda_unless(config.overlap_scheduling) and config.speculative == "off",
         moe_side_stream=on_cuda_unless(config.moe_side_stream),
         enable_prefix_caching=config.enable_prefix_caching,
+        speculative=config.speculative,
+        num_speculative_tokens=config.num_speculative_tokens,
+        speculative_max_batch=resolve_spec_max_batch(config.speculative_max_batch, device),
     )

@@ -2,8 +2,9 @@
 
 Rebuilding a [B, pages] table from Python lists each step costs host time that grows with batch and
 context (256 sequences at 32k tokens are half a million entries per geometry per step). Between two
-steps a sequence's tables change in only two ways (block_manager.py): pages appended at the end, and
-sliding pages behind the window set to NO_BLOCK from the reclaim pointer on. So each step sends only
+steps a sequence's tables change in only three ways (block_manager.py): pages appended at the end,
+sliding pages behind the window set to NO_BLOCK from the reclaim pointer on, and pages of rejected
+speculative drafts cut from the end (`trimmed_to`: the row is resent from there). So each step sends only
 those entries (a few per sequence) and the batch's tables are a gather of its rows on the device. A
 free() (finish, preemption) bumps the tables' generation, and the row is then written from scratch.
 
@@ -56,6 +57,10 @@ class DeviceBlockTables:
                 row = synced.row if synced is not None else self._take_row()
                 synced = self._synced[request_id] = _Synced(row, t.generation, {k: 0 for k in KINDS}, 0)
             base = synced.row * self.max_pages
+            if t.trimmed_to is not None:  # speculation rolled pages back: what follows is new
+                for kind in KINDS:
+                    synced.length[kind] = min(synced.length[kind], t.trimmed_to)
+                t.trimmed_to = None
             sent_sliding = synced.length["sliding"]  # before this step's appends, which carry their NO_BLOCKs
             for kind in KINDS:
                 entries = getattr(t, kind)

@@ -9,7 +9,7 @@ from the previous step's token tensor (a device gather), never through the host.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -19,12 +19,14 @@ from gemma_runtime.engine_format.spec import EngineSpec
 from gemma_runtime.executor.decode_graphs import DecodeGraphs
 from gemma_runtime.executor.device_block_tables import DeviceBlockTables
 from gemma_runtime.executor.device_io import HostCopy, to_device
-from gemma_runtime.executor.sampler import SampledBatch, SamplingInput, sample_on_device
+from gemma_runtime.executor.sampler import SampledBatch, sample_on_device
+from gemma_runtime.executor.verify_rows import Verified, rejection_groups, sampling_rows, split_runs
 from gemma_runtime.grammar.logits import TokenMask
 from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.gemma4 import Gemma4TextModel
 from gemma_runtime.scheduling.scheduler import ScheduledSeq
 from gemma_runtime.scheduling.sequence import Sequence
+from gemma_runtime.speculative.grammar_drafts import verify_mask
 
 
 @dataclass(frozen=True)
@@ -42,6 +44,11 @@ class LaunchedStep:
     sampled: SampledBatch | None
     host_copy: HostCopy | None
     unsampled: tuple | None = None  # (logits, rows) of a step whose sampling waits for its token mask
+    # speculation: each sequence's drafts verified this step (len + 1 rows each; [] for a plain row), the
+    # step's hidden states [rows, H] when kept for drafters, and what each sequence verified (resolve)
+    drafts: list[list[int]] = field(default_factory=list)
+    hidden: torch.Tensor | None = None
+    verified: list[Verified] = field(default_factory=list)
 
     @property
     def awaiting_sample(self) -> bool:
@@ -80,6 +87,10 @@ class ModelRunner:
         # the previous launch's sampled tokens [S] and each sampling sequence's row in them
         self._last_tokens: torch.Tensor | None = None
         self._last_rows: dict[int, int] = {}
+        # speculation: each sequence's final-normed hidden state [H] at the row that sampled its newest
+        # token, what a drafter reads (speculative/protocol.py); kept only when speculating
+        self.keep_hidden = config.speculative != "off"
+        self.hidden: dict[str, torch.Tensor] = {}
         self.block_tables = DeviceBlockTables(config.max_num_seqs, config.max_pages_per_seq, device)
         self.graphs = None
         if config.decode_graph_max_batch > 0:
@@ -109,15 +120,19 @@ class ModelRunner:
             hidden = self.graphs.run(batch)
         else:
             hidden = self.text.forward(batch, self.kv_caches)
-        seqs = [s.seq for s in scheduled if s.completes_prompt]
+        sampling = [s for s in scheduled if s.completes_prompt]
+        seqs = [s.seq for s in sampling]
         if not seqs:
             self._last_tokens, self._last_rows = None, {}
             return LaunchedStep([], None, None)
-        logits = self.text.logits(hidden)  # [S, V]
-        rows = [SamplingInput(seq.sampling, seq.output_token_ids, seq.generator) for seq in seqs]
-        step = LaunchedStep(seqs, None, None, unsampled=(logits, rows))
+        drafts = [s.seq.draft_token_ids[: s.num_draft] for s in sampling]
+        logits = self.text.logits(hidden)  # [rows, V]: one row per sequence plus one per draft
+        step = LaunchedStep(seqs, None, None, unsampled=(logits, sampling_rows(seqs, drafts)), drafts=drafts)
+        step.hidden = hidden if self.keep_hidden else None
         if self.constraints is None:
             self.sample(step)
+        elif any(drafts):
+            self.sample(step, verify_mask(seqs, drafts, self.spec.text.vocab_size))
         elif not self.constraints.lags(scheduled):
             self.sample(step, self.constraints.mask(seqs))
         return step
@@ -126,7 +141,8 @@ class ModelRunner:
     def sample(self, step: LaunchedStep, mask: TokenMask | None = None) -> None:
         """Queues the sampling of a launched step (with the grammar's mask) and its copy to the host."""
         (logits, rows), step.unsampled = step.unsampled, None
-        sampled = sample_on_device(logits, rows, self.default_generator, mask)
+        groups = rejection_groups(step.seqs, step.drafts, self.default_generator) if any(step.drafts) else None
+        sampled = sample_on_device(logits, rows, self.default_generator, mask, groups)
         self._last_tokens, self._last_rows = sampled.tokens, {id(seq): i for i, seq in enumerate(step.seqs)}
         step.sampled, step.host_copy = sampled, sampled.start_host_copy()
 
@@ -135,11 +151,32 @@ class ModelRunner:
         if step.sampled is None:
             return []
         tokens, logprobs = step.sampled.to_host(step.host_copy)
-        return [SampledToken(seq, t, lp) for seq, t, lp in zip(step.seqs, tokens, logprobs)]
+        if not any(step.drafts):
+            if step.hidden is not None:
+                for i, seq in enumerate(step.seqs):
+                    self.hidden[seq.request_id] = step.hidden[i].clone()  # [H]
+            return [SampledToken(seq, t, lp) for seq, t, lp in zip(step.seqs, tokens, logprobs)]
+        out = []
+        for seq, ds, run, run_logprobs, last_row in split_runs(step.seqs, step.drafts, tokens, logprobs):
+            out.extend(SampledToken(seq, t, lp) for t, lp in zip(run, run_logprobs))
+            if ds:
+                step.verified.append(Verified(seq, len(ds), len(run)))
+            if step.hidden is not None:
+                self.hidden[seq.request_id] = step.hidden[last_row].clone()  # [H]
+        return out
+
+    def hidden_of(self, seq: Sequence) -> torch.Tensor | None:
+        """The sequence's stored hidden state for a drafter (None before its first sampled token)."""
+        return self.hidden.get(seq.request_id)
 
     def release(self, seq: Sequence) -> None:
         """The sequence is done: its row of the device block tables goes to the next one."""
         self.block_tables.release(seq.request_id)
+        self.hidden.pop(seq.request_id, None)
+
+    def forget_hidden(self, seq: Sequence) -> None:
+        """Preempted: its hidden state is stale until its prefill completes again."""
+        self.hidden.pop(seq.request_id, None)
 
     # --- batch construction ------------------------------------------------------------------------
 
@@ -158,18 +195,21 @@ class ModelRunner:
                 pending_at.append(len(input_ids))
                 pending_from.append(self._pending_row(seq))
                 input_ids.append(self.spec.tokens.pad_token_id)
-            positions.extend(range(lo, hi))
+            # speculative drafts follow the newest token: their rows verify them (executor/verify_rows.py)
+            input_ids.extend(seq.draft_token_ids[: item.num_draft])
+            end = hi + item.num_draft
+            positions.extend(range(lo, end))
             for kind in ("full", "sliding"):
                 table = getattr(seq.block_tables, kind)
-                slots[kind].extend(table[p // bs] * bs + p % bs if table else -1 for p in range(lo, hi))
-            query_start.append(query_start[-1] + item.num_new)
-            context_lens.append(hi)
+                slots[kind].extend(table[p // bs] * bs + p % bs if table else -1 for p in range(lo, end))
+            query_start.append(query_start[-1] + end - lo)
+            context_lens.append(end)
             if item.completes_prompt:
-                logits_indices.append(query_start[-1] - 1)
+                logits_indices.extend(range(query_start[-1] - 1 - item.num_draft, query_start[-1]))
             seq_rows, seq_spans = self._images_in_chunk(seq, lo, hi, mm_embeds)
             mm_rows.extend(query_start[-2] + r for r in seq_rows)
             spans.append(seq_spans)
-            span_bounds.extend(next(((a, b) for a, b in seq_spans if a <= p < b), (0, 0)) for p in range(lo, hi))
+            span_bounds.extend(next(((a, b) for a, b in seq_spans if a <= p < b), (0, 0)) for p in range(lo, end))
 
         def as_tensor(values):
             return to_device(values, torch.int64, self.device)
@@ -192,7 +232,7 @@ class ModelRunner:
             mm_rows=as_tensor(mm_rows) if mm_embeds else None,
             bidirectional_spans=spans,
             span_bounds=as_tensor(span_bounds) if any(spans) else None,  # [T, 2]
-            max_query_len=max(item.num_new for item in scheduled),
+            max_query_len=max(item.num_new + item.num_draft for item in scheduled),
         )
 
     def _pending_row(self, seq: Sequence) -> int:

@@ -17,6 +17,7 @@ import torch
 from gemma_runtime.api import SamplingParams, TokenLogprob
 from gemma_runtime.executor.device_io import HostCopy, to_device
 from gemma_runtime.grammar.logits import TokenMask, apply_logit_bias, apply_token_mask
+from gemma_runtime.speculative.rejection import RejectionGroup, apply_rejection
 
 
 @dataclass(frozen=True)
@@ -125,11 +126,14 @@ def sample_on_device(
     rows: list[SamplingInput],
     default_generator: torch.Generator | None = None,
     mask: TokenMask | None = None,
+    rejection: list[RejectionGroup] | None = None,
 ) -> SampledBatch:
     """logits [S, V] float32 (after the soft cap) -> one token per row, with logprobs where asked.
 
     Logprobs describe the distribution before penalties and temperature, as OpenAI's do, but after
     `logit_bias` and the grammar's mask: a constrained row reports its constrained distribution.
+    `rejection`: verify rows of sampled sequences whose drafts came with probabilities; their tokens are
+    rejection-sampled against the rows' final distributions (speculative/rejection.py).
     """
     logprob_k = [r.params.logprobs for r in rows]
     want_logprobs = any(k is not None for k in logprob_k)
@@ -143,6 +147,8 @@ def sample_on_device(
         probs = _filter(logits / temperature, rows)
         drawn = torch.argmax(probs / _exponential_noise(probs, rows, default_generator), dim=-1)  # [S]
         tokens = torch.where(greedy, tokens, drawn)
+        if rejection:
+            tokens = apply_rejection(tokens, probs, rejection)
     out = SampledBatch(tokens, logprob_k)
     if want_logprobs:
         out.chosen_logprobs = raw_logprobs.gather(1, tokens[:, None])[:, 0]  # [S]

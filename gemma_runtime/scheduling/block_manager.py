@@ -19,6 +19,9 @@ class BlockTables:
     sliding: list[int] = field(default_factory=list)  # NO_BLOCK where a page was reclaimed
     sliding_reclaimed: int = 0  # pages before this index are all reclaimed: scans start here, not at 0
     generation: int = 0  # bumped by every free(): a copy of the tables (the device mirror) starts over
+    # the fewest pages trim() left since the device mirror last read the tables (None: not trimmed): the
+    # mirror rewrites its entries from there
+    trimmed_to: int | None = None
 
 
 class BlockPool:
@@ -122,6 +125,20 @@ class BlockManager:
         if self.has_full:
             while len(tables.full) < end:
                 tables.full.append(self.full.take())
+
+    def trim(self, tables: BlockTables, num_tokens: int) -> None:
+        """Gives back the pages past the first num_tokens tokens (rejected drafts' slots): the tables keep
+        exactly what a sequence of num_tokens computed tokens holds. Pages only go from the end, and
+        `trimmed_to` tells the device mirror (executor/device_block_tables.py) to resend from there."""
+        keep = self._pages(num_tokens)
+        if len(tables.full) > keep or len(tables.sliding) > keep:
+            tables.trimmed_to = keep if tables.trimmed_to is None else min(tables.trimmed_to, keep)
+        while len(tables.full) > keep:
+            self.full.give_back(tables.full.pop())
+        while len(tables.sliding) > keep:
+            block = tables.sliding.pop()
+            if block != NO_BLOCK:
+                self.sliding.give_back(block)
 
     def free(self, tables: BlockTables) -> None:
         # last page first: with prefix caching the LRU then evicts a prefix's tail before its head

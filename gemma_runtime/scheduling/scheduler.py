@@ -20,6 +20,7 @@ from gemma_runtime.scheduling.sequence import Sequence, SequenceStatus
 class ScheduledSeq:
     seq: Sequence
     num_new: int  # tokens computed this step, starting at seq.num_computed
+    num_draft: int = 0  # speculative drafts verified after them (seq.draft_token_ids[:num_draft])
 
     @property
     def completes_prompt(self) -> bool:
@@ -91,16 +92,17 @@ class Scheduler:
                 continue
             self._publish(seq)
             num_new = self._chunk(seq, budget)
-            while not self.blocks.can_allocate(seq.block_tables, seq.num_computed, num_new):
+            num_new_total = num_new + self._fit_drafts(seq, num_new, budget)
+            while not self.blocks.can_allocate(seq.block_tables, seq.num_computed, num_new_total):
                 victim = self.running[-1]
                 self._preempt(victim)
                 preempted.append(victim)
                 if victim is seq:
                     break
             else:
-                self.blocks.allocate(seq.block_tables, seq.num_computed, num_new)
-                scheduled.append(ScheduledSeq(seq, num_new))
-                budget -= num_new
+                self.blocks.allocate(seq.block_tables, seq.num_computed, num_new_total)
+                scheduled.append(ScheduledSeq(seq, num_new, num_new_total - num_new))
+                budget -= num_new_total
                 i += 1
                 continue
             break  # seq itself was preempted
@@ -128,7 +130,20 @@ class Scheduler:
             budget -= num_new
         return SchedulerOutput(scheduled, preempted)
 
+    def _fit_drafts(self, seq: Sequence, num_new: int, budget: int) -> int:
+        """How many of seq's drafts this step verifies: only after its one decode token, within the token
+        budget, and none when their pages would cost a preemption (drafts are cut, never waited for)."""
+        drafts = seq.draft_token_ids
+        n = min(len(drafts), budget - num_new) if num_new == 1 and seq.num_computed + 1 == seq.num_tokens else 0
+        if n and not self.blocks.can_allocate(seq.block_tables, seq.num_computed, num_new + n):
+            n = 0
+        del drafts[n:]
+        if seq.draft_probs is not None:
+            seq.draft_probs = seq.draft_probs[:n] if n else None
+        return n
+
     def _preempt(self, seq: Sequence) -> None:
+        seq.draft_token_ids, seq.draft_probs = [], None
         self.running.remove(seq)
         self._publish(seq)
         self.blocks.free(seq.block_tables)

@@ -53,6 +53,10 @@ class Sequence:
     page_hashes: list[bytes] = field(default_factory=list)
     pages_published: int = 0
     num_cached_tokens: int | None = None
+    # speculative decoding (gemma_runtime/speculative/): this step's drafts after the newest token, verified
+    # in the same forward, and their draft distributions [n, V] when the drafter sampled them
+    draft_token_ids: list[int] = field(default_factory=list)
+    draft_probs: torch.Tensor | None = None
 
     @property
     def token_ids(self) -> list[int]:

@@ -209,3 +209,8 @@ def test_bench_without_a_gpu_names_the_dry_run(tmp_path):
 )
 def test_bench_bad_flags(tmp_path, flags, expected):
     assert expected in one_line_error(["bench/run.py", "--dry-run", "--results-dir", str(tmp_path), *flags])
+
+
+def test_serve_mtp_without_a_drafter(random_tiny_engine_dir):
+    line = one_line_error(serve("--engine", str(random_tiny_engine_dir), "--device", "cpu", "--speculative", "mtp"))
+    assert "no MTP drafter" in line and "ASSISTANT=auto" in line

@@ -63,8 +63,12 @@ class TritonPythonModel:
         self.protocol = protocol
         engine_dir = self._engine_dir(params, Path(args["model_repository"]))
         runtime_config = self._runtime_config(
-            params.get("runtime_config") or "{}", params.get("enable_prefix_caching", "")
+            params.get("runtime_config") or "{}", params.get("enable_prefix_caching", ""), params
         )
+        from gemma_runtime.speculative.registry import engine_has_drafter, missing_drafter_message
+
+        if runtime_config.speculative == "mtp" and not engine_has_drafter(engine_dir):
+            raise pb_utils.TritonModelException(f"gemma4: {missing_drafter_message(engine_dir)}")
         pb_utils.Logger.log_info(f"gemma4: loading engine {engine_dir} ({runtime_config})")
         self.engine = AsyncEngine.from_engine_dir(engine_dir, runtime_config)
         self.engine.start()
@@ -143,7 +147,7 @@ class TritonPythonModel:
         return engine_dir
 
     @staticmethod
-    def _runtime_config(text: str, prefix_caching: str = ""):
+    def _runtime_config(text: str, prefix_caching: str = "", params: dict | None = None):
         import torch
 
         from gemma_runtime.config import RuntimeConfig
@@ -160,6 +164,13 @@ class TritonPythonModel:
             )
         if switch is not None:
             overrides.setdefault("enable_prefix_caching", switch)
+        from triton_bridge.spec_params import speculative_overrides
+
+        try:
+            for key, value in speculative_overrides(params or {}).items():
+                overrides.setdefault(key, value)
+        except ValueError as e:
+            raise pb_utils.TritonModelException(f"gemma4: {e}")
         try:
             return RuntimeConfig(**overrides)
         except (TypeError, ValueError) as e:

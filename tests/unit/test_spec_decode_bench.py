@@ -1,0 +1,29 @@
+"""bench/spec_decode.py on the tiny engine (CPU): step costs measured for each batch, a verify step of
+N + 1 rows per sequence costing at least something, and the curve computed from them as documented."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from bench.random_engine import make_random_engine, weights_in_memory
+from bench.spec_decode import ACCEPTED_LENGTHS, curve, engine_config, measure
+from gemma_runtime.engine.llm_engine import LLMEngine
+
+
+def test_step_costs_and_curve(tmp_path, capsys):
+    device = torch.device("cpu")
+    made = make_random_engine("tiny", "bf16", device, tmp_path / "tiny")
+    with weights_in_memory(made.weights):
+        engine = LLMEngine(made.engine_dir, engine_config(device, "ngram", 2, batches=(1, 2)))
+    free = engine.blocks.num_free
+    costs = measure(engine, 2, device, repeats=2, batches=(1, 2))
+    assert set(costs) == {1, 2}
+    for c in costs.values():
+        assert c["plain"] > 0 and c["verify"] > 0 and c["draft"] > 0
+        for length, (rate, speedup) in curve(c).items():
+            assert rate == pytest.approx(length / (c["draft"] + c["verify"]))
+            assert speedup == pytest.approx(rate * c["plain"])
+    out = capsys.readouterr().out
+    assert "verify step (3 rows each)" in out and all(f"mean accepted length {L}" in out for L in ACCEPTED_LENGTHS)
+    assert engine.blocks.num_free == free and not engine.has_unfinished()
