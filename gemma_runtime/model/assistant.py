@@ -44,6 +44,9 @@ class DraftContext:
     positions: torch.Tensor  # [S] int64, p >= 1
     block_tables: dict[LayerType, torch.Tensor]  # [S, max_blocks] int64 per geometry
     block_size: int
+    # sliding layers' keys behind the query at p - 1 (default: the drafter's window + 1); a caller lowers it
+    # when the runtime has already reclaimed the oldest of those pages
+    key_window: int | None = None
 
     def key_batch(self) -> ForwardBatch:
         """The attention backend's view: one query per sequence standing at p - 1 over p cached keys."""
@@ -127,7 +130,8 @@ class Gemma4Assistant:
             if key not in rope:
                 rope[key] = rope_cos_sin(ctx.positions, self.inv_freq[i])
             p = f"layers.{i}."
-            h = self._attention(p, layer, x_in, rope[key], batch, kv_caches[self.shared[layer.type]])
+            cache = kv_caches[self.shared[layer.type]]
+            h = self._attention(p, layer, x_in, rope[key], batch, cache, ctx.key_window or self.key_window)
             ffn = self.norm.ffn_prologue(
                 h, x, self.w[p + "post_attn_norm.weight"], self.w[p + "pre_ffn_norm.weight"], eps
             )
@@ -143,11 +147,13 @@ class Gemma4Assistant:
         # x_in is now the final-normed state: the LM head's input and the next step's (projected) hidden
         return DraftStep(self.logits(x_in), self.linear(x_in, self.w, "post_projection.weight"))
 
-    def _attention(self, p: str, layer: LayerSpec, h, cos_sin, batch: ForwardBatch, kv_cache) -> torch.Tensor:
+    def _attention(
+        self, p: str, layer: LayerSpec, h, cos_sin, batch: ForwardBatch, kv_cache, window: int
+    ) -> torch.Tensor:
         nq, d = self.text.num_attention_heads, layer.head_dim
         q = self.linear(h, self.w, p + "attn.q_proj.weight").view(-1, nq, d)  # [S, H] -> [S, nq, d]
         q = self.norm(q, self.w[p + "attn.q_norm.weight"], self.text.rms_norm_eps, rope=cos_sin)
-        o = self.attention(q, kv_cache, batch, layer, self.key_window)  # [S, nq, d]
+        o = self.attention(q, kv_cache, batch, layer, window)  # [S, nq, d]
         return self.linear(o.reshape(o.shape[0], nq * d), self.w, p + "attn.o_proj.weight")  # [S, H]
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
