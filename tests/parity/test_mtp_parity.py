@@ -12,14 +12,16 @@ import random
 
 import pytest
 import torch
-from transformers import Gemma4ForConditionalGeneration
+from transformers import Gemma4AssistantForCausalLM, Gemma4ForConditionalGeneration
 
 from engine_builder.convert import build_engine
+from engine_builder.tiny.random_assistant import make_random_assistant
 from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
 from tests.parity.conftest import SLIDING_WINDOW, hf_greedy
+from tests.parity.test_assistant_parity import hf_draft
 
 pytest.importorskip("gemma_runtime.speculative.registry", reason="the speculative floor is not in this tree")
 
@@ -73,6 +75,24 @@ def test_mtp_concurrent_requests_match_transformers(mtp_tiny):
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert engine.stats().spec_decode_drafted > 0
     assert engine.blocks.num_free == free_at_start
+
+
+def test_first_drafts_are_transformers_drafts(mtp_tiny, tmp_path):
+    """Right after the prefill the engine's drafter gets the prompt's last hidden state and the token
+    sampled from it: its drafts are transformers' drafting round, token for token."""
+    engine_dir, hf = mtp_tiny
+    engine = LLMEngine(engine_dir, RuntimeConfig(block_size=4, speculative="mtp", num_speculative_tokens=3))
+    folder = make_random_assistant(tmp_path / "drafter", engine.spec.text)  # what ASSISTANT=random converted
+    hf_drafter = Gemma4AssistantForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    drafter, proposed = engine.speculation.drafter, []
+    real_propose = drafter.propose
+    drafter.propose = lambda requests: proposed.append(real_propose(requests)) or proposed[-1]
+    prompt = text_prompt(SLIDING_WINDOW - 2, 60, engine)  # inside the window: nothing reclaimed yet
+    engine.add_request(GenerateRequest("d", prompt, greedy()))
+    while not any(d.token_ids for drafts in proposed for d in drafts):
+        engine.step()
+    _, _, want = hf_draft(hf, hf_drafter, prompt, 3)
+    assert proposed[-1][0].token_ids == want
 
 
 def test_mtp_through_preemption(mtp_tiny):
