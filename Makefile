@@ -45,7 +45,7 @@ lint: install
 	$(PY) -m ruff format --check .
 
 engine: install
-	$(PY) -m engine_builder --model $(MODEL) $(if $(DTYPE),--dtype $(DTYPE)) --out-dir engines
+	$(PY) -m engine_builder --model $(MODEL) $(if $(DTYPE),--dtype $(DTYPE)) $(if $(ASSISTANT),--assistant $(ASSISTANT)) --out-dir engines
 
 serve: install
 	@if [ -n "$(BACKEND)" ]; then \

@@ -1,4 +1,5 @@
-"""python -m engine_builder --model tiny|26b|31b|<folder>|<hub id> [--dtype bf16|fp32|fp8] [--out-dir engines]"""
+"""python -m engine_builder --model tiny|26b|31b|<folder>|<hub id> [--dtype bf16|fp32|fp8] [--out-dir engines]
+[--assistant auto|random|<folder>|<hub id>]"""
 
 from __future__ import annotations
 
@@ -31,6 +32,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--max-shard-gb", type=float, default=DEFAULT_MAX_SHARD_BYTES / 1024**3, help="output shard size bound in GiB"
     )
+    p.add_argument(
+        "--assistant",
+        default=None,
+        help="add the MTP drafter for speculative decoding: auto (the model's -assistant checkpoint), random (a tiny"
+        " random one shaped for the target, for tests), a drafter folder or a hub id; kept in bf16 in FP8 engines",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     return p.parse_args(argv)
 
@@ -49,6 +56,7 @@ def main(argv: list[str] | None = None) -> int:
             max_model_len=args.max_model_len,
             progress=not args.no_progress,
             max_shard_bytes=int(args.max_shard_gb * 1024**3),
+            assistant=args.assistant,
         )
     except KeyboardInterrupt:
         print("interrupted: no engine was written", file=sys.stderr)

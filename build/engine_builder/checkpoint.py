@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -32,11 +33,15 @@ def _read_json(path: Path, what: str) -> dict:
         raise BuildError(f"{path} is not valid JSON ({what}): {e.msg} at line {e.lineno}") from None
 
 
-def load_config(folder: Path) -> dict:
+def read_config(folder: Path) -> dict:
     path = folder / "config.json"
     if not path.is_file():
         raise BuildError(f"{folder} has no config.json: not a Hugging Face checkpoint folder")
-    config = _read_json(path, "config")
+    return _read_json(path, "config")
+
+
+def load_config(folder: Path) -> dict:
+    config = read_config(folder)
     archs = config.get("architectures") or []
     if config.get("model_type") != MODEL_TYPE:
         raise BuildError(
@@ -81,9 +86,9 @@ def source_sha256(folder: Path, files: list[str]) -> str:
 class Checkpoint:
     """One checkpoint folder: its config and every tensor's file/shape/dtype; `tensor(name)` reads one tensor."""
 
-    def __init__(self, folder: str | Path) -> None:
+    def __init__(self, folder: str | Path, load: Callable[[Path], dict] = load_config) -> None:
         self.folder = Path(folder)
-        self.config = load_config(self.folder)
+        self.config = load(self.folder)  # validates the config for its model type (the drafter has its own)
         self.files = weight_files(self.folder)
         self.tensors: dict[str, TensorInfo] = {}
         for file in self.files:

@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import shutil
 import tempfile
+from contextlib import ExitStack
 from pathlib import Path
 
 import torch
@@ -18,6 +19,8 @@ from gemma_runtime.engine_format.dtypes import EngineDtype
 from gemma_runtime.engine_format.fp8 import FP8, scale_name
 from gemma_runtime.engine_format.spec import EngineSpec, QuantizationSpec
 
+from .assistant.convert import PreparedAssistant, prepare_assistant, write_assistant
+from .assistant.sources import AssistantSource, resolve_assistant
 from .checkpoint import ARCHITECTURE, Checkpoint
 from .dtypes import engine_dtype
 from .engine_files import read_tokenizer, write_engine_files
@@ -99,9 +102,42 @@ def convert_folder(
     max_model_len: int | None = None,
     progress: bool = True,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    assistant: AssistantSource | None = None,
 ) -> Path:
-    """Convert one local checkpoint folder into out_dir/engine_name."""
-    dtype = engine_dtype(dtype)
+    """Convert one local checkpoint folder into out_dir/engine_name (with its MTP drafter, if given)."""
+    with ExitStack() as stack:
+        dtype = engine_dtype(dtype)
+        text = text_spec(Checkpoint(folder).config, dtype.base)
+        prepared = None
+        if assistant is not None:  # fetched and checked against the target before anything is written
+            a_folder = Path(stack.enter_context(assistant.open(text)))
+            prepared = prepare_assistant(a_folder, assistant.checkpoint, text, dtype)
+        return _convert(
+            folder,
+            out_dir,
+            engine_name,
+            dtype,
+            model_name,
+            checkpoint_id,
+            max_model_len,
+            progress,
+            max_shard_bytes,
+            prepared,
+        )
+
+
+def _convert(
+    folder: Path,
+    out_dir: Path,
+    engine_name: str,
+    dtype: EngineDtype,
+    model_name: str,
+    checkpoint_id: str,
+    max_model_len: int | None,
+    progress: bool,
+    max_shard_bytes: int,
+    assistant: PreparedAssistant | None,
+) -> Path:
     ckpt = Checkpoint(folder)
     config = ckpt.config
     text = text_spec(config, dtype.base)
@@ -121,6 +157,7 @@ def convert_folder(
         multimodal=multimodal_spec(config),
         quantization=_quantization(dtype, entries),
         source={"checkpoint": checkpoint_id, "sha256": ckpt.sha256()},
+        assistant=assistant.spec if assistant is not None else None,
     )
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{engine_name}.tmp-", dir=out_dir))
@@ -134,6 +171,8 @@ def convert_folder(
                 max_shard_bytes,
                 on_written=lambda e: bar.update(e.nbytes),
             )
+        if assistant is not None:
+            write_assistant(assistant, tmp, max_shard_bytes)
         write_engine_files(folder, tmp, info)
         spec.save(tmp)
         final = out_dir / engine_name
@@ -153,14 +192,17 @@ def build_engine(
     max_model_len: int | None = None,
     progress: bool = True,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    assistant: str | None = None,
 ) -> Path:
     """Build an engine from `source` (tiny, 26b, 31b, a folder or a hub id); returns the engine folder.
+    assistant (auto, random, a folder or a hub id) adds the MTP drafter in assistant/.
 
     dtype defaults to float32 for tiny and bfloat16 otherwise (fp8: e4m3 linear layers, the rest bfloat16);
     the folder is `<name or base>-<dtype>`.
     Bad input raises BuildError (a SystemExit carrying one line).
     """
     src: Source = resolve(str(source))
+    drafter = resolve_assistant(assistant, src) if assistant else None  # `auto` fails here, before any download
     dtype = engine_dtype(dtype or src.default_dtype)
     engine_name = name or f"{src.base_name}-{dtype.name}"
     with src.open() as folder:
@@ -174,4 +216,5 @@ def build_engine(
             max_model_len=max_model_len,
             progress=progress,
             max_shard_bytes=max_shard_bytes,
+            assistant=drafter,
         )

@@ -9,6 +9,7 @@ CHAT_TEMPLATE = "chat_template.jinja"
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model")
 WEIGHTS_FILE = "model.safetensors"  # the weights in one file
 WEIGHTS_INDEX = "model.safetensors.index.json"  # or in shards, named by this index's weight_map
+ASSISTANT_DIR = "assistant"  # the MTP drafter's sub-folder: its own weights (engine.json "assistant")
 
 
 def shard_names(n: int) -> list[str]:

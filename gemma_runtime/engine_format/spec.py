@@ -98,6 +98,37 @@ class QuantizationSpec:
 
 
 @dataclass(frozen=True)
+class OrderedEmbeddingSpec:
+    """The drafter's sparse LM head (transformers' Gemma4AssistantMaskedEmbedder): only the tokens of the
+    `top_k` best of `num_centroids` vocabulary clusters get real logits."""
+
+    num_centroids: int
+    top_k: int
+
+
+@dataclass(frozen=True)
+class AssistantSpec:
+    """Gemma 4's MTP drafter (`Gemma4AssistantForCausalLM`), stored in the engine's `folder`. Each of its
+    layers reads the KV cache of the target's last layer of the same type; it has no cache of its own."""
+
+    folder: str  # relative to the engine folder (files.ASSISTANT_DIR)
+    checkpoint: str  # the hub id or folder it was converted from ("random": the tiny test drafter)
+    sha256: str  # over its config.json and weight files' names and sizes, as source.sha256
+    dtype: str  # its weights' dtype: bfloat16 in FP8 engines too (the drafter is never quantized)
+    backbone_hidden_size: int  # the target's hidden size (checked at build time)
+    text: TextSpec  # the drafter's decoder: dense, its layers carry no K/V projections
+    ordered_embeddings: OrderedEmbeddingSpec | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> AssistantSpec:
+        d = dict(d)
+        d["text"] = TextSpec.from_dict(d["text"])
+        oe = d.get("ordered_embeddings")
+        d["ordered_embeddings"] = OrderedEmbeddingSpec(**oe) if oe else None
+        return cls(**d)
+
+
+@dataclass(frozen=True)
 class EngineSpec:
     model_name: str
     architecture: str
@@ -109,6 +140,7 @@ class EngineSpec:
     vision: VisionSpec | None = None
     multimodal: MultimodalSpec | None = None
     quantization: QuantizationSpec | None = None
+    assistant: AssistantSpec | None = None  # the MTP drafter, when built with ASSISTANT=...
     source: dict = field(default_factory=dict)
     builder_version: str = "0.1.0"
     format_version: int = FORMAT_VERSION
@@ -127,6 +159,7 @@ class EngineSpec:
         d["multimodal"] = MultimodalSpec(**d["multimodal"]) if d.get("multimodal") else None
         q = d.get("quantization")
         d["quantization"] = QuantizationSpec(**{**q, "modules": tuple(q.get("modules", ()))}) if q else None
+        d["assistant"] = AssistantSpec.from_dict(d["assistant"]) if d.get("assistant") else None
         return cls(**d)
 
     def to_dict(self) -> dict:
