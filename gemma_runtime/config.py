@@ -43,6 +43,13 @@ class RuntimeConfig:
     # Full pages are shared between sequences with the same prefix and kept after they end (evictable);
     # a next turn or a shared system prompt then starts where the cached prefix ends (scheduling/prefix_cache.py).
     enable_prefix_caching: bool = True
+    # One engine across this many ranks (torch.distributed: NCCL on GPUs, gloo on CPU): this process is
+    # rank 0 and spawns the others (gemma_runtime/parallel/). Expert parallel splits a MoE's experts across
+    # the ranks instead of each expert's intermediate. A collective that waits longer than
+    # parallel_timeout_s fails its step (a rank that died or hung) instead of hanging the server.
+    tensor_parallel_size: int = 1
+    enable_expert_parallel: bool = False
+    parallel_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
@@ -51,6 +58,8 @@ class RuntimeConfig:
             raise ValueError("decode_graph_max_batch must be 0 (off) or positive")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        if self.tensor_parallel_size < 1 or self.parallel_timeout_s <= 0:
+            raise ValueError("tensor_parallel_size and parallel_timeout_s must be positive")
 
 
 def default_device() -> str:
