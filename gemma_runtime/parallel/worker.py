@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import sys
 import threading
 import time
@@ -64,7 +63,9 @@ def _exit_with_parent(parent_pid: int) -> None:
 
 
 def worker_main(args: WorkerArgs, doorbell, ready) -> None:
-    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole process group: rank 0 stops us
+    # Out of rank 0's process group: a Ctrl-C or a SIGTERM to the group reaches rank 0 alone, which drains
+    # its requests and then stops us (a worker killed first would fail them).
+    os.setsid()
     threading.Thread(target=_exit_with_parent, args=(args.parent_pid,), daemon=True).start()
     logging.basicConfig(level=logging.INFO, format=f"%(asctime)s %(levelname)s tp-rank{args.rank}: %(message)s")
     c = args.config
