@@ -15,7 +15,7 @@ import openai
 import pytest
 
 from tests.e2e.conftest import free_ports
-from tests.parallel.conftest import alive, children_of, wait_gone
+from tests.parallel.conftest import alive, children_of, cmdline, wait_gone
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MESSAGES = [{"role": "user", "content": "Hello there, how are you?"}]
@@ -36,7 +36,7 @@ class Server:
             assert self.proc.poll() is None, f"the server exited: {log_path.read_text()[-2000:]}"
             assert time.monotonic() < deadline, "the server did not become ready"
             time.sleep(0.2)
-        self.workers = [p for p in children_of(self.proc.pid) if b"spawn_main" in _cmdline(p)]
+        self.workers = [p for p in children_of(self.proc.pid) if b"spawn_main" in cmdline(p)]
         self.descendants = children_of(self.proc.pid)  # the workers and multiprocessing's resource tracker
 
     def ready(self) -> bool:
@@ -56,13 +56,6 @@ class Server:
                 os.kill(p, signal.SIGKILL)
 
 
-def _cmdline(pid: int) -> bytes:
-    try:
-        return Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return b""
-
-
 @pytest.fixture(scope="module")
 def server(random_tiny_engine_dir, tmp_path_factory):
     srv = Server(random_tiny_engine_dir, tmp_path_factory.mktemp("tp-server") / "server.log", TP_ARGS)
@@ -71,7 +64,7 @@ def server(random_tiny_engine_dir, tmp_path_factory):
 
 
 def test_one_worker_process_per_extra_rank(server):
-    assert len(server.workers) == 1, [_cmdline(p) for p in children_of(server.proc.pid)]
+    assert len(server.workers) == 1, [cmdline(p) for p in children_of(server.proc.pid)]
 
 
 def test_chat_stream_and_non_stream_agree(server):

@@ -47,6 +47,23 @@ class _Live:
     closed: bool = False
 
 
+def _parallel_params(params: dict) -> dict:
+    """config.pbtxt's tensor_parallel_size and enable_expert_parallel (as the server's flags): this model
+    process is rank 0 and spawns the other ranks (gemma_runtime/parallel/)."""
+    out = {}
+    size = params.get("tensor_parallel_size", "").strip()
+    if size:
+        if not size.isdigit() or int(size) < 1:
+            raise pb_utils.TritonModelException(f"gemma4: tensor_parallel_size must be 1 or more, not {size!r}")
+        out["tensor_parallel_size"] = int(size)
+    expert = params.get("enable_expert_parallel", "").strip().lower()
+    if expert not in ("", "true", "false"):
+        raise pb_utils.TritonModelException(f"gemma4: enable_expert_parallel must be true or false, not {expert!r}")
+    if expert:
+        out["enable_expert_parallel"] = expert == "true"
+    return out
+
+
 class TritonPythonModel:
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -63,7 +80,7 @@ class TritonPythonModel:
         self.protocol = protocol
         engine_dir = self._engine_dir(params, Path(args["model_repository"]))
         runtime_config = self._runtime_config(
-            params.get("runtime_config") or "{}", params.get("enable_prefix_caching", "")
+            params.get("runtime_config") or "{}", params.get("enable_prefix_caching", ""), _parallel_params(params)
         )
         pb_utils.Logger.log_info(f"gemma4: loading engine {engine_dir} ({runtime_config})")
         self.engine = AsyncEngine.from_engine_dir(engine_dir, runtime_config)
@@ -143,7 +160,7 @@ class TritonPythonModel:
         return engine_dir
 
     @staticmethod
-    def _runtime_config(text: str, prefix_caching: str = ""):
+    def _runtime_config(text: str, prefix_caching: str = "", defaults: dict | None = None):
         import torch
 
         from gemma_runtime.config import RuntimeConfig
@@ -160,6 +177,8 @@ class TritonPythonModel:
             )
         if switch is not None:
             overrides.setdefault("enable_prefix_caching", switch)
+        for key, value in (defaults or {}).items():  # the parameters' own keys; runtime_config's win
+            overrides.setdefault(key, value)
         try:
             return RuntimeConfig(**overrides)
         except (TypeError, ValueError) as e:
