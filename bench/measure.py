@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from bench.parallel_engine import open_parallel, parallel_system
 from bench.random_engine import active_bytes_per_token, make_random_engine, weights_in_memory
 from bench.run_config import GB, Clock, Sizes, decode_max_tokens, greedy, prompt_ids, runtime_config, system_name
 from gemma_runtime.api import GenerateRequest
@@ -117,17 +118,21 @@ def measure_ours(
     record,
     graphs: bool | None = None,
     overlap: bool | None = None,
+    parallel: tuple[int, bool] = (1, False),
 ) -> None:
-    """Runs every measurement on one random engine."""
+    """Runs every measurement on one random engine; `parallel`: (tensor-parallel size, expert parallel)."""
     clock, rng = Clock(device), random.Random(0)
-    system = system_name(graphs, overlap)
+    system = parallel_system(system_name(graphs, overlap), *parallel)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     made = make_random_engine(model, dtype, device, workdir / f"{model}-{dtype}")
     floor = bandwidth / active_bytes_per_token(made.spec.text, made.weights)
     config = runtime_config(made.spec, sizes, device, graphs, overlap)
-    with weights_in_memory(made.weights):
-        engine = LLMEngine(made.engine_dir, config)
+    if parallel[0] > 1:
+        engine = open_parallel(made, config, *parallel)
+    else:
+        with weights_in_memory(made.weights):
+            engine = LLMEngine(made.engine_dir, config)
     print(
         f"  {model} {dtype}: decode graphs {engine.runner.graphs.batch_sizes if engine.runner.graphs else 'off'}, "
         f"overlap {'on' if engine.overlap else 'off'}",
@@ -179,6 +184,7 @@ def measure_ours(
         "tok/s",
     )
     record(model, dtype, system, "peak_memory_gb", 0, peak_memory_gb(device), "GB")
+    engine.close()  # the other tensor-parallel ranks, if any
     del engine
     release(device)
 

@@ -15,6 +15,7 @@ tested (tests/unit/test_bench_dry_run.py); those figures mean nothing for speed.
     .venv/bin/python -m bench.run [--dry-run] [--models 26b,31b] [--dtypes bf16,fp8] [--results-dir bench/results]
                                   [--decode-graphs auto|on|off] [--overlap auto|on|off]
                                   [--transformers on|off] [--ours on|off]
+                                  [--tensor-parallel-size N] [--enable-expert-parallel]
 
 --decode-graphs and --overlap switch the decode path's CUDA graphs and overlapped scheduling (default:
 the runtime's own choice, on for CUDA) so their effect can be measured one at a time.
@@ -57,6 +58,8 @@ def main(argv: list[str] | None = None) -> int:
         default="on",
         help="off: only transformers (a run cut off before it, at the 31B's size, catches up)",
     )
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks our engine is split across (GPUs)")
+    p.add_argument("--enable-expert-parallel", action="store_true", help="split the MoE's experts across the ranks")
     args = p.parse_args(argv)
     check_bench_args(args, torch.cuda.is_available())
 
@@ -99,6 +102,7 @@ def main(argv: list[str] | None = None) -> int:
                         record,
                         SWITCH[args.decode_graphs],
                         SWITCH[args.overlap],
+                        (args.tensor_parallel_size, args.enable_expert_parallel),
                     )
                 if args.transformers == "on":
                     measure_transformers(model, hf_config, sizes, device, record)
