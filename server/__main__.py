@@ -129,7 +129,9 @@ def preflight(settings: ServerSettings, runtime: RuntimeConfig) -> None:
         check_triton_reachable(settings.backend)
     elif not settings.backend and settings.engine_dir:
         check_device(runtime.device)
-        check_parallel(settings.engine_dir, runtime.device, runtime.tensor_parallel_size)
+        check_parallel(
+            settings.engine_dir, runtime.device, runtime.tensor_parallel_size, runtime.enable_expert_parallel
+        )
     check_port_free(settings.host, settings.port, "PORT=... for make serve, --port for python -m server")
 
 

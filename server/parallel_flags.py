@@ -34,7 +34,7 @@ def parallel_overrides(args: argparse.Namespace) -> dict:
     return {k: v for k, v in given.items() if v is not None}
 
 
-def check_parallel(engine_dir: str | None, device: str, tensor_parallel_size: int) -> None:
+def check_parallel(engine_dir: str | None, device: str, tensor_parallel_size: int, expert_parallel: bool) -> None:
     if tensor_parallel_size < 1:
         raise UserError(f"--tensor-parallel-size {tensor_parallel_size}: use 1 or more")
     if tensor_parallel_size == 1:
@@ -54,6 +54,6 @@ def check_parallel(engine_dir: str | None, device: str, tensor_parallel_size: in
 
         text = TextSpec.from_dict(json.loads((Path(engine_dir) / ENGINE_JSON).read_text())["text"])
         try:
-            ShardPlan(tensor_parallel_size, 0, expert_parallel=False).check(text)
+            ShardPlan(tensor_parallel_size, 0, expert_parallel).check(text)
         except ValueError as e:
             raise UserError(f"{e}: choose a size that divides it") from None
