@@ -29,5 +29,16 @@ def check_bench_args(args, cuda_available: bool) -> None:
             "make bench BENCH_ARGS=--dry-run (the tiny engine on CPU: checks the script, not speed)"
         )
     _listed(args.dtypes, DTYPES, "--dtypes")
+    tp = getattr(args, "tensor_parallel_size", 1)
+    if tp < 1:
+        raise UserError(f"--tensor-parallel-size {tp}: use 1 or more")
+    if tp > 1 and not args.dry_run:
+        import torch
+
+        if torch.cuda.device_count() < tp:
+            raise UserError(
+                f"--tensor-parallel-size {tp}: only {torch.cuda.device_count()} GPU(s) visible (one rank a GPU); "
+                "the CPU figures of make bench BENCH_ARGS='--dry-run --tensor-parallel-size 2' check correctness only"
+            )
     if args.ours == "off" and args.transformers == "off":
         raise UserError("--ours off --transformers off measures nothing: leave one of them on")

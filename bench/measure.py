@@ -14,6 +14,7 @@ from pathlib import Path
 
 import torch
 
+from bench.parallel_engine import open_parallel, parallel_system
 from bench.random_engine import active_bytes_per_token, make_random_engine, weights_in_memory
 from bench.run_config import GB, Clock, Sizes, decode_max_tokens, greedy, prompt_ids, runtime_config, system_name
 from gemma_runtime.api import GenerateRequest
@@ -121,11 +122,13 @@ def measure_ours(
     overlap: bool | None = None,
     speculative: str = "off",
     num_speculative_tokens: int = 3,
+    parallel: tuple[int, bool] = (1, False),
 ) -> None:
     """Runs every measurement on one random engine (speculating when asked: then its counters and the
-    step costs of bench/spec_decode.py too)."""
+    step costs of bench/spec_decode.py too); `parallel`: (tensor-parallel size, expert parallel)."""
     clock, rng = Clock(device), random.Random(0)
-    system = system_name(graphs, overlap) + (f"-spec-{speculative}" if speculative != "off" else "")
+    system = parallel_system(system_name(graphs, overlap), *parallel)
+    system += f"-spec-{speculative}" if speculative != "off" else ""
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     made = make_random_engine(model, dtype, device, workdir / f"{model}-{dtype}")
@@ -139,8 +142,11 @@ def measure_ours(
         speculative=speculative,
         num_speculative_tokens=num_speculative_tokens,
     )
-    with weights_in_memory(made.weights):
-        engine = LLMEngine(made.engine_dir, config)
+    if parallel[0] > 1:
+        engine = open_parallel(made, config, *parallel)
+    else:
+        with weights_in_memory(made.weights):
+            engine = LLMEngine(made.engine_dir, config)
     print(
         f"  {model} {dtype}: decode graphs {engine.runner.graphs.batch_sizes if engine.runner.graphs else 'off'}, "
         f"overlap {'on' if engine.overlap else 'off'}",
@@ -196,6 +202,7 @@ def measure_ours(
             engine, device, lambda metric, batch, value, unit: record(model, dtype, system, metric, batch, value, unit)
         )
     record(model, dtype, system, "peak_memory_gb", 0, peak_memory_gb(device), "GB")
+    engine.close()  # the other tensor-parallel ranks, if any
     del engine
     release(device)
 

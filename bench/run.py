@@ -16,6 +16,7 @@ tested (tests/unit/test_bench_dry_run.py); those figures mean nothing for speed.
                                   [--decode-graphs auto|on|off] [--overlap auto|on|off]
                                   [--transformers on|off] [--ours on|off]
                                   [--speculative off|ngram|mtp] [--num-speculative-tokens N]
+                                  [--tensor-parallel-size N] [--enable-expert-parallel]
 
 --decode-graphs and --overlap switch the decode path's CUDA graphs and overlapped scheduling (default:
 the runtime's own choice, on for CUDA) so their effect can be measured one at a time.
@@ -65,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
         help="speculate in our runs: its counters and the draft/verify step costs (bench/spec_decode.py) too",
     )
     p.add_argument("--num-speculative-tokens", type=int, default=3, help="drafts per sequence per step")
+    p.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks our engine is split across (GPUs)")
+    p.add_argument("--enable-expert-parallel", action="store_true", help="split the MoE's experts across the ranks")
     args = p.parse_args(argv)
     check_bench_args(args, torch.cuda.is_available())
 
@@ -109,6 +112,7 @@ def main(argv: list[str] | None = None) -> int:
                         SWITCH[args.overlap],
                         args.speculative,
                         args.num_speculative_tokens,
+                        (args.tensor_parallel_size, args.enable_expert_parallel),
                     )
                 if args.transformers == "on":
                     measure_transformers(model, hf_config, sizes, device, record)

@@ -54,6 +54,13 @@ class RuntimeConfig:
     speculative: str = "off"
     num_speculative_tokens: int = 3
     speculative_max_batch: int | None = None
+    # One engine across this many ranks (torch.distributed: NCCL on GPUs, gloo on CPU): this process is
+    # rank 0 and spawns the others (gemma_runtime/parallel/). Expert parallel splits a MoE's experts across
+    # the ranks instead of each expert's intermediate. A collective that waits longer than
+    # parallel_timeout_s fails its step (a rank that died or hung) instead of hanging the server.
+    tensor_parallel_size: int = 1
+    enable_expert_parallel: bool = False
+    parallel_timeout_s: float = 60.0
 
     def __post_init__(self) -> None:
         if self.block_size < 1 or self.max_num_seqs < 1 or self.max_num_batched_tokens < 1:
@@ -68,6 +75,11 @@ class RuntimeConfig:
             raise ValueError("num_speculative_tokens must be positive")
         if self.speculative_max_batch is not None and self.speculative_max_batch < 0:
             raise ValueError("speculative_max_batch must be 0 (never) or positive")
+        if self.tensor_parallel_size < 1 or self.parallel_timeout_s <= 0:
+            raise ValueError("tensor_parallel_size and parallel_timeout_s must be positive")
+        if self.tensor_parallel_size > 1 and self.speculative != "off":
+            # the ranks' step broadcast carries no draft rows yet (gemma_runtime/parallel/step_channel.py)
+            raise ValueError("speculative decoding does not run with tensor_parallel_size > 1 yet: use one or the other")
 
 
 def default_device() -> str:

@@ -14,6 +14,7 @@ from server.cli_errors import OneLineParser, UserError
 from server.drain import DrainingServer
 from server.key_scope import SCOPES
 from server.limit_flags import add_limit_args, limit_overrides
+from server.parallel_flags import add_parallel_args, check_parallel, parallel_overrides
 from server.preflight import (
     check_device,
     check_drafter,
@@ -102,6 +103,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a step with more decoding sequences drafts nothing (default 32)",
     )
+    add_parallel_args(p)
     add_limit_args(p)
     return p.parse_args(argv)
 
@@ -119,7 +121,8 @@ def runtime_config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         "num_speculative_tokens": args.num_speculative_tokens,
         "speculative_max_batch": args.speculative_max_batch,
     }
-    return RuntimeConfig(device=args.device or default_device(), **{k: v for k, v in given.items() if v is not None})
+    given = {k: v for k, v in given.items() if v is not None} | parallel_overrides(args)
+    return RuntimeConfig(device=args.device or default_device(), **given)
 
 
 def settings_from_args(args: argparse.Namespace) -> ServerSettings:
@@ -153,6 +156,9 @@ def preflight(settings: ServerSettings, runtime: RuntimeConfig) -> None:
         check_triton_reachable(settings.backend)
     elif not settings.backend and settings.engine_dir:
         check_device(runtime.device)
+        check_parallel(
+            settings.engine_dir, runtime.device, runtime.tensor_parallel_size, runtime.enable_expert_parallel
+        )
     check_port_free(settings.host, settings.port, "PORT=... for make serve, --port for python -m server")
 
 

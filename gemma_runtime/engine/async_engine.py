@@ -58,14 +58,19 @@ class AsyncEngine:
             self._wake.set()
             thread.join(timeout=30)
         self._executor.shutdown(wait=False, cancel_futures=True)
+        close = getattr(self.engine, "close", None)  # the tensor-parallel ranks
+        if close is not None:
+            close()
 
     @property
     def is_running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
     def health(self) -> bool:
-        """Whether the engine-loop thread is alive (readiness turns 503 if it died); never waits on it."""
-        return self.is_running
+        """Whether the engine-loop thread is alive and the engine can step (every tensor-parallel rank is
+        up); readiness turns 503 otherwise. Never waits on either."""
+        healthy = getattr(self.engine, "healthy", None)
+        return self.is_running and (healthy is None or healthy())
 
     def stats(self) -> EngineStats:
         return self.engine.stats()

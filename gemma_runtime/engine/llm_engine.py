@@ -41,8 +41,17 @@ class LLMEngine:
         self.generation_defaults = read_generation_defaults(self.engine_dir)
         config = config or RuntimeConfig()
         # Weights first: on a GPU the KV pages get what memory the weights leave.
-        weights = load_weights(self.engine_dir, torch.device(config.device), runtime_dtype(config, self.spec))
-        self.config = c = resolve_config(config, self.spec)
+        self.parallel = None  # the tensor-parallel ranks, when there are several (gemma_runtime/parallel/)
+        runner_spec = self.spec
+        if config.tensor_parallel_size > 1:
+            from gemma_runtime.parallel.launcher import TensorParallelGroup
+
+            self.parallel = TensorParallelGroup(self.engine_dir, self.spec, config)
+            weights, c, runner_spec = self.parallel.weights, self.parallel.config, self.parallel.local_spec
+        else:
+            weights = load_weights(self.engine_dir, torch.device(config.device), runtime_dtype(config, self.spec))
+            c = resolve_config(config, self.spec)
+        self.config = c
         self.device, self.dtype, self.max_model_len = c.device, c.dtype, c.max_model_len
         self.stop_token_ids = frozenset(self.spec.stop_token_ids)
         layer_types = {layer.type for layer in self.spec.text.layers}
@@ -56,7 +65,9 @@ class LLMEngine:
             pool=CachingBlockPool if c.enable_prefix_caching else None,
         )
         self.scheduler = Scheduler(self.blocks, c.max_num_seqs, c.max_num_batched_tokens)
-        self.runner = ModelRunner(self.spec, weights, c)
+        self.runner = ModelRunner(runner_spec, weights, c)
+        if self.parallel is not None:
+            self.parallel.attach(self.runner)
         self.overlap = c.overlap_scheduling
         self.in_flight: LaunchedStep | None = None  # launched, its tokens not yet read (overlap only)
         self.inputs = InputProcessor(self.spec, self.tokenizer, c.max_model_len, c.default_image_soft_tokens)
@@ -119,6 +130,14 @@ class LLMEngine:
         self.runner.release(seq)
         if self.speculation is not None:
             self.speculation.release(seq)
+    def healthy(self) -> bool:
+        """False once a tensor-parallel rank is gone (the engine cannot step any more)."""
+        return self.parallel is None or self.parallel.healthy
+
+    def close(self) -> None:
+        """Stops the other tensor-parallel ranks (nothing to do on one)."""
+        if self.parallel is not None:
+            self.parallel.close()
 
     def has_unfinished(self) -> bool:
         return self.scheduler.has_work() or self.in_flight is not None

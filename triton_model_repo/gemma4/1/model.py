@@ -47,6 +47,23 @@ class _Live:
     closed: bool = False
 
 
+def _parallel_params(params: dict) -> dict:
+    """config.pbtxt's tensor_parallel_size and enable_expert_parallel (as the server's flags): this model
+    process is rank 0 and spawns the other ranks (gemma_runtime/parallel/)."""
+    out = {}
+    size = params.get("tensor_parallel_size", "").strip()
+    if size:
+        if not size.isdigit() or int(size) < 1:
+            raise pb_utils.TritonModelException(f"gemma4: tensor_parallel_size must be 1 or more, not {size!r}")
+        out["tensor_parallel_size"] = int(size)
+    expert = params.get("enable_expert_parallel", "").strip().lower()
+    if expert not in ("", "true", "false"):
+        raise pb_utils.TritonModelException(f"gemma4: enable_expert_parallel must be true or false, not {expert!r}")
+    if expert:
+        out["enable_expert_parallel"] = expert == "true"
+    return out
+
+
 class TritonPythonModel:
     # --- lifecycle ---------------------------------------------------------------------------------
 
@@ -167,10 +184,11 @@ class TritonPythonModel:
         from triton_bridge.spec_params import speculative_overrides
 
         try:
-            for key, value in speculative_overrides(params or {}).items():
-                overrides.setdefault(key, value)
+            defaults = speculative_overrides(params or {}) | _parallel_params(params or {})
         except ValueError as e:
             raise pb_utils.TritonModelException(f"gemma4: {e}")
+        for key, value in defaults.items():  # the parameters' own keys; runtime_config's win
+            overrides.setdefault(key, value)
         try:
             return RuntimeConfig(**overrides)
         except (TypeError, ValueError) as e:
