@@ -79,7 +79,9 @@ class RuntimeConfig:
             raise ValueError("tensor_parallel_size and parallel_timeout_s must be positive")
         if self.tensor_parallel_size > 1 and self.speculative != "off":
             # the ranks' step broadcast carries no draft rows yet (gemma_runtime/parallel/step_channel.py)
-            raise ValueError("speculative decoding does not run with tensor_parallel_size > 1 yet: use one or the other")
+            raise ValueError(
+                "speculative decoding does not run with tensor_parallel_size > 1 yet: use one or the other"
+            )
 
 
 def default_device() -> str:

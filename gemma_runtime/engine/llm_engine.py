@@ -130,6 +130,7 @@ class LLMEngine:
         self.runner.release(seq)
         if self.speculation is not None:
             self.speculation.release(seq)
+
     def healthy(self) -> bool:
         """False once a tensor-parallel rank is gone (the engine cannot step any more)."""
         return self.parallel is None or self.parallel.healthy
