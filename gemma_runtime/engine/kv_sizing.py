@@ -8,6 +8,7 @@ import torch
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine_format.spec import EngineSpec
 from gemma_runtime.inputs.processor import MAX_IMAGE_TOKENS
+from gemma_runtime.speculative.registry import kept_sliding_window
 
 DEFAULT_CPU_KV_BYTES = 1 << 30
 
@@ -38,7 +39,7 @@ def kv_pool_sizes(
     than one longest sequence needs. Call it once the weights are loaded (the budget on CUDA is what
     they leave)."""
     pages = lambda n: -(-n // config.block_size)  # noqa: E731
-    window_pages = pages(spec.text.sliding_window) + 2
+    window_pages = pages(kept_sliding_window(spec, config.speculative)) + 2
     step_pages = pages(max(config.max_num_batched_tokens, MAX_IMAGE_TOKENS))
     # with prefix caching, room for as many finished sequences' last windows again (scheduling/prefix_cache.py)
     keep = 2 if config.enable_prefix_caching else 1

@@ -23,7 +23,7 @@ from gemma_runtime.scheduling.scheduler import Scheduler
 from gemma_runtime.scheduling.sequence import Sequence, SequenceStatus
 from gemma_runtime.speculative.engine_hooks import Speculation
 from gemma_runtime.speculative.protocol import DrafterContext
-from gemma_runtime.speculative.registry import build_drafter
+from gemma_runtime.speculative.registry import build_drafter, kept_sliding_window
 
 
 @dataclass
@@ -59,7 +59,7 @@ class LLMEngine:
             c.block_size,
             c.num_full_blocks,
             c.num_sliding_blocks,
-            self.spec.text.sliding_window,
+            kept_sliding_window(self.spec, c.speculative),
             has_full="full" in layer_types,
             has_sliding="sliding" in layer_types,
             pool=CachingBlockPool if c.enable_prefix_caching else None,

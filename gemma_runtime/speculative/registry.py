@@ -24,6 +24,16 @@ def engine_has_drafter(engine_dir: str | Path) -> bool:
     return (Path(engine_dir) / DRAFTER_DIR).is_dir()
 
 
+def kept_sliding_window(spec, speculative: str) -> int:
+    """How far back (in tokens) the sliding layers' pages must be kept: the target's window, or the MTP
+    drafter's reach when that is wider. The drafter at position p reads its window + 1 keys ending at
+    p - 1 (model/assistant.py), one or two further back than the target's own queries ever look."""
+    window = spec.text.sliding_window
+    if speculative == "mtp" and spec.assistant is not None:
+        window = max(window, spec.assistant.text.sliding_window + 2)
+    return window
+
+
 def missing_drafter_message(engine_dir: str | Path) -> str:
     return (
         f"--speculative mtp: the engine {engine_dir} has no MTP drafter ({DRAFTER_DIR}/); rebuild it with "

@@ -77,9 +77,12 @@ def test_mtp_concurrent_requests_match_transformers(mtp_tiny):
     assert engine.blocks.num_free == free_at_start
 
 
-def test_first_drafts_are_transformers_drafts(mtp_tiny, tmp_path):
+@pytest.mark.parametrize("prompt_len", [SLIDING_WINDOW - 2, 3 * SLIDING_WINDOW], ids=["inside", "past-window"])
+def test_first_drafts_are_transformers_drafts(mtp_tiny, tmp_path, prompt_len):
     """Right after the prefill the engine's drafter gets the prompt's last hidden state and the token
-    sampled from it: its drafts are transformers' drafting round, token for token."""
+    sampled from it: its drafts are transformers' drafting round, token for token. Past the window too:
+    the block manager keeps the drafter's one or two keys behind the target's window
+    (speculative/registry.py kept_sliding_window)."""
     engine_dir, hf = mtp_tiny
     engine = LLMEngine(engine_dir, RuntimeConfig(block_size=4, speculative="mtp", num_speculative_tokens=3))
     folder = make_random_assistant(tmp_path / "drafter", engine.spec.text)  # what ASSISTANT=random converted
@@ -87,12 +90,38 @@ def test_first_drafts_are_transformers_drafts(mtp_tiny, tmp_path):
     drafter, proposed = engine.speculation.drafter, []
     real_propose = drafter.propose
     drafter.propose = lambda requests: proposed.append(real_propose(requests)) or proposed[-1]
-    prompt = text_prompt(SLIDING_WINDOW - 2, 60, engine)  # inside the window: nothing reclaimed yet
+    prompt = text_prompt(prompt_len, 60, engine)
     engine.add_request(GenerateRequest("d", prompt, greedy()))
     while not any(d.token_ids for drafts in proposed for d in drafts):
         engine.step()
     _, _, want = hf_draft(hf, hf_drafter, prompt, 3)
     assert proposed[-1][0].token_ids == want
+
+
+def test_every_drafting_round_past_the_window_is_transformers(mtp_tiny, tmp_path):
+    """Each round of a long decode, the drafter's proposals equal transformers' round over the same
+    tokens: the drafter's keys one or two behind the target's sliding window are still in their pages
+    (speculative/registry.py kept_sliding_window), not reclaimed as the target alone would allow."""
+    engine_dir, hf = mtp_tiny
+    engine = LLMEngine(engine_dir, RuntimeConfig(block_size=4, speculative="mtp", num_speculative_tokens=2))
+    folder = make_random_assistant(tmp_path / "drafter", engine.spec.text)
+    hf_drafter = Gemma4AssistantForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    drafter, rounds = engine.speculation.drafter, []
+    real_propose = drafter.propose
+
+    def recording(requests):
+        drafts = real_propose(requests)
+        rounds.extend((list(r.token_ids), d.token_ids) for r, d in zip(requests, drafts) if d.token_ids)
+        return drafts
+
+    drafter.propose = recording
+    engine.add_request(GenerateRequest("w", text_prompt(2 * SLIDING_WINDOW + 3, 61, engine), greedy()))
+    while engine.has_unfinished():
+        engine.step()
+    assert len(rounds) >= 4
+    for tokens, drafted in rounds:
+        _, _, want = hf_draft(hf, hf_drafter, tokens[:-1], 2)
+        assert drafted == want[: len(drafted)], len(tokens)  # fewer near max_tokens
 
 
 def test_mtp_through_preemption(mtp_tiny):
