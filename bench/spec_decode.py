@@ -23,12 +23,14 @@ import argparse
 import random
 import statistics
 import tempfile
+from dataclasses import replace
 from pathlib import Path
 
 import torch
 
 from bench.random_engine import make_random_engine, weights_in_memory
 from bench.run_config import Clock, greedy, prompt_ids
+from engine_builder.dtypes import engine_dtype
 from gemma_runtime.api import GenerateRequest
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
@@ -120,6 +122,19 @@ def measure(
     return measured
 
 
+def attach_random_drafter(made, dtype: str, workdir: Path) -> None:
+    """--speculative mtp: a random drafter converted into the engine folder as `ASSISTANT=random` does,
+    at the tiny builder's drafter dimensions (the published drafters' configs are not readable offline,
+    so on a GPU this times the verify step and the drafter's reads of the target's KV, not its true size)."""
+    from engine_builder.assistant.convert import prepare_assistant, write_assistant
+    from engine_builder.tiny.random_assistant import make_random_assistant
+
+    folder = make_random_assistant(workdir / "drafter", made.spec.text)
+    prepared = prepare_assistant(folder, "random", made.spec.text, engine_dtype(dtype))
+    write_assistant(prepared, made.engine_dir)
+    replace(made.spec, assistant=prepared.spec).save(made.engine_dir)
+
+
 def engine_config(device: torch.device, speculative: str, n: int, batches=BATCHES) -> RuntimeConfig:
     """Room for the largest batch; drafting off in the engine's own steps (the prefill) by a zero batch
     limit, so only the timed steps verify."""
@@ -156,6 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="gemma4-spec-") as tmp:
         for model in models:
             made = make_random_engine(model, args.dtype, device, Path(tmp) / model)
+            if args.speculative == "mtp":
+                attach_random_drafter(made, args.dtype, Path(tmp) / f"{model}-drafter")
             with weights_in_memory(made.weights):
                 engine = LLMEngine(made.engine_dir, engine_config(device, args.speculative, n, batches))
             made = None

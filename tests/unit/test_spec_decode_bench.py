@@ -7,15 +7,19 @@ import pytest
 import torch
 
 from bench.random_engine import make_random_engine, weights_in_memory
-from bench.spec_decode import ACCEPTED_LENGTHS, curve, engine_config, measure
+from bench.spec_decode import ACCEPTED_LENGTHS, attach_random_drafter, curve, engine_config, measure
 from gemma_runtime.engine.llm_engine import LLMEngine
 
 
-def test_step_costs_and_curve(tmp_path, capsys):
+@pytest.mark.parametrize("method", ["ngram", "mtp"])
+def test_step_costs_and_curve(tmp_path, capsys, method):
     device = torch.device("cpu")
     made = make_random_engine("tiny", "bf16", device, tmp_path / "tiny")
+    if method == "mtp":  # the drafter converted into the engine folder as ASSISTANT=random does
+        attach_random_drafter(made, "bf16", tmp_path)
     with weights_in_memory(made.weights):
-        engine = LLMEngine(made.engine_dir, engine_config(device, "ngram", 2, batches=(1, 2)))
+        engine = LLMEngine(made.engine_dir, engine_config(device, method, 2, batches=(1, 2)))
+    assert type(engine.speculation.drafter).__name__ == {"ngram": "NgramDrafter", "mtp": "MTPDrafter"}[method]
     free = engine.blocks.num_free
     costs = measure(engine, 2, device, repeats=2, batches=(1, 2))
     assert set(costs) == {1, 2}
