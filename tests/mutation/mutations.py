@@ -166,7 +166,7 @@ _CORE: tuple[Mutation, ...] = (
     Mutation(
         "running chunk not charged to the budget",
         SC,
-        "                budget -= num_new\n                i += 1\n",
+        "                budget -= num_new_total\n                i += 1\n",
         "                i += 1\n",
         SCHEDULER_TESTS,
         broader=PARITY,
