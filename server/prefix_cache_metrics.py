@@ -7,8 +7,7 @@ collector rather than `Counter.inc` keeps the engine loop free of Prometheus and
 
 from __future__ import annotations
 
-from prometheus_client.core import CounterMetricFamily
-from prometheus_client.registry import Collector
+from server.stats_collector import StatsCollector
 
 COUNTERS = {
     "prefix_cache_queries": ("gemma_prefix_cache_queries", "Prompt tokens looked up in the prefix cache"),
@@ -16,17 +15,5 @@ COUNTERS = {
 }
 
 
-class PrefixCacheCollector(Collector):
-    def __init__(self, backend, model_name: str) -> None:
-        self._backend = backend
-        self._model_name = model_name
-
-    def collect(self):
-        try:
-            stats = self._backend.stats()
-        except Exception:  # a scrape must not fail because the engine is starting or gone
-            return
-        for field, (name, doc) in COUNTERS.items():
-            family = CounterMetricFamily(name, doc, labels=["model_name"])
-            family.add_metric([self._model_name], float(getattr(stats, field, 0)))
-            yield family
+class PrefixCacheCollector(StatsCollector):
+    counters = COUNTERS

@@ -4,8 +4,9 @@ sequence-step that verified drafts: 1 + kept drafts), for both backends."""
 
 from __future__ import annotations
 
-from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import Collector
+from prometheus_client.core import GaugeMetricFamily
+
+from server.stats_collector import StatsCollector
 
 COUNTERS = {
     "spec_decode_drafted": ("gemma_spec_decode_num_draft_tokens", "Draft tokens verified by the target"),
@@ -15,20 +16,10 @@ COUNTERS = {
 MEAN_LENGTH = ("gemma_spec_decode_mean_accepted_length", "Tokens per verifying sequence-step (1 + kept drafts)")
 
 
-class SpecDecodeCollector(Collector):
-    def __init__(self, backend, model_name: str) -> None:
-        self._backend = backend
-        self._model_name = model_name
+class SpecDecodeCollector(StatsCollector):
+    counters = COUNTERS
 
-    def collect(self):
-        try:
-            stats = self._backend.stats()
-        except Exception:  # a scrape must not fail because the engine is starting or gone
-            return
-        for field, (name, doc) in COUNTERS.items():
-            family = CounterMetricFamily(name, doc, labels=["model_name"])
-            family.add_metric([self._model_name], float(getattr(stats, field, 0)))
-            yield family
+    def derived(self, stats):
         verifies = getattr(stats, "spec_decode_verifies", 0)
         mean = getattr(stats, "spec_decode_emitted", 0) / verifies if verifies else 0.0
         gauge = GaugeMetricFamily(*MEAN_LENGTH, labels=["model_name"])
