@@ -165,3 +165,31 @@ def test_no_drafts_above_the_batch_limit(random_tiny_dense_engine_dir):
     e = engine(random_tiny_dense_engine_dir, "ngram", speculative_max_batch=3, **together)
     run(e, [GenerateRequest(f"r{i}", PATTERN, greedy(max_tokens=12)) for i in range(3)])
     assert e.stats().spec_decode_drafted > 0
+
+
+def test_image_prompts_are_unchanged(random_tiny_engine_dir):
+    """Two images (soft-token spans that a prefill never splits) in a repetitive prompt on the tiny MoE
+    engine with its vision tower: ngram drafts over the text, the verify step runs beside image
+    prefills, and every request's output equals the plain engine's."""
+    from PIL import Image
+
+    def png(color) -> bytes:
+        import io
+
+        buf = io.BytesIO()
+        Image.new("RGB", (40, 32), color).save(buf, format="PNG")
+        return buf.getvalue()
+
+    images = (png((200, 30, 30)), png((30, 30, 200)))
+
+    def requests():
+        return [
+            GenerateRequest(
+                "img", "<|image|> and <|image|> " + PATTERN, greedy(), images=images, image_max_soft_tokens=70
+            ),
+            GenerateRequest("txt", PATTERN, greedy(max_tokens=24)),
+        ]
+
+    a, b, stats = both(random_tiny_engine_dir, requests, max_num_batched_tokens=96, max_model_len=512)
+    assert a == b
+    assert stats.spec_decode_drafted > 0
