@@ -9,9 +9,9 @@ from prometheus_client.core import GaugeMetricFamily
 from server.stats_collector import StatsCollector
 
 COUNTERS = {
-    "spec_decode_drafted": ("gemma_spec_decode_num_draft_tokens", "Draft tokens verified by the target"),
-    "spec_decode_accepted": ("gemma_spec_decode_num_accepted_tokens", "Draft tokens the target kept"),
-    "spec_decode_verifies": ("gemma_spec_decode_num_verifies", "Sequence-steps that verified drafts"),
+    "spec_decode_drafted": ("gemma_spec_decode_drafted_tokens", "Draft tokens verified by the target"),
+    "spec_decode_accepted": ("gemma_spec_decode_accepted_tokens", "Draft tokens the target kept"),
+    "spec_decode_verifies": ("gemma_spec_decode_verifies", "Sequence-steps that verified drafts"),
 }
 MEAN_LENGTH = ("gemma_spec_decode_mean_accepted_length", "Tokens per verifying sequence-step (1 + kept drafts)")
 

@@ -104,10 +104,10 @@ def test_ngram_server_answers_as_the_plain_one(plain_server, spec_server):
     assert _answers(spec_server.base_url) == _answers(plain_server)
     base = spec_server.base_url
     deadline = time.monotonic() + 10  # Triton's stats reach the translator by polling
-    while _metric(base, "gemma_spec_decode_num_accepted_tokens_total") <= 0 and time.monotonic() < deadline:
+    while _metric(base, "gemma_spec_decode_accepted_tokens_total") <= 0 and time.monotonic() < deadline:
         time.sleep(0.05)
-    drafted = _metric(base, "gemma_spec_decode_num_draft_tokens_total")
-    accepted = _metric(base, "gemma_spec_decode_num_accepted_tokens_total")
+    drafted = _metric(base, "gemma_spec_decode_drafted_tokens_total")
+    accepted = _metric(base, "gemma_spec_decode_accepted_tokens_total")
     assert drafted >= accepted > 0
     assert _metric(base, "gemma_spec_decode_mean_accepted_length") > 1.0
-    assert _metric(plain_server, "gemma_spec_decode_num_draft_tokens_total") == 0
+    assert _metric(plain_server, "gemma_spec_decode_drafted_tokens_total") == 0
