@@ -17,7 +17,7 @@ from gemma_runtime.engine.llm_engine import LLMEngine
 from gemma_runtime.scheduling.scheduler import ScheduledSeq
 from gemma_runtime.scheduling.sequence import Sequence
 from tests.parallel.conftest import SLIDING_WINDOW, wait_gone
-from tests.parity.conftest import hf_greedy
+from tests.parity.conftest import hf_greedy, run_joining
 
 NEW_TOKENS = 24
 IMAGE_BUDGET = 70
@@ -109,15 +109,7 @@ def test_concurrent_requests_joining_at_different_steps(case):
     free_at_start = tp.blocks.num_free
     prompts = {f"r{i}": random_prompt(n, seed=10 + i, vocab=tp.spec.text.vocab_size) for i, n in enumerate([5, 23, 11])}
     join_at = {"r0": 0, "r1": 2, "r2": 5}
-    got: dict[str, list[int]] = {rid: [] for rid in prompts}
-    step = 0
-    while step == 0 or tp.has_unfinished():
-        for rid, at in join_at.items():
-            if at == step:
-                tp.add_request(GenerateRequest(rid, prompts[rid], greedy()))
-        for out in tp.step():
-            got[out.request_id].extend(out.token_ids)
-        step += 1
+    got = run_joining(tp, prompts, join_at, greedy())
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert tp.blocks.num_free == free_at_start

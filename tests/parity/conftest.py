@@ -8,6 +8,7 @@ from transformers import Gemma4ForConditionalGeneration
 
 from engine_builder.convert import build_engine
 from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
+from gemma_runtime.api import GenerateRequest, SamplingParams
 
 SLIDING_WINDOW = 8
 
@@ -35,3 +36,18 @@ def hf_greedy(hf, prompt_ids: list[int], max_new_tokens: int, **image_inputs) ->
         logits = hf(input_ids=torch.tensor([ids]), **kwargs).logits[0, -1]
         ids.append(int(torch.argmax(logits)))
     return ids[len(prompt_ids) :]
+
+
+def run_joining(engine, prompts: dict[str, list[int]], join_at: dict[str, int], sampling: SamplingParams):
+    """Each request joins the running batch at its own engine step (continuous batching); the tokens
+    each one got, by request id. `engine`: anything with add_request / step / has_unfinished."""
+    got: dict[str, list[int]] = {rid: [] for rid in prompts}
+    step = 0
+    while step == 0 or engine.has_unfinished():
+        for rid, at in join_at.items():
+            if at == step:
+                engine.add_request(GenerateRequest(rid, prompts[rid], sampling))
+        for out in engine.step():
+            got[out.request_id].extend(out.token_ids)
+        step += 1
+    return got

@@ -20,7 +20,7 @@ from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
-from tests.parity.conftest import SLIDING_WINDOW, hf_greedy
+from tests.parity.conftest import SLIDING_WINDOW, hf_greedy, run_joining
 from tests.parity.test_assistant_parity import hf_draft
 
 pytest.importorskip("gemma_runtime.speculative.registry", reason="the speculative floor is not in this tree")
@@ -50,19 +50,6 @@ def greedy() -> SamplingParams:
     return SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
 
 
-def run(engine: LLMEngine, prompts: dict[str, list[int]], join_at: dict[str, int]) -> dict[str, list[int]]:
-    got: dict[str, list[int]] = {rid: [] for rid in prompts}
-    step = 0
-    while step == 0 or engine.has_unfinished():
-        for rid, at in join_at.items():
-            if at == step:
-                engine.add_request(GenerateRequest(rid, prompts[rid], greedy()))
-        for out in engine.step():
-            got[out.request_id].extend(out.token_ids)
-        step += 1
-    return got
-
-
 def test_mtp_concurrent_requests_match_transformers(mtp_tiny):
     engine_dir, hf = mtp_tiny
     config = RuntimeConfig(block_size=4, max_num_batched_tokens=12, speculative="mtp", num_speculative_tokens=3)
@@ -70,7 +57,7 @@ def test_mtp_concurrent_requests_match_transformers(mtp_tiny):
     free_at_start = engine.blocks.num_free
     # one prompt past the sliding window from the start: the drafter reads a cut sliding cache
     prompts = {f"r{i}": text_prompt(n, 40 + i, engine) for i, n in enumerate([5, 3 * SLIDING_WINDOW, 11])}
-    got = run(engine, prompts, {"r0": 0, "r1": 2, "r2": 5})
+    got = run_joining(engine, prompts, {"r0": 0, "r1": 2, "r2": 5}, greedy())
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert engine.stats().spec_decode_drafted > 0

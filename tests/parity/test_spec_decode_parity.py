@@ -13,7 +13,7 @@ import random
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
-from tests.parity.conftest import hf_greedy
+from tests.parity.conftest import hf_greedy, run_joining
 
 NEW_TOKENS = 40
 
@@ -41,15 +41,7 @@ def test_ngram_concurrent_requests_match_transformers(tiny):
     vocab = engine.spec.text.vocab_size
     prompts = {f"r{i}": repeating_prompt(n, 3, seed=30 + i, vocab=vocab) for i, n in enumerate([3, 7, 5, 9])}
     join_at = {"r0": 0, "r1": 2, "r2": 5, "r3": 9}  # r2 and r3 prefill while the others verify drafts
-    got: dict[str, list[int]] = {rid: [] for rid in prompts}
-    step = 0
-    while step == 0 or engine.has_unfinished():
-        for rid, at in join_at.items():
-            if at == step:
-                engine.add_request(GenerateRequest(rid, prompts[rid], greedy()))
-        for out in engine.step():
-            got[out.request_id].extend(out.token_ids)
-        step += 1
+    got = run_joining(engine, prompts, join_at, greedy())
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert_some_kept_some_rejected(engine)

@@ -9,7 +9,7 @@ import torch
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
-from tests.parity.conftest import SLIDING_WINDOW, hf_greedy
+from tests.parity.conftest import SLIDING_WINDOW, hf_greedy, run_joining
 
 NEW_TOKENS = 48
 
@@ -77,15 +77,7 @@ def test_concurrent_requests_joining_at_different_steps(tiny):
     vocab = engine.spec.text.vocab_size
     prompts = {f"r{i}": random_prompt(n, seed=10 + i, vocab=vocab) for i, n in enumerate([5, 23, 11, 37])}
     join_at = {"r0": 0, "r1": 2, "r2": 5, "r3": 9}
-    got: dict[str, list[int]] = {rid: [] for rid in prompts}
-    step = 0
-    while step == 0 or engine.has_unfinished():
-        for rid, at in join_at.items():
-            if at == step:
-                engine.add_request(GenerateRequest(rid, prompts[rid], greedy()))
-        for out in engine.step():
-            got[out.request_id].extend(out.token_ids)
-        step += 1
+    got = run_joining(engine, prompts, join_at, greedy())
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert engine.blocks.num_free == free_at_start
