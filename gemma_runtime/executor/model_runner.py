@@ -153,17 +153,24 @@ class ModelRunner:
         tokens, logprobs = step.sampled.to_host(step.host_copy)
         if not any(step.drafts):
             if step.hidden is not None:
-                for i, seq in enumerate(step.seqs):
-                    self.hidden[seq.request_id] = step.hidden[i].clone()  # [H]
+                self._keep_hidden(step.seqs, step.hidden, list(range(len(step.seqs))))
             return [SampledToken(seq, t, lp) for seq, t, lp in zip(step.seqs, tokens, logprobs)]
-        out = []
+        out, last_rows = [], []
         for seq, ds, run, run_logprobs, last_row in split_runs(step.seqs, step.drafts, tokens, logprobs):
             out.extend(SampledToken(seq, t, lp) for t, lp in zip(run, run_logprobs))
             if ds:
                 step.verified.append(Verified(seq, len(ds), len(run)))
-            if step.hidden is not None:
-                self.hidden[seq.request_id] = step.hidden[last_row].clone()  # [H]
+            last_rows.append(last_row)
+        if step.hidden is not None:
+            self._keep_hidden(step.seqs, step.hidden, last_rows)
         return out
+
+    def _keep_hidden(self, seqs: list[Sequence], hidden: torch.Tensor, rows: list[int]) -> None:
+        """Each sequence's hidden state at its row, gathered in one copy (the step's buffer may be reused,
+        e.g. a CUDA graph's) rather than one small copy per sequence."""
+        kept = hidden[rows]  # [S, H]
+        for seq, row in zip(seqs, kept):
+            self.hidden[seq.request_id] = row  # [H]
 
     def hidden_of(self, seq: Sequence) -> torch.Tensor | None:
         """The sequence's stored hidden state for a drafter (None before its first sampled token)."""
