@@ -278,12 +278,20 @@ def test_sigterm_drains_a_real_server(random_tiny_engine_dir):
 
         async def scenario():
             async with httpx.AsyncClient(base_url=base, timeout=60) as client:
-                short = asyncio.create_task(read_stream(client, {"messages": USER, "max_tokens": 4}))
+                short = asyncio.create_task(read_stream(client, {"messages": USER, "max_tokens": 32}))
+                records = [{} for _ in range(4)]
                 longs = [
-                    asyncio.create_task(read_stream(client, {"messages": USER, "max_tokens": 8000, "ignore_eos": True}))
-                    for _ in range(4)
+                    asyncio.create_task(
+                        read_stream(client, {"messages": USER, "max_tokens": 8000, "ignore_eos": True}, record=rec)
+                    )
+                    for rec in records
                 ]
-                await asyncio.sleep(0.5)
+                # SIGTERM only once every long stream is under way: a request the server has not yet
+                # admitted is not in flight, and a drain with nothing in flight ends at once.
+                started = time.monotonic()
+                while not all(rec.get("times") for rec in records):
+                    assert time.monotonic() - started < 60, "the streams never started"
+                    await asyncio.sleep(0.05)
                 proc.send_signal(signal.SIGTERM)
                 await asyncio.sleep(0.3)
                 ready = await client.get("/v1/health/ready")
