@@ -18,6 +18,7 @@ config.pbtxt, for a plain `tritonserver --model-repository triton_model_repo` la
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import signal
@@ -204,6 +205,23 @@ def model_config_json(
     return json_format.MessageToJson(config)
 
 
+EXIT_MARGIN_S = 10  # beyond the drain: ending what is left and shutting the engine down
+
+
+def exit_timeout_s(model_repo: Path, model_params: dict | None) -> int:
+    """tritonserver's --exit-timeout-secs: the model's drain_timeout (the load's parameter, else
+    config.pbtxt's) plus EXIT_MARGIN_S, so Triton never aborts a drain it was asked to wait for."""
+    drain = (model_params or {}).get("drain_timeout")
+    if drain is None:
+        from google.protobuf import text_format
+        from tritonclient.grpc import model_config_pb2
+
+        text = (model_repo / MODEL_NAME / "config.pbtxt").read_text()
+        config = text_format.Parse(text, model_config_pb2.ModelConfig())
+        drain = config.parameters["drain_timeout"].string_value if "drain_timeout" in config.parameters else 30
+    return int(math.ceil(float(drain or 30))) + EXIT_MARGIN_S
+
+
 # --- starting ---------------------------------------------------------------------------------------
 
 
@@ -239,8 +257,9 @@ def start_triton(
         f"--metrics-port={ports.metrics}",
         # Explicit control: we load gemma4 ourselves, with the engine path set in its config.
         "--model-control-mode=explicit",
-        # The Python model shuts its engine down in finalize(); don't let a stuck one hold exit 30 s.
-        "--exit-timeout-secs=10",
+        # On SIGTERM the model drains its streams for its drain_timeout, then ends the rest and shuts its
+        # engine down: Triton waits that long and a little more, and no longer for a stuck one.
+        f"--exit-timeout-secs={exit_timeout_s(model_repo, model_params)}",
         # Unique shared-memory names: several servers (tests, users) can share one machine.
         f"--backend-config=python,shm-region-prefix-name=gemma4_{os.getpid()}_{ports.grpc}_",
     ]
@@ -256,6 +275,8 @@ def start_triton(
             args, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=str(model_repo), start_new_session=True
         )
     triton = TritonProcess(process, ports, host, log_path, engine_dir)
+    # The model asks this endpoint whether the server is exiting (triton_bridge/shutdown_watch.py).
+    model_params = {"server_http_url": f"http://127.0.0.1:{ports.http}", **(model_params or {})}
     try:
         _wait_server_live(triton, timeout)
         _load_model(triton, model_config_json(engine_dir, model_repo, runtime_config, model_params), timeout)

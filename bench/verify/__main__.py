@@ -55,7 +55,7 @@ def main(argv: list[str] | None = None) -> int:
     from gemma_runtime.engine_format.spec import EngineSpec
     from server.preflight import check_device, check_engine_dir
 
-    from .compare import perplexity_figures, prompt_figures
+    from .compare import perplexity_figures, pooled_figures, prompt_figures
     from .ours import load_engine, run_ours
     from .prompts import PROMPTS
     from .reference import resolve_reference
@@ -91,8 +91,9 @@ def main(argv: list[str] | None = None) -> int:
     rows = [prompt_figures(a, b, limits) for a, b in zip(ours[:-1], theirs[:-1])]
     ppl = perplexity_figures(ours[-1], theirs[-1], limits)
     against = f"transformers ({str(ref_dtype).removeprefix('torch.')})"  # an FP8 engine's agreement with bf16 on a GPU
-    print(table(rows, ppl, dtype, limits, against))
-    ok, line = verdict(rows, ppl, str(engine_dir), str(folder))
+    pooled = pooled_figures(rows, limits)
+    print(table(rows, pooled, ppl, dtype, limits, against))
+    ok, line = verdict(rows, pooled, ppl, str(engine_dir), str(folder))
     print(line, file=sys.stdout if ok else sys.stderr)
     return 0 if ok else 1
 

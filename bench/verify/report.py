@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .compare import PerplexityFigures, PromptFigures
+from .compare import PerplexityFigures, PooledFigures, PromptFigures
 from .thresholds import Thresholds
 
 HEADER = (
@@ -18,7 +18,14 @@ HEADER = (
 )
 
 
-def table(rows: list[PromptFigures], ppl: PerplexityFigures, dtype: str, limits: Thresholds, top1_against: str) -> str:
+def table(
+    rows: list[PromptFigures],
+    pooled: PooledFigures,
+    ppl: PerplexityFigures,
+    dtype: str,
+    limits: Thresholds,
+    top1_against: str,
+) -> str:
     cells = [HEADER] + [
         (
             r.name,
@@ -38,6 +45,10 @@ def table(rows: list[PromptFigures], ppl: PerplexityFigures, dtype: str, limits:
     lines.insert(1, "-" * len(lines[0]))
     lines.append("")
     lines.append(
+        f"top-1 agreement over all prompts' decisive positions: {pooled.share:.1%} of {pooled.decisive}"
+        + ("" if not pooled.failures else "  FAIL")
+    )
+    lines.append(
         f"perplexity on the fixed text: ours {ppl.ours:.4g}, reference {ppl.theirs:.4g}, change {ppl.change:+.3%}"
         + ("" if not ppl.failures else "  FAIL")
     )
@@ -47,14 +58,17 @@ def table(rows: list[PromptFigures], ppl: PerplexityFigures, dtype: str, limits:
         else "max logit error reported, not judged"
     )
     lines.append(
-        f"thresholds for {dtype}: top-1 agreement with {top1_against} >= {limits.min_top1:.0%} where its top two "
+        f"thresholds for {dtype}: top-1 agreement with {top1_against} >= {limits.min_top1:.0%} over all prompts "
+        f"(per prompt: its 95% upper bound) where its top two "
         f"logits differ by more than {limits.tie_margin:g}, {error}, perplexity change within ±{limits.max_ppl_change:.1%}"
     )
     return "\n".join(lines)
 
 
-def verdict(rows: list[PromptFigures], ppl: PerplexityFigures, engine: str, reference: str) -> tuple[bool, str]:
-    failures = [f"{r.name}: {f}" for r in rows for f in r.failures] + list(ppl.failures)
+def verdict(
+    rows: list[PromptFigures], pooled: PooledFigures, ppl: PerplexityFigures, engine: str, reference: str
+) -> tuple[bool, str]:
+    failures = [f"{r.name}: {f}" for r in rows for f in r.failures] + list(pooled.failures) + list(ppl.failures)
     if failures:
         return False, f"verify FAILED: {engine} against {reference}: " + "; ".join(failures)
     return True, f"verify passed: {engine} agrees with {reference} on every prompt"

@@ -90,3 +90,23 @@ def test_an_unmatched_reference_is_refused_in_one_line_without_a_traceback(engin
     assert run.returncode == 1 and "Traceback" not in run.stderr, run.stderr
     (line,) = run.stderr.strip().splitlines()
     assert line.startswith(f"error: REFERENCE={other} is not the checkpoint") and "--any-checkpoint" in line
+
+
+def test_one_prompt_fails_on_evidence_not_on_three_flips():
+    """A prompt's few dozen positions: 26 of 29 (89.7%) is what a 90% engine gives more often than not;
+    20 of 29 is below 90% beyond doubt. The share itself is judged over all prompts together."""
+    from bench.verify.compare import PooledFigures, agreement_upper_bound, pooled_figures
+    from bench.verify.thresholds import THRESHOLDS
+
+    assert agreement_upper_bound(26, 29) >= 0.90 > agreement_upper_bound(20, 29)
+    assert agreement_upper_bound(0, 0) == 1.0 and agreement_upper_bound(10, 10) == 1.0
+    assert 0.9 < agreement_upper_bound(900, 1000) < 0.92  # many positions: close to the share itself
+
+    class Row:  # the two fields pooled_figures reads
+        def __init__(self, agree, n):
+            self.decisive_agree, self.decisive = agree, n
+
+    fp8 = THRESHOLDS["fp8"]
+    assert pooled_figures([Row(26, 29), Row(40, 40)], fp8) == PooledFigures(66, 69, ())
+    bad = pooled_figures([Row(26, 29), Row(30, 40)], fp8)
+    assert bad.failures and "81.2% of 69 < 90%" in bad.failures[0]

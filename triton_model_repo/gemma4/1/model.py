@@ -7,7 +7,9 @@ Threads (the stub's own thread calls `execute` and must never wait on generation
 - a sender thread does the blocking `response_sender.send` calls, so neither the asyncio loop nor the
   engine ever waits on Triton's IPC; one FIFO keeps each request's responses in order;
 - a watcher thread polls `request.is_cancelled()` (Triton has no cancellation callback for the Python
-  backend) and publishes EngineStats as Prometheus gauges on Triton's metrics port.
+  backend) and publishes EngineStats as Prometheus gauges on Triton's metrics port;
+- a shutdown thread asks tritonserver whether the model is still ready and drains the live requests once
+  the server exits or unloads it (triton_bridge/shutdown_watch.py: finalize alone would come too late).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ class _Live:
     runtime_id: str
     task: asyncio.Task | None = None  # set by _serve once it runs on the asyncio loop
     cancelled: bool = False
+    ended_by_shutdown: bool = False  # cancelled by a drain running out of time, not by its client
     done: threading.Event = field(default_factory=threading.Event)
     # Triton frees a request's response factory once the final response is sent; asking
     # is_cancelled() after that crashes tritonserver (SIGSEGV in ResponseFactoryIsCancelled). The
@@ -98,6 +101,8 @@ class TritonPythonModel:
         self._live: dict[str, _Live] = {}
         self._live_lock = threading.Lock()
         self._stopping = threading.Event()
+        self._draining = threading.Event()  # tritonserver is exiting or unloading us: refuse new requests
+        self._shutdown_watch = self._make_shutdown_watch(params, args)
         self._outbox: queue.SimpleQueue = queue.SimpleQueue()
 
         self.loop = asyncio.new_event_loop()
@@ -106,6 +111,11 @@ class TritonPythonModel:
             threading.Thread(target=self._send_loop, name="gemma4-sender", daemon=True),
             threading.Thread(target=self._watch_loop, name="gemma4-watcher", daemon=True),
         ]
+        if self._shutdown_watch is not None:
+            run = self._shutdown_watch.run
+            self._threads.append(
+                threading.Thread(target=run, args=(self._stopping,), name="gemma4-shutdown", daemon=True)
+            )
         # Metric families must outlive their metrics: keep both on self.
         self._families, self._gauges = self._make_gauges()
         for t in self._threads:
@@ -114,15 +124,7 @@ class TritonPythonModel:
 
     def finalize(self):
         self._stopping.set()
-        deadline = time.monotonic() + self._drain_timeout
-        while self._live and time.monotonic() < deadline:  # let in-flight requests finish first
-            time.sleep(0.05)
-        with self._live_lock:
-            live = list(self._live.values())
-        for item in live:  # a server shutting down cancels what is still running
-            self._cancel(item)
-        for item in live:
-            item.done.wait(timeout=5)
+        self._drain()
         self.engine.shutdown()
         self.loop.call_soon_threadsafe(self.loop.stop)
         self._outbox.put(None)
@@ -208,11 +210,10 @@ class TritonPythonModel:
                 )
                 continue
             with self._live_lock:
-                refused = self._stopping.is_set() or len(self._live) >= self._capacity
+                stopping = self._stopping.is_set() or self._draining.is_set()
+                refused = stopping or len(self._live) >= self._capacity
             if refused:
-                why = (
-                    "the model is unloading" if self._stopping.is_set() else f"{self._capacity} requests are in flight"
-                )
+                why = "the model is unloading" if stopping else f"{self._capacity} requests are in flight"
                 self._outbox.put((None, sender, _error(f"{self.protocol.OVERLOADED_PREFIX}{why}"), True))
                 continue
             item = _Live(request, sender, runtime_id)
@@ -240,10 +241,14 @@ class TritonPythonModel:
                 if out.finished:
                     break
         except asyncio.CancelledError:
-            # Triton cancelled the request: leaving generate() aborted it in the runtime (its blocks are
-            # free); tell whoever still listens how it ended.
-            abort = RequestOutput(greq.request_id, (), "", finished=True, finish_reason="abort")
-            self._outbox.put((item, item.sender, self._response(abort), True))
+            # Triton (or a drain) cancelled the request: leaving generate() aborted it in the runtime (its
+            # blocks are free); tell whoever still listens how it ended.
+            if item.ended_by_shutdown:
+                why = f"the server is shutting down and this request did not finish within {self._drain_timeout:g} s"
+                self._outbox.put((item, item.sender, _error(self.protocol.OVERLOADED_PREFIX + why), True))
+            else:
+                abort = RequestOutput(greq.request_id, (), "", finished=True, finish_reason="abort")
+                self._outbox.put((item, item.sender, self._response(abort), True))
             final_sent = True
         except RequestError as e:
             self._outbox.put(
@@ -285,6 +290,40 @@ class TritonPythonModel:
         # see `cancelled`).
         if item.task is not None:
             item.task.cancel()
+
+    def _make_shutdown_watch(self, params: dict, args: dict):
+        from triton_bridge.shutdown_watch import ShutdownWatch, model_ready_probe, server_http_url
+
+        url = server_http_url(params)
+        if url is None:
+            pb_utils.Logger.log_warn(
+                "gemma4: tritonserver's HTTP endpoint is off, so a SIGTERM cannot drain live streams (they end "
+                "when --exit-timeout-secs runs out); set the server_http_url parameter to a reachable endpoint"
+            )
+            return None
+        probe = model_ready_probe(url, args["model_name"], args.get("model_version", ""))
+        return ShutdownWatch(probe, self._begin_drain)
+
+    def _begin_drain(self, why: str) -> None:
+        """Tritonserver is exiting (or unloading this model) while requests may be live: it finalizes a
+        decoupled model only once they end (triton_bridge/shutdown_watch.py), so drain them now."""
+        self._draining.set()
+        pb_utils.Logger.log_info(
+            f"gemma4: {why}: draining {len(self._live)} request(s), up to {self._drain_timeout:g} s"
+        )
+        threading.Thread(target=self._drain, name="gemma4-drain", daemon=True).start()
+
+    def _drain(self) -> None:
+        deadline = time.monotonic() + self._drain_timeout
+        while self._live and time.monotonic() < deadline:  # let in-flight requests finish first
+            time.sleep(0.05)
+        with self._live_lock:
+            live = list(self._live.values())
+        for item in live:  # a server shutting down cancels what is still running
+            item.ended_by_shutdown = not item.cancelled
+            self._cancel(item)
+        for item in live:
+            item.done.wait(timeout=5)
 
     # --- helper threads ----------------------------------------------------------------------------
 
