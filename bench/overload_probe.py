@@ -50,10 +50,10 @@ def report(name: str, value) -> None:
 _HEALTH_POLLER = """
 import sys, threading, time, http.client
 host, port = sys.argv[1].rsplit("/", 1)[-1].split(":")
-# Polls until its stdin closes (or for argv[2] seconds), then prints its worst latency.
+# Polls until its stdin closes (or for argv[2] seconds), then prints its latencies' worst, median and p99.
 stop = threading.Event()
 threading.Thread(target=lambda: (sys.stdin.read(), stop.set()), daemon=True).start()
-worst, end = 0.0, time.monotonic() + float(sys.argv[2])
+latencies, end = [], time.monotonic() + float(sys.argv[2])
 while time.monotonic() < end and not stop.is_set():
     t0 = time.perf_counter()
     try:
@@ -63,9 +63,11 @@ while time.monotonic() < end and not stop.is_set():
         c.close()
     except OSError:
         pass
-    worst = max(worst, time.perf_counter() - t0)
+    latencies.append(time.perf_counter() - t0)
     time.sleep(0.02)
-print(round(worst, 3))
+latencies = sorted(latencies) or [float("nan")]
+# worst, then median and 99th percentile (the figure the burst's one worst probe hides)
+print(round(latencies[-1], 3), round(latencies[len(latencies) // 2], 4), round(latencies[int(0.99 * (len(latencies) - 1))], 4))
 """
 
 
@@ -116,7 +118,7 @@ class Probe:
         t0 = time.perf_counter()
         outcome = await work()
         t1 = time.perf_counter()
-        worst_health = float((await asyncio.to_thread(poller.communicate, ""))[0].strip())
+        worst_health = float((await asyncio.to_thread(poller.communicate, ""))[0].split()[0])
         await self.client.post("/v1/chat/completions", json={"messages": USER, "max_tokens": 1})  # flush
         for s in streams:
             s.cancel()
@@ -164,7 +166,9 @@ class Probe:
         lat = sorted(t for _, t in results)
         report("thousand.statuses", statuses)
         report("thousand.p99_latency_s", round(lat[int(0.99 * len(lat)) - 1], 2))
-        report("thousand.max_health_latency_s_first_30s", poller.communicate()[0].strip())
+        worst, median, p99 = poller.communicate()[0].split()
+        report("thousand.max_health_latency_s_first_30s", worst)
+        report("thousand.health_latency_s_median_p99", f"{median} / {p99}")
 
     async def template_injection(self) -> None:
         loops = "{% for a in range(300) %}{% for b in range(300) %}{% for c in range(30) %}{% endfor %}{% endfor %}{% endfor %}{{ 7*7 }}"

@@ -11,6 +11,7 @@ from server.admission import Admission, AdmissionConfig, AdmissionMiddleware, en
 from server.context import Limits, ServerContext
 from server.errors import install_error_handlers
 from server.fault_barrier import FaultBarrier
+from server.heap import freeze_startup_heap
 from server.images import ImageFetchPolicy
 from server.limits import RequestGuard, body_cap_bytes
 from server.logprobs import TokenText
@@ -75,6 +76,7 @@ def create_app(settings: ServerSettings, backend, *, manage_backend: bool = True
     async def lifespan(_: FastAPI):
         if manage_backend:
             backend.start()
+        freeze_startup_heap()  # full collections stop walking the engine's objects (server/heap.py)
         try:
             yield
         finally:
