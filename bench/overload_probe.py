@@ -85,8 +85,11 @@ def health_poller(base: str, seconds: float = 600) -> subprocess.Popen:
 class Probe:
     def __init__(self, base: str) -> None:
         self.base = base
+        self.client = self.new_client()
+
+    def new_client(self) -> httpx.AsyncClient:
         limits = httpx.Limits(max_connections=2000, max_keepalive_connections=2000)
-        self.client = httpx.AsyncClient(base_url=base, timeout=httpx.Timeout(600, connect=60), limits=limits)
+        return httpx.AsyncClient(base_url=self.base, timeout=httpx.Timeout(600, connect=60), limits=limits)
 
     async def stream(self, body: dict, path: str = "/v1/chat/completions", rec: dict | None = None) -> dict:
         """A stream's arrival times of content events, whether it ended with [DONE], and error events
@@ -151,13 +154,18 @@ class Probe:
         report(f"prompt_{megabytes}mb.rss_mb_before_after", f"{before:.0f} -> {rss_mb(pid):.0f}")
 
     async def thousand_at_once(self) -> None:
+        # A fresh pool: the earlier steps' idle keep-alive connections hit the server's keep-alive timeout
+        # (5 s) while this step reuses them, and a request sent as the server closes one is lost to the
+        # client (httpx's ReadError; the openai SDK retries it). That is HTTP's keep-alive race, not overload.
+        await self.client.aclose()
+        self.client = self.new_client()
         # Health is polled from a process of its own: this one is busy with the 1,000 clients.
         poller = health_poller(self.base, 30)
         t0 = time.perf_counter()
 
         async def one():
-            status, _ = await self.post({"messages": USER, "max_tokens": 8})
-            return status, time.perf_counter() - t0
+            status, text = await self.post({"messages": USER, "max_tokens": 8})
+            return (status if status != "error" else f"error: {text}"), time.perf_counter() - t0
 
         results = await asyncio.gather(*(one() for _ in range(1000)))
         statuses = {}
