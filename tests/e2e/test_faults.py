@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import json
 import os
-import random
 import signal
 import socket
 import subprocess
@@ -24,6 +23,7 @@ import orjson
 import pytest
 
 from bench.uvicorn_thread import UvicornThread, free_port
+from tests.e2e.stream_support import read_stream, settle, storm_of_streams
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 USER = [{"role": "user", "content": "Hello"}]
@@ -54,58 +54,10 @@ def serve(backend, **settings) -> UvicornThread:
     return UvicornThread(create_app(ServerSettings(**settings), backend, manage_backend=False))
 
 
-async def read_stream(
-    client: httpx.AsyncClient, body: dict, leave_after_s: float | None = None, record: dict | None = None
-) -> dict:
-    """A stream's event times and whether it ended with [DONE] (filled into `record` as they come, so a
-    cancelled reader keeps them); `leave_after_s`: disconnect then."""
-    rec = record if record is not None else {}
-    rec.update(times=[], done=False, finish=None)
-
-    async def consume():
-        async with client.stream("POST", "/v1/chat/completions", json={**body, "stream": True}) as r:
-            assert r.status_code == 200, await r.aread()
-            async for line in r.aiter_lines():
-                if line == "data: [DONE]":
-                    rec["done"] = True
-                elif line.startswith("data: "):
-                    rec["times"].append(time.perf_counter())
-                    choices = json.loads(line[6:]).get("choices") or [{}]
-                    rec["finish"] = choices[0].get("finish_reason") or rec["finish"]
-
-    if leave_after_s is None:
-        await consume()
-    else:
-        try:
-            await asyncio.wait_for(consume(), leave_after_s)
-        except TimeoutError:
-            pass
-    return rec
-
-
-def settle(backend, baseline_kv: float, timeout: float = 20) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        s = backend.stats()
-        if s.num_running == 0 and s.num_waiting == 0 and s.kv_usage == baseline_kv:
-            return
-        assert time.monotonic() < deadline, f"engine did not settle: {s}"
-        time.sleep(0.05)
-
-
 def test_storm_of_streams_with_random_disconnects(engine_backend):
     baseline = engine_backend.stats().kv_usage
-    rng = random.Random(13)
-
-    async def storm(base: str):
-        limits = httpx.Limits(max_connections=300, max_keepalive_connections=300)
-        async with httpx.AsyncClient(base_url=base, timeout=120, limits=limits) as client:
-            plan = [rng.uniform(0.05, 1.0) if rng.random() < 0.5 else None for _ in range(256)]
-            body = {"messages": USER, "max_tokens": 8, "ignore_eos": True}
-            return plan, await asyncio.gather(*(read_stream(client, body, leave) for leave in plan))
-
     with serve(engine_backend) as srv:
-        plan, results = asyncio.run(storm(srv.base_url))
+        plan, results = asyncio.run(storm_of_streams(srv.base_url, 256))
         kept = [r for leave, r in zip(plan, results) if leave is None]
         assert kept and all(r["done"] and r["finish"] == "length" for r in kept)
         settle(engine_backend, baseline)
