@@ -73,10 +73,27 @@ def _messages(question: str) -> list[dict]:
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": question}]
 
 
-def _counter(base_url: str, name: str) -> float:
-    metrics = httpx.get(base_url + "/metrics").text
-    line = next(line for line in metrics.splitlines() if line.startswith(name + "{"))
-    return float(line.split()[-1])
+def _counters(base_url: str) -> tuple[float, float]:
+    """(prompt tokens looked up, tokens found) from one scrape, so the two agree with each other."""
+    lines = httpx.get(base_url + "/metrics").text.splitlines()
+
+    def value(name: str) -> float:
+        return float(next(line for line in lines if line.startswith(name + "{")).split()[-1])
+
+    return value("gemma_prefix_cache_queries_total"), value("gemma_prefix_cache_hits_total")
+
+
+def _settled_counters(base_url: str, quiet_s: float = 1.5, timeout: float = 20.0) -> tuple[float, float]:
+    """The counters once they have held still longer than Triton's stats poll (0.5 s): a reading taken
+    while an earlier test's request is still being polled in would be stale."""
+    last, since, deadline = _counters(base_url), time.monotonic(), time.monotonic() + timeout
+    while time.monotonic() - since < quiet_s:
+        assert time.monotonic() < deadline, "the prefix cache counters never held still"
+        time.sleep(0.1)
+        now = _counters(base_url)
+        if now != last:
+            last, since = now, time.monotonic()
+    return last
 
 
 def _wait(predicate, what: str, timeout: float = 10.0):
@@ -126,13 +143,18 @@ def test_text_completion_reports_cached_tokens(client):
 
 
 def test_prefix_cache_counters(client, live_server):
+    """The counters grow by exactly what the requests' usage reported: every prompt token looked up
+    once, and the cached ones counted as hits."""
     base_url = live_server.base_url
-    before = _counter(base_url, "gemma_prefix_cache_hits_total")
-    queries_before = _counter(base_url, "gemma_prefix_cache_queries_total")
+    queries_before, hits_before = _settled_counters(base_url)
+    prompt_tokens = cached_tokens = 0
     for q in ("Counter one?", "Counter two?"):
-        client.chat.completions.create(model=MODEL, messages=_messages(q), max_tokens=2, temperature=0)
-    _wait(lambda: _counter(base_url, "gemma_prefix_cache_hits_total") > before + 200, "hits did not grow")
-    assert _counter(base_url, "gemma_prefix_cache_queries_total") > queries_before + 400
+        r = client.chat.completions.create(model=MODEL, messages=_messages(q), max_tokens=2, temperature=0)
+        prompt_tokens += r.usage.prompt_tokens
+        cached_tokens += r.usage.prompt_tokens_details.cached_tokens
+    assert cached_tokens > 400  # both share the system turn with the earlier tests' requests
+    want = (queries_before + prompt_tokens, hits_before + cached_tokens)
+    _wait(lambda: _counters(base_url) == want, f"counters {_counters(base_url)} never reached {want}")
 
 
 def test_disconnect_mid_stream_leaves_pages_evictable(base, live_server):

@@ -31,7 +31,8 @@ def test_freeze_exempts_what_exists_from_collections():
     assert _tracked(survivor)
     try:
         frozen = freeze_startup_heap()
-        assert frozen == gc.get_freeze_count() > 0
+        # frozen objects can still be freed by their refcount (another thread's, say): never more than frozen
+        assert 0 < gc.get_freeze_count() <= frozen
         assert not _tracked(survivor)  # collections no longer walk it
         made_after = _Survivor()
         assert _tracked(made_after)  # what requests make is still collected
