@@ -162,6 +162,17 @@ def preflight(settings: ServerSettings, runtime: RuntimeConfig) -> None:
     check_port_free(settings.host, settings.port, "PORT=... for make serve, --port for python -m server")
 
 
+def uvicorn_config(app, settings: ServerSettings) -> uvicorn.Config:
+    return uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_level=settings.log_level,
+        timeout_graceful_shutdown=5,
+        timeout_keep_alive=settings.timeout_keep_alive_s,
+    )
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
@@ -179,11 +190,8 @@ def main(argv: list[str] | None = None) -> None:
         f">> serving {model}{aliases} ({settings.engine_dir or settings.backend}) on http://{settings.host}:{settings.port}/v1",
         flush=True,
     )
-    config = uvicorn.Config(
-        app, host=settings.host, port=settings.port, log_level=settings.log_level, timeout_graceful_shutdown=5
-    )
     DrainingServer(
-        config, app.state.ctx.admission, settings.drain_timeout_s
+        uvicorn_config(app, settings), app.state.ctx.admission, settings.drain_timeout_s
     ).run()  # SIGTERM drains first (server/drain.py)
 
 

@@ -26,6 +26,12 @@ LIMIT_FLAGS: dict[str, tuple[str, type, str]] = {
         float,
         "end a request still running after this many seconds (default: none)",
     ),
+    "--timeout-keep-alive": (
+        "timeout_keep_alive_s",
+        int,
+        f"seconds an idle keep-alive connection stays open; keep it above your clients' and load balancer's "
+        f"idle timeouts (default {_D.timeout_keep_alive_s})",
+    ),
     "--max-request-bytes": (
         "max_request_bytes",
         int,

@@ -83,3 +83,20 @@ def test_importing_reads_no_environment():
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True).stdout.strip() == "ok"
     code = "from server.settings import ServerSettings; ServerSettings.from_env()"
     assert subprocess.run([sys.executable, "-c", code], env=env, capture_output=True).returncode != 0
+
+
+def test_idle_connections_outlive_the_clients_own_keep_alive():
+    """The server must not be the side that closes an idle keep-alive connection: a client reusing it at
+    that moment loses its request (httpx's ReadError). httpx (so the openai SDK) drops idle ones after 5 s."""
+    import httpx
+    from openai._constants import DEFAULT_CONNECTION_LIMITS
+
+    from server.__main__ import uvicorn_config
+
+    client_expiry = max(httpx.Limits().keepalive_expiry, DEFAULT_CONNECTION_LIMITS.keepalive_expiry or 0)
+    default = uvicorn_config(None, settings_from_args(parse_args([])))
+    assert default.timeout_keep_alive > max(client_expiry, 60)  # 60: common load balancers' idle timeout
+    given = uvicorn_config(None, settings_from_args(parse_args(["--timeout-keep-alive", "9"])))
+    assert given.timeout_keep_alive == 9
+    env = ServerSettings.from_env({"GEMMA_TIMEOUT_KEEP_ALIVE": "12"})
+    assert uvicorn_config(None, env).timeout_keep_alive == 12
