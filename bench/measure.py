@@ -132,6 +132,10 @@ def measure_ours(
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     made = make_random_engine(model, dtype, device, workdir / f"{model}-{dtype}")
+    if speculative == "mtp":  # the random engine has no drafter of its own: give it a random one
+        from bench.spec_decode import attach_random_drafter
+
+        attach_random_drafter(made, dtype, workdir / f"{model}-{dtype}-drafter")
     floor = bandwidth / active_bytes_per_token(made.spec.text, made.weights)
     config = runtime_config(
         made.spec,

@@ -194,3 +194,51 @@ def test_a_dry_run_names_of_real_models_time_the_tiny_engine(tmp_path):
     assert {f["model"] for f in figures} == {"tiny"} and len(figures) == len(
         {(f["metric"], f["batch"]) for f in figures}
     )
+
+
+def test_spec_decode_dry_run_times_the_mtp_drafter(capsys):
+    """`python -m bench.spec_decode --dry-run --speculative mtp` (in process: the imports are paid): a
+    random drafter converted into the tiny engine, each batch's plain, verify and draft step costs, and
+    each accepted length's rate computed from them as printed (L / (draft + verify), over 1 / plain)."""
+    import re
+
+    from bench.spec_decode import ACCEPTED_LENGTHS, main
+
+    assert main(["--dry-run", "--speculative", "mtp", "--num-speculative-tokens", "2", "--batches", "1,2"]) == 0
+    out = capsys.readouterr().out
+    assert "speculative decoding step costs (mtp, N=2) on cpu" in out and "tiny bf16:" in out
+    step = re.compile(
+        r"batch +(\d+): plain step ([\d.]+) ms, verify step \(3 rows each\) ([\d.]+) ms \(([\d.]+)x\), "
+        r"draft step ([\d.]+) ms; plain ([\d.]+) tok/s per user"
+    )
+    rate = re.compile(r"mean accepted length ([\d.]+): ([\d.]+) tok/s per user \(([\d.]+)x plain\)")
+    lines = out.splitlines()
+    steps = [(i, step.search(line)) for i, line in enumerate(lines) if step.search(line)]
+    assert [int(m[1]) for _, m in steps] == [1, 2]
+    for i, m in steps:
+        plain, verify, ratio, draft, plain_rate = (float(m[k]) for k in (2, 3, 4, 5, 6))
+        assert plain > 0 and verify > 0 and draft > 0  # the drafter ran: a step of a small model, not 0
+        assert ratio == pytest.approx(verify / plain, abs=0.01) and plain_rate == pytest.approx(1e3 / plain, rel=0.01)
+        curve = [rate.search(line) for line in lines[i + 1 : i + 1 + len(ACCEPTED_LENGTHS)]]
+        assert [float(c[1]) for c in curve] == list(ACCEPTED_LENGTHS)
+        for c in curve:
+            length, tok_s, speedup = float(c[1]), float(c[2]), float(c[3])
+            assert tok_s == pytest.approx(1e3 * length / (draft + verify), rel=0.01, abs=0.06)
+            assert speedup == pytest.approx(length * plain / (draft + verify), rel=0.01, abs=0.01)
+
+
+def test_make_bench_speculative_mtp_gives_the_random_engine_a_drafter(tmp_path):
+    """`make bench BENCH_ARGS="--speculative mtp"`: the random engines carry no drafter of their own, so the
+    bench attaches a random one (else the engine refuses to start); its drafts are counted."""
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench.run", "--dry-run", "--speculative", "mtp", "--transformers", "off"]
+        + ["--dtypes", "bf16", "--results-dir", str(tmp_path)],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [json.loads(line) for line in (tmp_path / "cpu-dry-run.jsonl").read_text().splitlines()]
+    drafted = [r["value"] for r in rows if r["metric"] == "spec_decode_drafted_tokens"]
+    assert drafted and drafted[0] > 0 and all(r["system"].endswith("spec-mtp") for r in rows)
