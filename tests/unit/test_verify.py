@@ -10,6 +10,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 from safetensors.torch import load_file, save_file
 
 from bench.verify.__main__ import main
@@ -56,6 +57,25 @@ def test_an_engine_with_one_weight_scaled_fails(engines, dtype, scale, tmp_path,
     captured = capsys.readouterr()
     line = captured.err.strip().splitlines()[-1]  # one clear line says why, last
     assert line.startswith(f"verify FAILED: {bad} against ") and "top-1 agreement" in line
+    assert "FAIL" in captured.out
+
+
+def test_an_fp8_engine_with_one_layers_rows_out_of_order_fails(engines, tmp_path, capsys):
+    """A layout bug in one FP8 weight (layer 1's fused QKV rows out of order, e4m3 bytes and all) fails.
+    A scale off by a factor (x2 to x8, or lost) passes on this model: its own FP8 rounding already moves
+    its logits as far (hidden 64: 54-83% top-1 over all positions, perplexity -2.3%), see thresholds.py."""
+    bad = tmp_path / "bad-fp8"
+    shutil.copytree(engines["fp8"], bad)
+    weights = load_file(bad / "model.safetensors")
+    qkv = weights["layers.1.attn.qkv_proj.weight"]
+    assert qkv.dtype == torch.float8_e4m3fn
+    weights["layers.1.attn.qkv_proj.weight"] = qkv[
+        torch.randperm(qkv.shape[0], generator=torch.Generator().manual_seed(0))
+    ]
+    save_file(weights, bad / "model.safetensors")
+    assert main(["--engine", str(bad), "--steps", "8"]) == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines()[-1].startswith(f"verify FAILED: {bad} against ")
     assert "FAIL" in captured.out
 
 
