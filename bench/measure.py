@@ -135,7 +135,7 @@ def measure_ours(
     if speculative == "mtp":  # the random engine has no drafter of its own: give it a random one
         from bench.spec_decode import attach_random_drafter
 
-        attach_random_drafter(made, dtype, workdir / f"{model}-{dtype}-drafter")
+        attach_random_drafter(made.engine_dir, workdir / f"{model}-{dtype}-drafter")
     floor = bandwidth / active_bytes_per_token(made.spec.text, made.weights)
     config = runtime_config(
         made.spec,

@@ -34,6 +34,7 @@ from engine_builder.dtypes import engine_dtype
 from gemma_runtime.api import GenerateRequest
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
+from gemma_runtime.engine_format.spec import EngineSpec
 from gemma_runtime.scheduling.scheduler import ScheduledSeq
 from gemma_runtime.speculative.protocol import DraftRequest
 
@@ -122,17 +123,19 @@ def measure(
     return measured
 
 
-def attach_random_drafter(made, dtype: str, workdir: Path) -> None:
+def attach_random_drafter(engine_dir: Path, workdir: Path) -> None:
     """--speculative mtp: a random drafter converted into the engine folder as `ASSISTANT=random` does,
     at the tiny builder's drafter dimensions (the published drafters' configs are not readable offline,
-    so on a GPU this times the verify step and the drafter's reads of the target's KV, not its true size)."""
+    so on a GPU this times the verify step and the drafter's reads of the target's KV, not its true size).
+    The tests that serve or sample with MTP attach theirs the same way."""
     from engine_builder.assistant.convert import prepare_assistant, write_assistant
     from engine_builder.tiny.random_assistant import make_random_assistant
 
-    folder = make_random_assistant(workdir / "drafter", made.spec.text)
-    prepared = prepare_assistant(folder, "random", made.spec.text, engine_dtype(dtype))
-    write_assistant(prepared, made.engine_dir)
-    replace(made.spec, assistant=prepared.spec).save(made.engine_dir)
+    spec = EngineSpec.load(engine_dir)
+    folder = make_random_assistant(workdir / "drafter", spec.text)
+    prepared = prepare_assistant(folder, "random", spec.text, engine_dtype(spec.dtype))
+    write_assistant(prepared, engine_dir)
+    replace(spec, assistant=prepared.spec).save(engine_dir)
 
 
 def engine_config(device: torch.device, speculative: str, n: int, batches=BATCHES) -> RuntimeConfig:
@@ -172,7 +175,7 @@ def main(argv: list[str] | None = None) -> int:
         for model in models:
             made = make_random_engine(model, args.dtype, device, Path(tmp) / model)
             if args.speculative == "mtp":
-                attach_random_drafter(made, args.dtype, Path(tmp) / f"{model}-drafter")
+                attach_random_drafter(made.engine_dir, Path(tmp) / f"{model}-drafter")
             with weights_in_memory(made.weights):
                 engine = LLMEngine(made.engine_dir, engine_config(device, args.speculative, n, batches))
             made = None

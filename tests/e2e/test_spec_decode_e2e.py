@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import shutil
 import time
-from dataclasses import replace
 from types import SimpleNamespace
 
 import httpx
 import openai
 import pytest
 
+from bench.spec_decode import attach_random_drafter
 from bench.uvicorn_thread import UvicornThread
 from gemma_runtime.config import RuntimeConfig
 from server.__main__ import parse_args, runtime_config_from_args
@@ -50,20 +50,10 @@ def plain_answers(plain_server) -> list:
 @pytest.fixture(scope="module")
 def mtp_engine_dir(random_tiny_engine_dir, tmp_path_factory):
     """A copy of the tiny random engine with a random MTP drafter in its assistant/ (ASSISTANT=random)."""
-    from engine_builder.assistant.convert import prepare_assistant, write_assistant
-    from engine_builder.dtypes import engine_dtype
-    from engine_builder.tiny.random_assistant import make_random_assistant
-    from gemma_runtime.engine_format.spec import EngineSpec
-
     root = tmp_path_factory.mktemp("spec-mtp")
     engine_dir = root / "engine"
     shutil.copytree(random_tiny_engine_dir, engine_dir)
-    spec = EngineSpec.load(engine_dir)
-    prepared = prepare_assistant(
-        make_random_assistant(root / "drafter", spec.text), "random", spec.text, engine_dtype(spec.dtype)
-    )
-    write_assistant(prepared, engine_dir)
-    replace(spec, assistant=prepared.spec).save(engine_dir)
+    attach_random_drafter(engine_dir, root)
     return engine_dir
 
 

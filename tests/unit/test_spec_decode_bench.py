@@ -16,7 +16,7 @@ def test_step_costs_and_curve(tmp_path, capsys, method):
     device = torch.device("cpu")
     made = make_random_engine("tiny", "bf16", device, tmp_path / "tiny")
     if method == "mtp":  # the drafter converted into the engine folder as ASSISTANT=random does
-        attach_random_drafter(made, "bf16", tmp_path)
+        attach_random_drafter(made.engine_dir, tmp_path)
     with weights_in_memory(made.weights):
         engine = LLMEngine(made.engine_dir, engine_config(device, method, 2, batches=(1, 2)))
     assert type(engine.speculation.drafter).__name__ == {"ngram": "NgramDrafter", "mtp": "MTPDrafter"}[method]

@@ -23,12 +23,12 @@ from __future__ import annotations
 import random
 import shutil
 from collections import Counter
-from dataclasses import replace
 
 import pytest
 import torch
 
 import gemma_runtime.executor.sampler as sampler_module
+from bench.spec_decode import attach_random_drafter
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
@@ -97,19 +97,10 @@ def chi_square_p(a: Counter, b: Counter, min_count: int = 10) -> float:
 @pytest.fixture(scope="module")
 def mtp_engine_dir(random_tiny_dense_engine_dir, tmp_path_factory):
     """A copy of the tiny dense engine with a random MTP drafter converted in, as ASSISTANT=random does."""
-    from engine_builder.assistant.convert import prepare_assistant, write_assistant
-    from engine_builder.dtypes import engine_dtype
-    from engine_builder.tiny.random_assistant import make_random_assistant
-    from gemma_runtime.engine_format.spec import EngineSpec
-
     root = tmp_path_factory.mktemp("spec-sampling")
     engine_dir = root / "engine"
     shutil.copytree(random_tiny_dense_engine_dir, engine_dir)
-    spec = EngineSpec.load(engine_dir)
-    folder = make_random_assistant(root / "drafter", spec.text)
-    prepared = prepare_assistant(folder, "random", spec.text, engine_dtype("float32"))
-    write_assistant(prepared, engine_dir)
-    replace(spec, assistant=prepared.spec).save(engine_dir)
+    attach_random_drafter(engine_dir, root)
     return engine_dir
 
 
