@@ -18,7 +18,7 @@ import pytest
 from PIL import Image
 
 from bench.uvicorn_thread import UvicornThread
-from tests.parallel.test_tp_server import TP_ARGS, Server
+from tests.parallel.server_process import TP_ARGS, Server
 
 MAX_TOKENS = 6
 NO_EOS = {"ignore_eos": True}  # a random engine may pick its stop token at once: every case makes its tokens
