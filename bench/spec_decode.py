@@ -59,8 +59,11 @@ def step_costs(engine: LLMEngine, batch: int, n: int, clock: Clock, repeats: int
     ids = [f"spec-{batch}-{i}" for i in range(batch)]
     for rid in ids:
         engine.add_request(GenerateRequest(rid, prompt_ids(PROMPT, rng), greedy(4 * n + 8)))
+    drafted = engine.stats().spec_decode_drafted
     while any(len(engine.requests[r].seq.output_token_ids) == 0 for r in ids):
-        engine.step()  # prefill every sequence (drafting is off: see below)
+        engine.step()  # prefill every sequence (in one step: engine_config)
+    if engine.stats().spec_decode_drafted != drafted:
+        raise RuntimeError("the engine drafted while prefilling: the timed steps would not start alike")
     seqs = [engine.requests[r].seq for r in ids]
     for seq in seqs:  # pages for the verify's N + 1 positions; the timed steps rewrite the same slots
         engine.blocks.allocate(seq.block_tables, seq.num_computed, n + 1)
@@ -139,8 +142,10 @@ def attach_random_drafter(engine_dir: Path, workdir: Path) -> None:
 
 
 def engine_config(device: torch.device, speculative: str, n: int, batches=BATCHES) -> RuntimeConfig:
-    """Room for the largest batch; drafting off in the engine's own steps (the prefill) by a zero batch
-    limit, so only the timed steps verify."""
+    """Room for the largest batch, and speculation up to it, so that on a GPU the verify step replays its
+    CUDA graph as the plain step replays the decode graph. The engine's own steps draft nothing: every
+    sequence's prompt is prefilled in one step (the token budget holds the largest batch's prompts), and
+    only a decoding sequence drafts."""
     return RuntimeConfig(
         device=device.type,
         max_num_seqs=max(batches),
@@ -148,7 +153,7 @@ def engine_config(device: torch.device, speculative: str, n: int, batches=BATCHE
         max_num_batched_tokens=max(batches) * PROMPT,
         speculative=speculative,
         num_speculative_tokens=n,
-        speculative_max_batch=0,
+        speculative_max_batch=max(batches),
         overlap_scheduling=False,
     )
 

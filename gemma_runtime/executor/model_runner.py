@@ -1,5 +1,6 @@
 """The only place that turns scheduled sequences into tensors: builds the ForwardBatch, runs the vision
-tower for new images, the decoder (through a captured CUDA graph for decode batches), and the sampler.
+tower for new images, the decoder (through a captured CUDA graph for decode and speculative verify
+batches), and the sampler.
 
 A step is launched and resolved separately. `launch` queues all of its device work and returns at once,
 its sampled tokens still on the device; `resolve` reads them on the host. Between the two the engine
@@ -20,6 +21,7 @@ from gemma_runtime.executor.decode_graphs import DecodeGraphs
 from gemma_runtime.executor.device_block_tables import DeviceBlockTables
 from gemma_runtime.executor.device_io import HostCopy, to_device
 from gemma_runtime.executor.sampler import SampledBatch, sample_on_device
+from gemma_runtime.executor.verify_graphs import VerifyGraphs
 from gemma_runtime.executor.verify_rows import Verified, rejection_groups, sampling_rows, split_runs
 from gemma_runtime.grammar.logits import TokenMask
 from gemma_runtime.model.forward_batch import ForwardBatch
@@ -64,7 +66,8 @@ class ModelRunner:
     def __init__(self, spec: EngineSpec, weights: dict[str, torch.Tensor], config: ResolvedConfig):
         """config.decode_graph_max_batch > 0 runs decode batches up to that size through fixed-size padded
         buffers, captured as CUDA graphs when config.capture_graphs (on the CPU they run eagerly, which is
-        how tests check the padding). Each KV pool gets one extra page past its last: the scratch page
+        how tests check the padding); with speculation, verify batches up to speculative_max_batch
+        sequences too (executor/verify_graphs.py). Each KV pool gets one extra page past its last: the scratch page
         that padding rows write to, never handed to a sequence."""
         self.spec = spec
         self.config = config
@@ -92,9 +95,14 @@ class ModelRunner:
         self.keep_hidden = config.speculative != "off"
         self.hidden: dict[str, torch.Tensor] = {}
         self.block_tables = DeviceBlockTables(config.max_num_seqs, config.max_pages_per_seq, device)
-        self.graphs = None
+        self.graphs = self.verify_graphs = None
         if config.decode_graph_max_batch > 0:
             self.graphs = DecodeGraphs(self.text, self.kv_caches, config, spec.tokens.pad_token_id)
+            if self.keep_hidden and config.speculative_max_batch > 0:
+                # captured after the decode graphs, into their pool: a step replays one graph or the other
+                self.verify_graphs = VerifyGraphs(
+                    self.text, self.kv_caches, config, spec.tokens.pad_token_id, self.graphs.pool
+                )
 
     def _allocate_kv(self, dtype, num_full_blocks, num_sliding_blocks) -> list[tuple[torch.Tensor, torch.Tensor]]:
         caches = []
@@ -116,10 +124,7 @@ class ModelRunner:
         when a constrained row's newest token is still unread, only the forward is queued and the
         caller finishes the step with `sample` once it has read that token."""
         batch = self._build_batch(scheduled)
-        if self.graphs is not None and batch.is_decode_only and batch.num_seqs <= self.graphs.max_batch:
-            hidden = self.graphs.run(batch)
-        else:
-            hidden = self.text.forward(batch, self.kv_caches)
+        hidden = self._forward(batch, scheduled)
         sampling = [s for s in scheduled if s.completes_prompt]
         seqs = [s.seq for s in sampling]
         if not seqs:
@@ -136,6 +141,18 @@ class ModelRunner:
         elif not self.constraints.lags(scheduled):
             self.sample(step, self.constraints.mask(seqs))
         return step
+
+    def _forward(self, batch: ForwardBatch, scheduled: list[ScheduledSeq]) -> torch.Tensor:
+        """The decoder's final-normed hidden states of the batch's logits rows: a decode batch through
+        the decode graphs, a verify batch (decode rows with drafts) through the verify graphs, the rest
+        (prefill chunks, images, batches past the graphs' sizes) eagerly."""
+        if self.graphs is not None and batch.is_decode_only and batch.num_seqs <= self.graphs.max_batch:
+            return self.graphs.run(batch)
+        if self.verify_graphs is not None:
+            query_lens = [item.num_new + item.num_draft for item in scheduled]
+            if self.verify_graphs.fits(batch, query_lens):
+                return self.verify_graphs.run(batch, query_lens)
+        return self.text.forward(batch, self.kv_caches)
 
     @torch.inference_mode()
     def sample(self, step: LaunchedStep, mask: TokenMask | None = None) -> None:

@@ -149,6 +149,47 @@ def test_prefill_and_extend_attention(dtype, d, kind):
     assert compare_backends(step, kind, window) < TOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("d", [32, 256])
+@pytest.mark.parametrize("kind", ["sliding", "full"])
+def test_verify_rows_padded_with_copies_of_the_last(dtype, d, kind):
+    """A verify step through the padded buffers (executor/verify_graphs.py): each sequence's 1-4 rows are
+    padded to 4 with copies of its last row (same query, same position). The kernel bounds each row's
+    keys by its position, so the real rows give the unpadded step's output and every copy its last row's."""
+    window = 16
+    lens = [4, 2, 1]
+    q, k, v, (kc, vc), batch = make_step(
+        lens,
+        past=[30, 7, 19],
+        hq=4,
+        hkv=2,
+        d=d,
+        window=window if kind == "sliding" else None,
+        block_size=8,
+        dtype=dtype,
+        seed=d + 3,
+    )
+    spec = layer(kind, d, 2)
+    kc.index_copy_(0, batch.slot_mapping[kind], k)
+    vc.index_copy_(0, batch.slot_mapping[kind], v)
+    ref = TorchPagedAttention()(q, (kc, vc), batch, spec, window)
+    starts = batch.query_start.tolist()
+    source = [starts[b] + min(j, n - 1) for b, n in enumerate(lens) for j in range(4)]  # [3 * 4] unpadded rows
+    index = torch.tensor(source, device=DEVICE)
+    padded = ForwardBatch(
+        **{
+            **batch.__dict__,
+            "input_ids": batch.input_ids[index],
+            "positions": batch.positions[index],
+            "query_start": torch.arange(len(lens) + 1, device=DEVICE) * 4,
+            "logits_indices": torch.arange(len(source), device=DEVICE),
+            "max_query_len": 4,
+        }
+    )
+    out = TritonPagedAttention()(q[index], (kc, vc), padded, spec, window)  # [12, Hq, d]
+    assert rel_err(out, ref[index]) < TOL[dtype]
+
+
 def span_bounds(batch: ForwardBatch) -> torch.Tensor:
     """[T, 2]: each query row's image span [start, end) from batch.bidirectional_spans, (0, 0) outside."""
     starts, positions = batch.query_start.tolist(), batch.positions.tolist()

@@ -107,12 +107,17 @@ def engine_on_device(engine_dir, **kwargs) -> LLMEngine:
     settings = dict(block_size=4, max_model_len=128) | kwargs
     engine = LLMEngine(engine_dir, RuntimeConfig(device=DEVICE.type, dtype="float32", **settings))
     if not CUDA:  # on CUDA the registry chose these already
-        engine.runner.text.attention = TritonPagedAttention()
-        engine.runner.text.experts = TritonFusedExperts()
-        engine.runner.text.norm = TritonRMSNorm()
-        engine.runner.text.kv_write = TritonKVWrite()
-        engine.runner.text.geglu = TritonGEGLU()
+        swap_backends(engine)
     return engine
+
+
+def swap_backends(engine: LLMEngine) -> None:
+    """The Triton backends in place of the reference ones (on the CPU, run by the interpreter)."""
+    engine.runner.text.attention = TritonPagedAttention()
+    engine.runner.text.experts = TritonFusedExperts()
+    engine.runner.text.norm = TritonRMSNorm()
+    engine.runner.text.kv_write = TritonKVWrite()
+    engine.runner.text.geglu = TritonGEGLU()
 
 
 def requests(**sampling):
@@ -187,6 +192,65 @@ def test_graphs_and_overlap_decode_the_plain_engines_tokens(random_tiny_engine_d
     assert fast.generate(requests()) == want
     if CUDA:
         assert sorted(fast.runner.graphs.graphs) == [1, 2, 4]  # really captured
+
+
+SPEC = dict(speculative="ngram", num_speculative_tokens=3)
+VERIFY_PROMPTS = ["red green blue yellow " * 4, "one two three one two three one two", "Hi"]
+
+
+def verify_requests(max_tokens: int) -> list[GenerateRequest]:
+    return [
+        GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
+        for i, p in enumerate(VERIFY_PROMPTS)
+    ]
+
+
+@pytest.mark.skipif(not CUDA, reason="captured graphs (the padding is checked on the CPU in tests/unit)")
+def test_verify_graphs_decode_the_plain_engines_tokens(random_tiny_engine_dir):
+    """Speculative verify steps replayed as CUDA graphs: the greedy tokens of the engine without graphs."""
+    want = engine_on_device(random_tiny_engine_dir, decode_graph_max_batch=0, **SPEC).generate(verify_requests(12))
+    fast = engine_on_device(random_tiny_engine_dir, decode_graph_max_batch=4, **SPEC)
+    assert sorted(fast.runner.verify_graphs.graphs) == [1, 2, 4]  # really captured
+    verify, real = [], fast.runner.verify_graphs.run
+    fast.runner.verify_graphs.run = lambda batch, query_lens: (verify.append(query_lens), real(batch, query_lens))[1]
+    assert fast.generate(verify_requests(12)) == want
+    assert any(max(q) > 1 for q in verify)
+
+
+def test_a_verify_forward_reads_nothing_back(random_tiny_engine_dir):
+    """The verify graphs' forward (its padding, then the model) makes the host wait for nothing, which
+    capture would forbid. On the CPU the engine runs on the reference backends up to its first verify
+    step, which then goes through the Triton backends (interpreted) under the read detector."""
+    engine = LLMEngine(
+        random_tiny_engine_dir,
+        RuntimeConfig(
+            device=DEVICE.type, dtype="float32", block_size=4, max_model_len=128, decode_graph_max_batch=4, **SPEC
+        ),
+    )
+    graphs, real, seen = engine.runner.verify_graphs, engine.runner.verify_graphs.run, []
+
+    def watched(batch, query_lens):
+        seen.append(query_lens)
+        if CUDA:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                return real(batch, query_lens)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+        swap_backends(engine)
+        with HostReadDetector() as detector:
+            out = real(batch, query_lens)
+        seen.append(detector.found)
+        return out
+
+    graphs.run = watched
+    for r in verify_requests(12):
+        engine.add_request(r)
+    while not seen and engine.has_unfinished():
+        engine.step()
+    assert seen and max(seen[0]) > 1, "a verify step went through the verify graphs"
+    assert CUDA or seen[1] == []
 
 
 @pytest.mark.skipif(not CUDA, reason="a second CUDA stream")

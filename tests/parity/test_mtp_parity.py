@@ -20,7 +20,7 @@ from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
-from tests.parity.conftest import SLIDING_WINDOW, hf_greedy, run_joining
+from tests.parity.conftest import SLIDING_WINDOW, count_verify_steps, hf_greedy, run_joining
 from tests.parity.test_assistant_parity import hf_draft
 
 pytest.importorskip("gemma_runtime.speculative.registry", reason="the speculative floor is not in this tree")
@@ -50,10 +50,19 @@ def greedy() -> SamplingParams:
     return SamplingParams(max_tokens=NEW_TOKENS, temperature=0.0, ignore_eos=True)
 
 
-def test_mtp_concurrent_requests_match_transformers(mtp_tiny):
+@pytest.mark.parametrize("graph_max", [0, 4], ids=["eager", "verify-buffers"])
+def test_mtp_concurrent_requests_match_transformers(mtp_tiny, graph_max):
+    """graph_max 4: decode and verify steps through the padded buffers of the CUDA graphs (run eagerly here)."""
     engine_dir, hf = mtp_tiny
-    config = RuntimeConfig(block_size=4, max_num_batched_tokens=12, speculative="mtp", num_speculative_tokens=3)
+    config = RuntimeConfig(
+        block_size=4,
+        max_num_batched_tokens=12,
+        speculative="mtp",
+        num_speculative_tokens=3,
+        decode_graph_max_batch=graph_max,
+    )
     engine = LLMEngine(engine_dir, config)
+    verified = count_verify_steps(engine)
     free_at_start = engine.blocks.num_free
     # one prompt past the sliding window from the start: the drafter reads a cut sliding cache
     prompts = {f"r{i}": text_prompt(n, 40 + i, engine) for i, n in enumerate([5, 3 * SLIDING_WINDOW, 11])}
@@ -61,6 +70,7 @@ def test_mtp_concurrent_requests_match_transformers(mtp_tiny):
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert engine.stats().spec_decode_drafted > 0
+    assert (graph_max > 0) == any(max(q) > 1 for q in verified)
     assert engine.blocks.num_free == free_at_start
 
 
@@ -111,7 +121,8 @@ def test_every_drafting_round_past_the_window_is_transformers(mtp_tiny, tmp_path
         assert drafted == want[: len(drafted)], len(tokens)  # fewer near max_tokens
 
 
-def test_mtp_through_preemption(mtp_tiny):
+@pytest.mark.parametrize("graph_max", [0, 4], ids=["eager", "verify-buffers"])
+def test_mtp_through_preemption(mtp_tiny, graph_max):
     """Pages for about two sequences: one is preempted, its hidden state forgotten and made again."""
     engine_dir, hf = mtp_tiny
     config = RuntimeConfig(
@@ -121,8 +132,10 @@ def test_mtp_through_preemption(mtp_tiny):
         max_model_len=64,
         speculative="mtp",
         num_speculative_tokens=2,
+        decode_graph_max_batch=graph_max,
     )
     engine = LLMEngine(engine_dir, config)
+    verified = count_verify_steps(engine)
     free_at_start = engine.blocks.num_free
     prompts = {f"p{i}": text_prompt(9, 50 + i, engine) for i in range(3)}
     seqs = []
@@ -137,4 +150,5 @@ def test_mtp_through_preemption(mtp_tiny):
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert engine.stats().spec_decode_drafted > 0
+    assert (graph_max > 0) == any(max(q) > 1 for q in verified)
     assert engine.blocks.num_free == free_at_start

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import random
 
+import pytest
+
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
-from tests.parity.conftest import hf_greedy, run_joining
+from tests.parity.conftest import count_verify_steps, hf_greedy, run_joining
 
 NEW_TOKENS = 40
 
@@ -33,10 +35,19 @@ def assert_some_kept_some_rejected(engine: LLMEngine) -> None:
     assert stats.spec_decode_drafted > stats.spec_decode_accepted > 0, stats
 
 
-def test_ngram_concurrent_requests_match_transformers(tiny):
+@pytest.mark.parametrize("graph_max", [0, 4], ids=["eager", "verify-buffers"])
+def test_ngram_concurrent_requests_match_transformers(tiny, graph_max):
+    """graph_max 4: decode and verify steps through the padded buffers of the CUDA graphs (run eagerly here)."""
     _, _, engine_dir, hf = tiny
-    config = RuntimeConfig(block_size=4, max_num_batched_tokens=12, speculative="ngram", num_speculative_tokens=3)
+    config = RuntimeConfig(
+        block_size=4,
+        max_num_batched_tokens=12,
+        speculative="ngram",
+        num_speculative_tokens=3,
+        decode_graph_max_batch=graph_max,
+    )
     engine = LLMEngine(engine_dir, config)
+    verified = count_verify_steps(engine)
     free_at_start = engine.blocks.num_free
     vocab = engine.spec.text.vocab_size
     prompts = {f"r{i}": repeating_prompt(n, 3, seed=30 + i, vocab=vocab) for i, n in enumerate([3, 7, 5, 9])}
@@ -45,10 +56,12 @@ def test_ngram_concurrent_requests_match_transformers(tiny):
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert_some_kept_some_rejected(engine)
+    assert (graph_max > 0) == any(max(q) > 1 for q in verified)
     assert engine.blocks.num_free == free_at_start
 
 
-def test_ngram_through_preemption(tiny):
+@pytest.mark.parametrize("graph_max", [0, 4], ids=["eager", "verify-buffers"])
+def test_ngram_through_preemption(tiny, graph_max):
     _, _, engine_dir, hf = tiny
     config = RuntimeConfig(
         block_size=4,
@@ -57,8 +70,10 @@ def test_ngram_through_preemption(tiny):
         max_model_len=128,
         speculative="ngram",
         num_speculative_tokens=4,
+        decode_graph_max_batch=graph_max,
     )
     engine = LLMEngine(engine_dir, config)
+    verified = count_verify_steps(engine)
     free_at_start = engine.blocks.num_free
     vocab = engine.spec.text.vocab_size
     prompts = {f"p{i}": repeating_prompt(6 + i, 4, seed=40 + i, vocab=vocab) for i in range(3)}
@@ -74,4 +89,5 @@ def test_ngram_through_preemption(tiny):
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert_some_kept_some_rejected(engine)
+    assert (graph_max > 0) == any(max(q) > 1 for q in verified)
     assert engine.blocks.num_free == free_at_start
