@@ -65,7 +65,7 @@ class LLMEngine:
             pool=CachingBlockPool if c.enable_prefix_caching else None,
         )
         self.scheduler = Scheduler(self.blocks, c.max_num_seqs, c.max_num_batched_tokens)
-        self.runner = ModelRunner(runner_spec, weights, c)
+        self.runner = ModelRunner(runner_spec, weights, c, shard=self.parallel.shard if self.parallel else None)
         if self.parallel is not None:
             self.parallel.attach(self.runner)
         self.overlap = c.overlap_scheduling

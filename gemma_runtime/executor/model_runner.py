@@ -10,6 +10,7 @@ from the previous step's token tensor (a device gather), never through the host.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -63,12 +64,19 @@ class LaunchedStep:
 
 
 class ModelRunner:
-    def __init__(self, spec: EngineSpec, weights: dict[str, torch.Tensor], config: ResolvedConfig):
+    def __init__(
+        self,
+        spec: EngineSpec,
+        weights: dict[str, torch.Tensor],
+        config: ResolvedConfig,
+        shard: Callable[[Gemma4TextModel], None] | None = None,
+    ):
         """config.decode_graph_max_batch > 0 runs decode batches up to that size through fixed-size padded
         buffers, captured as CUDA graphs when config.capture_graphs (on the CPU they run eagerly, which is
         how tests check the padding); with speculation, verify batches up to speculative_max_batch
-        sequences too (executor/verify_graphs.py). Each KV pool gets one extra page past its last: the scratch page
-        that padding rows write to, never handed to a sequence."""
+        sequences too (executor/verify_graphs.py). Each KV pool gets one extra page past its last: the scratch
+        page that padding rows write to, never handed to a sequence. `shard` changes the text model before
+        any graph captures it (tensor parallel: its backends that all-reduce, parallel/sharded_layers.py)."""
         self.spec = spec
         self.config = config
         self.device = device = config.device
@@ -78,6 +86,8 @@ class ModelRunner:
         self.text = Gemma4TextModel(
             spec.text, text_weights, device, placeholders, spec.tokens.pad_token_id, config.moe_side_stream
         )
+        if shard is not None:
+            shard(self.text)
         self.vision = None
         if spec.vision is not None:
             from gemma_runtime.model.vision_encoder import VisionEncoder

@@ -12,6 +12,7 @@ import logging
 import threading
 from pathlib import Path
 
+import torch
 import torch.multiprocessing as mp
 
 from gemma_runtime.config import ResolvedConfig, RuntimeConfig
@@ -78,10 +79,32 @@ class TensorParallelGroup:
     def healthy(self) -> bool:
         return self.failure is None and not self._closed
 
+    def shard(self, text) -> None:
+        """Rank 0's text model (ModelRunner's `shard`, before its graphs are captured): its layers sum
+        across ranks."""
+        shard_model(text, self.plan.experts(self.spec.text))
+
     def attach(self, runner) -> None:
-        """Rank 0's ModelRunner: its layers sum across ranks, and each forward first broadcasts its batch."""
-        shard_model(runner.text, self.plan.experts(self.spec.text))
-        runner.text = _BroadcastingModel(runner.text, self)
+        """Rank 0's ModelRunner: each forward, eager or through its step graphs, first broadcasts its batch."""
+        embed_dtype = runner.text.w["embed_tokens.weight"].dtype
+        runner.text = _Broadcasting(runner.text, 0, self, embed_dtype)
+        if runner.graphs is not None:
+            runner.graphs = _Broadcasting(runner.graphs, 1, self, embed_dtype)
+        if runner.verify_graphs is not None:
+            runner.verify_graphs = _Broadcasting(
+                runner.verify_graphs, runner.verify_graphs.query_len, self, embed_dtype
+            )
+
+    def broadcast(self, batch, embed_dtype, graph: int, run):
+        """Wakes the workers, sends them the batch and how to run it (step_channel.py), then runs rank 0's
+        part; a failure takes the engine to not-ready."""
+        self.ring()
+        try:
+            send_batch(batch, embed_dtype, graph)
+            return run()
+        except Exception as e:
+            self.fail(f"a tensor-parallel step failed ({e}): the engine is not ready; restart the server")
+            raise
 
     def fail(self, message: str) -> None:
         if self.failure is None:
@@ -136,21 +159,19 @@ class TensorParallelGroup:
         atexit.unregister(self.close)
 
 
-class _BroadcastingModel:
-    """Rank 0's text model: broadcasts each forward's batch, then runs its own part of it."""
+class _Broadcasting:
+    """Rank 0's text model (its eager `forward`) or step graphs (their padded `run`): each call first
+    broadcasts its batch and how the workers run it (`graph`: 0 eager, else the graphs' query rows per
+    sequence)."""
 
-    def __init__(self, model, group: TensorParallelGroup):
-        self.model, self.group = model, group
-        self.embed_dtype = model.w["embed_tokens.weight"].dtype
+    def __init__(self, inner, graph: int, group: TensorParallelGroup, embed_dtype: torch.dtype):
+        self.inner, self.graph, self.group, self.embed_dtype = inner, graph, group, embed_dtype
 
     def forward(self, batch, kv_caches):
-        self.group.ring()
-        try:
-            send_batch(batch, self.embed_dtype)
-            return self.model.forward(batch, kv_caches)
-        except Exception as e:
-            self.group.fail(f"a tensor-parallel step failed ({e}): the engine is not ready; restart the server")
-            raise
+        return self.group.broadcast(batch, self.embed_dtype, 0, lambda: self.inner.forward(batch, kv_caches))
+
+    def run(self, batch, *args):
+        return self.group.broadcast(batch, self.embed_dtype, self.graph, lambda: self.inner.run(batch, *args))
 
     def __getattr__(self, name):
-        return getattr(self.model, name)
+        return getattr(self.inner, name)

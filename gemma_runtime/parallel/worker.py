@@ -20,6 +20,7 @@ from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.resolve import resolve_config, runtime_dtype
 from gemma_runtime.engine_format.spec import EngineSpec
 from gemma_runtime.executor.model_runner import ModelRunner
+from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.parallel.group import agree_on_pages, close_group, init_group, rank_device
 from gemma_runtime.parallel.loading import load_shard
 from gemma_runtime.parallel.plan import ShardPlan
@@ -40,9 +41,11 @@ class WorkerArgs:
 
 
 def rank_config(config: RuntimeConfig, rank: int) -> RuntimeConfig:
-    """What rank `rank` resolves: its own device; eager decode (the step's inputs arrive by broadcast, so
-    the padded graph buffers are not filled on the workers; capturing the collectives is future work)."""
-    return replace(config, device=str(rank_device(config.device, rank)), decode_graph_max_batch=0)
+    """What rank `rank` resolves: its own device, and the MoE's dense MLP on the main stream. Every rank
+    captures the same step graphs, collectives inside (ModelRunner, after `shard`); a MoE layer's dense
+    MLP on a side stream would put its all-reduce beside the experts' one on another stream, and two
+    collectives of one NCCL communicator running at once may wait on each other for ever."""
+    return replace(config, device=str(rank_device(config.device, rank)), moe_side_stream=False)
 
 
 def build_rank(args: WorkerArgs, spec: EngineSpec, plan: ShardPlan, device: torch.device, ready) -> ModelRunner:
@@ -50,9 +53,20 @@ def build_rank(args: WorkerArgs, spec: EngineSpec, plan: ShardPlan, device: torc
     weights = load_shard(args.engine_dir, spec, plan, device, runtime_dtype(args.config, spec), with_vision=False)
     ready.set()
     resolved = agree_on_pages(resolve_config(rank_config(args.config, args.rank), local))
-    runner = ModelRunner(replace(local, vision=None), weights, resolved)
-    shard_model(runner.text, plan.experts(spec.text))
-    return runner
+    return ModelRunner(
+        replace(local, vision=None), weights, resolved, shard=lambda text: shard_model(text, plan.experts(spec.text))
+    )
+
+
+def run_step(runner: ModelRunner, batch: ForwardBatch, graph: int) -> None:
+    """A broadcast step as rank 0 runs it: eagerly, or through the step graphs of `graph` query rows per
+    sequence, padded from the same batch (so every rank replays the same graph, its collectives lined up)."""
+    if graph == 0:
+        runner.text.forward(batch, runner.kv_caches)
+    elif graph == 1:
+        runner.graphs.run(batch)
+    else:
+        runner.verify_graphs.run(batch, (batch.query_start[1:] - batch.query_start[:-1]).tolist())
 
 
 def _exit_with_parent(parent_pid: int) -> None:
@@ -80,10 +94,10 @@ def worker_main(args: WorkerArgs, doorbell, ready) -> None:
             while True:
                 while not doorbell.acquire(timeout=PARENT_POLL_S):
                     pass
-                batch = receive(device, embed_dtype)
-                if batch is None:
+                step = receive(device, embed_dtype)
+                if step is None:
                     break
-                runner.text.forward(batch, runner.kv_caches)
+                run_step(runner, *step)
     except Exception:
         log.exception("tensor-parallel worker rank %d failed", args.rank)
         sys.exit(1)
