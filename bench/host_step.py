@@ -54,6 +54,7 @@ def measure(spec, weights: dict[str, torch.Tensor], batch: int, context: int, st
         seed=0,
         decode_graph_max_batch=0,
         capture_graphs=False,
+        prefill_graph_max_tokens=0,
         overlap_scheduling=False,
         moe_side_stream=False,
         enable_prefix_caching=False,

@@ -162,6 +162,7 @@ def runtime_config(
         max_num_batched_tokens=step_tokens,
         max_model_len=longest,
         decode_graph_max_batch=None if graphs is None else max_batch if graphs else 0,
+        prefill_graph_max_tokens=None if graphs in (None, True) else 0,
         overlap_scheduling=overlap,
         moe_side_stream=moe_side_stream,
         speculative=speculative,

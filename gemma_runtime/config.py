@@ -34,6 +34,12 @@ class RuntimeConfig:
     # (capped by max_num_seqs; 0 turns it off). None: on for CUDA, off elsewhere. On the CPU a positive
     # value runs the padded buffers eagerly, which only tests want.
     decode_graph_max_batch: int | None = None
+    # A step that is one sequence's prompt (or the rest of it) of up to this many tokens, without images,
+    # runs through padded static buffers of 16, 32, 64, ... rows, replayed as CUDA graphs on a GPU: a short
+    # prompt's time to first token is otherwise mostly the host launching its kernels. 0 turns it off;
+    # None: 256 on CUDA (capped by max_num_batched_tokens), off elsewhere; on the CPU a positive value runs
+    # the padded buffers eagerly, which only tests want.
+    prefill_graph_max_tokens: int | None = None
     # Schedule and launch step N+1 before reading step N's tokens on the host, so the host's work (
     # scheduling, batch building, detokenizing, stop checks) hides behind the GPU's. None: on for CUDA.
     overlap_scheduling: bool | None = None
@@ -67,6 +73,8 @@ class RuntimeConfig:
             raise ValueError("block_size, max_num_seqs and max_num_batched_tokens must be positive")
         if self.decode_graph_max_batch is not None and self.decode_graph_max_batch < 0:
             raise ValueError("decode_graph_max_batch must be 0 (off) or positive")
+        if self.prefill_graph_max_tokens is not None and self.prefill_graph_max_tokens < 0:
+            raise ValueError("prefill_graph_max_tokens must be 0 (off) or positive")
         if not 0 < self.gpu_memory_utilization <= 1:
             raise ValueError("gpu_memory_utilization must be in (0, 1]")
         if self.speculative not in SPECULATIVE_METHODS:
@@ -107,6 +115,7 @@ class ResolvedConfig:
     seed: int
     decode_graph_max_batch: int  # 0: off
     capture_graphs: bool  # replay the padded decode buffers as CUDA graphs (else run them eagerly)
+    prefill_graph_max_tokens: int  # 0: off
     overlap_scheduling: bool
     moe_side_stream: bool
     enable_prefix_caching: bool

@@ -76,7 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     rt.add_argument(
         "--gpu-memory-utilization", type=float, default=None, help="share of the GPU the engine may fill (default 0.9)"
     )
-    rt.add_argument("--enforce-eager", action="store_true", help="decode without CUDA graphs")
+    rt.add_argument("--enforce-eager", action="store_true", help="run every step eagerly: no CUDA graphs")
     rt.add_argument(
         "--disable-overlap-schedule",
         action="store_true",
@@ -115,6 +115,7 @@ def runtime_config_from_args(args: argparse.Namespace) -> RuntimeConfig:
         "max_model_len": args.max_model_len,
         "gpu_memory_utilization": args.gpu_memory_utilization,
         "decode_graph_max_batch": 0 if args.enforce_eager else None,
+        "prefill_graph_max_tokens": 0 if args.enforce_eager else None,
         "overlap_scheduling": False if args.disable_overlap_schedule else None,
         "enable_prefix_caching": False if args.no_prefix_caching else None,
         "speculative": args.speculative,

@@ -14,6 +14,7 @@ from gemma_runtime.engine.resolve import resolve_config, runtime_dtype
 from gemma_runtime.engine_format.spec import EngineSpec, read_generation_defaults
 from gemma_runtime.engine_format.weights import load_weights
 from gemma_runtime.executor.model_runner import LaunchedStep, ModelRunner, SampledToken
+from gemma_runtime.executor.step_graphs import drafter_graph_sizes
 from gemma_runtime.grammar.engine_hooks import StructuredDecoding
 from gemma_runtime.inputs.detokenizer import IncrementalDetokenizer, TextStream
 from gemma_runtime.inputs.processor import InputProcessor, PreparedInput
@@ -83,6 +84,7 @@ class LLMEngine:
                 c.num_speculative_tokens,
                 self.runner.kv_caches,
                 self.runner.text.w["embed_tokens.weight"],
+                drafter_graph_sizes(c),
             )
             drafter = build_drafter(c.speculative, ctx)
             self.speculation = Speculation(drafter, c.num_speculative_tokens, c.speculative_max_batch)

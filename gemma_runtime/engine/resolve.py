@@ -11,6 +11,7 @@ from gemma_runtime.engine_format.spec import EngineSpec
 from gemma_runtime.speculative.policy import resolve_spec_max_batch
 
 MAX_GRAPH_BATCH = 256  # the largest decode graph captured when decode_graph_max_batch is None (on CUDA)
+MAX_PREFILL_GRAPH_TOKENS = 256  # the longest prefill graph captured when prefill_graph_max_tokens is None (CUDA)
 
 
 def runtime_dtype(config: RuntimeConfig, spec: EngineSpec) -> torch.dtype:
@@ -30,6 +31,8 @@ def resolve_config(config: RuntimeConfig, spec: EngineSpec) -> ResolvedConfig:
     num_full, num_sliding = (num_full if "full" in layer_types else 0), (num_sliding if "sliding" in layer_types else 0)
     graph_max = config.decode_graph_max_batch
     graph_max = min(config.max_num_seqs, MAX_GRAPH_BATCH if graph_max is None and on_cuda else graph_max or 0)
+    prefill_max = config.prefill_graph_max_tokens
+    prefill_max = MAX_PREFILL_GRAPH_TOKENS if prefill_max is None and on_cuda else prefill_max or 0
 
     def on_cuda_unless(value: bool | None) -> bool:
         return on_cuda if value is None else value
@@ -47,6 +50,7 @@ def resolve_config(config: RuntimeConfig, spec: EngineSpec) -> ResolvedConfig:
         seed=config.seed,
         decode_graph_max_batch=graph_max,
         capture_graphs=on_cuda,
+        prefill_graph_max_tokens=min(prefill_max, config.max_num_batched_tokens, max_model_len),
         # a drafter reads each sequence's newest token on the host, so speculation resolves every step
         overlap_scheduling=on_cuda_unless(config.overlap_scheduling) and config.speculative == "off",
         moe_side_stream=on_cuda_unless(config.moe_side_stream),

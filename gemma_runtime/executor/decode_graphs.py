@@ -7,7 +7,8 @@ run them. A CUDA graph records the launches once per batch size and replays them
 A graph replays on the same memory it was captured on, so every input lives in a static buffer sized
 for the largest captured batch, and a batch of n sequences runs on the smallest captured size B >= n.
 `StepGraphs` holds those buffers for sequences of a fixed number of query rows each: one for a decode
-step (`DecodeGraphs` here), 1 + the draft count for a speculative verify step (`verify_graphs.py`).
+step (`DecodeGraphs` here); more, padded row by row, for a speculative verify step or a short prompt
+(`row_padded_graphs.py`). `step_graphs.py` builds the sets an engine uses.
 Sequences n..B-1 are padding: token <pad> at position 0 with one key in the cache, whose K/V go to the
 scratch page (the page past the last in each pool, never given to a sequence), so they read and write
 nothing that belongs to anyone. Everything the forward decides on the host (grid sizes, split counts,
@@ -31,6 +32,14 @@ def graph_batch_sizes(max_batch: int) -> list[int]:
     most 15 rows, and the graphs share one memory pool, so many sizes cost little memory."""
     sizes = [b for b in (1, 2, 4, 8) if b < max_batch] + list(range(16, max_batch, 16))
     return sorted(set(sizes + [max_batch]))
+
+
+def speculative_graph_batch(config: ResolvedConfig) -> int:
+    """Sequences up to which speculative verify steps (and MTP drafting rounds) run through padded
+    buffers: speculation's own batch limit, within the decode graphs'; 0: none."""
+    if config.decode_graph_max_batch <= 0 or config.speculative == "off":
+        return 0
+    return min(config.speculative_max_batch, config.decode_graph_max_batch)
 
 
 class StepGraphs:
@@ -134,7 +143,10 @@ class DecodeGraphs(StepGraphs):
     def __init__(self, text, kv_caches, config: ResolvedConfig, pad_token_id: int, pool=None):
         super().__init__(text, kv_caches, config, pad_token_id, config.decode_graph_max_batch, 1, pool)
 
-    def run(self, batch: ForwardBatch) -> torch.Tensor:
+    def fits(self, batch: ForwardBatch, query_lens: list[int]) -> bool:
+        return batch.is_decode_only and batch.num_seqs <= self.max_batch
+
+    def run(self, batch: ForwardBatch, query_lens: list[int] | None = None) -> torch.Tensor:
         """A decode batch (one query per sequence) -> the final-normed hidden states of its
         logits_indices rows [S, H]."""
         n = batch.num_seqs

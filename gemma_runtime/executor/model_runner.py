@@ -18,11 +18,10 @@ import torch
 from gemma_runtime.api import TokenLogprob
 from gemma_runtime.config import ResolvedConfig
 from gemma_runtime.engine_format.spec import EngineSpec
-from gemma_runtime.executor.decode_graphs import DecodeGraphs
 from gemma_runtime.executor.device_block_tables import DeviceBlockTables
 from gemma_runtime.executor.device_io import HostCopy, to_device
 from gemma_runtime.executor.sampler import SampledBatch, sample_on_device
-from gemma_runtime.executor.verify_graphs import VerifyGraphs
+from gemma_runtime.executor.step_graphs import build_step_graphs
 from gemma_runtime.executor.verify_rows import Verified, rejection_groups, sampling_rows, split_runs
 from gemma_runtime.grammar.logits import TokenMask
 from gemma_runtime.model.forward_batch import ForwardBatch
@@ -74,7 +73,7 @@ class ModelRunner:
         """config.decode_graph_max_batch > 0 runs decode batches up to that size through fixed-size padded
         buffers, captured as CUDA graphs when config.capture_graphs (on the CPU they run eagerly, which is
         how tests check the padding); with speculation, verify batches up to speculative_max_batch
-        sequences too (executor/verify_graphs.py). Each KV pool gets one extra page past its last: the scratch
+        sequences too, and a short prompt's step up to config.prefill_graph_max_tokens (step_graphs.py). Each KV pool gets one extra page past its last: the scratch
         page that padding rows write to, never handed to a sequence. `shard` changes the text model before
         any graph captures it (tensor parallel: its backends that all-reduce, parallel/sharded_layers.py)."""
         self.spec = spec
@@ -105,14 +104,7 @@ class ModelRunner:
         self.keep_hidden = config.speculative != "off"
         self.hidden: dict[str, torch.Tensor] = {}
         self.block_tables = DeviceBlockTables(config.max_num_seqs, config.max_pages_per_seq, device)
-        self.graphs = self.verify_graphs = None
-        if config.decode_graph_max_batch > 0:
-            self.graphs = DecodeGraphs(self.text, self.kv_caches, config, spec.tokens.pad_token_id)
-            if self.keep_hidden and config.speculative_max_batch > 0:
-                # captured after the decode graphs, into their pool: a step replays one graph or the other
-                self.verify_graphs = VerifyGraphs(
-                    self.text, self.kv_caches, config, spec.tokens.pad_token_id, self.graphs.pool
-                )
+        self.step_graphs = build_step_graphs(self.text, self.kv_caches, config, spec.tokens.pad_token_id)
 
     def _allocate_kv(self, dtype, num_full_blocks, num_sliding_blocks) -> list[tuple[torch.Tensor, torch.Tensor]]:
         caches = []
@@ -152,16 +144,26 @@ class ModelRunner:
             self.sample(step, self.constraints.mask(seqs))
         return step
 
+    @property
+    def graphs(self):
+        """The decode graphs (None when off)."""
+        return self.step_graphs.get("decode")
+
+    @property
+    def verify_graphs(self):
+        return self.step_graphs.get("verify")
+
+    @property
+    def prefill_graphs(self):
+        return self.step_graphs.get("prefill")
+
     def _forward(self, batch: ForwardBatch, scheduled: list[ScheduledSeq]) -> torch.Tensor:
-        """The decoder's final-normed hidden states of the batch's logits rows: a decode batch through
-        the decode graphs, a verify batch (decode rows with drafts) through the verify graphs, the rest
-        (prefill chunks, images, batches past the graphs' sizes) eagerly."""
-        if self.graphs is not None and batch.is_decode_only and batch.num_seqs <= self.graphs.max_batch:
-            return self.graphs.run(batch)
-        if self.verify_graphs is not None:
-            query_lens = [item.num_new + item.num_draft for item in scheduled]
-            if self.verify_graphs.fits(batch, query_lens):
-                return self.verify_graphs.run(batch, query_lens)
+        """The decoder's final-normed hidden states of the batch's logits rows: through the first step
+        graphs that fit the batch (decode, verify, a short prompt: step_graphs.py), else eagerly."""
+        query_lens = [item.num_new + item.num_draft for item in scheduled]
+        for graphs in self.step_graphs.values():
+            if graphs.fits(batch, query_lens):
+                return graphs.run(batch, query_lens)
         return self.text.forward(batch, self.kv_caches)
 
     @torch.inference_mode()

@@ -74,7 +74,7 @@ class DraftStep:
 @dataclass
 class Draft:
     tokens: torch.Tensor  # [S, N] int64: the drafter's argmax at each step (a deterministic proposal)
-    logits: torch.Tensor  # [S, N, V] float32
+    logits: torch.Tensor | None  # [S, N, V] float32 (None when not kept)
 
 
 class Gemma4Assistant:
@@ -171,7 +171,8 @@ class Gemma4Assistant:
         table = self.w["masked_embedding.token_ordering"].view(oe.num_centroids, per_cluster)  # [C, V/C]
         tokens = table[clusters].reshape(h.shape[0], -1)  # [S, k, V/C] -> [S, k V/C]
         chosen = torch.einsum("sh,skh->sk", h, head[tokens]).float()  # [S, k V/C]
-        out = torch.full((h.shape[0], head.shape[0]), chosen.min().item() - 1.0, device=h.device)  # [S, V]
+        # the floor stays on the device (no host read: the drafter's round is captured as a CUDA graph)
+        out = (chosen.min() - 1.0).expand(h.shape[0], head.shape[0]).contiguous()  # [S, V]
         return out.scatter_(1, tokens, chosen)
 
     # --- a round of drafting ------------------------------------------------------------------------
@@ -183,9 +184,11 @@ class Gemma4Assistant:
         ctx: DraftContext,
         kv_caches: list[tuple[torch.Tensor, torch.Tensor]],
         num_tokens: int,
+        keep_logits: bool = True,
     ) -> Draft:
         """num_tokens drafter steps from the same position and cache, each fed its own argmax and
-        projected hidden state (transformers' drafter loop)."""
+        projected hidden state (transformers' drafter loop). keep_logits=False returns the drafts alone
+        (logits None): a captured round then keeps no [S, N, V] buffer."""
         batch = ctx.key_batch()
         tokens, logits = [], []
         tok, hidden = last_tokens, last_hidden
@@ -193,8 +196,10 @@ class Gemma4Assistant:
             out = self.step(tok, hidden, ctx, kv_caches, batch)
             tok, hidden = out.logits.argmax(dim=-1), out.hidden
             tokens.append(tok)
-            logits.append(out.logits)
-        return Draft(torch.stack(tokens, dim=1), torch.stack(logits, dim=1))  # [S, N], [S, N, V]
+            if keep_logits:
+                logits.append(out.logits)
+        stacked = torch.stack(logits, dim=1) if keep_logits else None
+        return Draft(torch.stack(tokens, dim=1), stacked)  # [S, N], [S, N, V]
 
 
 def load_assistant(engine_dir: str | Path, engine: EngineSpec, target, device: torch.device, dtype=None):

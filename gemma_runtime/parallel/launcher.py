@@ -18,6 +18,7 @@ import torch.multiprocessing as mp
 from gemma_runtime.config import ResolvedConfig, RuntimeConfig
 from gemma_runtime.engine.resolve import resolve_config, runtime_dtype
 from gemma_runtime.engine_format.spec import EngineSpec
+from gemma_runtime.executor.step_graphs import GRAPH_KINDS
 from gemma_runtime.parallel.group import agree_on_pages, close_group, free_port, init_group, rank_device
 from gemma_runtime.parallel.loading import load_shard
 from gemma_runtime.parallel.plan import ShardPlan
@@ -88,12 +89,8 @@ class TensorParallelGroup:
         """Rank 0's ModelRunner: each forward, eager or through its step graphs, first broadcasts its batch."""
         embed_dtype = runner.text.w["embed_tokens.weight"].dtype
         runner.text = _Broadcasting(runner.text, 0, self, embed_dtype)
-        if runner.graphs is not None:
-            runner.graphs = _Broadcasting(runner.graphs, 1, self, embed_dtype)
-        if runner.verify_graphs is not None:
-            runner.verify_graphs = _Broadcasting(
-                runner.verify_graphs, runner.verify_graphs.query_len, self, embed_dtype
-            )
+        for kind, graphs in runner.step_graphs.items():
+            runner.step_graphs[kind] = _Broadcasting(graphs, GRAPH_KINDS.index(kind) + 1, self, embed_dtype)
 
     def broadcast(self, batch, embed_dtype, graph: int, run):
         """Wakes the workers, sends them the batch and how to run it (step_channel.py), then runs rank 0's
@@ -161,8 +158,8 @@ class TensorParallelGroup:
 
 class _Broadcasting:
     """Rank 0's text model (its eager `forward`) or step graphs (their padded `run`): each call first
-    broadcasts its batch and how the workers run it (`graph`: 0 eager, else the graphs' query rows per
-    sequence)."""
+    broadcasts its batch and how the workers run it (`graph`: 0 eager, else 1 + the graphs' place in
+    executor/step_graphs.GRAPH_KINDS)."""
 
     def __init__(self, inner, graph: int, group: TensorParallelGroup, embed_dtype: torch.dtype):
         self.inner, self.graph, self.group, self.embed_dtype = inner, graph, group, embed_dtype

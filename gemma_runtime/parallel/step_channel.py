@@ -1,9 +1,9 @@
 """A step's ForwardBatch from rank 0 to every rank, as tensors through the collectives: a fixed header,
 one int64 payload with every index tensor back to back, then the image soft tokens when there are any.
 Three broadcasts a step, no pickling. The header's first value is the operation (a step, or stop); its
-last says how every rank runs the batch: eagerly (0), or through its padded step graphs of that many
-query rows per sequence (executor/decode_graphs.py: 1 for a decode step, N+1 for a verify step), which
-every rank fills from the same unpadded batch and replays with its collectives captured."""
+last says how every rank runs the batch: eagerly (0), or through its padded step graphs of one kind (1 +
+the kind's place in executor/step_graphs.GRAPH_KINDS), which every rank fills from the same unpadded
+batch and replays with its collectives captured."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from gemma_runtime.model.forward_batch import ForwardBatch
 OP_STOP, OP_FORWARD = 0, 1
 KINDS = ("full", "sliding")
 HEADER = 15  # op, T, B, S, n_mm, hidden, has_span_bounds, max_query_len, n_spans, block_size, 2 slots, 2 widths,
-# graph (0: eager; else the query rows per sequence of the step graphs that run it)
+# graph (0: eager; else 1 + the place in GRAPH_KINDS of the step graphs that run it)
 
 
 def _int(values, device) -> torch.Tensor:

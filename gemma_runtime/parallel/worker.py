@@ -20,6 +20,7 @@ from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.resolve import resolve_config, runtime_dtype
 from gemma_runtime.engine_format.spec import EngineSpec
 from gemma_runtime.executor.model_runner import ModelRunner
+from gemma_runtime.executor.step_graphs import GRAPH_KINDS
 from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.parallel.group import agree_on_pages, close_group, init_group, rank_device
 from gemma_runtime.parallel.loading import load_shard
@@ -59,14 +60,14 @@ def build_rank(args: WorkerArgs, spec: EngineSpec, plan: ShardPlan, device: torc
 
 
 def run_step(runner: ModelRunner, batch: ForwardBatch, graph: int) -> None:
-    """A broadcast step as rank 0 runs it: eagerly, or through the step graphs of `graph` query rows per
-    sequence, padded from the same batch (so every rank replays the same graph, its collectives lined up)."""
+    """A broadcast step as rank 0 runs it: eagerly (graph 0), or through the step graphs of kind
+    GRAPH_KINDS[graph - 1], padded from the same batch (so every rank replays the same graph, its
+    collectives lined up)."""
     if graph == 0:
         runner.text.forward(batch, runner.kv_caches)
-    elif graph == 1:
-        runner.graphs.run(batch)
-    else:
-        runner.verify_graphs.run(batch, (batch.query_start[1:] - batch.query_start[:-1]).tolist())
+        return
+    query_lens = (batch.query_start[1:] - batch.query_start[:-1]).tolist()
+    runner.step_graphs[GRAPH_KINDS[graph - 1]].run(batch, query_lens)
 
 
 def _exit_with_parent(parent_pid: int) -> None:

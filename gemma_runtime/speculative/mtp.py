@@ -15,6 +15,7 @@ import torch
 from gemma_runtime.engine_format.weights import load_weights
 from gemma_runtime.model.assistant import DraftContext, Gemma4Assistant
 from gemma_runtime.scheduling.block_manager import NO_BLOCK
+from gemma_runtime.speculative.mtp_graphs import DraftGraphs
 from gemma_runtime.speculative.protocol import Draft, DrafterContext, DraftRequest
 
 
@@ -24,7 +25,12 @@ def build_drafter(ctx: DrafterContext) -> MTPDrafter:
     # on the device like the target's own embed scale (gemma4.py): a host scalar would copy every step
     scale = torch.tensor(spec.text.embed_scale, dtype=ctx.embed_weight.dtype, device=device)
     model = Gemma4Assistant(spec.assistant, weights, spec.text, ctx.embed_weight, scale, device)
-    return MTPDrafter(model, ctx.kv_caches, ctx.config.block_size)
+    graphs = None
+    if ctx.graph_batch_sizes:
+        graphs = DraftGraphs(
+            model, ctx.kv_caches, ctx.config, ctx.graph_batch_sizes, ctx.num_speculative_tokens, spec.text.hidden_size
+        )
+    return MTPDrafter(model, ctx.kv_caches, ctx.config.block_size, graphs)
 
 
 def _padded(rows: list[list[int]], device: torch.device) -> torch.Tensor:
@@ -33,10 +39,12 @@ def _padded(rows: list[list[int]], device: torch.device) -> torch.Tensor:
 
 
 class MTPDrafter:
-    def __init__(self, model: Gemma4Assistant, kv_caches: list, block_size: int):
+    def __init__(self, model: Gemma4Assistant, kv_caches: list, block_size: int, graphs: DraftGraphs | None = None):
+        """graphs: rounds through padded buffers, replayed as CUDA graphs on a GPU (mtp_graphs.py)."""
         self.model = model
         self.kv_caches = kv_caches
         self.block_size = block_size
+        self.graphs = graphs
 
     def release(self, request_id: str) -> None:
         pass  # the drafter keeps nothing per sequence: the target's cache and hidden state are its state
@@ -74,7 +82,11 @@ class MTPDrafter:
         )
         tokens = torch.tensor([r.last_token_id for r in rs], dtype=torch.int64, device=device)
         hidden = torch.stack([r.hidden for r in rs])  # [S, H]
-        out = self.model.propose(tokens, hidden, ctx, self.kv_caches, max(r.max_tokens for r in rs))
-        for i, r, row in zip(ready, rs, out.tokens.tolist()):
+        if self.graphs is not None and self.graphs.fits(len(rs), ctx.key_window):
+            drafted = self.graphs.run(tokens, hidden, ctx)  # [S, N]
+        else:
+            n = max(r.max_tokens for r in rs)
+            drafted = self.model.propose(tokens, hidden, ctx, self.kv_caches, n, keep_logits=False).tokens
+        for i, r, row in zip(ready, rs, drafted.tolist()):
             drafts[i] = Draft(row[: r.max_tokens])
         return drafts

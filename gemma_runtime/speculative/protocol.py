@@ -66,6 +66,9 @@ class DrafterContext:
     num_speculative_tokens: int
     kv_caches: list  # [(K, V)] per target layer: [slots, kv_heads, head_dim] each
     embed_weight: object  # the target's embedding table [V, H] (tied with the LM head)
+    # batch sizes a drafter may pad its rounds to (and capture as CUDA graphs when config.capture_graphs);
+    # empty: eager only
+    graph_batch_sizes: tuple[int, ...] = ()
 
     def kv_layer_of(self, layer_type: str) -> int:
         """Index of the last target layer of this type ("full" or "sliding"): whose KV the drafter reads."""

@@ -153,7 +153,7 @@ def test_prefill_and_extend_attention(dtype, d, kind):
 @pytest.mark.parametrize("d", [32, 256])
 @pytest.mark.parametrize("kind", ["sliding", "full"])
 def test_verify_rows_padded_with_copies_of_the_last(dtype, d, kind):
-    """A verify step through the padded buffers (executor/verify_graphs.py): each sequence's 1-4 rows are
+    """A verify step through the padded buffers (executor/row_padded_graphs.py): each sequence's 1-4 rows are
     padded to 4 with copies of its last row (same query, same position). The kernel bounds each row's
     keys by its position, so the real rows give the unpadded step's output and every copy its last row's."""
     window = 16

@@ -206,28 +206,44 @@ def verify_requests(max_tokens: int) -> list[GenerateRequest]:
 
 
 @pytest.mark.skipif(not CUDA, reason="captured graphs (the padding is checked on the CPU in tests/unit)")
-def test_verify_graphs_decode_the_plain_engines_tokens(random_tiny_engine_dir):
-    """Speculative verify steps replayed as CUDA graphs: the greedy tokens of the engine without graphs."""
-    want = engine_on_device(random_tiny_engine_dir, decode_graph_max_batch=0, **SPEC).generate(verify_requests(12))
-    fast = engine_on_device(random_tiny_engine_dir, decode_graph_max_batch=4, **SPEC)
+def test_verify_and_prefill_graphs_decode_the_plain_engines_tokens(random_tiny_engine_dir):
+    """Speculative verify steps and short prompts replayed as CUDA graphs: the greedy tokens of the engine
+    without graphs."""
+    want = engine_on_device(random_tiny_engine_dir, decode_graph_max_batch=0, prefill_graph_max_tokens=0, **SPEC)
+    want = want.generate(verify_requests(12))
+    fast = engine_on_device(random_tiny_engine_dir, decode_graph_max_batch=4, prefill_graph_max_tokens=64, **SPEC)
     assert sorted(fast.runner.verify_graphs.graphs) == [1, 2, 4]  # really captured
-    verify, real = [], fast.runner.verify_graphs.run
-    fast.runner.verify_graphs.run = lambda batch, query_lens: (verify.append(query_lens), real(batch, query_lens))[1]
+    assert sorted(fast.runner.prefill_graphs.graphs) == [16, 32, 64]
+    runs = {"verify": [], "prefill": []}
+    for kind, seen in runs.items():
+        graphs = fast.runner.step_graphs[kind]
+        real = graphs.run
+        graphs.run = lambda batch, query_lens, real=real, seen=seen: (seen.append(query_lens), real(batch, query_lens))[
+            1
+        ]
     assert fast.generate(verify_requests(12)) == want
-    assert any(max(q) > 1 for q in verify)
+    assert any(max(q) > 1 for q in runs["verify"]) and runs["prefill"]
 
 
-def test_a_verify_forward_reads_nothing_back(random_tiny_engine_dir):
-    """The verify graphs' forward (its padding, then the model) makes the host wait for nothing, which
-    capture would forbid. On the CPU the engine runs on the reference backends up to its first verify
-    step, which then goes through the Triton backends (interpreted) under the read detector."""
+@pytest.mark.parametrize("kind", ["verify", "prefill"])
+def test_a_padded_forward_reads_nothing_back(random_tiny_engine_dir, kind):
+    """The verify and prefill graphs' forward (their padding, then the model) makes the host wait for
+    nothing, which capture would forbid. On the CPU the engine runs on the reference backends up to its
+    first such step, which then goes through the Triton backends (interpreted) under the read detector."""
     engine = LLMEngine(
         random_tiny_engine_dir,
         RuntimeConfig(
-            device=DEVICE.type, dtype="float32", block_size=4, max_model_len=128, decode_graph_max_batch=4, **SPEC
+            device=DEVICE.type,
+            dtype="float32",
+            block_size=4,
+            max_model_len=128,
+            decode_graph_max_batch=4,
+            prefill_graph_max_tokens=32 if kind == "prefill" else 0,
+            **SPEC,
         ),
     )
-    graphs, real, seen = engine.runner.verify_graphs, engine.runner.verify_graphs.run, []
+    graphs = engine.runner.step_graphs[kind]
+    real, seen = graphs.run, []
 
     def watched(batch, query_lens):
         seen.append(query_lens)
@@ -245,12 +261,81 @@ def test_a_verify_forward_reads_nothing_back(random_tiny_engine_dir):
         return out
 
     graphs.run = watched
-    for r in verify_requests(12):
+    requests = verify_requests(12) if kind == "verify" else verify_requests(1)[2:]  # "Hi": a short prompt
+    for r in requests:
         engine.add_request(r)
     while not seen and engine.has_unfinished():
         engine.step()
-    assert seen and max(seen[0]) > 1, "a verify step went through the verify graphs"
+    assert seen and max(seen[0]) > 1, f"a {kind} step went through its graphs"
     assert CUDA or seen[1] == []
+
+
+@pytest.fixture(scope="module")
+def mtp_engine_dir(random_tiny_engine_dir, tmp_path_factory):
+    """The tiny engine with a random MTP drafter converted in."""
+    import shutil
+
+    from bench.spec_decode import attach_random_drafter
+
+    root = tmp_path_factory.mktemp("decode-path-mtp")
+    shutil.copytree(random_tiny_engine_dir, root / "engine")
+    attach_random_drafter(root / "engine", root)
+    return root / "engine"
+
+
+@pytest.mark.skipif(not CUDA, reason="captured graphs (the padding is checked on the CPU in tests/unit)")
+def test_mtp_draft_graphs_decode_the_plain_engines_tokens(mtp_engine_dir):
+    mtp = dict(speculative="mtp", num_speculative_tokens=3)
+    want = engine_on_device(mtp_engine_dir, decode_graph_max_batch=0, **mtp).generate(verify_requests(12))
+    fast = engine_on_device(mtp_engine_dir, decode_graph_max_batch=4, **mtp)
+    graphs = fast.speculation.drafter.graphs
+    assert sorted(graphs.graphs) == [1, 2, 4]  # really captured
+    rounds, real = [], graphs.run
+    graphs.run = lambda *a: (rounds.append(a[0].shape[0]), real(*a))[1]
+    assert fast.generate(verify_requests(12)) == want
+    assert rounds
+
+
+def test_a_draft_round_reads_nothing_back(mtp_engine_dir):
+    """The MTP drafter's padded round (its buffers, then N drafter steps) makes the host wait for nothing,
+    which capture would forbid; on the CPU through the Triton backends under the interpreter."""
+    engine = LLMEngine(
+        mtp_engine_dir,
+        RuntimeConfig(
+            device=DEVICE.type,
+            dtype="float32",
+            block_size=4,
+            max_model_len=128,
+            decode_graph_max_batch=4,
+            speculative="mtp",
+            num_speculative_tokens=3,
+        ),
+    )
+    graphs = engine.speculation.drafter.graphs
+    real, seen = graphs.run, []
+
+    def watched(*args):
+        if CUDA:
+            torch.cuda.synchronize()
+            torch.cuda.set_sync_debug_mode("error")
+            try:
+                out = real(*args)
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+            seen.append([])
+            return out
+        model = graphs.model
+        model.attention, model.norm, model.geglu = TritonPagedAttention(), TritonRMSNorm(), TritonGEGLU()
+        with HostReadDetector() as detector:
+            out = real(*args)
+        seen.append(detector.found)
+        return out
+
+    graphs.run = watched
+    engine.add_request(verify_requests(4)[0])
+    while not seen and engine.has_unfinished():
+        engine.step()
+    assert seen == [[]]
 
 
 @pytest.mark.skipif(not CUDA, reason="a second CUDA stream")

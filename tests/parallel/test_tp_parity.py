@@ -31,8 +31,9 @@ CONFIG = dict(
     default_image_soft_tokens=IMAGE_BUDGET,
     parallel_timeout_s=60,
 )
-# (shape, expert parallel, decode graph buffers): with buffers every rank pads each decode step from the
-# same broadcast batch (on a GPU: replays the same captured graph, collectives inside)
+# (shape, expert parallel, decode graph buffers): with buffers (and prefill buffers up to 16 tokens) every
+# rank pads each such step from the same broadcast batch (on a GPU: replays the same captured graph,
+# collectives inside)
 CASES = {"moe-tp2": ("moe", False, 0), "dense-tp2": ("dense", False, 4), "moe-ep2": ("moe", True, 4)}
 
 
@@ -43,7 +44,13 @@ def case(request, tiny_shapes):
     engine_dir, hf = tiny_shapes(kind)
     tp = LLMEngine(
         engine_dir,
-        RuntimeConfig(**CONFIG, tensor_parallel_size=2, enable_expert_parallel=ep, decode_graph_max_batch=graph_max),
+        RuntimeConfig(
+            **CONFIG,
+            tensor_parallel_size=2,
+            enable_expert_parallel=ep,
+            decode_graph_max_batch=graph_max,
+            prefill_graph_max_tokens=16 if graph_max else 0,
+        ),
     )
     single = LLMEngine(engine_dir, RuntimeConfig(**CONFIG))
     pids = tp.parallel.pids
@@ -115,14 +122,15 @@ def test_concurrent_requests_joining_at_different_steps(case):
     prompts = {f"r{i}": random_prompt(n, seed=10 + i, vocab=tp.spec.text.vocab_size) for i, n in enumerate([5, 23, 11])}
     join_at = {"r0": 0, "r1": 2, "r2": 5}
     padded = []
-    if tp.runner.graphs is not None:
-        real = tp.runner.graphs.run
-        tp.runner.graphs.run = lambda batch: (padded.append(batch.num_seqs), real(batch))[1]
+    for kind, graphs in tp.runner.step_graphs.items():
+        real = graphs.run
+        graphs.run = lambda batch, lens, real=real, kind=kind: (padded.append((kind, len(lens))), real(batch, lens))[1]
     got = run_joining(tp, prompts, join_at, greedy())
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert tp.blocks.num_free == free_at_start
-    assert (tp.config.decode_graph_max_batch > 0) == (3 in padded)  # decode steps of all three, padded to 4
+    # with buffers: decode steps of all three (padded to 4), and r0's 5-token prompt alone in its step
+    assert (tp.config.decode_graph_max_batch > 0) == ({("decode", 3), ("prefill", 1)} <= set(padded))
 
 
 def test_preemption_and_resumption(case):

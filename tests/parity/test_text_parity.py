@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import random
 
+import pytest
 import torch
 
 from gemma_runtime.api import GenerateRequest, SamplingParams
@@ -23,14 +24,30 @@ def greedy(max_tokens: int = NEW_TOKENS) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
 
 
+def count_padded_prefills(engine: LLMEngine) -> list:
+    """The query lengths of the steps that go through the prefill buffers (none without them)."""
+    graphs, calls = engine.runner.prefill_graphs, []
+    if graphs is not None:
+        real = graphs.run
+        graphs.run = lambda batch, query_lens: (calls.append(query_lens), real(batch, query_lens))[1]
+    return calls
+
+
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
 
-def test_prefill_logits_match(tiny):
+# the step graphs' padded buffers (run eagerly on the CPU): decode batches up to 4, prompts up to 16 tokens
+GRAPHS = dict(decode_graph_max_batch=4, prefill_graph_max_tokens=16)
+
+
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "padded-buffers"])
+def test_prefill_logits_match(tiny, graphs):
+    """graphs: the last chunk (6 tokens) runs through the prefill buffers of 7 rows (the token budget)."""
     _, _, engine_dir, hf = tiny
-    engine = LLMEngine(engine_dir, RuntimeConfig(block_size=4, max_num_batched_tokens=7))  # 3 chunks
-    prompt = random_prompt(20, seed=0, vocab=engine.spec.text.vocab_size)
+    engine = LLMEngine(engine_dir, RuntimeConfig(block_size=4, max_num_batched_tokens=7, **(GRAPHS if graphs else {})))
+    padded = count_padded_prefills(engine)
+    prompt = random_prompt(20, seed=0, vocab=engine.spec.text.vocab_size)  # 3 chunks
     engine.add_request(GenerateRequest("r", prompt, SamplingParams(max_tokens=1, logprobs=5)))
     outputs = []
     while engine.has_unfinished():
@@ -42,6 +59,7 @@ def test_prefill_logits_match(tiny):
     ref_top = torch.topk(ref, 5)
     assert [t for t, _ in out.logprobs[0].top] == ref_top.indices.tolist()
     assert rel_err(ours, ref_top.values) < 1e-4
+    assert padded == ([[6]] if graphs else [])
 
 
 def test_all_prefill_logits_match(tiny):
@@ -70,9 +88,11 @@ def test_greedy_long_prompt_crosses_the_window(tiny):
     assert ours == hf_greedy(hf, prompt, NEW_TOKENS)
 
 
-def test_concurrent_requests_joining_at_different_steps(tiny):
+@pytest.mark.parametrize("graphs", [False, True], ids=["eager", "padded-buffers"])
+def test_concurrent_requests_joining_at_different_steps(tiny, graphs):
     _, _, engine_dir, hf = tiny
-    engine = LLMEngine(engine_dir, RuntimeConfig(block_size=4, max_num_batched_tokens=12))
+    engine = LLMEngine(engine_dir, RuntimeConfig(block_size=4, max_num_batched_tokens=12, **(GRAPHS if graphs else {})))
+    padded = count_padded_prefills(engine)
     free_at_start = engine.blocks.num_free
     vocab = engine.spec.text.vocab_size
     prompts = {f"r{i}": random_prompt(n, seed=10 + i, vocab=vocab) for i, n in enumerate([5, 23, 11, 37])}
@@ -81,6 +101,7 @@ def test_concurrent_requests_joining_at_different_steps(tiny):
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert engine.blocks.num_free == free_at_start
+    assert bool(padded) == graphs  # r0's 5-token prompt, alone in its step
 
 
 def test_preemption_and_resumption(tiny):

@@ -70,6 +70,7 @@ def test_runtime_flags():
         max_model_len=4096,
         gpu_memory_utilization=0.8,
         decode_graph_max_batch=0,
+        prefill_graph_max_tokens=0,
         overlap_scheduling=False,
     )
     with pytest.raises(ValueError, match="gpu_memory_utilization"):
