@@ -26,9 +26,7 @@ PROMPTS = [
 
 
 def requests() -> list[GenerateRequest]:
-    return [
-        GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=12, ignore_eos=True)) for i, p in enumerate(PROMPTS)
-    ]
+    return [GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=12, ignore_eos=True)) for i, p in enumerate(PROMPTS)]
 
 
 @pytest.mark.parametrize("expert_parallel", [False, True], ids=["tp2", "ep2"])
