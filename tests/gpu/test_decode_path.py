@@ -163,7 +163,19 @@ def test_detector_sees_host_reads(random_tiny_engine_dir):
     ids=["greedy", "sampled"],
 )
 def test_a_decode_launch_reads_nothing_back(random_tiny_engine_dir, sampling):
-    engine = engine_on_device(random_tiny_engine_dir, overlap_scheduling=True, decode_graph_max_batch=4)
+    """On the CPU the steps before the watched launch run on the reference backends (the interpreter is
+    slow, and only the launch is watched); the launch goes through the Triton backends."""
+    engine = LLMEngine(
+        random_tiny_engine_dir,
+        RuntimeConfig(
+            device=DEVICE.type,
+            dtype="float32",
+            block_size=4,
+            max_model_len=128,
+            overlap_scheduling=True,
+            decode_graph_max_batch=4,
+        ),
+    )
     for r in requests(**sampling):
         engine.add_request(r)
     for _ in range(3):
@@ -171,6 +183,8 @@ def test_a_decode_launch_reads_nothing_back(random_tiny_engine_dir, sampling):
     assert all(s.num_pending == 1 for s in engine.scheduler.running) and len(engine.scheduler.running) == 3
     plan = engine.scheduler.schedule()
     assert all(item.num_new == 1 for item in plan.scheduled)
+    if not CUDA:
+        swap_backends(engine)
     if CUDA:
         torch.cuda.synchronize()
         torch.cuda.set_sync_debug_mode("error")
@@ -185,8 +199,11 @@ def test_a_decode_launch_reads_nothing_back(random_tiny_engine_dir, sampling):
 
 
 def test_graphs_and_overlap_decode_the_plain_engines_tokens(random_tiny_engine_dir):
-    """Graphs captured on CUDA (eager padded buffers on the CPU) and overlapped steps: same greedy tokens."""
-    plain = engine_on_device(random_tiny_engine_dir, overlap_scheduling=False, decode_graph_max_batch=0)
+    """Graphs captured on CUDA (eager padded buffers on the CPU) and overlapped steps: same greedy tokens.
+    On the CPU the plain engine runs the reference backends (the interpreter is slow; the Triton
+    backends' tokens equal the reference's: test_engine_greedy_with_triton_backends_matches_reference)."""
+    plain_settings = dict(block_size=4, max_model_len=128, overlap_scheduling=False, decode_graph_max_batch=0)
+    plain = LLMEngine(random_tiny_engine_dir, RuntimeConfig(device=DEVICE.type, dtype="float32", **plain_settings))
     want = plain.generate(requests())
     fast = engine_on_device(random_tiny_engine_dir, overlap_scheduling=True, decode_graph_max_batch=4)
     assert fast.generate(requests()) == want
