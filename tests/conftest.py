@@ -1,16 +1,13 @@
 """Fixtures shared by every tier: tiny engines built once per test session.
 
 The taught tiny checkpoint takes a minute or two of CPU training, so it is cached under .cache/ keyed by
-a hash of everything it depends on (the builder's and the runtime's sources): a fresh clone builds it
-once, a rerun with unchanged sources reuses it.
+a hash of everything it depends on (engine_builder/tiny/taught_cache.py): a fresh clone builds it once,
+a rerun with unchanged sources reuses it, and so does the builder's CLI in the tests' subprocesses.
 """
 
 from __future__ import annotations
 
-import fcntl
-import hashlib
 import os
-import shutil
 from pathlib import Path
 
 import pytest
@@ -32,35 +29,17 @@ if _WORKERS > 1:
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 CACHE = REPO_ROOT / ".cache" / "taught-tiny"
-
-
-def _taught_fingerprint() -> str:
-    h = hashlib.sha256()
-    roots = [REPO_ROOT / "build" / "engine_builder", REPO_ROOT / "gemma_runtime"]
-    files = sorted(p for r in roots for p in r.rglob("*.py*") if p.is_file() and "__pycache__" not in p.parts)
-    for p in files + sorted((REPO_ROOT / "build" / "engine_builder" / "assets").glob("*")):
-        h.update(str(p.relative_to(REPO_ROOT)).encode())
-        h.update(p.read_bytes())
-    return h.hexdigest()[:16]
+# the builder's CLI (`--model tiny`) in the tests' subprocesses reuses the same taught checkpoint
+os.environ.setdefault("GEMMA4_TINY_CACHE", str(CACHE))
 
 
 @pytest.fixture(scope="session")
 def taught_checkpoint_dir() -> Path:
-    """The Hugging Face checkpoint of the taught tiny model (what `make engine MODEL=tiny` trains)."""
-    from engine_builder.tiny.taught import make_taught_tiny_checkpoint
+    """The Hugging Face checkpoint of the taught tiny model (what `make engine MODEL=tiny` trains),
+    trained once per source version into .cache/ (engine_builder/tiny/taught_cache.py)."""
+    from engine_builder.tiny.taught_cache import cached_taught_checkpoint
 
-    folder = CACHE / _taught_fingerprint() / "gemma-4-tiny-it"
-    CACHE.parent.mkdir(parents=True, exist_ok=True)
-    # pytest-xdist workers (and concurrent runs in one clone) share the cache: the first to take the
-    # lock trains, the others wait and then find the finished checkpoint
-    with open(CACHE.parent / "taught-tiny.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / "config.json").is_file():
-            shutil.rmtree(CACHE, ignore_errors=True)  # checkpoints of older sources
-            tmp = folder.with_name(folder.name + ".tmp")
-            make_taught_tiny_checkpoint(tmp, seed=0)
-            tmp.rename(folder)
-    return folder
+    return cached_taught_checkpoint(CACHE)
 
 
 @pytest.fixture(scope="session")

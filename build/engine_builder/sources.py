@@ -38,17 +38,25 @@ def _tiny() -> AbstractContextManager[Path]:
 
     from .errors import BuildError
     from .tiny.taught import make_taught_tiny_checkpoint
+    from .tiny.taught_cache import cache_root_from_env, cached_taught_checkpoint
 
     @contextmanager
     def ctx():
         # The demo model is the tiny MoE taught a handful of Gemma 4 replies (answers, thinking, tool
         # calls, an image), so that `make serve` and the end-to-end tests see every output structure.
+        # With GEMMA4_TINY_CACHE set, it is trained once per source version into that folder.
+        cache = cache_root_from_env()
+        if cache is not None:
+            yield teach(lambda: cached_taught_checkpoint(cache))
+            return
         with tempfile.TemporaryDirectory(prefix="gemma4-tiny-") as tmp:
-            try:
-                checkpoint = make_taught_tiny_checkpoint(Path(tmp) / "gemma-4-tiny-it")
-            except RuntimeError as exc:
-                raise BuildError(f"teaching the tiny model failed: {exc}") from exc
-            yield checkpoint
+            yield teach(lambda: make_taught_tiny_checkpoint(Path(tmp) / "gemma-4-tiny-it"))
+
+    def teach(train: Callable[[], Path]) -> Path:
+        try:
+            return train()
+        except RuntimeError as exc:
+            raise BuildError(f"teaching the tiny model failed: {exc}") from exc
 
     return ctx()
 
