@@ -8,6 +8,7 @@ a rerun with unchanged sources reuses it, and so does the builder's CLI in the t
 from __future__ import annotations
 
 import os
+import shutil
 from pathlib import Path
 
 import pytest
@@ -79,3 +80,15 @@ def random_tiny_engine_dir(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("random-tiny")
     ckpt = make_tiny_checkpoint(root / "ckpt", kind="moe", seed=3, sliding_window=8)
     return build_engine(str(ckpt), root / "engines", dtype="float32", progress=False)
+
+
+@pytest.fixture(scope="session")
+def random_tiny_mtp_engine_dir(random_tiny_engine_dir, tmp_path_factory) -> Path:
+    """A copy of the tiny random MoE engine with a random MTP drafter converted into its assistant/, as
+    `make engine ... ASSISTANT=random` does."""
+    from bench.spec_decode import attach_random_drafter
+
+    root = tmp_path_factory.mktemp("random-tiny-mtp")
+    shutil.copytree(random_tiny_engine_dir, root / "engine")
+    attach_random_drafter(root / "engine", root)
+    return root / "engine"

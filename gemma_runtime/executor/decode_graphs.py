@@ -25,6 +25,7 @@ import torch
 from gemma_runtime.config import ResolvedConfig
 from gemma_runtime.model.forward_batch import ForwardBatch
 from gemma_runtime.model.gemma4 import Gemma4TextModel
+from gemma_runtime.model.graph_capture import capture_by_size
 
 
 def graph_batch_sizes(max_batch: int) -> list[int]:
@@ -45,6 +46,8 @@ def speculative_graph_batch(config: ResolvedConfig) -> int:
 class StepGraphs:
     """Static buffers for up to `max_batch` sequences of `query_len` query rows each (sequence b owns
     rows b * query_len ..), one graph per size of graph_batch_sizes(max_batch) when capturing."""
+
+    capture_required = True  # a failed capture fails the engine's start (model/graph_capture.py)
 
     def __init__(
         self,
@@ -98,19 +101,14 @@ class StepGraphs:
             max_query_len=self.query_len,
         )
 
-    @torch.inference_mode()
     def _capture(self, pool) -> None:
-        self.pool = pool = pool if pool is not None else torch.cuda.graph_pool_handle()
-        # largest first: the smaller graphs fit inside the memory the largest one reserved in the pool
-        for size in reversed(self.batch_sizes):
-            batch = self._batch(size)
-            self.text.forward(batch, self.kv_caches)  # warm-up outside the capture: Triton compiles here
-            torch.cuda.synchronize()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, pool=pool):
-                self.outputs[size] = self.text.forward(batch, self.kv_caches)  # [size * query_len, H]
-            self.graphs[size] = graph
-        torch.cuda.synchronize()
+        self.graphs, self.outputs, self.pool = capture_by_size(
+            self.batch_sizes,
+            lambda size: self.text.forward(self._batch(size), self.kv_caches),  # [size * query_len, H]
+            pool,
+            required=self.capture_required,
+            what=f"{self.query_len} row(s) a sequence",
+        )
 
     def bucket(self, n: int) -> int:
         return next(size for size in self.batch_sizes if size >= n)

@@ -18,8 +18,6 @@ step samples are gathered back in the unpadded batch's order.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from gemma_runtime.config import ResolvedConfig
@@ -27,25 +25,12 @@ from gemma_runtime.executor.decode_graphs import StepGraphs, speculative_graph_b
 from gemma_runtime.executor.device_io import to_device
 from gemma_runtime.model.forward_batch import ForwardBatch
 
-log = logging.getLogger(__name__)
-
 
 class RowPaddedGraphs(StepGraphs):
-    """StepGraphs whose sequences' rows are padded with copies of their last row."""
+    """StepGraphs whose sequences' rows are padded with copies of their last row. Not yet captured on a
+    GPU (no GPU was lent when they were built), so a capture that fails leaves them eager with a warning."""
 
-    def _capture(self, pool) -> None:
-        """As the decode graphs, except that a capture that fails leaves these steps eager (the padded
-        buffers still run, without replay) and says so, rather than failing the engine's start: these
-        graphs were first built where no GPU was lent (docs/benchmarks.md), the decode graphs were not."""
-        try:
-            super()._capture(pool)
-        except RuntimeError as e:
-            self.graphs.clear()
-            self.outputs.clear()
-            torch.cuda.synchronize()
-            log.warning(
-                "CUDA graphs of %d rows a sequence not captured (%s): those steps run eagerly", self.query_len, e
-            )
+    capture_required = False
 
     def _unpadded_batch_fits(self, batch: ForwardBatch, query_lens: list[int]) -> bool:
         """Room for the batch, and nothing these buffers lack: image rows need the bidirectional spans."""

@@ -17,13 +17,10 @@ reclaimed a page the drafter would read, mtp.py) runs eagerly.
 
 from __future__ import annotations
 
-import logging
-
 import torch
 
 from gemma_runtime.model.assistant import DraftContext, Gemma4Assistant
-
-log = logging.getLogger(__name__)
+from gemma_runtime.model.graph_capture import capture_by_size
 
 
 class DraftGraphs:
@@ -66,25 +63,11 @@ class DraftGraphs:
             self.tokens[:size], self.hidden[:size], ctx, self.kv_caches, self.num_tokens, keep_logits=False
         ).tokens
 
-    @torch.inference_mode()
     def _capture(self) -> None:
-        """Largest first into one pool. A capture that fails leaves rounds eager and says so (these graphs
-        were built where no GPU was lent: docs/benchmarks.md) rather than failing the engine's start."""
-        pool = torch.cuda.graph_pool_handle()
-        try:
-            for size in reversed(self.batch_sizes):
-                self._round(size)  # warm-up outside the capture: Triton compiles here
-                torch.cuda.synchronize()
-                graph = torch.cuda.CUDAGraph()
-                with torch.cuda.graph(graph, pool=pool):
-                    self.outputs[size] = self._round(size)
-                self.graphs[size] = graph
-        except RuntimeError as e:
-            self.graphs.clear()
-            self.outputs.clear()
-            torch.cuda.synchronize()
-            log.warning("MTP drafter CUDA graphs not captured (%s): drafting runs eagerly", e)
-        torch.cuda.synchronize()
+        """Not yet captured on a GPU: a capture that fails leaves rounds eager with a warning."""
+        self.graphs, self.outputs, _ = capture_by_size(
+            self.batch_sizes, self._round, required=False, what="the MTP drafter's rounds"
+        )
 
     def fits(self, num_seqs: int, window: int) -> bool:
         return num_seqs <= self.max_batch and window == self.window

@@ -8,7 +8,6 @@ output must still be the target's own."""
 
 from __future__ import annotations
 
-import shutil
 import time
 from types import SimpleNamespace
 
@@ -16,7 +15,6 @@ import httpx
 import openai
 import pytest
 
-from bench.spec_decode import attach_random_drafter
 from bench.uvicorn_thread import UvicornThread
 from gemma_runtime.config import RuntimeConfig
 from server.__main__ import parse_args, runtime_config_from_args
@@ -47,16 +45,6 @@ def plain_answers(plain_server) -> list:
     return _answers(plain_server)
 
 
-@pytest.fixture(scope="module")
-def mtp_engine_dir(random_tiny_engine_dir, tmp_path_factory):
-    """A copy of the tiny random engine with a random MTP drafter in its assistant/ (ASSISTANT=random)."""
-    root = tmp_path_factory.mktemp("spec-mtp")
-    engine_dir = root / "engine"
-    shutil.copytree(random_tiny_engine_dir, engine_dir)
-    attach_random_drafter(engine_dir, root)
-    return engine_dir
-
-
 @pytest.fixture(
     scope="module",
     params=[("embedded", "ngram"), ("triton", "ngram"), ("embedded", "mtp"), ("triton", "mtp")],
@@ -64,7 +52,7 @@ def mtp_engine_dir(random_tiny_engine_dir, tmp_path_factory):
 )
 def spec_server(request, random_tiny_engine_dir, tmp_path_factory):
     kind, method = request.param
-    engine_dir = request.getfixturevalue("mtp_engine_dir") if method == "mtp" else random_tiny_engine_dir
+    engine_dir = request.getfixturevalue("random_tiny_mtp_engine_dir") if method == "mtp" else random_tiny_engine_dir
     triton = None
     if kind == "embedded":
         from server.backend import EmbeddedBackend

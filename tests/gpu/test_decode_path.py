@@ -10,114 +10,22 @@ decode the greedy tokens of the plain engine.
 
 from __future__ import annotations
 
-import os
-import sys
-from pathlib import Path
-
 import pytest
 import torch
-from torch.overrides import TorchFunctionMode
 
-CUDA = torch.cuda.is_available()
-if not CUDA:
-    os.environ["TRITON_INTERPRET"] = "1"  # before the kernels are decorated
-triton = pytest.importorskip("triton")
-
-from gemma_runtime.api import GenerateRequest, SamplingParams  # noqa: E402
-from gemma_runtime.config import RuntimeConfig  # noqa: E402
-from gemma_runtime.engine.llm_engine import LLMEngine  # noqa: E402
-from gemma_runtime.model.cuda_backends import (  # noqa: E402
-    TritonFusedExperts,
-    TritonGEGLU,
-    TritonKVWrite,
-    TritonPagedAttention,
-    TritonRMSNorm,
+from gemma_runtime.api import GenerateRequest, SamplingParams
+from gemma_runtime.config import RuntimeConfig
+from gemma_runtime.engine.llm_engine import LLMEngine
+from tests.gpu.decode_support import (
+    CUDA,
+    DEVICE,
+    PROMPTS,
+    HostReadDetector,
+    engine_on_device,
+    registry_engine,
+    run_watched,
+    swap_backends,
 )
-
-DEVICE = torch.device("cuda" if CUDA else "cpu")
-RUNTIME = str(Path(__import__("gemma_runtime").__file__).parent)
-TORCH = str(Path(torch.__file__).parent)
-# torch calls that wait for the device (on CUDA) before they return
-READS_BACK = {
-    "item",
-    "tolist",
-    "__bool__",
-    "__int__",
-    "__float__",
-    "__index__",
-    "nonzero",
-    "argwhere",
-    "bincount",
-    "cpu",
-    "numpy",
-    "unique",
-    "unique_consecutive",
-    "masked_select",
-    "equal",
-    "allclose",
-}
-PROMPTS = [
-    "The quick brown fox jumps over the lazy dog near the river bank.",
-    "Hi there",
-    "<bos><|turn>user\nTell me a story about the sea.<turn|>\n<|turn>model\n",
-]
-
-
-class HostReadDetector(TorchFunctionMode):
-    """Records torch calls that read device data on the host, when our own code makes them (the
-    interpreter's copies of kernel arguments come from triton's frames and are not ours)."""
-
-    def __init__(self):
-        super().__init__()
-        self.found: list[str] = []
-
-    def __torch_function__(self, func, types, args=(), kwargs=None):
-        kwargs = kwargs or {}
-        name = getattr(func, "__name__", str(func))
-        reads = name in READS_BACK or (name in ("__getitem__", "__setitem__") and _has_bool_index(args))
-        reads = reads or (
-            name == "repeat_interleave"
-            and isinstance(args[1] if len(args) > 1 else kwargs.get("repeats"), torch.Tensor)
-            and "output_size" not in kwargs
-        )
-        if reads:
-            caller = _first_caller_outside_torch()
-            if caller is not None and caller.startswith(RUNTIME):
-                self.found.append(f"{name} from {caller}")
-        return func(*args, **kwargs)
-
-
-def _has_bool_index(args) -> bool:
-    index = args[1] if len(args) > 1 else None
-    items = index if isinstance(index, tuple) else (index,)
-    return any(isinstance(i, torch.Tensor) and i.dtype == torch.bool for i in items)
-
-
-def _first_caller_outside_torch() -> str | None:
-    frame = sys._getframe(2)
-    while frame is not None:
-        name = frame.f_code.co_filename
-        if not name.startswith(TORCH) and name != __file__:
-            return f"{name}:{frame.f_lineno}"
-        frame = frame.f_back
-    return None
-
-
-def engine_on_device(engine_dir, **kwargs) -> LLMEngine:
-    settings = dict(block_size=4, max_model_len=128) | kwargs
-    engine = LLMEngine(engine_dir, RuntimeConfig(device=DEVICE.type, dtype="float32", **settings))
-    if not CUDA:  # on CUDA the registry chose these already
-        swap_backends(engine)
-    return engine
-
-
-def swap_backends(engine: LLMEngine) -> None:
-    """The Triton backends in place of the reference ones (on the CPU, run by the interpreter)."""
-    engine.runner.text.attention = TritonPagedAttention()
-    engine.runner.text.experts = TritonFusedExperts()
-    engine.runner.text.norm = TritonRMSNorm()
-    engine.runner.text.kv_write = TritonKVWrite()
-    engine.runner.text.geglu = TritonGEGLU()
 
 
 def requests(**sampling):
@@ -165,17 +73,7 @@ def test_detector_sees_host_reads(random_tiny_engine_dir):
 def test_a_decode_launch_reads_nothing_back(random_tiny_engine_dir, sampling):
     """On the CPU the steps before the watched launch run on the reference backends (the interpreter is
     slow, and only the launch is watched); the launch goes through the Triton backends."""
-    engine = LLMEngine(
-        random_tiny_engine_dir,
-        RuntimeConfig(
-            device=DEVICE.type,
-            dtype="float32",
-            block_size=4,
-            max_model_len=128,
-            overlap_scheduling=True,
-            decode_graph_max_batch=4,
-        ),
-    )
+    engine = registry_engine(random_tiny_engine_dir, overlap_scheduling=True, decode_graph_max_batch=4)
     for r in requests(**sampling):
         engine.add_request(r)
     for _ in range(3):
@@ -185,174 +83,20 @@ def test_a_decode_launch_reads_nothing_back(random_tiny_engine_dir, sampling):
     assert all(item.num_new == 1 for item in plan.scheduled)
     if not CUDA:
         swap_backends(engine)
-    if CUDA:
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            engine.runner.launch(plan.scheduled)
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        return
-    with HostReadDetector() as detector:
-        engine.runner.launch(plan.scheduled)
-    assert detector.found == []
+    _, found = run_watched(engine.runner.launch, plan.scheduled)
+    assert found == []
 
 
 def test_graphs_and_overlap_decode_the_plain_engines_tokens(random_tiny_engine_dir):
     """Graphs captured on CUDA (eager padded buffers on the CPU) and overlapped steps: same greedy tokens.
     On the CPU the plain engine runs the reference backends (the interpreter is slow; the Triton
     backends' tokens equal the reference's: test_engine_greedy_with_triton_backends_matches_reference)."""
-    plain_settings = dict(block_size=4, max_model_len=128, overlap_scheduling=False, decode_graph_max_batch=0)
-    plain = LLMEngine(random_tiny_engine_dir, RuntimeConfig(device=DEVICE.type, dtype="float32", **plain_settings))
+    plain = registry_engine(random_tiny_engine_dir, overlap_scheduling=False, decode_graph_max_batch=0)
     want = plain.generate(requests())
     fast = engine_on_device(random_tiny_engine_dir, overlap_scheduling=True, decode_graph_max_batch=4)
     assert fast.generate(requests()) == want
     if CUDA:
         assert sorted(fast.runner.graphs.graphs) == [1, 2, 4]  # really captured
-
-
-SPEC = dict(speculative="ngram", num_speculative_tokens=3)
-VERIFY_PROMPTS = ["red green blue yellow " * 4, "one two three one two three one two", "Hi"]
-
-
-def verify_requests(max_tokens: int) -> list[GenerateRequest]:
-    return [
-        GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=max_tokens, ignore_eos=True))
-        for i, p in enumerate(VERIFY_PROMPTS)
-    ]
-
-
-@pytest.mark.skipif(not CUDA, reason="captured graphs (the padding is checked on the CPU in tests/unit)")
-def test_verify_and_prefill_graphs_decode_the_plain_engines_tokens(random_tiny_engine_dir):
-    """Speculative verify steps and short prompts replayed as CUDA graphs: the greedy tokens of the engine
-    without graphs."""
-    want = engine_on_device(random_tiny_engine_dir, decode_graph_max_batch=0, prefill_graph_max_tokens=0, **SPEC)
-    want = want.generate(verify_requests(12))
-    fast = engine_on_device(random_tiny_engine_dir, decode_graph_max_batch=4, prefill_graph_max_tokens=64, **SPEC)
-    assert sorted(fast.runner.verify_graphs.graphs) == [1, 2, 4]  # really captured
-    assert sorted(fast.runner.prefill_graphs.graphs) == [16, 32, 64]
-    runs = {"verify": [], "prefill": []}
-    for kind, seen in runs.items():
-        graphs = fast.runner.step_graphs[kind]
-        real = graphs.run
-        graphs.run = lambda batch, query_lens, real=real, seen=seen: (seen.append(query_lens), real(batch, query_lens))[
-            1
-        ]
-    assert fast.generate(verify_requests(12)) == want
-    assert any(max(q) > 1 for q in runs["verify"]) and runs["prefill"]
-
-
-@pytest.mark.parametrize("kind", ["verify", "prefill"])
-def test_a_padded_forward_reads_nothing_back(random_tiny_engine_dir, kind):
-    """The verify and prefill graphs' forward (their padding, then the model) makes the host wait for
-    nothing, which capture would forbid. On the CPU the engine runs on the reference backends up to its
-    first such step, which then goes through the Triton backends (interpreted) under the read detector."""
-    engine = LLMEngine(
-        random_tiny_engine_dir,
-        RuntimeConfig(
-            device=DEVICE.type,
-            dtype="float32",
-            block_size=4,
-            max_model_len=128,
-            decode_graph_max_batch=4,
-            prefill_graph_max_tokens=32 if kind == "prefill" else 0,
-            **SPEC,
-        ),
-    )
-    graphs = engine.runner.step_graphs[kind]
-    real, seen = graphs.run, []
-
-    def watched(batch, query_lens):
-        seen.append(query_lens)
-        if CUDA:
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
-            try:
-                return real(batch, query_lens)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-        swap_backends(engine)
-        with HostReadDetector() as detector:
-            out = real(batch, query_lens)
-        seen.append(detector.found)
-        return out
-
-    graphs.run = watched
-    requests = verify_requests(12) if kind == "verify" else verify_requests(1)[2:]  # "Hi": a short prompt
-    for r in requests:
-        engine.add_request(r)
-    while not seen and engine.has_unfinished():
-        engine.step()
-    assert seen and max(seen[0]) > 1, f"a {kind} step went through its graphs"
-    assert CUDA or seen[1] == []
-
-
-@pytest.fixture(scope="module")
-def mtp_engine_dir(random_tiny_engine_dir, tmp_path_factory):
-    """The tiny engine with a random MTP drafter converted in."""
-    import shutil
-
-    from bench.spec_decode import attach_random_drafter
-
-    root = tmp_path_factory.mktemp("decode-path-mtp")
-    shutil.copytree(random_tiny_engine_dir, root / "engine")
-    attach_random_drafter(root / "engine", root)
-    return root / "engine"
-
-
-@pytest.mark.skipif(not CUDA, reason="captured graphs (the padding is checked on the CPU in tests/unit)")
-def test_mtp_draft_graphs_decode_the_plain_engines_tokens(mtp_engine_dir):
-    mtp = dict(speculative="mtp", num_speculative_tokens=3)
-    want = engine_on_device(mtp_engine_dir, decode_graph_max_batch=0, **mtp).generate(verify_requests(12))
-    fast = engine_on_device(mtp_engine_dir, decode_graph_max_batch=4, **mtp)
-    graphs = fast.speculation.drafter.graphs
-    assert sorted(graphs.graphs) == [1, 2, 4]  # really captured
-    rounds, real = [], graphs.run
-    graphs.run = lambda *a: (rounds.append(a[0].shape[0]), real(*a))[1]
-    assert fast.generate(verify_requests(12)) == want
-    assert rounds
-
-
-def test_a_draft_round_reads_nothing_back(mtp_engine_dir):
-    """The MTP drafter's padded round (its buffers, then N drafter steps) makes the host wait for nothing,
-    which capture would forbid; on the CPU through the Triton backends under the interpreter."""
-    engine = LLMEngine(
-        mtp_engine_dir,
-        RuntimeConfig(
-            device=DEVICE.type,
-            dtype="float32",
-            block_size=4,
-            max_model_len=128,
-            decode_graph_max_batch=4,
-            speculative="mtp",
-            num_speculative_tokens=3,
-        ),
-    )
-    graphs = engine.speculation.drafter.graphs
-    real, seen = graphs.run, []
-
-    def watched(*args):
-        if CUDA:
-            torch.cuda.synchronize()
-            torch.cuda.set_sync_debug_mode("error")
-            try:
-                out = real(*args)
-            finally:
-                torch.cuda.set_sync_debug_mode("default")
-            seen.append([])
-            return out
-        model = graphs.model
-        model.attention, model.norm, model.geglu = TritonPagedAttention(), TritonRMSNorm(), TritonGEGLU()
-        with HostReadDetector() as detector:
-            out = real(*args)
-        seen.append(detector.found)
-        return out
-
-    graphs.run = watched
-    engine.add_request(verify_requests(4)[0])
-    while not seen and engine.has_unfinished():
-        engine.step()
-    assert seen == [[]]
 
 
 @pytest.mark.skipif(not CUDA, reason="a second CUDA stream")

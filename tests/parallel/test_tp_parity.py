@@ -18,6 +18,7 @@ from gemma_runtime.scheduling.scheduler import ScheduledSeq
 from gemma_runtime.scheduling.sequence import Sequence
 from tests.parallel.conftest import SLIDING_WINDOW, wait_gone
 from tests.parity.conftest import hf_greedy, run_joining
+from tests.recorded import recorded_calls
 
 NEW_TOKENS = 24
 IMAGE_BUDGET = 70
@@ -121,16 +122,14 @@ def test_concurrent_requests_joining_at_different_steps(case):
     free_at_start = tp.blocks.num_free
     prompts = {f"r{i}": random_prompt(n, seed=10 + i, vocab=tp.spec.text.vocab_size) for i, n in enumerate([5, 23, 11])}
     join_at = {"r0": 0, "r1": 2, "r2": 5}
-    padded = []
-    for kind, graphs in tp.runner.step_graphs.items():
-        real = graphs.run
-        graphs.run = lambda batch, lens, real=real, kind=kind: (padded.append((kind, len(lens))), real(batch, lens))[1]
+    runs = {kind: recorded_calls(graphs) for kind, graphs in tp.runner.step_graphs.items()}
     got = run_joining(tp, prompts, join_at, greedy())
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert tp.blocks.num_free == free_at_start
     # with buffers: decode steps of all three (padded to 4), and r0's 5-token prompt alone in its step
-    assert (tp.config.decode_graph_max_batch > 0) == ({("decode", 3), ("prefill", 1)} <= set(padded))
+    padded = {(kind, len(lens)) for kind, calls in runs.items() for _, lens in calls}
+    assert (tp.config.decode_graph_max_batch > 0) == ({("decode", 3), ("prefill", 1)} <= padded)
 
 
 def test_preemption_and_resumption(case):

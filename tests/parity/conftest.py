@@ -51,12 +51,3 @@ def run_joining(engine, prompts: dict[str, list[int]], join_at: dict[str, int], 
             got[out.request_id].extend(out.token_ids)
         step += 1
     return got
-
-
-def count_verify_steps(engine) -> list:
-    """The verify batches that go through the engine's padded verify buffers (none without them)."""
-    graphs, calls = engine.runner.verify_graphs, []
-    if graphs is not None:
-        real = graphs.run
-        graphs.run = lambda batch, query_lens: (calls.append(query_lens), real(batch, query_lens))[1]
-    return calls

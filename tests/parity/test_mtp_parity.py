@@ -20,8 +20,9 @@ from engine_builder.tiny.random_checkpoint import make_tiny_checkpoint
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
-from tests.parity.conftest import SLIDING_WINDOW, count_verify_steps, hf_greedy, run_joining
+from tests.parity.conftest import SLIDING_WINDOW, hf_greedy, run_joining
 from tests.parity.test_assistant_parity import hf_draft
+from tests.recorded import recorded_calls
 
 pytest.importorskip("gemma_runtime.speculative.registry", reason="the speculative floor is not in this tree")
 
@@ -62,11 +63,8 @@ def test_mtp_concurrent_requests_match_transformers(mtp_tiny, graph_max):
         decode_graph_max_batch=graph_max,
     )
     engine = LLMEngine(engine_dir, config)
-    verified = count_verify_steps(engine)
-    rounds = []
-    if engine.speculation.drafter.graphs is not None:  # the drafter's rounds through their padded buffers
-        real = engine.speculation.drafter.graphs.run
-        engine.speculation.drafter.graphs.run = lambda *a: (rounds.append(a[0].shape[0]), real(*a))[1]
+    verified = recorded_calls(engine.runner.verify_graphs)  # (batch, query_lens) per padded verify step
+    rounds = recorded_calls(engine.speculation.drafter.graphs)  # the drafter's rounds through their buffers
     free_at_start = engine.blocks.num_free
     # one prompt past the sliding window from the start: the drafter reads a cut sliding cache
     prompts = {f"r{i}": text_prompt(n, 40 + i, engine) for i, n in enumerate([5, 3 * SLIDING_WINDOW, 11])}
@@ -75,7 +73,7 @@ def test_mtp_concurrent_requests_match_transformers(mtp_tiny, graph_max):
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert engine.stats().spec_decode_drafted > 0
     assert (graph_max > 0) == bool(rounds)
-    assert (graph_max > 0) == any(max(q) > 1 for q in verified)
+    assert (graph_max > 0) == any(max(lens) > 1 for _, lens in verified)
     assert engine.blocks.num_free == free_at_start
 
 
@@ -140,7 +138,7 @@ def test_mtp_through_preemption(mtp_tiny, graph_max):
         decode_graph_max_batch=graph_max,
     )
     engine = LLMEngine(engine_dir, config)
-    verified = count_verify_steps(engine)
+    verified = recorded_calls(engine.runner.verify_graphs)
     free_at_start = engine.blocks.num_free
     prompts = {f"p{i}": text_prompt(9, 50 + i, engine) for i in range(3)}
     seqs = []
@@ -155,5 +153,5 @@ def test_mtp_through_preemption(mtp_tiny, graph_max):
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert engine.stats().spec_decode_drafted > 0
-    assert (graph_max > 0) == any(max(q) > 1 for q in verified)
+    assert (graph_max > 0) == any(max(lens) > 1 for _, lens in verified)
     assert engine.blocks.num_free == free_at_start

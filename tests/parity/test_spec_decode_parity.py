@@ -15,7 +15,8 @@ import pytest
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
-from tests.parity.conftest import count_verify_steps, hf_greedy, run_joining
+from tests.parity.conftest import hf_greedy, run_joining
+from tests.recorded import recorded_calls
 
 NEW_TOKENS = 40
 
@@ -47,7 +48,7 @@ def test_ngram_concurrent_requests_match_transformers(tiny, graph_max):
         decode_graph_max_batch=graph_max,
     )
     engine = LLMEngine(engine_dir, config)
-    verified = count_verify_steps(engine)
+    verified = recorded_calls(engine.runner.verify_graphs)  # (batch, query_lens) per padded verify step
     free_at_start = engine.blocks.num_free
     vocab = engine.spec.text.vocab_size
     prompts = {f"r{i}": repeating_prompt(n, 3, seed=30 + i, vocab=vocab) for i, n in enumerate([3, 7, 5, 9])}
@@ -56,7 +57,7 @@ def test_ngram_concurrent_requests_match_transformers(tiny, graph_max):
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert_some_kept_some_rejected(engine)
-    assert (graph_max > 0) == any(max(q) > 1 for q in verified)
+    assert (graph_max > 0) == any(max(lens) > 1 for _, lens in verified)
     assert engine.blocks.num_free == free_at_start
 
 
@@ -73,7 +74,7 @@ def test_ngram_through_preemption(tiny, graph_max):
         decode_graph_max_batch=graph_max,
     )
     engine = LLMEngine(engine_dir, config)
-    verified = count_verify_steps(engine)
+    verified = recorded_calls(engine.runner.verify_graphs)  # (batch, query_lens) per padded verify step
     free_at_start = engine.blocks.num_free
     vocab = engine.spec.text.vocab_size
     prompts = {f"p{i}": repeating_prompt(6 + i, 4, seed=40 + i, vocab=vocab) for i in range(3)}
@@ -89,5 +90,5 @@ def test_ngram_through_preemption(tiny, graph_max):
     for rid, prompt in prompts.items():
         assert got[rid] == hf_greedy(hf, prompt, NEW_TOKENS), rid
     assert_some_kept_some_rejected(engine)
-    assert (graph_max > 0) == any(max(q) > 1 for q in verified)
+    assert (graph_max > 0) == any(max(lens) > 1 for _, lens in verified)
     assert engine.blocks.num_free == free_at_start

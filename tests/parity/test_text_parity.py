@@ -11,6 +11,7 @@ from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
 from tests.parity.conftest import SLIDING_WINDOW, hf_greedy, run_joining
+from tests.recorded import recorded_calls
 
 NEW_TOKENS = 48
 
@@ -22,15 +23,6 @@ def random_prompt(n: int, seed: int, vocab: int) -> list[int]:
 
 def greedy(max_tokens: int = NEW_TOKENS) -> SamplingParams:
     return SamplingParams(max_tokens=max_tokens, temperature=0.0, ignore_eos=True)
-
-
-def count_padded_prefills(engine: LLMEngine) -> list:
-    """The query lengths of the steps that go through the prefill buffers (none without them)."""
-    graphs, calls = engine.runner.prefill_graphs, []
-    if graphs is not None:
-        real = graphs.run
-        graphs.run = lambda batch, query_lens: (calls.append(query_lens), real(batch, query_lens))[1]
-    return calls
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -46,7 +38,7 @@ def test_prefill_logits_match(tiny, graphs):
     """graphs: the last chunk (6 tokens) runs through the prefill buffers of 7 rows (the token budget)."""
     _, _, engine_dir, hf = tiny
     engine = LLMEngine(engine_dir, RuntimeConfig(block_size=4, max_num_batched_tokens=7, **(GRAPHS if graphs else {})))
-    padded = count_padded_prefills(engine)
+    padded = recorded_calls(engine.runner.prefill_graphs)  # (batch, query_lens) per padded prefill
     prompt = random_prompt(20, seed=0, vocab=engine.spec.text.vocab_size)  # 3 chunks
     engine.add_request(GenerateRequest("r", prompt, SamplingParams(max_tokens=1, logprobs=5)))
     outputs = []
@@ -59,7 +51,7 @@ def test_prefill_logits_match(tiny, graphs):
     ref_top = torch.topk(ref, 5)
     assert [t for t, _ in out.logprobs[0].top] == ref_top.indices.tolist()
     assert rel_err(ours, ref_top.values) < 1e-4
-    assert padded == ([[6]] if graphs else [])
+    assert [lens for _, lens in padded] == ([[6]] if graphs else [])
 
 
 def test_all_prefill_logits_match(tiny):
@@ -92,7 +84,7 @@ def test_greedy_long_prompt_crosses_the_window(tiny):
 def test_concurrent_requests_joining_at_different_steps(tiny, graphs):
     _, _, engine_dir, hf = tiny
     engine = LLMEngine(engine_dir, RuntimeConfig(block_size=4, max_num_batched_tokens=12, **(GRAPHS if graphs else {})))
-    padded = count_padded_prefills(engine)
+    padded = recorded_calls(engine.runner.prefill_graphs)  # (batch, query_lens) per padded prefill
     free_at_start = engine.blocks.num_free
     vocab = engine.spec.text.vocab_size
     prompts = {f"r{i}": random_prompt(n, seed=10 + i, vocab=vocab) for i, n in enumerate([5, 23, 11, 37])}

@@ -3,36 +3,25 @@ drafter drafts eagerly: padding sequences change no real sequence's drafts, a ro
 the first drafts of a shorter one, a round needing a shorter window runs eagerly, and engines with the
 buffers give the tokens of engines without them.
 
-On the CPU the buffers run eagerly (capture needs CUDA); tests/gpu/test_decode_path.py checks capture."""
+On the CPU the buffers run eagerly (capture needs CUDA); tests/gpu/test_padded_step_graphs.py checks capture."""
 
 from __future__ import annotations
 
-import shutil
 from dataclasses import replace
 
-import pytest
 import torch
 
-from bench.spec_decode import attach_random_drafter
 from gemma_runtime.api import GenerateRequest, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.llm_engine import LLMEngine
 from gemma_runtime.speculative.protocol import DraftRequest
+from tests.recorded import recorded_calls
 
 PROMPTS = [
     "red green blue yellow " * 5,
     "The quick brown fox jumps over the lazy dog near the river bank, twice.",
     "one two three one two three one two three one two",
 ]
-
-
-@pytest.fixture(scope="module")
-def mtp_engine_dir(random_tiny_engine_dir, tmp_path_factory):
-    root = tmp_path_factory.mktemp("mtp-graphs")
-    engine_dir = root / "engine"
-    shutil.copytree(random_tiny_engine_dir, engine_dir)
-    attach_random_drafter(engine_dir, root)
-    return engine_dir
 
 
 def engine_for(engine_dir, **kw) -> LLMEngine:
@@ -62,8 +51,8 @@ def draft_requests(engine: LLMEngine, max_tokens: int) -> list[DraftRequest]:
 
 
 @torch.inference_mode()
-def test_padded_rounds_draft_what_the_eager_drafter_drafts(mtp_engine_dir):
-    engine = engine_for(mtp_engine_dir, decode_graph_max_batch=4)
+def test_padded_rounds_draft_what_the_eager_drafter_drafts(random_tiny_mtp_engine_dir):
+    engine = engine_for(random_tiny_mtp_engine_dir, decode_graph_max_batch=4)
     drafter = engine.speculation.drafter
     graphs = drafter.graphs
     assert graphs is not None and graphs.batch_sizes == [1, 2, 4] and graphs.num_tokens == 3
@@ -80,12 +69,11 @@ def test_padded_rounds_draft_what_the_eager_drafter_drafts(mtp_engine_dir):
     assert graphs.fits(3, graphs.window) and not graphs.fits(3, graphs.window - 1) and not graphs.fits(5, graphs.window)
 
 
-def test_engines_with_draft_buffers_give_the_same_tokens(mtp_engine_dir):
+def test_engines_with_draft_buffers_give_the_same_tokens(random_tiny_mtp_engine_dir):
     kw = dict(max_num_batched_tokens=24)
-    plain = engine_for(mtp_engine_dir, **kw)
-    padded = engine_for(mtp_engine_dir, decode_graph_max_batch=4, **kw)
-    rounds, real = [], padded.speculation.drafter.graphs.run
-    padded.speculation.drafter.graphs.run = lambda *a: (rounds.append(a[0].shape[0]), real(*a))[1]
+    plain = engine_for(random_tiny_mtp_engine_dir, **kw)
+    padded = engine_for(random_tiny_mtp_engine_dir, decode_graph_max_batch=4, **kw)
+    rounds = recorded_calls(padded.speculation.drafter.graphs)
     requests = lambda: [  # noqa: E731
         GenerateRequest(f"r{i}", p, SamplingParams(max_tokens=12, ignore_eos=True)) for i, p in enumerate(PROMPTS)
     ]

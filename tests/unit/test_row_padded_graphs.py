@@ -4,7 +4,7 @@ the plain forward's, the padding writes only to the scratch page, and engines wi
 tokens of engines without them.
 
 On the CPU the buffers run eagerly (capture needs CUDA): the padding is what these tests check;
-tests/gpu/test_decode_path.py checks capture."""
+tests/gpu/test_padded_step_graphs.py checks capture."""
 
 from __future__ import annotations
 
@@ -19,6 +19,7 @@ from gemma_runtime.engine.llm_engine import LLMEngine
 from gemma_runtime.executor.row_padded_graphs import prefill_lengths
 from gemma_runtime.scheduling.scheduler import ScheduledSeq
 from gemma_runtime.scheduling.sequence import Sequence
+from tests.recorded import recorded_calls
 
 PROMPTS = [
     "red green blue yellow " * 5,
@@ -30,17 +31,6 @@ PROMPTS = [
 def engine_for(engine_dir, **kw) -> LLMEngine:
     base = dict(block_size=4, max_model_len=256, speculative="ngram", num_speculative_tokens=3)
     return LLMEngine(engine_dir, RuntimeConfig(**{**base, **kw}))
-
-
-def count_calls(obj, name: str) -> list:
-    calls, real = [], getattr(obj, name)
-
-    def counted(*args):
-        calls.append(args)
-        return real(*args)
-
-    setattr(obj, name, counted)
-    return calls
 
 
 @pytest.mark.parametrize("drafts", [[0, 1, 3], [3, 3, 3], [2]], ids=str)
@@ -98,7 +88,7 @@ def test_engines_with_verify_buffers_give_the_same_tokens(random_tiny_engine_dir
         attach_random_drafter(engine_dir, tmp_path)
     kw = dict(speculative=spec, max_num_batched_tokens=24)
     plain, padded = engine_for(engine_dir, **kw), engine_for(engine_dir, decode_graph_max_batch=4, **kw)
-    verify_calls = count_calls(padded.runner.verify_graphs, "run")
+    verify_calls = recorded_calls(padded.runner.verify_graphs)
     free = padded.blocks.num_free
     outputs = []
     for engine in (plain, padded):
@@ -199,7 +189,7 @@ def test_engines_with_prefill_buffers_give_the_same_tokens(random_tiny_engine_di
     kw = dict(speculative="off", max_num_batched_tokens=48)
     plain = engine_for(random_tiny_engine_dir, **kw)
     padded = engine_for(random_tiny_engine_dir, decode_graph_max_batch=4, prefill_graph_max_tokens=32, **kw)
-    prefills = count_calls(padded.runner.prefill_graphs, "run")
+    prefills = recorded_calls(padded.runner.prefill_graphs)
     outputs = []
     for engine in (plain, padded):
         got = {r.request_id: run_one(engine, r) for r in requests}
