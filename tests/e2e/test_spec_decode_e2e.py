@@ -109,26 +109,37 @@ def _answers(base_url: str) -> list:
     return out
 
 
-def _metric(base_url: str, name: str) -> float:
+def _metrics(base_url: str) -> dict[str, float]:
+    """Every gemma_spec_decode_* sample of one /metrics scrape (two scrapes may straddle a stats poll)."""
     lines = httpx.get(base_url + "/metrics").text.splitlines()
-    return float(next(line for line in lines if line.startswith(name + "{")).split()[-1])
+    samples = (line.split("{")[0:1] + line.split()[-1:] for line in lines if line.startswith("gemma_spec_decode_"))
+    return {name.removesuffix("_total"): float(value) for name, value in samples}
+
+
+def _settled_metrics(base_url: str, moving: str) -> dict[str, float]:
+    """The spec_decode metrics once `moving` is above 0 and two scrapes more than a poll apart agree: Triton's
+    stats reach the translator by polling, so a scrape can hold an older poll than the next."""
+    deadline, last = time.monotonic() + 10, None
+    while True:
+        now = _metrics(base_url)
+        if (now.get(moving, 0) > 0 and now == last) or time.monotonic() > deadline:
+            return now
+        last = now
+        time.sleep(0.6)  # longer than the translator's poll (0.5 s)
 
 
 def test_spec_server_answers_as_the_plain_one(plain_server, plain_answers, spec_server):
     assert _answers(spec_server.base_url) == plain_answers
-    base = spec_server.base_url
     # ngram's drafts are kept on these prompts; the random drafter's are not (only drafted moves)
     moves = "accepted" if spec_server.method == "ngram" else "drafted"
-    deadline = time.monotonic() + 10  # Triton's stats reach the translator by polling
-    while _metric(base, f"gemma_spec_decode_{moves}_tokens_total") <= 0 and time.monotonic() < deadline:
-        time.sleep(0.05)
-    drafted = _metric(base, "gemma_spec_decode_drafted_tokens_total")
-    accepted = _metric(base, "gemma_spec_decode_accepted_tokens_total")
-    mean = _metric(base, "gemma_spec_decode_mean_accepted_length")
+    found = _settled_metrics(spec_server.base_url, f"gemma_spec_decode_{moves}_tokens")
+    drafted = found["gemma_spec_decode_drafted_tokens"]
+    accepted = found["gemma_spec_decode_accepted_tokens"]
+    mean = found["gemma_spec_decode_mean_accepted_length"]
     if spec_server.method == "ngram":
         assert drafted >= accepted > 0
         assert mean > 1.0
     else:
         assert drafted > 0 and drafted >= accepted >= 0
         assert mean >= 1.0  # 1 + kept drafts per verifying sequence-step: verifies were counted
-    assert _metric(plain_server, "gemma_spec_decode_drafted_tokens_total") == 0
+    assert _metrics(plain_server)["gemma_spec_decode_drafted_tokens"] == 0
