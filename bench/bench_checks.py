@@ -6,6 +6,7 @@ from __future__ import annotations
 from server.cli_errors import UserError
 
 DTYPES = ("bf16", "fp8")
+SWITCH = {"auto": None, "on": True, "off": False}  # --decode-graphs / --overlap: None leaves it to the runtime
 
 
 def check_model(name: str, models: dict) -> None:
@@ -20,10 +21,17 @@ def _listed(value: str | None, known, flag: str) -> None:
             raise UserError(f"{flag} {value!r}: unknown {name!r}; use a comma-separated list of {', '.join(known)}")
 
 
-def check_bench_args(args, cuda_available: bool) -> None:
-    """`args` from bench/run.py's parser. The models are checked one by one as the run reaches them
-    (check_model): the figures of the models before a misspelt one are measured and kept."""
-    if not args.dry_run and not cuda_available:
+def _cuda_available() -> bool:
+    import torch  # only when asked: a dry run's flag mistakes are told without importing torch
+
+    return torch.cuda.is_available()
+
+
+def check_bench_args(args, cuda_available: bool | None = None) -> None:
+    """`args` from bench/run.py's parser; `cuda_available` None: ask torch (only for a run on the GPU).
+    The models are checked one by one as the run reaches them (check_model): the figures of the models
+    before a misspelt one are measured and kept."""
+    if not args.dry_run and not (_cuda_available() if cuda_available is None else cuda_available):
         raise UserError(
             "no CUDA GPU is visible: make bench measures a GPU; on this machine run "
             "make bench BENCH_ARGS=--dry-run (the tiny engine on CPU: checks the script, not speed)"

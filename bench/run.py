@@ -31,14 +31,7 @@ import tempfile
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-
-from bench.bench_checks import check_bench_args, check_model
-from bench.measure import copy_bandwidth, measure_ours, measure_transformers
-from bench.random_engine import MODELS, model_config
-from bench.report import Figure, gpu_name, table, versions
-from bench.run_config import DRY_SIZES, GB, GPU_SIZES, SWITCH, Clock
-from engine_builder.tiny.tokenizer import make_tiny_tokenizer
+from bench.bench_checks import SWITCH, check_bench_args, check_model
 from server.cli_errors import OneLineParser
 
 
@@ -69,7 +62,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tensor-parallel-size", type=int, default=1, help="ranks our engine is split across (GPUs)")
     p.add_argument("--enable-expert-parallel", action="store_true", help="split the MoE's experts across the ranks")
     args = p.parse_args(argv)
-    check_bench_args(args, torch.cuda.is_available())
+    check_bench_args(args)
+    # torch and the measuring code only now: a mistaken flag is told at once, not after their imports
+    import torch
+
+    from bench.measure import copy_bandwidth, measure_ours, measure_transformers
+    from bench.random_engine import MODELS, model_config
+    from bench.report import Figure, gpu_name, table, versions
+    from bench.run_config import DRY_SIZES, GB, GPU_SIZES, Clock
+    from engine_builder.tiny.tokenizer import make_tiny_tokenizer
 
     dry = args.dry_run
     device = torch.device("cpu") if dry else torch.device("cuda")

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 import torch
 
+from bench.bench_checks import SWITCH  # noqa: F401  (re-exported: bench/profile_decode.py)
 from gemma_runtime.api import SamplingParams
 from gemma_runtime.config import RuntimeConfig
 
@@ -96,9 +97,6 @@ def kv_bytes_per_token(spec) -> tuple[int, int]:
     for layer in spec.text.layers:
         out[layer.type] += 2 * layer.num_kv_heads * layer.head_dim * 2  # K and V, bf16
     return out["full"], out["sliding"]
-
-
-SWITCH = {"auto": None, "on": True, "off": False}
 
 
 def system_name(graphs: bool | None, overlap: bool | None) -> str:

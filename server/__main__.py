@@ -4,14 +4,11 @@ from __future__ import annotations
 
 import argparse
 import logging
-
-import uvicorn
+from typing import TYPE_CHECKING
 
 from gemma_runtime.config import SPECULATIVE_METHODS, RuntimeConfig, default_device
-from server.app import create_app
-from server.backend import create_backend
+from server.backend import check_backend_choice
 from server.cli_errors import OneLineParser, UserError
-from server.drain import DrainingServer
 from server.key_scope import SCOPES
 from server.limit_flags import add_limit_args, limit_overrides
 from server.parallel_flags import add_parallel_args, check_parallel, parallel_overrides
@@ -23,6 +20,9 @@ from server.preflight import (
     check_triton_reachable,
 )
 from server.settings import ServerSettings
+
+if TYPE_CHECKING:
+    import uvicorn
 
 LOG_LEVELS = ("critical", "error", "warning", "info", "debug", "trace")
 
@@ -143,19 +143,26 @@ def settings_from_args(args: argparse.Namespace) -> ServerSettings:
     )
 
 
-def preflight(settings: ServerSettings, runtime: RuntimeConfig) -> None:
-    """The user's mistakes, each as one line, before the engine loads (minutes for a real model)."""
+def check_settings(settings: ServerSettings, speculative: str | None) -> None:
+    """The user's mistakes that need neither torch nor the device, each as one line, at once (a wrong
+    folder is told in under a second, before torch and the web stack are imported)."""
     if settings.api_key_scope not in SCOPES:
         raise UserError(f"GEMMA_API_KEY_SCOPE={settings.api_key_scope!r}: use one of {', '.join(sorted(SCOPES))}")
     if settings.log_level.lower() not in LOG_LEVELS:
         raise UserError(f"--log-level {settings.log_level!r}: use one of {', '.join(LOG_LEVELS)}")
+    check_backend_choice(settings.backend, settings.engine_dir)
     if settings.engine_dir:
         check_engine_dir(settings.engine_dir)
         if not settings.backend:
-            check_drafter(settings.engine_dir, runtime.speculative)
+            check_drafter(settings.engine_dir, speculative or "off")
     if settings.backend and settings.backend.startswith("triton://"):
         check_triton_reachable(settings.backend)
-    elif not settings.backend and settings.engine_dir:
+
+
+def check_runtime(settings: ServerSettings, runtime: RuntimeConfig) -> None:
+    """The rest, once the runtime's settings (and so the device) are resolved, before the engine loads
+    (minutes for a real model)."""
+    if not settings.backend and settings.engine_dir:
         check_device(runtime.device)
         check_parallel(
             settings.engine_dir, runtime.device, runtime.tensor_parallel_size, runtime.enable_expert_parallel
@@ -164,6 +171,8 @@ def preflight(settings: ServerSettings, runtime: RuntimeConfig) -> None:
 
 
 def uvicorn_config(app, settings: ServerSettings) -> uvicorn.Config:
+    import uvicorn
+
     return uvicorn.Config(
         app,
         host=settings.host,
@@ -174,14 +183,27 @@ def uvicorn_config(app, settings: ServerSettings) -> uvicorn.Config:
     )
 
 
+def _bad_setting(e: ValueError) -> UserError:
+    return UserError(f"bad setting: {e} (see python -m server --help)")
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     try:
         settings = settings_from_args(args)
-        runtime = runtime_config_from_args(args)
     except ValueError as e:
-        raise UserError(f"bad setting: {e} (see python -m server --help)") from None
-    preflight(settings, runtime)
+        raise _bad_setting(e) from None
+    check_settings(settings, args.speculative)
+    try:
+        runtime = runtime_config_from_args(args)  # without --device this imports torch to look for a GPU
+    except ValueError as e:
+        raise _bad_setting(e) from None
+    check_runtime(settings, runtime)
+    # the web stack and the runtime only now: every mistake above is told without them
+    from server.app import create_app
+    from server.backend import create_backend
+    from server.drain import DrainingServer
+
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     backend = create_backend(settings.backend, settings.engine_dir, runtime)
     app = create_app(settings, backend)

@@ -90,13 +90,22 @@ BACKENDS: dict[str, Callable[[str, str | None], Backend]] = {
 }
 
 
-def create_backend(backend_uri: str | None, engine_dir: str | None, runtime_config=None) -> Backend:
-    """runtime_config: the embedded engine's RuntimeConfig (ignored with a backend URI)."""
+def check_backend_choice(backend_uri: str | None, engine_dir: str | None) -> str:
+    """The backend URI's scheme ("" for the embedded runtime); a one-line exit for an unknown scheme
+    or for neither an engine nor a backend. Cheap: `python -m server` asks it before loading anything."""
     if backend_uri:
         scheme = backend_uri.split("://", 1)[0] if "://" in backend_uri else ""
         if scheme not in BACKENDS:
             raise SystemExit(f"unknown backend {backend_uri!r}; known schemes: {sorted(BACKENDS)}")
-        return BACKENDS[scheme](backend_uri, engine_dir)
+        return scheme
     if not engine_dir:
         raise SystemExit("give --engine DIR (an engine built by `make engine`) or --backend triton://HOST:PORT")
+    return ""
+
+
+def create_backend(backend_uri: str | None, engine_dir: str | None, runtime_config=None) -> Backend:
+    """runtime_config: the embedded engine's RuntimeConfig (ignored with a backend URI)."""
+    scheme = check_backend_choice(backend_uri, engine_dir)
+    if scheme:
+        return BACKENDS[scheme](backend_uri, engine_dir)
     return EmbeddedBackend.from_engine_dir(engine_dir, runtime_config)

@@ -136,6 +136,40 @@ def test_serve_bad_environment_value(engine_copy):
     assert "NIM_MAX_IMAGES_PER_PROMPT='many' is not a valid int" in line
 
 
+HEAVY = ("torch", "fastapi", "uvicorn", "transformers")
+
+
+def heavy_imports_before_exit(call: str) -> list[str]:
+    """Runs `call` (a CLI's main with mistaken arguments) in a fresh interpreter; returns which of the
+    heavy libraries it had imported by the time it exited."""
+    code = (
+        f"import sys\ntry:\n    {call}\nexcept SystemExit:\n    pass\nprint([m for m in {HEAVY!r} if m in sys.modules])"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout.strip().splitlines()[-1].replace("'", '"'))
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["--engine", "engines/nope"],
+        ["--backend", "http://localhost:8011"],
+        [],
+        ["--engine", "engines/nope", "--log-level", "loud"],
+    ],
+)
+def test_serve_mistakes_are_told_before_torch_and_the_web_stack_load(args):
+    """A wrong folder or backend is told at once (well under a second), not after seconds of imports."""
+    call = f"from server.__main__ import main; main({args!r})"
+    assert heavy_imports_before_exit(call) == []
+
+
+def test_bench_flag_mistakes_are_told_before_torch_loads():
+    call = "from bench.run import main; main(['--dry-run', '--dtypes', 'fp16'])"
+    assert heavy_imports_before_exit(call) == []
+
+
 def test_serve_no_engine_nor_backend():
     assert "give --engine DIR" in one_line_error(serve())
 
