@@ -18,6 +18,10 @@ if not torch.cuda.is_available():
     # Triton kernels run under Triton's CPU interpreter here. Triton reads this when it is first
     # imported, which another test's imports (transformers, torch) may do before the kernel tests.
     os.environ.setdefault("TRITON_INTERPRET", "1")
+    if os.environ["TRITON_INTERPRET"] == "1":
+        from tests.interpreter_shortcut import install
+
+        install()  # a third less interpreter time in the kernel tests (tests/interpreter_shortcut.py)
 
 _WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
 if _WORKERS > 1:
