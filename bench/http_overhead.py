@@ -12,6 +12,9 @@ engine loop, and the figure measures the bench's client as much as the server.
 Each --repeat is one pair (runtime alone, HTTP), interleaved in ABBA order, printed as a line; the summary
 gives the median share of the rate over the pairs and the share by CPU time (the runtime's CPU ms per token
 over the HTTP path's, in the server's process), which a neighbour's load on a shared machine barely moves.
+Each line also splits the HTTP run's CPU by thread: the engine loop's, and the server's event loop's (the
+uvicorn thread: parsing, SSE serialisation, socket writes) in microseconds per token, the HTTP path's own
+cost, which the clients' and the engine's contention for the cores moves least of all.
 """
 
 from __future__ import annotations
@@ -87,11 +90,36 @@ def http_load(base_url: str, streams: int, tokens: int, client: str) -> tuple[in
         return pool.submit(_http_in_child, base_url, streams, tokens).result()
 
 
+def thread_cpu_s() -> dict[str, float]:
+    """CPU seconds so far of this process's engine loop and uvicorn threads (Linux: /proc/self/task)."""
+    import os
+    import threading
+
+    ticks = os.sysconf("SC_CLK_TCK")
+    groups = {"engine": 0.0, "event_loop": 0.0}
+    for thread in threading.enumerate():
+        group = (
+            "engine" if thread.name == "engine-loop" else "event_loop" if thread.name.startswith("uvicorn") else None
+        )
+        try:
+            with open(f"/proc/self/task/{thread.native_id}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+        except (OSError, TypeError):
+            continue
+        if group is not None:
+            groups[group] += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return groups
+
+
 @dataclass(frozen=True)
 class Run:
     tokens: int
     seconds: float
     cpu_s: float  # this process's CPU time (server, engine, uvicorn threads; not a separate client)
+    threads: dict  # thread_cpu_s() over the run: engine loop and uvicorn event loop
+
+    def us_per_token(self, group: str) -> float:
+        return 1e6 * self.threads.get(group, 0.0) / self.tokens
 
     @property
     def rate(self) -> float:
@@ -112,7 +140,9 @@ class Pair:
         return (
             f"runtime alone {rt.rate:.0f} tok/s ({rt.cpu_ms_per_token:.3f} CPU ms/token) | "
             f"HTTP {http.rate:.0f} tok/s ({http.cpu_ms_per_token:.3f} CPU ms/token) = "
-            f"{100 * http.rate / rt.rate:.1f}% of the rate, {100 * rt.cpu_ms_per_token / http.cpu_ms_per_token:.1f}% by CPU"
+            f"{100 * http.rate / rt.rate:.1f}% of the rate, {100 * rt.cpu_ms_per_token / http.cpu_ms_per_token:.1f}% by CPU; "
+            f"HTTP run per token: engine loop {http.us_per_token('engine'):.0f} us, "
+            f"event loop {http.us_per_token('event_loop'):.0f} us"
         )
 
 
@@ -123,10 +153,14 @@ def summary(pairs: list[Pair]) -> str:
     rate_shares = [p.http.rate / p.runtime.rate for p in pairs]
     rt_cpu = statistics.median(p.runtime.cpu_ms_per_token for p in pairs)
     http_cpu = statistics.median(p.http.cpu_ms_per_token for p in pairs)
+    loop = statistics.median(p.http.us_per_token("event_loop") for p in pairs)
+    engine = statistics.median(p.http.us_per_token("engine") for p in pairs)
     return (
         f"summary over {len(pairs)} pairs: HTTP keeps {100 * statistics.median(rate_shares):.1f}% of the runtime's rate "
         f"(median; mean {100 * statistics.mean(rate_shares):.1f}%, range {100 * min(rate_shares):.1f}-{100 * max(rate_shares):.1f}%), "
-        f"CPU ms/token {http_cpu:.3f} (HTTP) vs {rt_cpu:.3f} (runtime alone) = {100 * rt_cpu / http_cpu:.1f}% by CPU"
+        f"CPU ms/token {http_cpu:.3f} (HTTP) vs {rt_cpu:.3f} (runtime alone) = {100 * rt_cpu / http_cpu:.1f}% by CPU; "
+        f"the server's event loop {loop:.0f} us per token beside the engine loop's {engine:.0f} "
+        f"({100 * loop / (loop + engine):.1f}% of the two)"
     )
 
 
@@ -167,12 +201,13 @@ def main() -> None:
             runs = {}
             for side in ("runtime", "http") if i % 2 == 0 else ("http", "runtime"):
                 # CPU seconds of this process (every thread): unlike tok/s, unmoved by other work on a shared machine.
-                cpu = time.process_time()
+                cpu, threads = time.process_time(), thread_cpu_s()
                 if side == "runtime":
                     n, t = asyncio.run(runtime_alone(backend, prompt_ids, args.streams, args.tokens))
                 else:
                     n, t = http_load(server.base_url, args.streams, args.tokens, args.client)
-                runs[side] = Run(n, t, time.process_time() - cpu)
+                spent = {k: v - threads[k] for k, v in thread_cpu_s().items()}
+                runs[side] = Run(n, t, time.process_time() - cpu, spent)
             pair = Pair(runs["runtime"], runs["http"])
             pairs.append(pair)
             print(pair.line(), flush=True)

@@ -1,0 +1,45 @@
+"""bench/http_overhead.py's split of CPU time by thread: what the server's event loop (the uvicorn
+thread) and the engine loop spent, read from /proc, each charged to its own group."""
+
+from __future__ import annotations
+
+import sys
+import threading
+import time
+
+import pytest
+
+from bench.http_overhead import thread_cpu_s
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
+
+
+def _spin(seconds: float) -> None:
+    end = time.thread_time() + seconds
+    while time.thread_time() < end:
+        pass
+
+
+def test_each_threads_cpu_lands_in_its_group():
+    release = threading.Event()
+
+    def busy_then_wait(seconds: float) -> None:
+        _spin(seconds)
+        release.wait()
+
+    before = thread_cpu_s()
+    loop = threading.Thread(target=busy_then_wait, args=(0.3,), name="uvicorn-1234")
+    engine = threading.Thread(target=busy_then_wait, args=(0.05,), name="engine-loop")
+    loop.start(), engine.start()
+    deadline = time.monotonic() + 30  # a loaded machine gives the threads their CPU slowly
+    while time.monotonic() < deadline:
+        now = thread_cpu_s()
+        if now["event_loop"] - before["event_loop"] >= 0.29 and now["engine"] - before["engine"] >= 0.04:
+            break
+        time.sleep(0.02)
+    after = thread_cpu_s()  # read while both threads still live: /proc forgets a thread that ended
+    release.set()
+    loop.join(), engine.join()
+    spent = {k: after[k] - before[k] for k in after}
+    assert 0.28 <= spent["event_loop"] <= 1.0
+    assert 0.03 <= spent["engine"] < 0.28
