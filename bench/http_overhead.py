@@ -90,25 +90,39 @@ def http_load(base_url: str, streams: int, tokens: int, client: str) -> tuple[in
         return pool.submit(_http_in_child, base_url, streams, tokens).result()
 
 
-def thread_cpu_s() -> dict[str, float]:
-    """CPU seconds so far of this process's engine loop and uvicorn threads (Linux: /proc/self/task)."""
+THREAD_GROUPS = ("engine", "event_loop")
+
+
+def thread_cpu_s() -> dict[tuple[str, int], float]:
+    """CPU seconds so far of each live engine-loop and uvicorn thread of this process, keyed by
+    (group, native thread id) (Linux: /proc/self/task)."""
     import os
     import threading
 
     ticks = os.sysconf("SC_CLK_TCK")
-    groups = {"engine": 0.0, "event_loop": 0.0}
+    found = {}
     for thread in threading.enumerate():
         group = (
             "engine" if thread.name == "engine-loop" else "event_loop" if thread.name.startswith("uvicorn") else None
         )
+        if group is None:
+            continue
         try:
             with open(f"/proc/self/task/{thread.native_id}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
         except (OSError, TypeError):
-            continue
-        if group is not None:
-            groups[group] += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
-    return groups
+            continue  # the thread ended meanwhile
+        found[(group, thread.native_id)] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return found
+
+
+def cpu_by_group(before: dict, after: dict) -> dict[str, float]:
+    """CPU seconds each group spent between two thread_cpu_s() readings (a thread born in between counts
+    from zero; one that ended in between is left out rather than subtracted)."""
+    spent = dict.fromkeys(THREAD_GROUPS, 0.0)
+    for (group, tid), seconds in after.items():
+        spent[group] += seconds - before.get((group, tid), 0.0)
+    return spent
 
 
 @dataclass(frozen=True)
@@ -116,7 +130,7 @@ class Run:
     tokens: int
     seconds: float
     cpu_s: float  # this process's CPU time (server, engine, uvicorn threads; not a separate client)
-    threads: dict  # thread_cpu_s() over the run: engine loop and uvicorn event loop
+    threads: dict  # cpu_by_group() over the run: engine loop and uvicorn event loop
 
     def us_per_token(self, group: str) -> float:
         return 1e6 * self.threads.get(group, 0.0) / self.tokens
@@ -206,8 +220,7 @@ def main() -> None:
                     n, t = asyncio.run(runtime_alone(backend, prompt_ids, args.streams, args.tokens))
                 else:
                     n, t = http_load(server.base_url, args.streams, args.tokens, args.client)
-                spent = {k: v - threads[k] for k, v in thread_cpu_s().items()}
-                runs[side] = Run(n, t, time.process_time() - cpu, spent)
+                runs[side] = Run(n, t, time.process_time() - cpu, cpu_by_group(threads, thread_cpu_s()))
             pair = Pair(runs["runtime"], runs["http"])
             pairs.append(pair)
             print(pair.line(), flush=True)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from bench.http_overhead import thread_cpu_s
+from bench.http_overhead import cpu_by_group, thread_cpu_s
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc/self/task")
 
@@ -33,13 +33,19 @@ def test_each_threads_cpu_lands_in_its_group():
     loop.start(), engine.start()
     deadline = time.monotonic() + 30  # a loaded machine gives the threads their CPU slowly
     while time.monotonic() < deadline:
-        now = thread_cpu_s()
-        if now["event_loop"] - before["event_loop"] >= 0.29 and now["engine"] - before["engine"] >= 0.04:
+        now = cpu_by_group(before, thread_cpu_s())
+        if now["event_loop"] >= 0.29 and now["engine"] >= 0.04:
             break
         time.sleep(0.02)
     after = thread_cpu_s()  # read while both threads still live: /proc forgets a thread that ended
     release.set()
     loop.join(), engine.join()
-    spent = {k: after[k] - before[k] for k in after}
+    spent = cpu_by_group(before, after)
     assert 0.28 <= spent["event_loop"] <= 1.0
     assert 0.03 <= spent["engine"] < 0.28
+
+
+def test_a_thread_that_ended_is_left_out_not_subtracted():
+    before = {("engine", 1): 5.0, ("event_loop", 2): 1.0}
+    after = {("event_loop", 2): 1.5, ("event_loop", 3): 0.25}  # 1 ended, 3 was born
+    assert cpu_by_group(before, after) == {"engine": 0.0, "event_loop": 0.75}
