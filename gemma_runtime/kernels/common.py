@@ -49,3 +49,21 @@ def online_softmax_step(s, m_i, l_i):
     p = tl.exp(s - m_new[:, None])
     alpha = tl.exp(m_i - m_new)
     return m_new, l_i * alpha + tl.sum(p, 1), p, alpha
+
+
+def padded_head_dim(head_dim: int) -> int:
+    """The head width the attention kernels compute over: a power of two (tl.arange's rule), at least 16
+    (tl.dot's). Gemma 4's 256 and 512 are their own padding; another checkpoint's 24 or 80 are masked."""
+    return max(16, triton.next_power_of_2(head_dim))
+
+
+@triton.jit
+def rows_and_head_mask(rows_ok, d, HEAD_DIM: tl.constexpr, HEAD_PAD: tl.constexpr):
+    """The [R, HEAD_PAD] load/store mask of R head rows: `rows_ok` per row, and only the real HEAD_DIM
+    columns where the head is padded. Unpadded (a compile-time branch) the mask stays per row, as the
+    kernels had it, so the loads keep their full vector width."""
+    if HEAD_PAD == HEAD_DIM:
+        mask = rows_ok[:, None]
+    else:
+        mask = rows_ok[:, None] & (d[None, :] < HEAD_DIM)
+    return mask

@@ -17,7 +17,14 @@ import torch
 import triton
 import triton.language as tl
 
-from gemma_runtime.kernels.common import dot, interpreted, num_sms, online_softmax_step
+from gemma_runtime.kernels.common import (
+    dot,
+    interpreted,
+    num_sms,
+    online_softmax_step,
+    padded_head_dim,
+    rows_and_head_mask,
+)
 
 
 @triton.jit
@@ -46,6 +53,7 @@ def _decode_split_kernel(
     GROUP: tl.constexpr,
     GROUP_PAD: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    HEAD_PAD: tl.constexpr,  # HEAD_DIM rounded up to a power of two (common.padded_head_dim)
     BLOCK_N: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
     F32_DOT: tl.constexpr,
@@ -63,14 +71,15 @@ def _decode_split_kernel(
     end = tl.minimum(start + per_split, ctx)
 
     g = tl.arange(0, GROUP_PAD)
-    d = tl.arange(0, HEAD_DIM)
+    d = tl.arange(0, HEAD_PAD)
     heads = kvh * GROUP + g
     g_mask = g < GROUP
-    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=g_mask[:, None], other=0.0)
+    head_mask = rows_and_head_mask(g_mask, d, HEAD_DIM, HEAD_PAD)
+    q = tl.load(q_ptr + b * stride_qb + heads[:, None] * stride_qh + d[None, :], mask=head_mask, other=0.0)
 
     m_i = tl.full([GROUP_PAD], -1.0e30, dtype=tl.float32)  # finite: an empty split must not make NaNs
     l_i = tl.zeros([GROUP_PAD], dtype=tl.float32)
-    acc = tl.zeros([GROUP_PAD, HEAD_DIM], dtype=tl.float32)
+    acc = tl.zeros([GROUP_PAD, HEAD_PAD], dtype=tl.float32)
     for n0 in range(start, end, BLOCK_N):
         k_pos = n0 + tl.arange(0, BLOCK_N)
         k_mask = k_pos < end
@@ -78,21 +87,22 @@ def _decode_split_kernel(
         k_mask = k_mask & (page >= 0)
         slot = page.to(tl.int64) * block_size + k_pos % block_size
         kv_off = slot[:, None] * stride_cs + kvh * stride_ch + d[None, :]  # [BLOCK_N, D] gathered rows
-        k = tl.load(k_cache_ptr + kv_off, mask=k_mask[:, None], other=0.0)
+        kv_mask = rows_and_head_mask(k_mask, d, HEAD_DIM, HEAD_PAD)
+        k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
         s = dot(q, tl.trans(k), F32_DOT)  # [GROUP_PAD, BLOCK_N] float32; Gemma 4 attention scale is 1.0
         m_i, l_i, p, alpha = online_softmax_step(tl.where(k_mask[None, :], s, float("-inf")), m_i, l_i)
-        v = tl.load(v_cache_ptr + kv_off, mask=k_mask[:, None], other=0.0)
+        v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
         acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, F32_DOT)
 
     empty = l_i == 0.0
     out = acc / tl.where(empty, 1.0, l_i)[:, None]
     if NUM_SPLITS == 1:  # one slice holds every key: the output itself, no partials and no merge launch
         o_rows = out_ptr + b * stride_qb + heads * stride_qh  # [GROUP_PAD]
-        tl.store(o_rows[:, None] + d[None, :], out.to(out_ptr.dtype.element_ty), mask=g_mask[:, None])
+        tl.store(o_rows[:, None] + d[None, :], out.to(out_ptr.dtype.element_ty), mask=head_mask)
     else:
         lse = tl.where(empty, float("-inf"), m_i + tl.log(tl.where(empty, 1.0, l_i)))
         base = b * stride_pb + heads * stride_ph + split * stride_ps  # [GROUP_PAD]
-        tl.store(part_out_ptr + base[:, None] + d[None, :], out, mask=g_mask[:, None])
+        tl.store(part_out_ptr + base[:, None] + d[None, :], out, mask=head_mask)
         tl.store(part_lse_ptr + b * stride_lb + heads * stride_lh + split, lse, mask=g_mask)
 
 
@@ -109,17 +119,26 @@ def _decode_merge_kernel(
     stride_ob,
     stride_oh,  # out [B, Hq, D]
     HEAD_DIM: tl.constexpr,
+    HEAD_PAD: tl.constexpr,
     NUM_SPLITS: tl.constexpr,
 ):
     b = tl.program_id(0)
     h = tl.program_id(1)
     s = tl.arange(0, NUM_SPLITS)
-    d = tl.arange(0, HEAD_DIM)
+    d = tl.arange(0, HEAD_PAD)
     lse = tl.load(part_lse_ptr + b * stride_lb + h * stride_lh + s)  # [S]
     w = tl.exp(lse - tl.max(lse, 0))  # empty splits have lse -inf: weight 0
-    parts = tl.load(part_out_ptr + b * stride_pb + h * stride_ph + s[:, None] * stride_ps + d[None, :])  # [S, D]
+    parts_ptrs = part_out_ptr + b * stride_pb + h * stride_ph + s[:, None] * stride_ps + d[None, :]  # [S, D]
+    if HEAD_PAD == HEAD_DIM:  # compile-time: unpadded heads load and store as before, unmasked
+        parts = tl.load(parts_ptrs)
+    else:
+        parts = tl.load(parts_ptrs, mask=(d < HEAD_DIM)[None, :], other=0.0)
     out = tl.sum(parts * w[:, None], 0) / tl.sum(w, 0)
-    tl.store(out_ptr + b * stride_ob + h * stride_oh + d, out.to(out_ptr.dtype.element_ty))
+    out_ptrs = out_ptr + b * stride_ob + h * stride_oh + d
+    if HEAD_PAD == HEAD_DIM:
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty))
+    else:
+        tl.store(out_ptrs, out.to(out_ptr.dtype.element_ty), mask=d < HEAD_DIM)
 
 
 def decode_tiles(head_dim: int) -> tuple[int, int]:
@@ -185,6 +204,7 @@ def paged_decode_attention(
         GROUP=group,
         GROUP_PAD=max(16, triton.next_power_of_2(group)),
         HEAD_DIM=D,
+        HEAD_PAD=padded_head_dim(D),
         BLOCK_N=block_n,
         NUM_SPLITS=splits,
         F32_DOT=interpreted(_decode_split_kernel),
@@ -205,6 +225,7 @@ def paged_decode_attention(
         out.stride(0),
         out.stride(1),
         HEAD_DIM=D,
+        HEAD_PAD=padded_head_dim(D),
         NUM_SPLITS=splits,
         num_warps=4,
     )

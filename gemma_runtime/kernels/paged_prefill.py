@@ -17,7 +17,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gemma_runtime.kernels.common import dot, interpreted, online_softmax_step
+from gemma_runtime.kernels.common import dot, interpreted, online_softmax_step, padded_head_dim, rows_and_head_mask
 
 
 @triton.jit
@@ -41,6 +41,7 @@ def _prefill_kernel(
     HAS_SPANS: tl.constexpr,
     GROUP: tl.constexpr,
     HEAD_DIM: tl.constexpr,
+    HEAD_PAD: tl.constexpr,  # HEAD_DIM rounded up to a power of two (common.padded_head_dim)
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     F32_DOT: tl.constexpr,
@@ -55,12 +56,13 @@ def _prefill_kernel(
     if row0 < q_hi:  # the grid is sized for the longest query run; shorter sequences skip tiles
         rows = row0 + tl.arange(0, BLOCK_M)
         r_mask = rows < q_hi
-        d = tl.arange(0, HEAD_DIM)
+        d = tl.arange(0, HEAD_PAD)
         q_pos = tl.load(positions_ptr + rows, mask=r_mask, other=0)
         last = tl.max(tl.where(r_mask, q_pos, 0), 0)
         first = tl.load(positions_ptr + row0)
         lo = tl.maximum(first - window + 1, 0) if SLIDING else first * 0  # compile-time branch
-        q = tl.load(q_ptr + rows[:, None] * stride_qt + h * stride_qh + d[None, :], mask=r_mask[:, None], other=0.0)
+        row_mask = rows_and_head_mask(r_mask, d, HEAD_DIM, HEAD_PAD)
+        q = tl.load(q_ptr + rows[:, None] * stride_qt + h * stride_qh + d[None, :], mask=row_mask, other=0.0)
         if HAS_SPANS:
             span_lo = tl.load(span_ptr + rows * 2, mask=r_mask, other=0)
             span_hi = tl.load(span_ptr + rows * 2 + 1, mask=r_mask, other=0)  # (0, 0): not in an image
@@ -70,7 +72,7 @@ def _prefill_kernel(
 
         m_i = tl.full([BLOCK_M], -1.0e30, dtype=tl.float32)  # finite: padding rows see no key, no NaN
         l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
-        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        acc = tl.zeros([BLOCK_M, HEAD_PAD], dtype=tl.float32)
         for n0 in range(lo, key_end + 1, BLOCK_N):
             k_pos = n0 + tl.arange(0, BLOCK_N)
             k_in = k_pos <= key_end
@@ -78,7 +80,8 @@ def _prefill_kernel(
             k_in = k_in & (page >= 0)
             slot = page.to(tl.int64) * block_size + k_pos % block_size
             kv_off = slot[:, None] * stride_cs + kvh * stride_ch + d[None, :]  # [BLOCK_N, D] gathered rows
-            k = tl.load(k_cache_ptr + kv_off, mask=k_in[:, None], other=0.0)
+            kv_mask = rows_and_head_mask(k_in, d, HEAD_DIM, HEAD_PAD)
+            k = tl.load(k_cache_ptr + kv_off, mask=kv_mask, other=0.0)
             s = dot(q, tl.trans(k), F32_DOT)  # [BLOCK_M, BLOCK_N] float32, scale 1.0
             visible = k_pos[None, :] <= q_pos[:, None]
             if HAS_SPANS:
@@ -87,13 +90,13 @@ def _prefill_kernel(
             if SLIDING:
                 allowed = allowed & (k_pos[None, :] > q_pos[:, None] - window)
             m_i, l_i, p, alpha = online_softmax_step(tl.where(allowed, s, float("-inf")), m_i, l_i)
-            v = tl.load(v_cache_ptr + kv_off, mask=k_in[:, None], other=0.0)
+            v = tl.load(v_cache_ptr + kv_off, mask=kv_mask, other=0.0)
             acc = acc * alpha[:, None] + dot(p.to(v.dtype), v, F32_DOT)
         out = acc / tl.where(l_i == 0.0, 1.0, l_i)[:, None]
         tl.store(
             out_ptr + rows[:, None] * stride_qt + h * stride_qh + d[None, :],
             out.to(out_ptr.dtype.element_ty),
-            mask=r_mask[:, None],
+            mask=row_mask,
         )
 
 
@@ -146,6 +149,7 @@ def paged_prefill_attention(
         HAS_SPANS=span_bounds is not None,
         GROUP=Hq // Hkv,
         HEAD_DIM=D,
+        HEAD_PAD=padded_head_dim(D),
         BLOCK_M=block_m,
         BLOCK_N=block_n,
         F32_DOT=interpreted(_prefill_kernel),

@@ -175,14 +175,23 @@ def make_tiny_checkpoint(
     num_layers: int = 6,
     max_shard_size: str | None = None,
     with_vision: bool = True,
+    text_overrides: dict | None = None,
 ) -> Path:
-    """Write a random float32 Gemma4ForConditionalGeneration checkpoint with tokenizer and chat template."""
+    """Write a random float32 Gemma4ForConditionalGeneration checkpoint with tokenizer and chat template;
+    text_overrides change the text geometry (tiny_config)."""
     from transformers import Gemma4ForConditionalGeneration
 
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tiny_tokenizer(out)  # saves tokenizer files, special_tokens_map.json and the chat template
-    config = tiny_config(tokenizer, kind, sliding_window=sliding_window, num_layers=num_layers, with_vision=with_vision)
+    config = tiny_config(
+        tokenizer,
+        kind,
+        sliding_window=sliding_window,
+        num_layers=num_layers,
+        with_vision=with_vision,
+        text_overrides=text_overrides,
+    )
     torch.manual_seed(seed)  # HF's own init draws from the global generator
     model = Gemma4ForConditionalGeneration(config).to(torch.float32).eval()
     perturb_(model, seed)
