@@ -32,9 +32,10 @@ import torch
 from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
+from bench.bench_checks import SWITCH
 from bench.measure import run_until_first_tokens
 from bench.random_engine import make_random_engine, weights_in_memory
-from bench.run_config import DRY_SIZES, GPU_SIZES, SWITCH, Clock, greedy, prompt_ids, runtime_config
+from bench.run_config import DRY_SIZES, GPU_SIZES, Clock, greedy, prompt_ids, runtime_config
 from gemma_runtime.api import GenerateRequest
 from gemma_runtime.engine.llm_engine import LLMEngine
 from gemma_runtime.model import gemma4

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 
 import torch
 
-from bench.bench_checks import SWITCH  # noqa: F401  (re-exported: bench/profile_decode.py)
 from gemma_runtime.api import SamplingParams
 from gemma_runtime.config import RuntimeConfig
 

@@ -14,6 +14,7 @@ import pytest
 
 from bench.uvicorn_thread import UvicornThread
 from tests.e2e.conftest import RUNTIME, SEED_MODEL, free_ports
+from tests.e2e.metrics_scrape import scrape, settled
 
 MODEL = SEED_MODEL
 
@@ -75,25 +76,15 @@ def _messages(question: str) -> list[dict]:
 
 def _counters(base_url: str) -> tuple[float, float]:
     """(prompt tokens looked up, tokens found) from one scrape, so the two agree with each other."""
-    lines = httpx.get(base_url + "/metrics").text.splitlines()
-
-    def value(name: str) -> float:
-        return float(next(line for line in lines if line.startswith(name + "{")).split()[-1])
-
-    return value("gemma_prefix_cache_queries_total"), value("gemma_prefix_cache_hits_total")
+    found = scrape(base_url, "gemma_prefix_cache_")
+    return found["gemma_prefix_cache_queries"], found["gemma_prefix_cache_hits"]
 
 
-def _settled_counters(base_url: str, quiet_s: float = 1.5, timeout: float = 20.0) -> tuple[float, float]:
-    """The counters once they have held still longer than Triton's stats poll (0.5 s): a reading taken
-    while an earlier test's request is still being polled in would be stale."""
-    last, since, deadline = _counters(base_url), time.monotonic(), time.monotonic() + timeout
-    while time.monotonic() - since < quiet_s:
-        assert time.monotonic() < deadline, "the prefix cache counters never held still"
-        time.sleep(0.1)
-        now = _counters(base_url)
-        if now != last:
-            last, since = now, time.monotonic()
-    return last
+def _settled_counters(base_url: str) -> tuple[float, float]:
+    """The counters once they hold still: a reading taken while an earlier test's request is still being
+    polled in would be stale."""
+    found = settled(base_url, "gemma_prefix_cache_")
+    return found["gemma_prefix_cache_queries"], found["gemma_prefix_cache_hits"]
 
 
 def _wait(predicate, what: str, timeout: float = 10.0):

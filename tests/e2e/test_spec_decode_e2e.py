@@ -8,10 +8,8 @@ output must still be the target's own."""
 
 from __future__ import annotations
 
-import time
 from types import SimpleNamespace
 
-import httpx
 import openai
 import pytest
 
@@ -19,6 +17,7 @@ from bench.uvicorn_thread import UvicornThread
 from gemma_runtime.config import RuntimeConfig
 from server.__main__ import parse_args, runtime_config_from_args
 from tests.e2e.conftest import RUNTIME, SEED_MODEL, free_ports
+from tests.e2e.metrics_scrape import scrape, settled
 
 MODEL = SEED_MODEL
 QUESTIONS = ["red green blue " * 6, "one two three four " * 5, "abc abc abc abc abc abc"]
@@ -109,30 +108,12 @@ def _answers(base_url: str) -> list:
     return out
 
 
-def _metrics(base_url: str) -> dict[str, float]:
-    """Every gemma_spec_decode_* sample of one /metrics scrape (two scrapes may straddle a stats poll)."""
-    lines = httpx.get(base_url + "/metrics").text.splitlines()
-    samples = (line.split("{")[0:1] + line.split()[-1:] for line in lines if line.startswith("gemma_spec_decode_"))
-    return {name.removesuffix("_total"): float(value) for name, value in samples}
-
-
-def _settled_metrics(base_url: str, moving: str) -> dict[str, float]:
-    """The spec_decode metrics once `moving` is above 0 and two scrapes more than a poll apart agree: Triton's
-    stats reach the translator by polling, so a scrape can hold an older poll than the next."""
-    deadline, last = time.monotonic() + 10, None
-    while True:
-        now = _metrics(base_url)
-        if (now.get(moving, 0) > 0 and now == last) or time.monotonic() > deadline:
-            return now
-        last = now
-        time.sleep(0.6)  # longer than the translator's poll (0.5 s)
-
-
 def test_spec_server_answers_as_the_plain_one(plain_server, plain_answers, spec_server):
     assert _answers(spec_server.base_url) == plain_answers
     # ngram's drafts are kept on these prompts; the random drafter's are not (only drafted moves)
     moves = "accepted" if spec_server.method == "ngram" else "drafted"
-    found = _settled_metrics(spec_server.base_url, f"gemma_spec_decode_{moves}_tokens")
+    moving = f"gemma_spec_decode_{moves}_tokens"
+    found = settled(spec_server.base_url, "gemma_spec_decode_", ready=lambda m: m.get(moving, 0) > 0)
     drafted = found["gemma_spec_decode_drafted_tokens"]
     accepted = found["gemma_spec_decode_accepted_tokens"]
     mean = found["gemma_spec_decode_mean_accepted_length"]
@@ -142,4 +123,4 @@ def test_spec_server_answers_as_the_plain_one(plain_server, plain_answers, spec_
     else:
         assert drafted > 0 and drafted >= accepted >= 0
         assert mean >= 1.0  # 1 + kept drafts per verifying sequence-step: verifies were counted
-    assert _metrics(plain_server)["gemma_spec_decode_drafted_tokens"] == 0
+    assert scrape(plain_server, "gemma_spec_decode_")["gemma_spec_decode_drafted_tokens"] == 0

@@ -143,11 +143,12 @@ def heavy_imports_before_exit(call: str) -> list[str]:
     """Runs `call` (a CLI's main with mistaken arguments) in a fresh interpreter; returns which of the
     heavy libraries it had imported by the time it exited."""
     code = (
-        f"import sys\ntry:\n    {call}\nexcept SystemExit:\n    pass\nprint([m for m in {HEAVY!r} if m in sys.modules])"
+        f"import json, sys\ntry:\n    {call}\nexcept SystemExit:\n    pass\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))"
     )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=REPO_ROOT)
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout.strip().splitlines()[-1].replace("'", '"'))
+    return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
 @pytest.mark.parametrize(
