@@ -7,14 +7,18 @@ Both runs use the same engine object, the same prompt and `ignore_eos` so every 
 exactly --tokens tokens; the server runs in this process (uvicorn thread) like `make serve`. The HTTP
 clients run in a process of their own (`--client separate`, the default), as real clients do: in the
 server's process (`--client shared`) their parsing takes the interpreter lock from the server and the
-engine loop, and the figure measures the bench's client as much as the server.
+engine loop, and the figure measures the bench's client as much as the server. They read raw bytes while
+the clock runs and parse every event after it stops (`--reader raw`, bench/sse_load.py): on a 2-core
+machine an SDK-style reader (`--reader httpx`, a parse per chunk) spent twice the server's CPU per token on
+the cores the server needs. The runtime-alone reader runs on uvloop, as the server's event loop does.
 
 Each --repeat is one pair (runtime alone, HTTP), interleaved in ABBA order, printed as a line; the summary
 gives the median share of the rate over the pairs and the share by CPU time (the runtime's CPU ms per token
 over the HTTP path's, in the server's process), which a neighbour's load on a shared machine barely moves.
 Each line also splits the HTTP run's CPU by thread: the engine loop's, and the server's event loop's (the
 uvicorn thread: parsing, SSE serialisation, socket writes) in microseconds per token, the HTTP path's own
-cost, which the clients' and the engine's contention for the cores moves least of all.
+cost, which the clients' and the engine's contention for the cores moves least of all; and the clients'
+process's CPU per token while the streams ran.
 """
 
 from __future__ import annotations
@@ -47,7 +51,21 @@ async def runtime_alone(backend, prompt_ids: list[int], streams: int, tokens: in
     return sum(counts), time.perf_counter() - start
 
 
-async def over_http(base_url: str, streams: int, tokens: int) -> tuple[int, float]:
+def on_uvloop(coro):
+    """Runs the runtime-alone reader on the loop the server's event loop runs on (uvloop where installed):
+    the two sides then differ by HTTP only, not by their event loop's own cost per wake-up."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
+async def over_http(base_url: str, streams: int, tokens: int, reader: str) -> tuple[int, float, float]:
+    """`streams` concurrent streamed chat completions of `tokens` tokens each: the tokens they carried, the
+    seconds until the last ended, and this process's CPU seconds meanwhile. `raw` reads bytes only while
+    the clock runs (bench/sse_load.py); `httpx` parses every chunk as it arrives, as an SDK does."""
     body = {
         "messages": PROMPT,
         "max_tokens": tokens,
@@ -56,6 +74,13 @@ async def over_http(base_url: str, streams: int, tokens: int) -> tuple[int, floa
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+    if reader == "raw":
+        from bench.sse_load import completion_tokens, stream_many
+
+        cpu = time.process_time()
+        responses, seconds = await stream_many(base_url, body, streams)
+        cpu = time.process_time() - cpu
+        return sum(completion_tokens(r) for r in responses), seconds, cpu
 
     async def one(client: httpx.AsyncClient) -> int:
         n = 0
@@ -69,25 +94,26 @@ async def over_http(base_url: str, streams: int, tokens: int) -> tuple[int, floa
 
     limits = httpx.Limits(max_connections=streams)
     async with httpx.AsyncClient(timeout=600, limits=limits) as client:
-        start = time.perf_counter()
+        cpu, start = time.process_time(), time.perf_counter()
         counts = await asyncio.gather(*(one(client) for _ in range(streams)))
-    return sum(counts), time.perf_counter() - start
+    return sum(counts), time.perf_counter() - start, time.process_time() - cpu
 
 
-def _http_in_child(base_url: str, streams: int, tokens: int) -> tuple[int, float]:
-    return asyncio.run(over_http(base_url, streams, tokens))
+def _http_in_child(base_url: str, streams: int, tokens: int, reader: str) -> tuple[int, float, float]:
+    return asyncio.run(over_http(base_url, streams, tokens, reader))
 
 
-def http_load(base_url: str, streams: int, tokens: int, client: str) -> tuple[int, float]:
-    """`over_http` in this process (`shared`) or in a spawned one (`separate`)."""
+def http_load(base_url: str, streams: int, tokens: int, client: str, reader: str) -> tuple[int, float, float]:
+    """`over_http` in this process (`shared`) or in a spawned one (`separate`): tokens, seconds, and the
+    clients' CPU seconds (0 when they share this process, whose CPU is counted whole)."""
     if client == "shared":
-        return asyncio.run(over_http(base_url, streams, tokens))
+        return *asyncio.run(over_http(base_url, streams, tokens, reader))[:2], 0.0
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor
 
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
-        pool.submit(_http_in_child, base_url, 1, 1).result()  # the child's imports, outside the timing
-        return pool.submit(_http_in_child, base_url, streams, tokens).result()
+        pool.submit(_http_in_child, base_url, 1, 1, reader).result()  # the child's imports, outside the timing
+        return pool.submit(_http_in_child, base_url, streams, tokens, reader).result()
 
 
 THREAD_GROUPS = ("engine", "event_loop")
@@ -131,6 +157,7 @@ class Run:
     seconds: float
     cpu_s: float  # this process's CPU time (server, engine, uvicorn threads; not a separate client)
     threads: dict  # cpu_by_group() over the run: engine loop and uvicorn event loop
+    client_cpu_s: float = 0.0  # the HTTP clients' own process (--client separate)
 
     def us_per_token(self, group: str) -> float:
         return 1e6 * self.threads.get(group, 0.0) / self.tokens
@@ -156,7 +183,7 @@ class Pair:
             f"HTTP {http.rate:.0f} tok/s ({http.cpu_ms_per_token:.3f} CPU ms/token) = "
             f"{100 * http.rate / rt.rate:.1f}% of the rate, {100 * rt.cpu_ms_per_token / http.cpu_ms_per_token:.1f}% by CPU; "
             f"HTTP run per token: engine loop {http.us_per_token('engine'):.0f} us, "
-            f"event loop {http.us_per_token('event_loop'):.0f} us"
+            f"event loop {http.us_per_token('event_loop'):.0f} us, clients {1e6 * http.client_cpu_s / http.tokens:.0f} us"
         )
 
 
@@ -192,6 +219,13 @@ def main() -> None:
         default="separate",
         help="run the HTTP clients in a process of their own (default) or in the server's",
     )
+    p.add_argument(
+        "--reader",
+        choices=("raw", "httpx"),
+        default="raw",
+        help="the clients read raw bytes and parse after the clock stops (default, bench/sse_load.py) "
+        "or parse every chunk as it arrives with httpx, as an SDK does",
+    )
     args = p.parse_args()
 
     from bench.uvicorn_thread import UvicornThread
@@ -207,20 +241,20 @@ def main() -> None:
     print(f"{args.streams} streams x {args.tokens} tokens, engine {args.engine}, HTTP clients: {args.client} process")
     pairs: list[Pair] = []
     with UvicornThread(create_app(ServerSettings(), backend)) as server:
-        asyncio.run(runtime_alone(backend, prompt_ids, args.streams, 8))  # warm-up
-        http_load(server.base_url, args.streams, 8, args.client)  # warm-up
+        on_uvloop(runtime_alone(backend, prompt_ids, args.streams, 8))  # warm-up
+        http_load(server.base_url, args.streams, 8, args.client, args.reader)  # warm-up
         for i in range(args.repeat):
             # Interleaved, and in ABBA order (even pairs runtime first, odd pairs HTTP first): a neighbour's
             # load on a shared CPU, and its drift within a pair, hit both sides alike.
             runs = {}
             for side in ("runtime", "http") if i % 2 == 0 else ("http", "runtime"):
                 # CPU seconds of this process (every thread): unlike tok/s, unmoved by other work on a shared machine.
-                cpu, threads = time.process_time(), thread_cpu_s()
+                cpu, threads, client_cpu = time.process_time(), thread_cpu_s(), 0.0
                 if side == "runtime":
-                    n, t = asyncio.run(runtime_alone(backend, prompt_ids, args.streams, args.tokens))
+                    n, t = on_uvloop(runtime_alone(backend, prompt_ids, args.streams, args.tokens))
                 else:
-                    n, t = http_load(server.base_url, args.streams, args.tokens, args.client)
-                runs[side] = Run(n, t, time.process_time() - cpu, cpu_by_group(threads, thread_cpu_s()))
+                    n, t, client_cpu = http_load(server.base_url, args.streams, args.tokens, args.client, args.reader)
+                runs[side] = Run(n, t, time.process_time() - cpu, cpu_by_group(threads, thread_cpu_s()), client_cpu)
             pair = Pair(runs["runtime"], runs["http"])
             pairs.append(pair)
             print(pair.line(), flush=True)
@@ -261,8 +295,8 @@ def through_triton(args) -> tuple[int, float]:
     try:
         backend = TritonBackend.from_uri(triton.backend_uri, engine_dir=args.engine)
         with UvicornThread(create_app(ServerSettings(), backend)) as server:
-            http_load(server.base_url, args.streams, 8, args.client)  # warm-up
-            return http_load(server.base_url, args.streams, args.tokens, args.client)
+            http_load(server.base_url, args.streams, 8, args.client, args.reader)  # warm-up
+            return http_load(server.base_url, args.streams, args.tokens, args.client, args.reader)[:2]
     finally:
         triton.stop()
 
