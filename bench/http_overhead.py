@@ -116,17 +116,27 @@ def http_load(base_url: str, streams: int, tokens: int, client: str, reader: str
         return pool.submit(_http_in_child, base_url, streams, tokens, reader).result()
 
 
-THREAD_GROUPS = ("engine", "event_loop")
+THREAD_GROUPS = ("engine", "event_loop", "worker")  # worker: the engine's own process (--engine-process)
 
 
-def thread_cpu_s() -> dict[tuple[str, int], float]:
-    """CPU seconds so far of each live engine-loop and uvicorn thread of this process, keyed by
-    (group, native thread id) (Linux: /proc/self/task)."""
+def _stat_cpu_s(path: str) -> float:
+    """utime + stime of a /proc stat file, in seconds."""
     import os
+
+    with open(path) as f:
+        fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_s(worker_pid: int | None = None) -> dict[tuple[str, int], float]:
+    """CPU seconds so far of each live engine-loop and uvicorn thread of this process, keyed by
+    (group, native thread id) (Linux: /proc/self/task); with `worker_pid` (--engine-process), that whole
+    process as the group "worker"."""
     import threading
 
-    ticks = os.sysconf("SC_CLK_TCK")
     found = {}
+    if worker_pid is not None:
+        found[("worker", worker_pid)] = _stat_cpu_s(f"/proc/{worker_pid}/stat")
     for thread in threading.enumerate():
         group = (
             "engine" if thread.name == "engine-loop" else "event_loop" if thread.name.startswith("uvicorn") else None
@@ -134,11 +144,9 @@ def thread_cpu_s() -> dict[tuple[str, int], float]:
         if group is None:
             continue
         try:
-            with open(f"/proc/self/task/{thread.native_id}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()  # after the command name, which may hold spaces
+            found[(group, thread.native_id)] = _stat_cpu_s(f"/proc/self/task/{thread.native_id}/stat")
         except (OSError, TypeError):
             continue  # the thread ended meanwhile
-        found[(group, thread.native_id)] = (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
     return found
 
 
@@ -160,6 +168,8 @@ class Run:
     client_cpu_s: float = 0.0  # the HTTP clients' own process (--client separate)
 
     def us_per_token(self, group: str) -> float:
+        if group == "engine":  # its loop's thread here, or its own process (the other one idles meanwhile)
+            return 1e6 * (self.threads.get("engine", 0.0) + self.threads.get("worker", 0.0)) / self.tokens
         return 1e6 * self.threads.get(group, 0.0) / self.tokens
 
     @property
@@ -226,6 +236,12 @@ def main() -> None:
         help="the clients read raw bytes and parse after the clock stops (default, bench/sse_load.py) "
         "or parse every chunk as it arrives with httpx, as an SDK does",
     )
+    p.add_argument(
+        "--engine-process",
+        action="store_true",
+        help="serve HTTP with the engine loop in a process of its own (python -m server --engine-process); "
+        "the runtime-alone side stays in this process",
+    )
     args = p.parse_args()
 
     from bench.uvicorn_thread import UvicornThread
@@ -233,14 +249,18 @@ def main() -> None:
     from server.backend import EmbeddedBackend
     from server.settings import ServerSettings
 
-    backend = EmbeddedBackend.from_engine_dir(
-        args.engine, RuntimeConfig(device=args.device, max_num_seqs=max(args.streams, 1))
-    )
+    config = RuntimeConfig(device=args.device, max_num_seqs=max(args.streams, 1))
+    backend = EmbeddedBackend.from_engine_dir(args.engine, config)
+    served = EmbeddedBackend.from_engine_dir(args.engine, config, engine_process=True) if args.engine_process else backend
+    worker = served.engine.engine.process.pid if args.engine_process else None
     prompt = backend.tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
     prompt_ids = backend.tokenizer.encode(prompt, add_special_tokens=False)
-    print(f"{args.streams} streams x {args.tokens} tokens, engine {args.engine}, HTTP clients: {args.client} process")
+    print(
+        f"{args.streams} streams x {args.tokens} tokens, engine {args.engine}, HTTP clients: {args.client} process, "
+        f"engine loop for HTTP: {'its own process' if worker else 'a thread of the server'}"
+    )
     pairs: list[Pair] = []
-    with UvicornThread(create_app(ServerSettings(), backend)) as server:
+    with UvicornThread(create_app(ServerSettings(), served)) as server:
         on_uvloop(runtime_alone(backend, prompt_ids, args.streams, 8))  # warm-up
         http_load(server.base_url, args.streams, 8, args.client, args.reader)  # warm-up
         for i in range(args.repeat):
@@ -249,12 +269,14 @@ def main() -> None:
             runs = {}
             for side in ("runtime", "http") if i % 2 == 0 else ("http", "runtime"):
                 # CPU seconds of this process (every thread): unlike tok/s, unmoved by other work on a shared machine.
-                cpu, threads, client_cpu = time.process_time(), thread_cpu_s(), 0.0
+                cpu, threads, client_cpu = time.process_time(), thread_cpu_s(worker), 0.0
                 if side == "runtime":
                     n, t = on_uvloop(runtime_alone(backend, prompt_ids, args.streams, args.tokens))
                 else:
                     n, t, client_cpu = http_load(server.base_url, args.streams, args.tokens, args.client, args.reader)
-                runs[side] = Run(n, t, time.process_time() - cpu, cpu_by_group(threads, thread_cpu_s()), client_cpu)
+                spent = cpu_by_group(threads, thread_cpu_s(worker))
+                cpu = time.process_time() - cpu + spent["worker"]  # the engine's own process, if any
+                runs[side] = Run(n, t, cpu, spent, client_cpu)
             pair = Pair(runs["runtime"], runs["http"])
             pairs.append(pair)
             print(pair.line(), flush=True)

@@ -103,6 +103,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         default=None,
         help="a step with more decoding sequences drafts nothing (default 32)",
     )
+    rt.add_argument(
+        "--engine-process",
+        action="store_true",
+        help="run the engine loop in a process of its own beside the HTTP server's (default: a thread of it); "
+        "the event loop and the engine then never wait for each other's interpreter lock",
+    )
     add_parallel_args(p)
     add_limit_args(p)
     return p.parse_args(argv)
@@ -205,7 +211,7 @@ def main(argv: list[str] | None = None) -> None:
     from server.drain import DrainingServer
 
     logging.basicConfig(level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    backend = create_backend(settings.backend, settings.engine_dir, runtime)
+    backend = create_backend(settings.backend, settings.engine_dir, runtime, args.engine_process)
     app = create_app(settings, backend)
     model = settings.served_model_name or backend.spec.model_name
     aliases = f" (also answering to {', '.join(settings.model_aliases)})" if settings.model_aliases else ""

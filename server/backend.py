@@ -1,7 +1,8 @@
 """The seam between the HTTP translator and whatever generates tokens.
 
 `Backend` is what the server needs: the engine's spec, tokenizer and default sampling, plus
-generate/abort/stats/health. The embedded `AsyncEngine` is wrapped by `EmbeddedBackend`; a Triton
+generate/abort/stats/health. The embedded `AsyncEngine` (its engine loop on a thread, or with
+`--engine-process` in a process of its own) is wrapped by `EmbeddedBackend`; a Triton
 client (`triton://HOST:PORT`) registers its own factory under the "triton" scheme.
 """
 
@@ -47,8 +48,14 @@ class EmbeddedBackend:
         self._started = False
 
     @classmethod
-    def from_engine_dir(cls, engine_dir: str | Path, config=None) -> EmbeddedBackend:
-        """`config`: a gemma_runtime.config.RuntimeConfig (None: the runtime's defaults)."""
+    def from_engine_dir(cls, engine_dir: str | Path, config=None, engine_process: bool = False) -> EmbeddedBackend:
+        """`config`: a gemma_runtime.config.RuntimeConfig (None: the runtime's defaults). `engine_process`:
+        the engine loop in a process of its own (gemma_runtime/engine/engine_process.py) rather than on a
+        thread of this one."""
+        if engine_process:
+            from gemma_runtime.engine.engine_process import ProcessAsyncEngine
+
+            return cls(ProcessAsyncEngine.from_engine_dir(engine_dir, config))
         from gemma_runtime.engine.async_engine import AsyncEngine
 
         return cls(AsyncEngine.from_engine_dir(engine_dir, config))
@@ -103,9 +110,11 @@ def check_backend_choice(backend_uri: str | None, engine_dir: str | None) -> str
     return ""
 
 
-def create_backend(backend_uri: str | None, engine_dir: str | None, runtime_config=None) -> Backend:
-    """runtime_config: the embedded engine's RuntimeConfig (ignored with a backend URI)."""
+def create_backend(
+    backend_uri: str | None, engine_dir: str | None, runtime_config=None, engine_process: bool = False
+) -> Backend:
+    """runtime_config and engine_process: the embedded engine's (ignored with a backend URI)."""
     scheme = check_backend_choice(backend_uri, engine_dir)
     if scheme:
         return BACKENDS[scheme](backend_uri, engine_dir)
-    return EmbeddedBackend.from_engine_dir(engine_dir, runtime_config)
+    return EmbeddedBackend.from_engine_dir(engine_dir, runtime_config, engine_process)

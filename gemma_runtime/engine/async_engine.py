@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 
 class AsyncEngine:
+    THREAD_NAME = "engine-loop"  # the thread running `_run`
+
     def __init__(self, engine: LLMEngine):
         self.engine = engine
         self.spec = engine.spec
@@ -47,7 +49,7 @@ class AsyncEngine:
         with self._lock:
             if self._thread is None:
                 self._stopping = False
-                self._thread = threading.Thread(target=self._run, name="engine-loop", daemon=True)
+                self._thread = threading.Thread(target=self._run, name=self.THREAD_NAME, daemon=True)
                 self._thread.start()
 
     def shutdown(self) -> None:
@@ -83,7 +85,7 @@ class AsyncEngine:
         if request.request_id in self._streams:
             raise RequestError(f"request id {request.request_id!r} is already in flight")
         loop = asyncio.get_running_loop()
-        prepared = await loop.run_in_executor(self._executor, self.engine.prepare, request)
+        prepared = await self._prepare(request)
         outputs: asyncio.Queue = asyncio.Queue()
         self._streams[request.request_id] = (loop, outputs)
         self._send(("add", request, prepared))
@@ -101,6 +103,10 @@ class AsyncEngine:
             if not finished:
                 self._send(("abort", request.request_id))
             self._streams.pop(request.request_id, None)
+
+    async def _prepare(self, request: GenerateRequest):
+        """Tokenizing, images and grammars, off both the event loop and the engine loop."""
+        return await asyncio.get_running_loop().run_in_executor(self._executor, self.engine.prepare, request)
 
     async def abort(self, request_id: str) -> None:
         self._send(("abort", request_id))

@@ -48,4 +48,21 @@ def test_each_threads_cpu_lands_in_its_group():
 def test_a_thread_that_ended_is_left_out_not_subtracted():
     before = {("engine", 1): 5.0, ("event_loop", 2): 1.0}
     after = {("event_loop", 2): 1.5, ("event_loop", 3): 0.25}  # 1 ended, 3 was born
-    assert cpu_by_group(before, after) == {"engine": 0.0, "event_loop": 0.75}
+    assert cpu_by_group(before, after) == {"engine": 0.0, "event_loop": 0.75, "worker": 0.0}
+
+
+def test_the_engine_process_counts_as_the_worker_group():
+    """--engine-process: the engine's own process is read whole, under "worker"."""
+    import subprocess
+
+    spin = "import time\nend = time.process_time() + 1.0\nwhile time.process_time() < end: pass\ninput()"
+    child = subprocess.Popen([sys.executable, "-c", spin], stdin=subprocess.PIPE)
+    try:
+        before = thread_cpu_s(child.pid)
+        deadline = time.monotonic() + 30
+        while cpu_by_group(before, thread_cpu_s(child.pid))["worker"] < 0.2 and time.monotonic() < deadline:
+            time.sleep(0.02)
+        spent = cpu_by_group(before, thread_cpu_s(child.pid))
+        assert 0.2 <= spent["worker"] < 2.0 and spent["engine"] == 0.0
+    finally:
+        child.communicate(b"\n", timeout=30)

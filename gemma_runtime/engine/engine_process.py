@@ -1,0 +1,133 @@
+"""`--engine-process`: the asyncio face of the runtime over an engine loop in a process of its own.
+
+`AsyncEngine` runs the step loop on a thread of the server's process, where it shares one interpreter lock
+with the event loop: on a small engine, whose step is mostly Python, the event loop's work per streamed
+token (SSE chunks, socket writes) then delays every step. Here the step loop runs in a worker process
+(gemma_runtime/engine/engine_worker.py) and this process keeps only what HTTP needs: the spec, the
+tokenizer, and one pipe reader thread that hands each step's outputs to the event loop in one wake-up, as
+`AsyncEngine` does. Requests, outputs and stats cross the pipe pickled, one message per step.
+"""
+
+from __future__ import annotations
+
+import atexit
+import multiprocessing
+import threading
+from pathlib import Path
+
+from gemma_runtime.api import GenerateRequest
+from gemma_runtime.config import RuntimeConfig
+from gemma_runtime.engine.async_engine import AsyncEngine
+from gemma_runtime.engine.engine_worker import Ready, StepMessage, serve
+from gemma_runtime.engine_format.spec import EngineSpec, read_generation_defaults
+
+STOP_TIMEOUT_S = 30  # for the worker to end after `stop`, before it is terminated
+
+
+class EngineProcess:
+    """The worker process, standing where `AsyncEngine` keeps its `LLMEngine`: the attributes the server
+    reads (spec, tokenizer, generation defaults, max_model_len, the resolved config), the stats the last
+    step reported, health and close. Loading the engine happens in the worker; this waits until it is
+    ready, and raises what stopped it otherwise."""
+
+    def __init__(self, engine_dir: str | Path, config: RuntimeConfig | None = None, worker=serve) -> None:
+        """`worker`: the worker process's entry point (engine_worker.serve; a test injects faults there)."""
+        from transformers import PreTrainedTokenizerFast
+
+        self.engine_dir = Path(engine_dir)
+        self.spec = EngineSpec.load(self.engine_dir)
+        self.tokenizer = PreTrainedTokenizerFast.from_pretrained(str(self.engine_dir))
+        self.generation_defaults = read_generation_defaults(self.engine_dir)
+        context = multiprocessing.get_context("spawn")  # CUDA needs it; and no copy of this process's threads
+        self._conn, worker_end = context.Pipe()
+        # Not a daemon: a tensor-parallel engine starts its ranks from the worker. The worker ends when this
+        # side's end of the pipe closes, so it does not outlive a crashed server.
+        self.process = context.Process(target=worker, args=(str(self.engine_dir), config, worker_end), name="engine")
+        self.process.start()
+        worker_end.close()
+        self._send_lock = threading.Lock()
+        self._closed = False
+        # Before multiprocessing's own exit hook, which joins non-daemon children: the worker ends once told.
+        atexit.register(self.close)
+        try:
+            ready = self._conn.recv()
+        except EOFError:
+            self.process.join()
+            self.close()
+            raise RuntimeError(f"the engine process exited (code {self.process.exitcode}) while loading") from None
+        if isinstance(ready, BaseException):
+            self.process.join()
+            self.close()
+            raise ready
+        assert isinstance(ready, Ready)
+        self.max_model_len, self.config, self._stats = ready.max_model_len, ready.config, ready.stats
+
+    def send(self, command: tuple) -> None:
+        with self._send_lock:  # one pickled message at a time, whichever thread sends
+            self._conn.send(command)
+
+    def receive(self) -> StepMessage:
+        message = self._conn.recv()
+        self._stats = message.stats
+        return message
+
+    def stats(self):
+        return self._stats
+
+    def healthy(self) -> bool:
+        return not self._closed and self.process.is_alive()
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        atexit.unregister(self.close)
+        if self.process.is_alive():
+            try:
+                self.send(("stop",))
+            except OSError:
+                pass  # already gone
+            self.process.join(STOP_TIMEOUT_S)
+            if self.process.is_alive():
+                self.process.terminate()
+                self.process.join()
+        self._conn.close()
+
+
+class ProcessAsyncEngine(AsyncEngine):
+    """`AsyncEngine` whose engine loop is the worker process: requests go down the pipe (the worker
+    prepares them), and this process's loop thread only reads the pipe and delivers."""
+
+    THREAD_NAME = "engine-pipe"
+
+    @classmethod
+    def from_engine_dir(cls, engine_dir: str | Path, config: RuntimeConfig | None = None) -> ProcessAsyncEngine:
+        return cls(EngineProcess(engine_dir, config))
+
+    def shutdown(self) -> None:
+        self.engine.close()  # the worker stops and its end of the pipe closes: the reader thread ends
+        super().shutdown()
+
+    async def _prepare(self, request: GenerateRequest):
+        return None  # done in the worker, beside its engine
+
+    def _send(self, command: tuple) -> None:
+        try:
+            self.engine.send(command[:2])  # ("add", request) or ("abort", request id)
+        except OSError:
+            if command[0] == "add":
+                self._deliver(command[1].request_id, RuntimeError("the engine process is not running"))
+
+    def _run(self) -> None:
+        while not self._stopping:
+            try:
+                message = self.engine.receive()
+            except (EOFError, OSError):
+                break
+            self._deliver_step(message.outputs)
+            for request_id, exc in message.failures:
+                self._deliver(request_id, exc)
+        self.engine.process.join(timeout=1)  # for its exit code
+        gone = RuntimeError(f"the engine process ended (exit code {self.engine.process.exitcode})")
+        for request_id in list(self._streams):
+            self._deliver(request_id, gone)
