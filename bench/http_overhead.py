@@ -239,8 +239,7 @@ def main() -> None:
     p.add_argument(
         "--engine-process",
         action="store_true",
-        help="serve HTTP with the engine loop in a process of its own (python -m server --engine-process); "
-        "the runtime-alone side stays in this process",
+        help="the engine loop in a process of its own (python -m server --engine-process), for both sides",
     )
     args = p.parse_args()
 
@@ -250,17 +249,18 @@ def main() -> None:
     from server.settings import ServerSettings
 
     config = RuntimeConfig(device=args.device, max_num_seqs=max(args.streams, 1))
-    backend = EmbeddedBackend.from_engine_dir(args.engine, config)
-    served = EmbeddedBackend.from_engine_dir(args.engine, config, engine_process=True) if args.engine_process else backend
-    worker = served.engine.engine.process.pid if args.engine_process else None
+    # With --engine-process both sides read the same worker: the runtime alone is its own rate as this
+    # process receives it, and HTTP adds only the server.
+    backend = EmbeddedBackend.from_engine_dir(args.engine, config, engine_process=args.engine_process)
+    worker = backend.engine.engine.process.pid if args.engine_process else None
     prompt = backend.tokenizer.apply_chat_template(PROMPT, tokenize=False, add_generation_prompt=True)
     prompt_ids = backend.tokenizer.encode(prompt, add_special_tokens=False)
     print(
         f"{args.streams} streams x {args.tokens} tokens, engine {args.engine}, HTTP clients: {args.client} process, "
-        f"engine loop for HTTP: {'its own process' if worker else 'a thread of the server'}"
+        f"engine loop: {'its own process' if worker else 'a thread of this process'}"
     )
     pairs: list[Pair] = []
-    with UvicornThread(create_app(ServerSettings(), served)) as server:
+    with UvicornThread(create_app(ServerSettings(), backend)) as server:
         on_uvloop(runtime_alone(backend, prompt_ids, args.streams, 8))  # warm-up
         http_load(server.base_url, args.streams, 8, args.client, args.reader)  # warm-up
         for i in range(args.repeat):

@@ -1,7 +1,7 @@
 """The Gemma 4 runtime, in floors; each floor imports only the floors below it.
 
 - `api.py` (request contracts) and `config.py` (RuntimeConfig): what callers hand the runtime; every floor reads them.
-- `engine/`: LLMEngine (the step loop) and AsyncEngine (asyncio front, engine-loop thread).
+- `engine/`: LLMEngine (the step loop) and AsyncEngine (asyncio front, engine-loop thread, or a worker process).
 - `parallel/`: tensor and expert parallelism: ranks 1..N-1, the sharding plan, the step broadcast.
 - `scheduling/`: host-side state: sequences, the scheduler, the KV page allocator.
 - `executor/`: device execution: the model runner, decode graphs, device block tables and copies, the sampler.

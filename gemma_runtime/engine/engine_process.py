@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import queue
 import threading
 from pathlib import Path
 
@@ -45,8 +46,11 @@ class EngineProcess:
         self.process = context.Process(target=worker, args=(str(self.engine_dir), config, worker_end), name="engine")
         self.process.start()
         worker_end.close()
-        self._send_lock = threading.Lock()
         self._closed = False
+        self._broken = False  # a send failed: the worker is gone
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._sender = threading.Thread(target=self._send_all, name="engine-pipe-send", daemon=True)
+        self._sender.start()
         # Before multiprocessing's own exit hook, which joins non-daemon children: the worker ends once told.
         atexit.register(self.close)
         try:
@@ -63,8 +67,18 @@ class EngineProcess:
         self.max_model_len, self.config, self._stats = ready.max_model_len, ready.config, ready.stats
 
     def send(self, command: tuple) -> None:
-        with self._send_lock:  # one pickled message at a time, whichever thread sends
-            self._conn.send(command)
+        """Queued for the sender thread, in order: a request with large images never blocks the caller (the
+        event loop) while the worker is inside a step and not reading the pipe."""
+        self._outbox.put(command)
+
+    def _send_all(self) -> None:
+        while (command := self._outbox.get()) is not None:
+            if self._broken:
+                continue
+            try:
+                self._conn.send(command)
+            except OSError:  # the worker's end is closed
+                self._broken = True
 
     def receive(self) -> StepMessage:
         message = self._conn.recv()
@@ -75,7 +89,7 @@ class EngineProcess:
         return self._stats
 
     def healthy(self) -> bool:
-        return not self._closed and self.process.is_alive()
+        return not self._closed and not self._broken and self.process.is_alive()
 
     def close(self) -> None:
         if self._closed:
@@ -83,10 +97,10 @@ class EngineProcess:
         self._closed = True
         atexit.unregister(self.close)
         if self.process.is_alive():
-            try:
-                self.send(("stop",))
-            except OSError:
-                pass  # already gone
+            self.send(("stop",))
+        self._outbox.put(None)  # the sender ends after what it holds
+        self._sender.join(STOP_TIMEOUT_S)
+        if self.process.is_alive():
             self.process.join(STOP_TIMEOUT_S)
             if self.process.is_alive():
                 self.process.terminate()
@@ -99,6 +113,7 @@ class ProcessAsyncEngine(AsyncEngine):
     prepares them), and this process's loop thread only reads the pipe and delivers."""
 
     THREAD_NAME = "engine-pipe"
+    _gone = False  # the pipe reader saw the worker end
 
     @classmethod
     def from_engine_dir(cls, engine_dir: str | Path, config: RuntimeConfig | None = None) -> ProcessAsyncEngine:
@@ -112,11 +127,11 @@ class ProcessAsyncEngine(AsyncEngine):
         return None  # done in the worker, beside its engine
 
     def _send(self, command: tuple) -> None:
-        try:
-            self.engine.send(command[:2])  # ("add", request) or ("abort", request id)
-        except OSError:
-            if command[0] == "add":
-                self._deliver(command[1].request_id, RuntimeError("the engine process is not running"))
+        if command[0] == "add" and (self._gone or not self.engine.healthy()):
+            # The reader's last sweep may have passed this stream already: fail it here, never leave it waiting.
+            self._deliver(command[1].request_id, RuntimeError("the engine process is not running"))
+            return
+        self.engine.send(command[:2])  # ("add", request) or ("abort", request id)
 
     def _run(self) -> None:
         while not self._stopping:
@@ -127,6 +142,7 @@ class ProcessAsyncEngine(AsyncEngine):
             self._deliver_step(message.outputs)
             for request_id, exc in message.failures:
                 self._deliver(request_id, exc)
+        self._gone = True  # before the sweep: a request registered after it fails in `_send`
         self.engine.process.join(timeout=1)  # for its exit code
         gone = RuntimeError(f"the engine process ended (exit code {self.engine.process.exitcode})")
         for request_id in list(self._streams):

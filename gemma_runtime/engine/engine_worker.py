@@ -11,6 +11,7 @@ pool here, as in the embedded engine, so a slow one never stalls the steps.
 from __future__ import annotations
 
 import logging
+import os
 import pickle
 import queue
 import socket
@@ -130,11 +131,26 @@ def portable(exc: BaseException) -> BaseException:
         return RuntimeError(f"{type(exc).__name__}: {exc}")
 
 
+def cpu_threads(device: str, env: dict, cores: int) -> int | None:
+    """torch's intra-op threads for a CPU engine in the worker: every core but one, which the server's
+    process (event loop, SSE, sockets) needs beside it; None leaves torch's default (a GPU engine, or
+    OMP_NUM_THREADS set by the user). On a 2-core machine with torch's default of 2 the HTTP path kept
+    81-87% of the worker's rate against 91-103% with 1 (docs/benchmarks.md)."""
+    if not device.startswith("cpu") or env.get("OMP_NUM_THREADS"):
+        return None
+    return max(1, cores - 1)
+
+
 def serve(engine_dir: str, config: RuntimeConfig | None, conn: Connection) -> None:
     """The worker process's entry point: load the engine, say `Ready` (or why not), then step until told
     to stop or until the server's side of the pipe closes."""
+    import torch
+
     from gemma_runtime.engine.llm_engine import LLMEngine
 
+    threads = cpu_threads((config or RuntimeConfig()).device, dict(os.environ), len(os.sched_getaffinity(0)))
+    if threads is not None:
+        torch.set_num_threads(threads)
     try:
         engine = LLMEngine(engine_dir, config)
     except BaseException as exc:  # noqa: BLE001  told to the server's side, which raises it there

@@ -16,6 +16,7 @@ from gemma_runtime.api import GenerateRequest, RequestError, SamplingParams
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.async_engine import AsyncEngine
 from gemma_runtime.engine.engine_process import EngineProcess, ProcessAsyncEngine
+from gemma_runtime.engine.engine_worker import cpu_threads
 from gemma_runtime.speculative.registry import SpeculativeUnavailable
 from tests.fault_injection import FAULT, serve_failing_on_step
 
@@ -141,3 +142,18 @@ async def test_a_worker_that_dies_ends_every_stream_with_an_error(random_tiny_en
             await asyncio.wait_for(collect(engine, GenerateRequest("late", PROMPT, SamplingParams(max_tokens=2))), 30)
     finally:
         engine.shutdown()
+
+
+@pytest.mark.parametrize(
+    "device, env, cores, threads",
+    [
+        ("cpu", {}, 2, 1),  # one core left to the server's process
+        ("cpu", {}, 16, 15),
+        ("cpu", {}, 1, 1),
+        ("cpu", {"OMP_NUM_THREADS": "2"}, 2, None),  # the user's choice stands
+        ("cuda", {}, 16, None),
+        ("cuda:1", {}, 16, None),
+    ],
+)
+def test_a_cpu_worker_leaves_a_core_to_the_server(device, env, cores, threads):
+    assert cpu_threads(device, env, cores) == threads

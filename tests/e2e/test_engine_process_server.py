@@ -1,0 +1,121 @@
+"""`python -m server --engine-process` (the engine loop in a worker process) through the openai SDK: the
+same greedy answers as the engine on a thread, a worker killed mid-stream ends the stream with an error
+and turns readiness, SIGTERM drains and stops the worker, SIGKILL of the server leaves no worker behind."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import httpx
+import openai
+import pytest
+
+from tests.parallel.conftest import children_of, cmdline, wait_gone
+from tests.parallel.server_process import TP_ARGS, Server
+
+MESSAGES = [{"role": "user", "content": "Hello there, how are you?"}]
+FLAG = ["--engine-process"]
+
+
+@pytest.fixture(scope="module")
+def server(random_tiny_engine_dir, tmp_path_factory):
+    srv = Server(random_tiny_engine_dir, tmp_path_factory.mktemp("engine-process") / "server.log", FLAG)
+    yield srv
+    srv.stop()
+
+
+def answers(srv: Server) -> tuple[str, str]:
+    """A greedy chat answer, whole and streamed."""
+    client = srv.client()
+    kwargs = dict(model=client.models.list().data[0].id, messages=MESSAGES, max_tokens=12, temperature=0.0)
+    whole = client.chat.completions.create(**kwargs, extra_body={"ignore_eos": True})
+    assert whole.usage.completion_tokens == 12 and whole.choices[0].finish_reason == "length"
+    chunks = list(client.chat.completions.create(**kwargs, stream=True, extra_body={"ignore_eos": True}))
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    return whole.choices[0].message.content, "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+
+def test_one_worker_process(server):
+    assert len(server.workers) == 1, [cmdline(p) for p in children_of(server.proc.pid)]
+
+
+def test_the_same_greedy_answers_as_the_engine_on_a_thread(server, random_tiny_engine_dir, tmp_path):
+    whole, streamed = answers(server)
+    assert whole == streamed and whole
+    plain = Server(random_tiny_engine_dir, tmp_path / "plain.log", [])
+    try:
+        assert plain.workers == []  # the engine loop on a thread of the server's process
+        assert answers(plain) == (whole, streamed)
+    finally:
+        plain.stop()
+
+
+def test_killing_the_worker_mid_stream_errors_the_stream_and_readiness(server):
+    client = server.client()
+    model = client.models.list().data[0].id
+    stream = client.chat.completions.create(
+        model=model, messages=MESSAGES, max_tokens=4000, stream=True, extra_body={"ignore_eos": True}
+    )
+    received = 0
+    with pytest.raises(openai.APIError):
+        for _chunk in stream:
+            received += 1
+            if received == 3:
+                os.kill(server.workers[0], signal.SIGKILL)
+    assert received >= 3
+    deadline = time.monotonic() + 10
+    while server.ready():
+        assert time.monotonic() < deadline, "readiness stayed 200 with the engine process gone"
+        time.sleep(0.1)
+    assert httpx.get(server.base + "/v1/health/ready", timeout=5).status_code == 503
+    assert httpx.get(server.base + "/v1/health/live", timeout=5).status_code == 200
+    with pytest.raises(openai.InternalServerError):  # answered at once, not left hanging
+        client.with_options(timeout=30).chat.completions.create(model=model, messages=MESSAGES, max_tokens=2)
+    server.proc.send_signal(signal.SIGTERM)
+    assert server.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+
+
+def test_sigterm_with_a_stream_in_flight_stops_the_worker(random_tiny_engine_dir, tmp_path):
+    srv = Server(random_tiny_engine_dir, tmp_path / "server.log", FLAG)
+    try:
+        assert len(srv.workers) == 1
+        client = srv.client()
+        stream = client.chat.completions.create(
+            model=client.models.list().data[0].id, messages=MESSAGES, max_tokens=16, stream=True
+        )
+        next(iter(stream))
+        srv.proc.send_signal(signal.SIGTERM)
+        assert sum(1 for _ in stream) >= 0  # drained, not cut (--drain-timeout 5)
+        assert srv.proc.wait(timeout=60) in (0, -signal.SIGTERM)
+        assert wait_gone(srv.descendants) == []
+    finally:
+        srv.stop()
+
+
+def test_a_killed_server_leaves_no_worker_behind(random_tiny_engine_dir, tmp_path):
+    srv = Server(random_tiny_engine_dir, tmp_path / "server.log", FLAG)
+    try:
+        srv.proc.kill()  # SIGKILL: no shutdown code runs; the worker sees its end of the pipe close
+        srv.proc.wait(timeout=10)
+        assert wait_gone(srv.workers, timeout=15) == []
+    finally:
+        srv.stop()
+
+
+def test_tensor_parallel_ranks_start_from_the_worker(random_tiny_engine_dir, tmp_path):
+    """--tensor-parallel-size 2 --engine-process: the worker is rank 0 and starts rank 1 itself; a killed
+    server takes both with it."""
+    srv = Server(random_tiny_engine_dir, tmp_path / "server.log", [*TP_ARGS, *FLAG])
+    try:
+        assert len(srv.workers) == 1
+        ranks = [p for p in children_of(srv.workers[0]) if b"spawn_main" in cmdline(p)]
+        assert len(ranks) == 1, [cmdline(p) for p in children_of(srv.workers[0])]
+        whole, streamed = answers(srv)
+        assert whole == streamed and whole
+        srv.proc.kill()
+        srv.proc.wait(timeout=10)
+        assert wait_gone([*srv.workers, *ranks], timeout=30) == []
+    finally:
+        srv.stop()
