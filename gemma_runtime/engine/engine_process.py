@@ -12,11 +12,12 @@ from __future__ import annotations
 
 import atexit
 import multiprocessing
+import pickle
 import queue
 import threading
 from pathlib import Path
 
-from gemma_runtime.api import GenerateRequest
+from gemma_runtime.api import GenerateRequest, RequestError
 from gemma_runtime.config import RuntimeConfig
 from gemma_runtime.engine.async_engine import AsyncEngine
 from gemma_runtime.engine.engine_worker import Ready, StepMessage, serve
@@ -67,16 +68,17 @@ class EngineProcess:
         self.max_model_len, self.config, self._stats = ready.max_model_len, ready.config, ready.stats
 
     def send(self, command: tuple) -> None:
-        """Queued for the sender thread, in order: a request with large images never blocks the caller (the
-        event loop) while the worker is inside a step and not reading the pipe."""
-        self._outbox.put(command)
+        """Pickled here (what cannot cross raises to the caller), then queued for the sender thread, in
+        order: a request with large images never blocks the caller (the event loop) while the worker is
+        inside a step and not reading the pipe."""
+        self._outbox.put(pickle.dumps(command, protocol=pickle.HIGHEST_PROTOCOL))
 
     def _send_all(self) -> None:
-        while (command := self._outbox.get()) is not None:
+        while (data := self._outbox.get()) is not None:
             if self._broken:
                 continue
             try:
-                self._conn.send(command)
+                self._conn.send_bytes(data)  # what Connection.send writes; the worker's recv() unpickles it
             except OSError:  # the worker's end is closed
                 self._broken = True
 
@@ -131,7 +133,12 @@ class ProcessAsyncEngine(AsyncEngine):
             # The reader's last sweep may have passed this stream already: fail it here, never leave it waiting.
             self._deliver(command[1].request_id, RuntimeError("the engine process is not running"))
             return
-        self.engine.send(command[:2])  # ("add", request) or ("abort", request id)
+        try:
+            self.engine.send(command[:2])  # ("add", request) or ("abort", request id)
+        except Exception as exc:  # noqa: BLE001  a request that cannot be pickled: fail it, not the server
+            if command[0] != "add":
+                raise
+            self._deliver(command[1].request_id, RequestError(f"the request cannot reach the engine: {exc}"))
 
     def _run(self) -> None:
         while not self._stopping:

@@ -157,3 +157,21 @@ async def test_a_worker_that_dies_ends_every_stream_with_an_error(random_tiny_en
 )
 def test_a_cpu_worker_leaves_a_core_to_the_server(device, env, cores, threads):
     assert cpu_threads(device, env, cores) == threads
+
+
+async def test_a_request_that_cannot_cross_the_pipe_fails_alone(random_tiny_engine_dir):
+    """An image object pickle refuses (a lock stands in for it): that request gets a RequestError, the worker
+    and the next request are untouched."""
+    import threading
+
+    engine = ProcessAsyncEngine.from_engine_dir(random_tiny_engine_dir, CONFIG)
+    engine.start()
+    try:
+        with pytest.raises(RequestError, match="cannot reach the engine"):
+            await collect(
+                engine, GenerateRequest("odd", PROMPT, SamplingParams(max_tokens=2), images=(threading.Lock(),))
+            )
+        outs = await collect(engine, GenerateRequest("next", PROMPT, SamplingParams(max_tokens=3, ignore_eos=True)))
+        assert outs[-1].usage.completion_tokens == 3 and engine.health()
+    finally:
+        engine.shutdown()
