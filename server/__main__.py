@@ -219,9 +219,13 @@ def main(argv: list[str] | None = None) -> None:
         f">> serving {model}{aliases} ({settings.engine_dir or settings.backend}) on http://{settings.host}:{settings.port}/v1",
         flush=True,
     )
-    DrainingServer(
-        uvicorn_config(app, settings), app.state.ctx.admission, settings.drain_timeout_s
-    ).run()  # SIGTERM drains first (server/drain.py)
+    try:
+        DrainingServer(
+            uvicorn_config(app, settings), app.state.ctx.admission, settings.drain_timeout_s
+        ).run()  # SIGTERM drains first (server/drain.py)
+    except KeyboardInterrupt:
+        # Ctrl+C: uvicorn has already shut down in order, then re-raised the signal; no traceback for it.
+        print(">> stopped", flush=True)
 
 
 if __name__ == "__main__":

@@ -14,6 +14,7 @@ import logging
 import os
 import pickle
 import queue
+import signal
 import socket
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
@@ -148,7 +149,11 @@ def serve(engine_dir: str, config: RuntimeConfig | None, conn: Connection) -> No
 
     from gemma_runtime.engine.llm_engine import LLMEngine
 
-    threads = cpu_threads((config or RuntimeConfig()).device, dict(os.environ), len(os.sched_getaffinity(0)))
+    # Ctrl+C reaches the whole process group: the server's process drains and then stops this one, which
+    # must not die first (its streams would end with an error) nor print a KeyboardInterrupt traceback.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    threads = cpu_threads((config or RuntimeConfig()).device, dict(os.environ), cores)
     if threads is not None:
         torch.set_num_threads(threads)
     try:

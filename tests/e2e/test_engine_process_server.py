@@ -119,3 +119,44 @@ def test_tensor_parallel_ranks_start_from_the_worker(random_tiny_engine_dir, tmp
         assert wait_gone([*srv.workers, *ranks], timeout=30) == []
     finally:
         srv.stop()
+
+
+@pytest.mark.parametrize("flags", [FLAG, []], ids=["engine-process", "engine-thread"])
+def test_ctrl_c_stops_both_processes_without_a_traceback(random_tiny_engine_dir, tmp_path, flags):
+    """Ctrl+C reaches the whole process group (`make serve` in a terminal): the worker leaves it to the
+    server's process, which shuts down and stops the worker; neither prints a traceback (nor does the
+    server alone, which printed uvicorn's re-raised KeyboardInterrupt)."""
+    import subprocess
+    import sys
+
+    from tests.e2e.conftest import free_ports
+    from tests.parallel.server_process import REPO_ROOT
+
+    port = free_ports(1)[0]
+    log = tmp_path / "server.log"
+    cmd = [sys.executable, "-m", "server", "--engine", str(random_tiny_engine_dir), "--device", "cpu"]
+    cmd += ["--host", "127.0.0.1", "--port", str(port), *flags]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=REPO_ROOT, env=env, stdout=log.open("w"), stderr=subprocess.STDOUT, start_new_session=True
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"http://127.0.0.1:{port}/v1/health/ready", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert proc.poll() is None and time.monotonic() < deadline, log.read_text()[-2000:]
+            time.sleep(0.2)
+        workers = [p for p in children_of(proc.pid) if b"spawn_main" in cmdline(p)]
+        assert len(workers) == (1 if flags else 0)
+        os.killpg(proc.pid, signal.SIGINT)
+        assert proc.wait(timeout=60) == 0
+        assert wait_gone(workers, timeout=30) == []
+        text = log.read_text()
+        assert "Traceback" not in text and "KeyboardInterrupt" not in text, text[-3000:]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
