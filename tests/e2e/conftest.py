@@ -67,17 +67,18 @@ def _backend(kind: str, engine_dir: Path, request):
     from gemma_runtime.config import RuntimeConfig
     from server.backend import EmbeddedBackend
 
-    if kind == "embedded":
-        return EmbeddedBackend.from_engine_dir(engine_dir, RuntimeConfig(**RUNTIME))
+    if kind in ("embedded", "engine-process"):
+        return EmbeddedBackend.from_engine_dir(engine_dir, RuntimeConfig(**RUNTIME), kind == "engine-process")
     from triton_bridge.client import TritonBackend
 
     triton = request.getfixturevalue("triton_server")
     return TritonBackend.from_uri(triton.backend_uri, engine_dir=engine_dir)
 
 
-@pytest.fixture(scope="session", params=["embedded", "triton"])
+@pytest.fixture(scope="session", params=["embedded", "engine-process", "triton"])
 def live_server(request, taught_engine_dir) -> LiveServer:
-    """The OpenAI server in front of each backend in turn: the whole suite runs against both."""
+    """The OpenAI server in front of each backend in turn: the whole suite runs against all three (the
+    runtime on a thread of the server, in a worker process (`--engine-process`), behind Triton)."""
     from server.app import create_app
     from server.settings import ServerSettings
 

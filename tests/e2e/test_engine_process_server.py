@@ -160,3 +160,33 @@ def test_ctrl_c_stops_both_processes_without_a_traceback(random_tiny_engine_dir,
     finally:
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
+
+
+def test_a_step_failing_in_the_worker_mid_stream_is_an_error_event_then_done(random_tiny_engine_dir):
+    """Fault injection in the worker (its runner's 12th launch raises): the 200 and some text went out, then
+    the stream ends with an error event and `[DONE]`; the next request is served."""
+    import functools
+    import json
+
+    from bench.uvicorn_thread import UvicornThread
+    from gemma_runtime.config import RuntimeConfig
+    from gemma_runtime.engine.engine_process import EngineProcess, ProcessAsyncEngine
+    from server.app import create_app
+    from server.backend import EmbeddedBackend
+    from server.settings import ServerSettings
+    from tests.fault_injection import FAULT, serve_failing_on_step
+
+    worker = functools.partial(serve_failing_on_step, 12)
+    engine = ProcessAsyncEngine(EngineProcess(random_tiny_engine_dir, RuntimeConfig(device="cpu"), worker=worker))
+    with UvicornThread(create_app(ServerSettings(), EmbeddedBackend(engine))) as srv:
+        body = {"messages": MESSAGES, "max_tokens": 50, "ignore_eos": True, "stream": True}
+        with httpx.stream("POST", srv.base_url + "/v1/chat/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
+        assert events[-1] == "[DONE]"
+        error = json.loads(events[-2])["error"]
+        assert FAULT in error["message"] and set(error) == {"message", "type", "param", "code"}
+        chunks = [json.loads(e) for e in events[:-2]]
+        assert any(c["choices"][0]["delta"].get("content") for c in chunks)  # text went out before the failure
+        after = httpx.post(srv.base_url + "/v1/chat/completions", json={**body, "stream": False}, timeout=60)
+        assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 50

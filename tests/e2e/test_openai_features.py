@@ -369,6 +369,8 @@ def test_engine_failure_after_streaming_began_is_an_error_event_then_done(base, 
 
     if not isinstance(live_server.backend, EmbeddedBackend):
         pytest.skip("the engine runs inside tritonserver: no fault to inject from this process")
+    if not hasattr(live_server.backend.engine.engine, "runner"):
+        pytest.skip("the engine runs in its worker process: test_engine_process_server.py injects it there")
     fail_on_step(monkeypatch, live_server.backend.engine.engine.runner, 4)
     body = {"model": MODEL, "messages": HELLO, "max_tokens": 50, "ignore_eos": True, "stream": True}
     with httpx.stream("POST", base + "/chat/completions", json=body, timeout=60) as r:
