@@ -36,12 +36,15 @@ USER = [{"role": "user", "content": "Hello"}]
 HOL_BOUND_S = 0.5
 
 
-@pytest.fixture(scope="module")
-def engine_backend(random_tiny_engine_dir):
+@pytest.fixture(scope="module", params=["engine-thread", "engine-process"])
+def engine_backend(random_tiny_engine_dir, request):
+    """The runtime on a thread of the server's process, and in a worker process (`--engine-process`)."""
     from gemma_runtime.config import RuntimeConfig
     from server.backend import EmbeddedBackend
 
-    backend = EmbeddedBackend.from_engine_dir(random_tiny_engine_dir, RuntimeConfig(max_num_seqs=16, device="cpu"))
+    backend = EmbeddedBackend.from_engine_dir(
+        random_tiny_engine_dir, RuntimeConfig(max_num_seqs=16, device="cpu"), request.param == "engine-process"
+    )
     backend.start()
     yield backend
     backend.shutdown()
