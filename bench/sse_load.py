@@ -4,8 +4,8 @@ On a machine with few cores the load generator shares them with the server it me
 client that parses every chunk as it arrives (httpx's line iterator, then `json.loads`) spent about twice the
 server's own CPU per streamed token (`python -m bench.http_overhead --reader httpx`): the bench then charged
 the server for its client's work. This client only reads bytes while the streams run (`Connection: close`,
-read to the end); the chunked framing and every event are parsed after the clock stops, and a stream whose
-events do not add up (a missing `[DONE]`, usage that disagrees with the deltas counted) fails the run.
+read to the end); the chunked framing and every event are parsed after the clock stops, and a stream that
+did not complete (not a 200, no `[DONE]`, no deltas or no usage) fails the run.
 """
 
 from __future__ import annotations

@@ -150,8 +150,7 @@ class AsyncEngine:
                     self._deliver(out.request_id, out)
 
     def _fail_all(self, exc: Exception) -> None:
-        for request_id in list(self.engine.requests):
-            self.engine.abort(request_id)
+        for request_id in self.engine.abort_all():
             self._deliver(request_id, RuntimeError(f"engine step failed: {exc}"))
 
     def _deliver_step(self, outputs: list[RequestOutput]) -> None:

@@ -66,6 +66,7 @@ class EngineProcess:
             raise ready
         assert isinstance(ready, Ready)
         self.max_model_len, self.config, self._stats = ready.max_model_len, ready.config, ready.stats
+        self.torch_threads = ready.torch_threads
 
     def send(self, command: tuple) -> None:
         """Pickled here (what cannot cross raises to the caller), then queued for the sender thread, in

@@ -35,6 +35,7 @@ class Ready:
     max_model_len: int
     config: RuntimeConfig
     stats: object  # EngineStats before any request
+    torch_threads: int  # the worker's intra-op threads (cpu_threads)
 
 
 @dataclass(frozen=True)
@@ -118,9 +119,7 @@ class _Worker:
             self.outputs.extend(self.engine.step())
         except Exception as exc:  # noqa: BLE001  a failed step must not end the loop: fail its requests
             log.exception("engine step failed")
-            for request_id in list(self.engine.requests):
-                self.engine.abort(request_id)
-                self.failures.append((request_id, RuntimeError(f"engine step failed: {exc}")))
+            self.failures += [(rid, RuntimeError(f"engine step failed: {exc}")) for rid in self.engine.abort_all()]
 
 
 def portable(exc: BaseException) -> BaseException:
@@ -161,7 +160,7 @@ def serve(engine_dir: str, config: RuntimeConfig | None, conn: Connection) -> No
     except BaseException as exc:  # noqa: BLE001  told to the server's side, which raises it there
         conn.send(portable(exc) if isinstance(exc, Exception) else RuntimeError(repr(exc)))
         return
-    conn.send(Ready(engine.max_model_len, engine.config, engine.stats()))
+    conn.send(Ready(engine.max_model_len, engine.config, engine.stats(), torch.get_num_threads()))
     try:
         _Worker(engine, conn).run()
     except (BrokenPipeError, EOFError, ConnectionResetError):

@@ -128,6 +128,13 @@ class LLMEngine:
         state.seq.status = SequenceStatus.FINISHED
         return RequestOutput(request_id, (), "", finished=True, finish_reason="abort", usage=self._usage(state.seq))
 
+    def abort_all(self) -> list[str]:
+        """Aborts every request (after a failed step, whose state nobody can trust); their ids."""
+        ids = list(self.requests)
+        for request_id in ids:
+            self.abort(request_id)
+        return ids
+
     def _release(self, seq: Sequence) -> None:
         self.runner.release(seq)
         if self.speculation is not None:

@@ -1,6 +1,7 @@
 """Shared by the load tests in front of the embedded runtime (test_faults.py) and tritonserver
 (test_triton_load.py): a stream reader that can leave early, the storm of streams with random
-disconnects, and the wait for the engine to settle back to its baseline."""
+disconnects, and the wait for the engine to settle back to its baseline; and the check of a stream that
+failed after it began (test_openai_features.py, test_engine_process_server.py)."""
 
 from __future__ import annotations
 
@@ -41,6 +42,18 @@ async def read_stream(
         except TimeoutError:
             pass
     return rec
+
+
+def error_after_text(events: list[str]) -> dict:
+    """A stream's `data:` payloads that failed after it began: the role chunk and some text went out, then
+    an error event in the OpenAI envelope, then `[DONE]`. Returns the error."""
+    assert events[-1] == "[DONE]", events[-3:]
+    error = json.loads(events[-2])["error"]
+    assert set(error) == {"message", "type", "param", "code"}, error
+    chunks = [json.loads(e) for e in events[:-2]]
+    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
+    assert any(c["choices"][0]["delta"].get("content") for c in chunks)  # text went out before the failure
+    return error
 
 
 def settle(backend, baseline_kv: float, timeout: float = 20) -> None:

@@ -53,22 +53,9 @@ def test_the_same_greedy_answers_as_the_engine_on_a_thread(server, random_tiny_e
 
 
 def test_killing_the_worker_mid_stream_errors_the_stream_and_readiness(server):
+    server.kill_mid_stream(server.workers[0], MESSAGES)
     client = server.client()
     model = client.models.list().data[0].id
-    stream = client.chat.completions.create(
-        model=model, messages=MESSAGES, max_tokens=4000, stream=True, extra_body={"ignore_eos": True}
-    )
-    received = 0
-    with pytest.raises(openai.APIError):
-        for _chunk in stream:
-            received += 1
-            if received == 3:
-                os.kill(server.workers[0], signal.SIGKILL)
-    assert received >= 3
-    deadline = time.monotonic() + 10
-    while server.ready():
-        assert time.monotonic() < deadline, "readiness stayed 200 with the engine process gone"
-        time.sleep(0.1)
     assert httpx.get(server.base + "/v1/health/ready", timeout=5).status_code == 503
     assert httpx.get(server.base + "/v1/health/live", timeout=5).status_code == 200
     with pytest.raises(openai.InternalServerError):  # answered at once, not left hanging
@@ -166,7 +153,6 @@ def test_a_step_failing_in_the_worker_mid_stream_is_an_error_event_then_done(ran
     """Fault injection in the worker (its runner's 12th launch raises): the 200 and some text went out, then
     the stream ends with an error event and `[DONE]`; the next request is served."""
     import functools
-    import json
 
     from bench.uvicorn_thread import UvicornThread
     from gemma_runtime.config import RuntimeConfig
@@ -174,6 +160,7 @@ def test_a_step_failing_in_the_worker_mid_stream_is_an_error_event_then_done(ran
     from server.app import create_app
     from server.backend import EmbeddedBackend
     from server.settings import ServerSettings
+    from tests.e2e.stream_support import error_after_text
     from tests.fault_injection import FAULT, serve_failing_on_step
 
     worker = functools.partial(serve_failing_on_step, 12)
@@ -183,10 +170,6 @@ def test_a_step_failing_in_the_worker_mid_stream_is_an_error_event_then_done(ran
         with httpx.stream("POST", srv.base_url + "/v1/chat/completions", json=body, timeout=60) as r:
             assert r.status_code == 200
             events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
-        assert events[-1] == "[DONE]"
-        error = json.loads(events[-2])["error"]
-        assert FAULT in error["message"] and set(error) == {"message", "type", "param", "code"}
-        chunks = [json.loads(e) for e in events[:-2]]
-        assert any(c["choices"][0]["delta"].get("content") for c in chunks)  # text went out before the failure
+        assert FAULT in error_after_text(events)["message"]
         after = httpx.post(srv.base_url + "/v1/chat/completions", json={**body, "stream": False}, timeout=60)
         assert after.status_code == 200 and after.json()["usage"]["completion_tokens"] == 50

@@ -30,6 +30,7 @@ from tests.e2e.openai_helpers import (
     image_messages,
     post,
 )
+from tests.e2e.stream_support import error_after_text
 from tests.fault_injection import FAULT, fail_on_step
 
 # == 2. features, greedy: the taught replies come back exactly ====================================
@@ -376,12 +377,7 @@ def test_engine_failure_after_streaming_began_is_an_error_event_then_done(base, 
     with httpx.stream("POST", base + "/chat/completions", json=body, timeout=60) as r:
         assert r.status_code == 200
         events = [line[len("data: ") :] for line in r.iter_lines() if line.startswith("data: ")]
-    assert events[-1] == "[DONE]"
-    error = json.loads(events[-2])["error"]
-    assert FAULT in error["message"] and set(error) == {"message", "type", "param", "code"}
-    chunks = [json.loads(e) for e in events[:-2]]
-    assert chunks[0]["choices"][0]["delta"]["role"] == "assistant"
-    assert any(c["choices"][0]["delta"].get("content") for c in chunks)  # text went out before the failure
+    assert FAULT in error_after_text(events)["message"]
     monkeypatch.undo()
     _wait_idle(live_server.backend)
     assert client_still_works(base)

@@ -43,6 +43,31 @@ class Server:
         except httpx.HTTPError:
             return False
 
+    def kill_mid_stream(self, pid: int, messages: list[dict], after: int = 3) -> None:
+        """A long stream, and `pid` SIGKILLed once `after` chunks came: the stream must end in an API
+        error, and readiness turn 503 within 10 s."""
+        import pytest
+
+        client = self.client()
+        stream = client.chat.completions.create(
+            model=client.models.list().data[0].id,
+            messages=messages,
+            max_tokens=4000,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
+        received = 0
+        with pytest.raises(openai.APIError):
+            for _chunk in stream:
+                received += 1
+                if received == after:
+                    os.kill(pid, signal.SIGKILL)
+        assert received >= after
+        deadline = time.monotonic() + 10
+        while self.ready():
+            assert time.monotonic() < deadline, f"readiness stayed 200 with process {pid} gone"
+            time.sleep(0.1)
+
     def client(self) -> openai.OpenAI:
         return openai.OpenAI(base_url=self.base + "/v1", api_key="not-used", max_retries=0, timeout=60)
 

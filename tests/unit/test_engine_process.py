@@ -175,3 +175,18 @@ async def test_a_request_that_cannot_cross_the_pipe_fails_alone(random_tiny_engi
         assert outs[-1].usage.completion_tokens == 3 and engine.health()
     finally:
         engine.shutdown()
+
+
+def test_the_worker_takes_every_core_but_one_unless_told(random_tiny_engine_dir, monkeypatch):
+    """The policy above, applied in the worker: its torch threads without OMP_NUM_THREADS, and with it."""
+    cores = len(os.sched_getaffinity(0))
+    for env, expected in ((None, max(1, cores - 1)), ("2", 2)):  # the policy, then the user's own choice
+        if env is None:
+            monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+        else:
+            monkeypatch.setenv("OMP_NUM_THREADS", env)
+        process = EngineProcess(random_tiny_engine_dir, CONFIG)  # the worker is spawned with this environment
+        try:
+            assert process.torch_threads == expected, (env, cores)
+        finally:
+            process.close()
