@@ -66,3 +66,21 @@ def test_raw_and_httpx_readers_count_the_same_tokens_over_real_http():
         sdk = asyncio.run(over_http(server.base_url, 4, 9, "httpx"))
     assert raw[0] == sdk[0] == 4 * 9
     assert len(backend.finished) == 8 and not backend.aborted
+
+
+@pytest.mark.parametrize("module", ["bench.http_overhead", "server.bench"])
+def test_the_whole_bench_runs_under_both_names(module, random_tiny_engine_dir):
+    """The command end to end on a real engine: a pair per --repeat and the summary, under its name and
+    under `server.bench`, the name it had when the streaming issue quoted it."""
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", module, "--engine", str(random_tiny_engine_dir), "--streams", "2", "--tokens", "4"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "runtime alone" in proc.stdout and "% of the rate" in proc.stdout
+    assert "summary over 1 pairs: HTTP keeps" in proc.stdout
