@@ -2,4 +2,5 @@
 `make bench`); docs/benchmarks.md holds their figures. `run` (the end-to-end benchmark) with `run_config`,
 `measure`, `report` and `random_engine`; `profile_decode`, `tune_kernels` (on `tune_cases` and `kernel_inputs`), `compile_kernels`,
 `decode_launches`, `host_step`, `convert_memory`; `http_overhead` (HTTP and Triton overhead, with
-`uvicorn_thread`, which the end-to-end tests also use); `gpu_session.sh` chains them on a lent GPU."""
+`uvicorn_thread`, which the end-to-end tests also use, and `sse_load`); `engine_loop` (the engine loop on a
+thread against one in a worker process, no HTTP); `gpu_session.sh` chains them on a lent GPU."""

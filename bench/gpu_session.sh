@@ -11,7 +11,8 @@
 #   bench/gpu_session.sh bench ARGS...     # THERE: python -m bench.run ARGS, its JSON lines into $OUT
 #   bench/gpu_session.sh tune ARGS...      # THERE: python -m bench.tune_kernels ARGS
 #   bench/gpu_session.sh profile ARGS...   # THERE: python -m bench.profile_decode ARGS
-#   bench/gpu_session.sh session SECONDS [PLAN]  # THERE: a plan's steps (bench, decode, owed, tiles, h200), each capped
+#   bench/gpu_session.sh loop ARGS...      # THERE: python -m bench.engine_loop ARGS (thread against worker)
+#   bench/gpu_session.sh session SECONDS [PLAN]  # THERE: a plan's steps (bench, decode, owed, tiles, h200, loop), each capped
 #   bench/gpu_session.sh summary           # THERE: the short table of $OUT's figures and the steps' exits
 #   DRY_RUN=1 bench/gpu_session.sh session 900 h200   # HERE: the h200 plan rehearsed on the CPU (tiny sizes)
 #
@@ -82,6 +83,10 @@ case "$step" in
     prepare
     "$PYTHON" -m bench.profile_decode --out "$OUT" "$@" 2>&1 | tee -a "$OUT/profile.log"
     ;;
+  loop)
+    prepare
+    "$PYTHON" -m bench.engine_loop --out "$OUT/engine_loop.jsonl" "$@" 2>&1 | tee -a "$OUT/loop.log"
+    ;;
   truedims)
     # correctness at the true dimensions against transformers (tests/gpu/test_true_dimensions.py)
     prepare
@@ -107,6 +112,9 @@ case "$step" in
     #           the kernels' check, then make bench re-anchored on the H200 (its copy rate measured first,
     #           the floors from it), the short table last. DRY_RUN=1: the same steps on the CPU at tiny
     #           sizes (the true-dimension test at the tiny geometry, bench --dry-run), to know it runs
+    #   loop:   issue 22's open question: the engine loop in a worker process (--engine-process) against
+    #           one on a thread of the server's process, at the true dimensions, batch 1 first (the pipe's
+    #           cost per step is largest there), then under load. DRY_RUN=1: the tiny engine on the CPU
     budget=${1:-540}
     plan=${2:-bench}
     deadline=$((SECONDS + budget))
@@ -166,8 +174,17 @@ case "$step" in
         fi
         "$0" summary
         ;;
-      *) echo "unknown plan: $plan (bench, decode, owed, tiles, h200)" | tee -a "$OUT/session.log" >&2; exit 2 ;;
+      loop)
+        if [ "${DRY_RUN:-0}" = 1 ]; then
+          capped 120 loop --random tiny --concurrency 1,4 --tokens 8 --repeat 1
+        else
+          # FP8: the shortest steps (the pipe's share is largest), and two copies fit the card at once
+          capped 200 loop --random 26b --dtype fp8 --device cuda --concurrency 1,32,128
+          capped 150 loop --random 31b --dtype fp8 --device cuda --concurrency 1,32
+        fi
+        ;;
+      *) echo "unknown plan: $plan (bench, decode, owed, tiles, h200, loop)" | tee -a "$OUT/session.log" >&2; exit 2 ;;
     esac
     ;;
-  *) echo "unknown step: $step (wheels, check, bench, tune, profile, truedims, summary, session)" >&2; exit 2 ;;
+  *) echo "unknown step: $step (wheels, check, bench, tune, profile, loop, truedims, summary, session)" >&2; exit 2 ;;
 esac

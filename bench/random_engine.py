@@ -137,24 +137,16 @@ def model_config(model: str, tokenizer) -> object:
     )
 
 
-def make_random_engine(model: str, dtype: str, device: torch.device, out_dir: Path, seed: int = 0) -> RandomEngine:
-    """dtype: bf16 or fp8 (the builder's names). Writes engine.json and the tiny tokenizer into out_dir."""
+def write_random_spec(model: str, dtype: str, out_dir: Path) -> EngineSpec:
+    """engine.json and the tiny tokenizer of a random engine at `model`'s dimensions, without its weights:
+    enough for a process that only serves (bench/engine_loop.py), while its engine process draws them."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = make_tiny_tokenizer(out_dir)  # prompts are token ids; unknown ids decode to nothing
     config = model_config(model, tokenizer)
     parsed = engine_dtype(dtype)
     text = text_spec(config.to_dict(), parsed.base)
-    target, quantized = parsed.torch_dtype, parsed.quantization is not None
-    g = torch.Generator(device=device).manual_seed(seed)
-    weights: dict[str, torch.Tensor] = {}
-    for name, shape in weight_shapes(text).items():
-        w = _random(name, shape, target, device, g)
-        if quantized and is_fp8_linear(name):
-            weights[name], weights[scale_name(name)] = quantize_fp8(w)
-        else:
-            weights[name] = w
-        del w
     ids = tokenizer.convert_tokens_to_ids(["<bos>", "<eos>", "<pad>"])
+    fp8_names = tuple(n for n in weight_shapes(text) if is_fp8_linear(n))
     spec = EngineSpec(
         model_name=f"random-{model}",
         architecture="Gemma4ForConditionalGeneration",
@@ -163,13 +155,33 @@ def make_random_engine(model: str, dtype: str, device: torch.device, out_dir: Pa
         text=text,
         tokens=TokenSpec(bos_token_id=ids[0], eos_token_id=ids[1], pad_token_id=ids[2]),
         stop_token_ids=(ids[1],),
-        quantization=QuantizationSpec(parsed.quantization, "per_channel", tuple(n for n in weights if is_fp8_linear(n)))
-        if quantized
-        else None,
+        quantization=QuantizationSpec(parsed.quantization, "per_channel", fp8_names) if parsed.quantization else None,
         source={"checkpoint": f"random weights at {model} dimensions"},
     )
     spec.save(out_dir)
-    return RandomEngine(out_dir, spec, weights)
+    return spec
+
+
+def random_weights(spec: EngineSpec, device: torch.device, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Every tensor of `spec`'s runtime layout, drawn on `device`; FP8 engines' linears quantized there."""
+    target = engine_dtype(spec.dtype).torch_dtype
+    quantized = spec.quantization is not None
+    g = torch.Generator(device=device).manual_seed(seed)
+    weights: dict[str, torch.Tensor] = {}
+    for name, shape in weight_shapes(spec.text).items():
+        w = _random(name, shape, target, device, g)
+        if quantized and is_fp8_linear(name):
+            weights[name], weights[scale_name(name)] = quantize_fp8(w)
+        else:
+            weights[name] = w
+        del w
+    return weights
+
+
+def make_random_engine(model: str, dtype: str, device: torch.device, out_dir: Path, seed: int = 0) -> RandomEngine:
+    """dtype: bf16 or fp8 (the builder's names). Writes engine.json and the tiny tokenizer into out_dir."""
+    spec = write_random_spec(model, dtype, out_dir)
+    return RandomEngine(out_dir, spec, random_weights(spec, device, seed))
 
 
 @contextmanager

@@ -86,3 +86,21 @@ def test_the_decode_plan_runs_its_own_steps_and_an_unknown_plan_is_refused(tmp_p
     assert "== summary" in h200.stdout  # the table comes last, whatever ran
     unknown = run_step(tmp_path, "session", "40", "everything")
     assert unknown.returncode == 2 and "unknown plan" in unknown.stderr
+
+
+def test_the_loop_plan_rehearsed_on_the_cpu_leaves_both_modes_figures(tmp_path):
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path / "out"), SITE=str(tmp_path / "site"), DRY_RUN="1")
+    session = subprocess.run(
+        ["bash", str(SCRIPT), "session", "300", "loop"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert session.returncode == 0, session.stdout[-2000:] + session.stderr[-2000:]
+    log = (tmp_path / "out" / "session.log").read_text().splitlines()
+    assert log[0].startswith("== loop --random tiny") and log[-1].split(":")[1].startswith(" exit 0"), log
+    rows = [json.loads(line) for line in (tmp_path / "out" / "engine_loop.jsonl").read_text().splitlines()]
+    assert {(r["mode"], r["concurrency"]) for r in rows} == {(m, c) for m in ("thread", "process") for c in (1, 4)}
+    assert "worker/thread" in (tmp_path / "out" / "loop.log").read_text()
