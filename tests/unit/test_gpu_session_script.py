@@ -103,4 +103,6 @@ def test_the_loop_plan_rehearsed_on_the_cpu_leaves_both_modes_figures(tmp_path):
     assert log[0].startswith("== loop --random tiny") and log[-1].split(":")[1].startswith(" exit 0"), log
     rows = [json.loads(line) for line in (tmp_path / "out" / "engine_loop.jsonl").read_text().splitlines()]
     assert {(r["mode"], r["concurrency"]) for r in rows} == {(m, c) for m in ("thread", "process") for c in (1, 4)}
-    assert "worker/thread" in (tmp_path / "out" / "loop.log").read_text()
+    assert all(r["tok_s"] > 0 and r["itl_ms"] > 0 and r["ttft_ms"] > 0 and r["torch_threads"] >= 1 for r in rows)
+    table = (tmp_path / "out" / "loop.log").read_text().split("worker/thread", 1)[1].splitlines()
+    assert sum(line.rstrip().endswith("%") for line in table) == 2  # the worker beside the thread, each concurrency
